@@ -1,0 +1,1 @@
+"""Candidate generators: the Hamming stage of a search (FAISS binary indexes; Milvus later)."""

@@ -1,0 +1,120 @@
+"""FAISS binary indexes as candidate generators, with the exactness rules of ARCHITECTURE.md §2.
+
+Positions are FAISS sequential ids, aligned with the index's row stores. ``FlatCandidates``
+(IndexBinaryFlat) is the source of truth and answers everything exactly. ``HashCandidates``
+(IndexBinaryHash) and ``MultiHashCandidates`` (IndexBinaryMultiHash) only accelerate range
+queries at small radii; they are built from the flat codes and rebuilt after removals, since
+FAISS gives them no ``remove_ids``.
+
+``radius`` here is inclusive (Hamming <= r); FAISS's ``range_search`` is exclusive, so every
+call passes ``r + 1``. ``nflip`` is a field of the FAISS index, so setting it and searching
+happen under one lock: concurrent searches with different radii would otherwise race.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+
+import faiss
+import numpy as np
+
+RangeResult = tuple[np.ndarray, np.ndarray, np.ndarray]  # lims [nq+1], positions [M], hamming [M]
+
+
+def _as_range_result(lims: np.ndarray, dist: np.ndarray, pos: np.ndarray) -> RangeResult:
+    return lims.astype(np.int64), pos.astype(np.int64), dist.astype(np.int32)
+
+
+class _BinaryCandidates:
+    """What every FAISS-backed generator shares: its codes are the index's rows, in order."""
+
+    name: str
+    index: faiss.IndexBinary
+
+    def add(self, codes: np.ndarray) -> None:
+        self.index.add(codes)
+
+    def rebuild(self, codes: np.ndarray) -> None:
+        self.index.reset()
+        if len(codes):
+            self.index.add(np.ascontiguousarray(codes))
+
+
+class FlatCandidates(_BinaryCandidates):
+    """Exhaustive Hamming search (IndexBinaryFlat): exact for every radius and k."""
+
+    name = "flat"
+
+    def __init__(self, bits: int):
+        self.bits = bits
+        self.index = faiss.IndexBinaryFlat(bits)
+
+    def range(self, queries: np.ndarray, radius: int) -> RangeResult:
+        lims, dist, pos = self.index.range_search(queries, radius + 1)
+        return _as_range_result(lims, dist, pos)
+
+    def knn(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The k Hamming-nearest positions ``int64 [nq, k]`` (-1 padded) and distances."""
+        dist, pos = self.index.search(queries, k)
+        return pos, dist.astype(np.int32)
+
+
+class HashCandidates(_BinaryCandidates):
+    """IndexBinaryHash on the first ``hash_bits`` bits; exact for radius r when nflip = r.
+
+    Cost per query grows as sum_{i<=r} C(hash_bits, i) bucket probes, so this wins only at
+    very small radii; ``hash_bits`` defaults to about log2(N) so buckets hold a few items.
+    """
+
+    name = "hash"
+
+    def __init__(self, bits: int, hash_bits: int):
+        if hash_bits > min(bits, 64):
+            raise ValueError(f"hash_bits must be <= min(bits, 64), got {hash_bits}")
+        self.bits, self.hash_bits = bits, hash_bits
+        self.index = faiss.IndexBinaryHash(bits, hash_bits)
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def default_hash_bits(bits: int, n: int) -> int:
+        return int(min(bits, 64, max(8, round(math.log2(max(n, 2))))))
+
+    def range(self, queries: np.ndarray, radius: int) -> RangeResult:
+        with self._lock:
+            self.index.nflip = radius
+            lims, dist, pos = self.index.range_search(queries, radius + 1)
+        return _as_range_result(lims, dist, pos)
+
+
+class MultiHashCandidates(_BinaryCandidates):
+    """IndexBinaryMultiHash: ``nhash`` tables on disjoint ``hash_bits`` slices.
+
+    Pigeonhole: if d(q, x) <= r, some slice differs in at most floor(r / nhash) bits, so
+    probing every table with ``nflip`` flips is exact when ``nhash * (nflip + 1) > r``.
+    """
+
+    name = "multihash"
+
+    def __init__(self, bits: int, nhash: int, hash_bits: int):
+        if nhash * hash_bits > bits:
+            raise ValueError(f"nhash * hash_bits must be <= bits ({nhash} * {hash_bits} > {bits})")
+        self.bits, self.nhash, self.hash_bits = bits, nhash, hash_bits
+        self.index = faiss.IndexBinaryMultiHash(bits, nhash, hash_bits)
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def default_params(bits: int, n: int) -> tuple[int, int]:
+        """(nhash, hash_bits): four tables (radius <= 3 with nflip = 0), slices of ~log2(N) bits."""
+        nhash = 4 if bits >= 32 else 2
+        hash_bits = int(min(bits // nhash, 64, max(8, round(math.log2(max(n, 2))))))
+        return nhash, hash_bits
+
+    def nflip_for(self, radius: int) -> int:
+        return -(-(radius + 1) // self.nhash) - 1  # smallest nflip with nhash*(nflip+1) > radius
+
+    def range(self, queries: np.ndarray, radius: int) -> RangeResult:
+        with self._lock:
+            self.index.nflip = self.nflip_for(radius)
+            lims, dist, pos = self.index.range_search(queries, radius + 1)
+        return _as_range_result(lims, dist, pos)
