@@ -1,0 +1,32 @@
+"""README promises: the CI runs the README's test command, and the Python examples run."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+
+
+def _blocks(lang: str) -> list[str]:
+    return re.findall(rf"```{lang}\n(.*?)```", README, flags=re.S)
+
+
+def test_readme_gives_two_fresh_machine_commands_and_ci_runs_the_test_one():
+    fresh = [b.strip() for b in _blocks("bash") if b.strip().startswith("python3 -m venv")]
+    assert len(fresh) == 2, fresh
+    demo_cmd, test_cmd = fresh
+    assert demo_cmd.endswith("hashindex demo")
+    assert "pytest" in test_cmd
+    assert "-c constraints.txt" in demo_cmd and "-c constraints.txt" in test_cmd
+    ci_lines = [line.strip() for line in (ROOT / ".ci/run").read_text().splitlines()]
+    assert test_cmd in ci_lines
+
+
+def test_readme_python_examples_run(tmp_path):
+    for code in _blocks("python"):
+        proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr
