@@ -388,6 +388,27 @@ class HashIndex:
             ids = np.where(pos >= 0, self._ids.array[np.maximum(pos, 0)], -1)
         return SearchResult(ids, scores, ham, np.diff(lims))
 
+    # -- images, through a fused ONNX model (backbone + hash head in one graph) ---------------
+    def _image_encoder(self):
+        if not getattr(self.hasher, "has_features", False):
+            raise InputError(
+                "this index's hasher does not take images: build it with a fused model "
+                "(hashindex export --backbone ... --head ...) to use add_images / search_images"
+            )
+        return self.hasher
+
+    def add_images(self, images: np.ndarray, ids: np.ndarray | None = None) -> np.ndarray:
+        """Add preprocessed images ``float32 [N, 3, H, W]``: one model run gives codes and features."""
+        out = self._image_encoder().run(images)
+        return self.add_codes(out.codes, out.features, ids)
+
+    def search_images(
+        self, images: np.ndarray, k: int = 10, radius: int | None = None, candidates: int | None = None
+    ) -> SearchResult:
+        """:meth:`search` with preprocessed query images ``float32 [nq, 3, H, W]``."""
+        out = self._image_encoder().run(images)
+        return self.search(out.features, k=k, radius=radius, candidates=candidates, query_codes=out.codes)
+
     def range_search(self, queries: np.ndarray, radius: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """All items within Hamming <= ``radius``, without reranking.
 
