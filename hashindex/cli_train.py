@@ -247,3 +247,59 @@ def json_safe(x):
     if isinstance(x, (list, tuple)):
         return [json_safe(v) for v in x]
     return x
+
+
+# -- export -------------------------------------------------------------------------------------
+def add_export_parser(subparsers) -> argparse.ArgumentParser:
+    """``hashindex export``: a trained head, an untrained hasher, or a fused backbone + head."""
+    p = subparsers.add_parser(
+        "export",
+        help="export a hash model to ONNX (codes packed in the graph)",
+        description="Export a trained model directory (--head DIR), an untrained hasher fitted on "
+        "--data (--hasher itq|pca|sign), or, with --backbone, a fused image model: backbone -> "
+        "L2-normalised features -> hash head, in one graph.",
+    )
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--head", help="model directory from `hashindex train`, or a head .onnx (with --backbone)")
+    src.add_argument("--hasher", choices=("sign", "pca", "itq"), help="an untrained hasher, fitted on --data")
+    p.add_argument("--data", help=".npz to fit --hasher on (and recorded as training data)")
+    p.add_argument("--bits", type=int, default=64)
+    p.add_argument("--backbone", help="feature-extractor ONNX (e.g. ../shared/data/lfw/MobileFaceNet.onnx)")
+    p.add_argument("--out", required=True, help="the .onnx file to write")
+    p.set_defaults(func=_run_export)
+    return p
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from . import onnx_export
+
+    def export_features_model(path: Path) -> None:
+        if args.hasher:
+            if not args.data:
+                raise InputError("--hasher needs --data to fit on")
+            from .data.embeddings import load_embeddings
+            from .hashers import make_hasher
+            from .onnx_graph import TrainingInfo
+
+            data = load_embeddings(args.data)
+            x = data.features / np.linalg.norm(data.features, axis=1, keepdims=True)
+            hasher = make_hasher(args.hasher, data.dim, args.bits if args.hasher != "sign" else data.dim).fit(x)
+            onnx_export.export_linear_hasher(hasher, path, TrainingInfo(loss=args.hasher, data=str(args.data)))
+        elif str(args.head).endswith(".onnx"):
+            path.write_bytes(Path(args.head).read_bytes())
+        else:
+            onnx_export.export_model_dir(args.head, path, data=args.data)
+
+    out = Path(args.out)
+    if args.backbone:
+        with tempfile.TemporaryDirectory() as tmp:
+            head = Path(tmp) / "head.onnx"
+            export_features_model(head)
+            meta = onnx_export.fuse_backbone_and_head(args.backbone, head, out)
+    else:
+        export_features_model(out)
+        meta = onnx_export.read_metadata(out)
+    print(f"wrote {out}: {meta.bits} bits, input {meta.input.name} {list(meta.input.shape)}")
+    return 0

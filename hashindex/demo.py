@@ -135,7 +135,8 @@ def _learned_encoder(cfg: DemoConfig, data: DemoData, out: Path):
             "or run with --hasher itq"
         ) from e
     from .encoder import OnnxEncoder
-    from .onnx_export import export_trained_model
+    from .onnx_export import export_model
+    from .onnx_graph import TrainingInfo
     from .train import TrainConfig, train_hasher
 
     config = TrainConfig(bits=cfg.bits, seed=cfg.seed)
@@ -143,7 +144,7 @@ def _learned_encoder(cfg: DemoConfig, data: DemoData, out: Path):
         config.epochs = cfg.epochs
     result = train_hasher((data.train_features, data.train_labels), config, out_dir=out / "model")
     model_path = out / "model.onnx"
-    export_trained_model(result.model, model_path, training={"data": data.source, "config": asdict(config)})
+    export_model(result.model, model_path, result.model.input_spec, TrainingInfo(loss=config.loss, data=data.source))
     return OnnxEncoder(model_path), f"learned {config.loss} head -> ONNX (onnxruntime)"
 
 

@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import os
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -98,10 +100,15 @@ def _torch_to_onnx(model: "torch.nn.Module", example: "torch.Tensor", input_name
     import torch
 
     if dynamo:
-        program = torch.onnx.export(
-            model, (example,), None, dynamo=True, opset_version=OPSET, input_names=[input_name],
-            output_names=[EMBEDDING], dynamic_shapes=({0: torch.export.Dim.DYNAMIC},), verbose=False,
-        )
+        # the exporter logs one line per torchvision op it cannot register; torchvision is
+        # optional here, and the messages only alarm users
+        logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=FutureWarning)
+            program = torch.onnx.export(
+                model, (example,), None, dynamo=True, opset_version=OPSET, input_names=[input_name],
+                output_names=[EMBEDDING], dynamic_shapes=({0: torch.export.Dim.DYNAMIC},), verbose=False,
+            )
         return program.model_proto
     buf = io.BytesIO()
     torch.onnx.export(
@@ -237,3 +244,16 @@ def fuse_backbone_and_head(
     )
     save_model(fuse_models(backbone, head, metadata), out_path)
     return metadata
+
+
+def export_model_dir(model_dir: str | os.PathLike, out_path: str | os.PathLike, data: str | None = None) -> ModelMetadata:
+    """Export a trained model directory (``hashindex train --out DIR``) to ONNX.
+
+    The training loss and date go into ``hashindex.training``; ``data`` names the training set
+    when the directory does not record it.
+    """
+    from .train import load_checkpoint
+
+    model, config, _ = load_checkpoint(model_dir)
+    loss = config.loss if config is not None else "unknown"
+    return export_model(model, out_path, model.input_spec, TrainingInfo(loss=loss, data=str(data or model_dir)))
