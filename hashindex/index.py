@@ -130,8 +130,11 @@ class HashIndex:
         return len(self._ids)
 
     def __contains__(self, item_id: object) -> bool:
+        if isinstance(item_id, bool) or not isinstance(item_id, (int, np.integer)):
+            return False
         try:
-            self._positions_of(np.asarray([item_id], dtype=np.int64))
+            with self._lock.read():
+                self._positions_of(np.asarray([item_id], dtype=np.int64))
         except (UnknownIdError, ValueError, TypeError, OverflowError):
             return False
         return True
@@ -207,6 +210,7 @@ class HashIndex:
         """
         x = self._prepare_features(features)
         if isinstance(self.hasher, LinearHasher) and not self.hasher.is_fitted and len(self) == 0:
+            self._new_ids(ids, x.shape[0])  # reject bad ids before fitting changes anything
             if x.shape[0] < 2 * self.bits:
                 raise NotFittedError(
                     f"the {self.hasher.kind} hasher is fitted on the first batch, which needs at least "
@@ -322,7 +326,10 @@ class HashIndex:
         return accel
 
     def _range(self, qcodes: np.ndarray, radius: int):
-        return self._generator(self.backend_for(radius)).range(qcodes, radius)
+        generator = self._generator(self.backend_for(radius))
+        if not generator.handles(radius):
+            generator = self._flat  # exact too, and cheaper than probing this many buckets
+        return generator.range(qcodes, radius)
 
     def _candidates(self, qcodes: np.ndarray, k: int, radius: int | None, candidates: int | None):
         nq = qcodes.shape[0]
@@ -385,7 +392,8 @@ class HashIndex:
             else:
                 lims, positions, hamming = self._candidates(qcodes, k, radius, candidates)
             pos, scores, ham = rerank(x, self._features.array, lims, positions, hamming, k, self.metric)
-            ids = np.where(pos >= 0, self._ids.array[np.maximum(pos, 0)], -1)
+            ids = np.full(pos.shape, -1, dtype=np.int64)
+            ids[pos >= 0] = self._ids.array[pos[pos >= 0]]
         return SearchResult(ids, scores, ham, np.diff(lims))
 
     # -- images, through a fused ONNX model (backbone + hash head in one graph) ---------------
@@ -506,7 +514,7 @@ class HashIndex:
         index._ids = RowStore((), np.int64, ids)
         index._features = RowStore((dim,), np.dtype(fdtype), features)
         index._flat.rebuild(codes)
-        index._next_id = int(m.get("next_id", int(ids.max()) + 1 if count else 0))
+        index._next_id = max(int(m.get("next_id", 0)), int(ids.max()) + 1 if count else 0)
         return index
 
 

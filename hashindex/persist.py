@@ -24,6 +24,7 @@ import json
 import os
 import shutil
 import uuid
+import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -72,6 +73,18 @@ def _exchange(a: Path, b: Path) -> bool:
     return True
 
 
+def _remove_abandoned_tmp(target: Path) -> None:
+    """Delete temporary siblings left by saves whose process died (killed mid-save)."""
+    for tmp in target.parent.glob(f".{target.name}.tmp-*"):
+        try:
+            pid = int(tmp.name.rsplit(".tmp-", 1)[1].split("-")[0])
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            shutil.rmtree(tmp, ignore_errors=True)
+        except (ValueError, IndexError, PermissionError):
+            continue
+
+
 def write_index_dir(
     target: str | os.PathLike,
     writers: dict[str, Callable[[Path], None]],
@@ -84,6 +97,7 @@ def write_index_dir(
     """
     target = Path(target).absolute()
     target.parent.mkdir(parents=True, exist_ok=True)
+    _remove_abandoned_tmp(target)
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     tmp.mkdir()
     try:
@@ -94,6 +108,7 @@ def write_index_dir(
             _fsync_path(path)
             files[name] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
         full = {"format": FORMAT_VERSION, "kind": KIND, **manifest, "files": files}
+        full["manifest_sha256"] = hashlib.sha256(json.dumps(full, sort_keys=True).encode()).hexdigest()
         with open(tmp / MANIFEST, "w") as f:
             json.dump(full, f, indent=2, sort_keys=True)
             f.flush()
@@ -122,6 +137,11 @@ def resolve_index_dir(path: str | os.PathLike) -> Path:
     if not path.exists():
         backup = _backup_path(path.absolute())
         if (backup / MANIFEST).exists():
+            warnings.warn(
+                f"{path} is missing but a save into it was interrupted; loading the previous index "
+                f"from {backup} (save again to restore {path})",
+                stacklevel=3,
+            )
             return backup
         raise IndexFormatError(f"{path}: no such index directory")
     if not path.is_dir():
@@ -150,6 +170,9 @@ def read_manifest(path: str | os.PathLike, verify: bool = True) -> dict:
             f"{mpath}: index format {version} is newer than this hashindex reads ({FORMAT_VERSION}); "
             "upgrade hashindex"
         )
+    claimed = manifest.pop("manifest_sha256", None)
+    if claimed != hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest():
+        raise IndexFormatError(f"{mpath}: manifest checksum mismatch")
     files = manifest.get("files")
     if not isinstance(files, dict):
         raise IndexFormatError(f"{mpath}: manifest lists no files")

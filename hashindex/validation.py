@@ -35,7 +35,10 @@ def check_ids(ids: np.ndarray, n: int) -> np.ndarray:
         raise InputError(f"ids must be 1-D of length {n}, got shape {ids.shape}")
     if ids.size and not np.issubdtype(ids.dtype, np.integer):
         raise InputError(f"ids must be integers, got dtype {ids.dtype}")
-    return ids.astype(np.int64, copy=False)
+    ids = ids.astype(np.int64, copy=False)
+    if (ids < 0).any():
+        raise InputError(f"ids must be non-negative (-1 pads search results), got {ids[ids < 0][:5].tolist()}")
+    return ids
 
 
 def check_positive_int(value: int, name: str) -> int:

@@ -19,6 +19,7 @@ import threading
 import faiss
 import numpy as np
 
+MAX_NFLIP = 3
 RangeResult = tuple[np.ndarray, np.ndarray, np.ndarray]  # lims [nq+1], positions [M], hamming [M]
 
 
@@ -39,6 +40,10 @@ class _BinaryCandidates:
         self.index.reset()
         if len(codes):
             self.index.add(np.ascontiguousarray(codes))
+
+    def handles(self, radius: int) -> bool:
+        """Whether ``range`` at this radius is worth running here rather than on the flat index."""
+        return True
 
 
 class FlatCandidates(_BinaryCandidates):
@@ -80,9 +85,14 @@ class HashCandidates(_BinaryCandidates):
     def default_hash_bits(bits: int, n: int) -> int:
         return int(min(bits, 64, max(8, round(math.log2(max(n, 2))))))
 
+    def handles(self, radius: int) -> bool:
+        # probes grow as sum_{i<=nflip} C(hash_bits, i); past nflip 3 a scan is cheaper
+        return radius <= MAX_NFLIP
+
     def range(self, queries: np.ndarray, radius: int) -> RangeResult:
         with self._lock:
-            self.index.nflip = radius
+            # FAISS loops forever when nflip exceeds the key width; hash_bits flips probe every bucket
+            self.index.nflip = min(radius, self.hash_bits)
             lims, dist, pos = self.index.range_search(queries, radius + 1)
         return _as_range_result(lims, dist, pos)
 
@@ -110,8 +120,11 @@ class MultiHashCandidates(_BinaryCandidates):
         hash_bits = int(min(bits // nhash, 64, max(8, round(math.log2(max(n, 2))))))
         return nhash, hash_bits
 
+    def handles(self, radius: int) -> bool:
+        return self.nflip_for(radius) <= 1
+
     def nflip_for(self, radius: int) -> int:
-        return -(-(radius + 1) // self.nhash) - 1  # smallest nflip with nhash*(nflip+1) > radius
+        return min(-(-(radius + 1) // self.nhash) - 1, self.hash_bits)  # smallest nflip with nhash*(nflip+1) > radius
 
     def range(self, queries: np.ndarray, radius: int) -> RangeResult:
         with self._lock:
