@@ -75,6 +75,15 @@ class TrainConfig:
         min_samples: identities with fewer training rows are dropped (no positive pair).
         small: P x K policy for identities with fewer than K rows: "replace" or "skip".
         eval_batch_size: rows per forward pass when encoding validation data.
+        extra_rows: rows drawn uniformly from *all* training rows (single-image identities
+            included) and appended to every P x K batch with label -1. Only losses that take
+            features (``uses_features``, e.g. :class:`~hashindex.losses.distill.DistilledLoss`)
+            can use them: they widen the neighbourhoods a distillation term sees beyond the
+            batch's identities. 0 disables.
+        extra_neighbours: when > 0, the extra rows come in groups: a uniformly drawn row and
+            its ``extra_neighbours`` nearest training rows by cosine, so that a distillation
+            term sees each group's true near neighbours (the ones a shortlist must rank
+            correctly) instead of a sparse random sample. 0: extras are independent draws.
     """
 
     bits: int = 64
@@ -100,6 +109,8 @@ class TrainConfig:
     min_samples: int = 2
     small: str = "replace"
     eval_batch_size: int = 4096
+    extra_rows: int = 0
+    extra_neighbours: int = 0
 
     def __post_init__(self) -> None:
         check_bits(self.bits)
@@ -119,6 +130,9 @@ class TrainConfig:
             raise InputError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.lr <= 0 or self.weight_decay < 0:
             raise InputError("lr must be positive and weight_decay non-negative")
+        for name in ("extra_rows", "extra_neighbours"):
+            if int(getattr(self, name)) < 0:
+                raise InputError(f"{name} must be non-negative, got {getattr(self, name)!r}")
         if self.patience is not None and self.patience <= 0:
             raise InputError(f"patience must be positive or None, got {self.patience}")
 
@@ -314,7 +328,9 @@ def train_hasher(
         model: a head to start from (e.g. :meth:`HashHead.from_linear` of an ITQ hasher);
             default a fresh ``HashHead(D, bits, hidden)``.
         loss: a loss module ``(codes [B, K], labels [B]) -> scalar`` overriding
-            ``make_loss(config.loss, ...)``.
+            ``make_loss(config.loss, ...)``; one with ``uses_features = True`` is called as
+            ``loss(codes, labels, features [B, D])`` (rows from ``config.extra_rows`` carry
+            label -1).
     """
     if isinstance(train_data, tuple):
         train_data = EmbeddingSet(*train_data)
@@ -348,8 +364,15 @@ def train_hasher(
         params = list(model.parameters()) + list(loss.parameters())
         opt = _optimizer(params, config)
         sched = _scheduler(opt, config)
-        x = torch.from_numpy(train_data.features[rows]).to(device)
-        y = torch.from_numpy(labels).to(device)
+        if config.extra_rows and not getattr(loss, "uses_features", False):
+            raise InputError("extra_rows needs a loss that takes features (uses_features), e.g. DistilledLoss")
+        # all training rows; the P x K sampler indexes the first len(rows), extras the rest too
+        order = np.concatenate([rows, np.setdiff1d(np.arange(train_data.features.shape[0]), rows)])
+        x = torch.from_numpy(train_data.features[order]).to(device)
+        y = torch.from_numpy(np.concatenate([labels, np.full(order.size - rows.size, -1, np.int64)])).to(device)
+        extra_rng = np.random.default_rng([config.seed, 1])
+        neighbours = _cosine_neighbours(train_data.features[order], config.extra_neighbours) if config.extra_rows and config.extra_neighbours else None
+        uses_features = getattr(loss, "uses_features", False)
 
         def validate() -> dict:
             if val_data is None:
@@ -368,8 +391,13 @@ def train_hasher(
             sampler.set_epoch(epoch - 1)
             total, n = 0.0, 0
             for batch in tqdm(sampler, desc=f"epoch {epoch}", leave=False, disable=not progress):
+                if config.extra_rows:
+                    batch = np.concatenate([batch, _draw_extras(extra_rng, order.size, config.extra_rows, neighbours)])
                 idx = torch.as_tensor(batch, device=device)
-                value = loss(model(x[idx]), y[idx])
+                yb = y[idx]
+                if config.extra_rows:  # an extra row is unlabelled even when it repeats a P x K row
+                    yb = torch.cat([yb[: -config.extra_rows], torch.full((config.extra_rows,), -1, device=device)])
+                value = loss(model(x[idx]), yb, x[idx]) if uses_features else loss(model(x[idx]), yb)
                 opt.zero_grad(set_to_none=True)
                 value.backward()
                 opt.step()
@@ -399,6 +427,26 @@ def train_hasher(
     if out_dir is not None:
         ckpt = save_model_dir(out_dir, model, config, _summary(best, best_epoch, history))
     return TrainResult(model, config, history, best, best_epoch, ckpt)
+
+
+def _cosine_neighbours(features: np.ndarray, n: int) -> np.ndarray:
+    """``int64 [N, n]``: each row's ``n`` nearest other rows by inner product (FAISS, exact)."""
+    import faiss
+
+    x = np.ascontiguousarray(features, dtype=np.float32)
+    index = faiss.IndexFlatIP(x.shape[1])
+    index.add(x)
+    _, ids = index.search(x, min(n + 1, x.shape[0]))
+    return np.stack([row[row != i][:n] for i, row in enumerate(ids)]) if x.shape[0] > n else ids[:, 1:]
+
+
+def _draw_extras(rng: np.random.Generator, n_rows: int, count: int, neighbours: np.ndarray | None) -> np.ndarray:
+    """``count`` extra row indices: independent draws, or groups of a row and its neighbours."""
+    if neighbours is None:
+        return rng.integers(0, n_rows, count)
+    group = neighbours.shape[1] + 1
+    seeds = rng.integers(0, n_rows, -(-count // group))
+    return np.concatenate([seeds[:, None], neighbours[seeds]], axis=1).ravel()[:count]
 
 
 def _summary(best: dict, epoch: int, history: list[dict]) -> dict:
