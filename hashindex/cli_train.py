@@ -51,17 +51,22 @@ def _loss_param(text: str) -> tuple[str, Any]:
 
 
 def add_train_parser(subparsers) -> argparse.ArgumentParser:
-    """``hashindex train --data F.npz --bits 64 --loss csq --out DIR [options]``."""
+    """``hashindex train --data F.npz --bits 64 [--recipe learned | --loss csq] --out DIR [options]``."""
     p = subparsers.add_parser("train", help="train a hash head on labelled embeddings (needs torch)")
     p.add_argument("--data", required=True, help=".npz with 'embeddings' and 'labels'")
     p.add_argument("--val-data", help="identity-disjoint validation .npz (default: split --data by identity)")
     p.add_argument("--out", required=True, help="model directory: model.pt, config.json, metrics.json")
     p.add_argument("--bits", type=int, default=64)
-    p.add_argument("--loss", default="csq", help="softmax, csq, triplet, contrastive, lifted, npair, facility")
+    p.add_argument("--recipe", default="learned",
+                   help="named recipe (hashindex.recipes.RECIPES; default 'learned': ITQ-initialised head, "
+                   "softmax identity loss + similarity distillation, see benchmarks/QUALITY.md); ignored with --loss")
+    p.add_argument("--loss", default=None,
+                   help="train a fresh head on one loss instead of a recipe: softmax, csq, triplet, contrastive, "
+                   "lifted, npair, facility")
     p.add_argument("--loss-param", type=_loss_param, action="append", default=[], metavar="KEY=VALUE",
                    help="loss hyper-parameter (repeatable), e.g. --loss-param margin=0.5")
     p.add_argument("--hidden", type=_int_list, default=(), help="hidden widths, e.g. 512,256 (default: linear head)")
-    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--epochs", type=int, default=None, help="default: the recipe's (20), or 30 with --loss")
     p.add_argument("--p", type=int, default=32, help="identities per batch")
     p.add_argument("--k", type=int, default=4, help="samples per identity per batch")
     p.add_argument("--optimizer", choices=("adam", "sgd"), default="adam")
@@ -104,12 +109,14 @@ def run_train(args: argparse.Namespace) -> int:
 
     data = load_embeddings(args.data)
     val = load_embeddings(args.val_data) if args.val_data else None
+    if args.loss is None:
+        return _run_recipe(args, data, val)
     config = TrainConfig(
         bits=args.bits,
         loss=args.loss,
         loss_params=dict(args.loss_param),
         hidden=args.hidden,
-        epochs=args.epochs,
+        epochs=args.epochs or 30,
         p=args.p,
         k=args.k,
         optimizer=args.optimizer,
@@ -126,6 +133,24 @@ def run_train(args: argparse.Namespace) -> int:
     result = train_hasher(data, config, val_data=val, out_dir=args.out, progress=not args.quiet)
     best = ", ".join(f"{k} {v:.4f}" for k, v in result.best_metrics.items())
     print(f"kept epoch {result.best_epoch} ({best or 'no validation'}); wrote {result.checkpoint_path}")
+    return 0
+
+
+def _run_recipe(args: argparse.Namespace, data, val) -> int:
+    from .recipes import fit_recipe
+
+    if data.labels is None:
+        raise InputError(f"{args.data}: training needs 'labels'")
+    if val is not None:
+        raise InputError("--val-data is only supported with --loss; a recipe validates on --val-fraction of --data")
+    overrides = dict(val_fraction=args.val_fraction, patience=args.patience or None, select=args.select,
+                     device=args.device, num_threads=args.threads)
+    if args.epochs:
+        overrides["epochs"] = args.epochs
+    result = fit_recipe(args.recipe, data.features, data.labels, args.bits, seed=args.seed,
+                        progress=not args.quiet, out_dir=args.out, **overrides)
+    best = ", ".join(f"{k} {v:.4f}" for k, v in result.best_metrics.items())
+    print(f"recipe {args.recipe}: kept epoch {result.best_epoch} ({best or 'no validation'}); wrote {result.checkpoint_path}")
     return 0
 
 

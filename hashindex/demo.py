@@ -19,6 +19,10 @@ import numpy as np
 from .index import HashIndex
 
 
+DEMO_RECIPE = "learned"
+DEMO_EPOCHS = 8  # keeps the demo within ~3 minutes on 2 cores
+
+
 @dataclass
 class DemoConfig:
     identities: int = 5_000
@@ -137,15 +141,17 @@ def _learned_encoder(cfg: DemoConfig, data: DemoData, out: Path):
     from .encoder import OnnxEncoder
     from .onnx_export import export_model
     from .onnx_graph import TrainingInfo
-    from .train import TrainConfig, train_hasher
+    from .recipes import RECIPES, fit_recipe
 
-    config = TrainConfig(bits=cfg.bits, seed=cfg.seed)
-    if cfg.epochs is not None:
-        config.epochs = cfg.epochs
-    result = train_hasher((data.train_features, data.train_labels), config, out_dir=out / "model")
+    recipe = RECIPES[DEMO_RECIPE]
+    result = fit_recipe(
+        recipe, data.train_features, data.train_labels, cfg.bits, seed=cfg.seed, progress=True,
+        out_dir=str(out / "model"), epochs=cfg.epochs or DEMO_EPOCHS, val_fraction=0.2, patience=3,
+    )
     model_path = out / "model.onnx"
-    export_model(result.model, model_path, result.model.input_spec, TrainingInfo(loss=config.loss, data=data.source))
-    return OnnxEncoder(model_path), f"learned {config.loss} head -> ONNX (onnxruntime)"
+    training = TrainingInfo(loss=f"recipe {DEMO_RECIPE} ({recipe.loss} + distillation)", data=data.source)
+    export_model(result.model, model_path, result.model.input_spec, training)
+    return OnnxEncoder(model_path), f"learned head (recipe '{DEMO_RECIPE}', epoch {result.best_epoch} kept) -> ONNX (onnxruntime)"
 
 
 def exact_topk(gallery: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:

@@ -124,9 +124,12 @@ def fit_recipe(
     bits: int,
     seed: int = 0,
     progress: bool = False,
+    out_dir: str | None = None,
     **overrides: Any,
 ) -> TrainResult:
-    """As :func:`train_recipe`, returning the whole :class:`TrainResult`."""
+    """As :func:`train_recipe`, returning the whole :class:`TrainResult` (and writing the model
+    directory to ``out_dir`` when given). ``overrides`` replace TrainConfig fields, e.g.
+    ``val_fraction=0.3, patience=5`` to validate each epoch and keep the best."""
     if isinstance(recipe, str):
         if recipe not in RECIPES:
             raise InputError(f"unknown recipe {recipe!r}; choose one of {sorted(RECIPES)}")
@@ -136,7 +139,7 @@ def fit_recipe(
     torch.manual_seed(seed)
     model = initial_head(recipe, features, bits)
     loss = build_loss(recipe, bits, int(y.max()) + 1)
-    return train_hasher((features, labels), cfg, progress=progress, model=model, loss=loss)
+    return train_hasher((features, labels), cfg, progress=progress, model=model, loss=loss, out_dir=out_dir)
 
 
 __all__ = ["RECIPES", "Recipe", "build_loss", "fit_recipe", "initial_head", "replace", "train_recipe"]
