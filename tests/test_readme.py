@@ -27,6 +27,8 @@ def test_readme_gives_two_fresh_machine_commands_and_ci_runs_the_test_one():
 
 
 def test_readme_python_examples_run(tmp_path):
+    # ```python blocks are complete programs and must run; ```py marks fragments that need
+    # files the reader brings (a face model, images)
     for code in _blocks("python"):
         proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, proc.stderr
