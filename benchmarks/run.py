@@ -37,6 +37,7 @@ plots of benchmarks/plot.py (recall@1 vs queries per second, recall@1 vs candida
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import importlib.util
 import json
@@ -87,6 +88,7 @@ class BenchConfig:
     train_items: int | None = None  # synthetic training set size; None: max(20000, 40 nlist)
     methods: tuple[str, ...] = METHODS
     model: str | None = None
+    train_recipe: str | None = None  # train this hashindex.recipes recipe on the training side, use it as --model
     bits: tuple[int, ...] = (64,)
     k: int = 10
     threads: int = 1
@@ -188,6 +190,7 @@ class SyntheticSource:
         counts = self.gen.identity_counts
         self.gallery_labels = np.repeat(np.arange(n_ids, dtype=np.int64), counts)[self.start : self.start + n]
         self.train = unit_rows(self._items(0, self.start))
+        self.train_labels = np.repeat(np.arange(self.n_train_ids, dtype=np.int64), counts[: self.n_train_ids])
         self.probes = self._probes(n_probes)
 
     def _items(self, lo: int, hi: int, chunk_size: int = 100_000) -> np.ndarray:
@@ -252,6 +255,7 @@ class NpzSource:
         self.path, self.seed, self.val_fraction = path, seed, val_fraction
         train_idx, val_idx = identity_split(data.labels, val_fraction=val_fraction, seed=seed)
         self.train = unit_rows(data.features[train_idx])
+        self.train_labels = data.labels[train_idx]
         self._gallery = unit_rows(data.features[val_idx])
         self.gallery_labels = data.labels[val_idx]
         self.n_items, self.dim = self._gallery.shape
@@ -732,6 +736,24 @@ def result_name(cfg: BenchConfig) -> str:
     return f"synthetic_{size}"
 
 
+def train_model(cfg: BenchConfig, source) -> str:
+    """Train ``cfg.train_recipe`` on the source's training identities; export it to ONNX."""
+    import torch
+
+    from hashindex.onnx_export import export_model
+    from hashindex.onnx_graph import TrainingInfo
+    from hashindex.recipes import fit_recipe
+
+    torch.set_num_threads(cfg.threads)
+    bits = cfg.bits[0]
+    result = fit_recipe(cfg.train_recipe, source.train, source.train_labels, bits, seed=cfg.seed)
+    path = Path(cfg.out_dir) / f"{cfg.name or 'run'}_{cfg.train_recipe}_{bits}.onnx"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    export_model(result.model, path, result.model.input_spec,
+                 TrainingInfo(loss=f"recipe {cfg.train_recipe}", data=json.dumps(source.describe())))
+    return str(path)
+
+
 def run(cfg: BenchConfig, argv: Sequence[str] | None = None, log=print) -> dict:
     """Run the benchmark described by ``cfg``; returns (and writes) the result record."""
     faiss.omp_set_num_threads(cfg.threads)
@@ -756,6 +778,12 @@ def _run(cfg: BenchConfig, argv, log) -> dict:
     ev = Evaluation(probes, exact_ids, source.gallery_labels, cfg.k, cfg.batch, cfg.repeat,
                     cfg.latency_queries, cfg.max_candidates)  # fmt: skip
 
+    model_train_s = None
+    if cfg.train_recipe and not cfg.model:
+        t = time.perf_counter()
+        cfg = dataclasses.replace(cfg, model=train_model(cfg, source))
+        model_train_s = time.perf_counter() - t
+        log(f"trained recipe {cfg.train_recipe!r} on {len(source.train):,} training items in {model_train_s:.1f} s -> {cfg.model}")
     makers, skipped = make_methods(cfg, source.dim, source.n_items, len(probes))
     for s in skipped:
         log(f"note: skipping {s['method']}: {s['reason']}")
@@ -796,6 +824,7 @@ def _run(cfg: BenchConfig, argv, log) -> dict:
         "ground_truth": {"method": "FAISS exact inner product (knn over streamed chunks)", "probes": n_exact,
                          "seconds": truth_s},  # fmt: skip
         "peak_rss_mib": rss_mib()[1],
+        "model_training_seconds": model_train_s,
         "methods": methods,
         "skipped": skipped,
     }
@@ -836,6 +865,8 @@ def parse_args(argv: Sequence[str] | None = None) -> BenchConfig:
     ap.add_argument("--train-items", type=int, default=None, help="synthetic training items (default: max(20000, 40 nlist))")
     ap.add_argument("--methods", nargs="+", default=list(d.methods), choices=METHODS)
     ap.add_argument("--model", default=None, help="learned hash model (ONNX, features input)")
+    ap.add_argument("--train-recipe", default=None,
+                    help="train this recipe (e.g. 'learned') on the training identities, export it and use it as --model")
     ap.add_argument("--bits", type=int, nargs="+", default=list(d.bits), help="PCA / ITQ code lengths")
     ap.add_argument("--k", type=int, default=d.k)
     ap.add_argument("--threads", type=int, default=d.threads, help="FAISS / BLAS / onnxruntime threads")
@@ -862,7 +893,7 @@ def parse_args(argv: Sequence[str] | None = None) -> BenchConfig:
     return BenchConfig(
         name=a.name, n=a.n, dim=a.dim, per_identity=per, seed=a.seed, data=a.data, val_fraction=a.val_fraction,
         probes=a.probes, exact_probes=a.exact_probes, train_items=a.train_items, methods=tuple(a.methods),
-        model=a.model, bits=tuple(a.bits), k=a.k, threads=a.threads, batch=a.batch, repeat=a.repeat,
+        model=a.model, train_recipe=a.train_recipe, bits=tuple(a.bits), k=a.k, threads=a.threads, batch=a.batch, repeat=a.repeat,
         latency_queries=a.latency_queries, feature_dtype=a.feature_dtype, chunk=a.chunk, hnsw_m=a.hnsw_m,
         ef_construction=a.ef_construction, ef_search=tuple(a.ef_search), nlist=a.nlist, nprobe=tuple(a.nprobe),
         oversample=tuple(a.oversample), candidates=tuple(a.candidates), radii=tuple(a.radii),

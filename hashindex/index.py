@@ -46,7 +46,7 @@ BACKENDS = ("flat", "hash", "multihash", "auto")
 FEATURE_DTYPES = ("float32", "float16")
 # auto: accelerators pay off only on large galleries and small radii (benchmarks/backends.py).
 AUTO_MIN_ITEMS = 100_000
-AUTO_MAX_RADIUS = {"hash": 1, "multihash": 3}
+AUTO_MAX_RADIUS = 3
 DEFAULT_CANDIDATES_PER_K = 10
 
 
@@ -297,19 +297,22 @@ class HashIndex:
     def backend_for(self, radius: int) -> str:
         """The backend a range query at ``radius`` runs on.
 
-        ``auto``: flat below AUTO_MIN_ITEMS items; otherwise multihash for radius <= 3 at 32+
-        bits, hash for radius <= 1 up to 64 bits, flat beyond (where probing costs more than a
-        scan). Measured by benchmarks/backends.py.
+        ``auto`` follows benchmarks/backends.py (1M synthetic ITQ codes, results in
+        benchmarks/README.md): flat below AUTO_MIN_ITEMS items; hash for radius <= 1 (one
+        bucket probe per flipped-bit pattern); multihash where its tables need no flips
+        (radius < nhash), else hash up to radius 2 and multihash at 3; flat beyond, where
+        probing costs more than a scan.
         """
         if self.backend != "auto":
             return self.backend
-        if len(self) < AUTO_MIN_ITEMS:
+        if len(self) < AUTO_MIN_ITEMS or radius > AUTO_MAX_RADIUS:
             return "flat"
-        if self.bits >= 32 and radius <= AUTO_MAX_RADIUS["multihash"]:
-            return "multihash"
-        if self.bits <= 64 and radius <= AUTO_MAX_RADIUS["hash"]:
+        nhash, _ = MultiHashCandidates.default_params(self.bits, len(self))
+        if radius <= 1:
             return "hash"
-        return "flat"
+        if radius < nhash:
+            return "multihash"
+        return "hash" if radius <= 2 else "multihash"
 
     def _generator(self, name: str):
         if name == "flat":
