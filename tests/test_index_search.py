@@ -15,7 +15,7 @@ import hashindex.index as hindex
 from hashindex.hashers import ITQHasher
 from hashindex.index import HashIndex
 
-ACCEL = {"hash": "hash", "multihash": "multihash", "auto": "multihash", "flat": "flat"}
+ACCEL = {"hash": {"hash"}, "multihash": {"multihash"}, "auto": {"hash", "multihash"}, "flat": {"flat"}}
 CASES = [(backend, bits) for bits in (32, 64, 128) for backend in ("flat", "hash", "multihash", "auto")]
 RADII = (0, 1, 2, 3)
 
@@ -43,7 +43,7 @@ def test_range_search_equals_brute_force(backend, bits, make_gallery, build_inde
     index = build_index(g, backend)
     dist = oracle.hamming(g.qcodes, g.codes)
     for r in RADII:
-        assert index.backend_for(r) == ACCEL[backend]
+        assert index.backend_for(r) in ACCEL[backend]
         lims, ids, ham = index.range_search(g.qcodes, r)
         assert lims.shape == (len(g.qcodes) + 1,) and lims[0] == 0 and lims[-1] == ids.size == ham.size
         for q, (qids, qham) in enumerate(oracle.csr_rows(lims, ids, ham)):
