@@ -38,16 +38,23 @@ from .errors import (
 )
 from .hashers import Hasher, LinearHasher, make_hasher
 from .locks import ReadWriteLock
-from .rerank import METRICS, knn_to_csr, merge_csr, rerank
+from .candidates import knn_to_csr, select_candidates
+from .rerank import METRICS, rerank
 from .store import RowStore
-from .validation import check_features, check_ids, check_positive_int, check_radius
+from .validation import (
+    check_id_list,
+    check_new_ids,
+    check_positive_int,
+    check_radius,
+    check_search_args,
+    prepare_features,
+)
 
 BACKENDS = ("flat", "hash", "multihash", "auto")
 FEATURE_DTYPES = ("float32", "float16")
 # auto: accelerators pay off only on large galleries and small radii (benchmarks/backends.py).
 AUTO_MIN_ITEMS = 100_000
 AUTO_MAX_RADIUS = 3
-DEFAULT_CANDIDATES_PER_K = 10
 
 
 @dataclass
@@ -167,13 +174,7 @@ class HashIndex:
 
     # -- input preparation -----------------------------------------------------------------
     def _prepare_features(self, features: np.ndarray, name: str = "features") -> np.ndarray:
-        x = check_features(features, self.dim, name=name)
-        if self.metric == "cosine":
-            norms = np.linalg.norm(x, axis=1, keepdims=True)
-            if (norms == 0).any():
-                raise InputError(f"{name} contain zero vectors, which have no cosine similarity")
-            x = x / norms
-        return x
+        return prepare_features(features, self.dim, self.metric, name)
 
     def _encode(self, x: np.ndarray) -> np.ndarray:
         if isinstance(self.hasher, LinearHasher) and not self.hasher.is_fitted:
@@ -193,10 +194,7 @@ class HashIndex:
     def _new_ids(self, ids: np.ndarray | None, n: int) -> np.ndarray:
         if ids is None:
             return np.arange(self._next_id, self._next_id + n, dtype=np.int64)
-        ids = check_ids(ids, n)
-        uniq, counts = np.unique(ids, return_counts=True)
-        if (counts > 1).any():
-            raise DuplicateIdError(f"ids repeat within the batch: {uniq[counts > 1][:5].tolist()}")
+        ids = check_new_ids(ids, n)
         present = self._present_mask(ids)
         if present.any():
             raise DuplicateIdError(f"ids already in the index: {ids[present][:5].tolist()}")
@@ -246,7 +244,7 @@ class HashIndex:
 
     def remove(self, ids: np.ndarray) -> int:
         """Remove items by id (all must exist, else nothing is removed); returns the count."""
-        ids = np.unique(check_ids(np.atleast_1d(np.asarray(ids)), np.atleast_1d(np.asarray(ids)).shape[0]))
+        ids = np.unique(check_id_list(ids))
         with self._lock.write():
             positions = self._positions_of(ids)
             keep = np.ones(len(self), dtype=bool)
@@ -283,13 +281,13 @@ class HashIndex:
 
     def get_features(self, ids: np.ndarray) -> np.ndarray:
         """Stored features ``float32 [n, D]`` for ``ids``, in the order given."""
-        ids = check_ids(np.atleast_1d(np.asarray(ids)), np.atleast_1d(np.asarray(ids)).shape[0])
+        ids = check_id_list(ids)
         with self._lock.read():
             return np.asarray(self._features.take(self._positions_of(ids)), dtype=np.float32)
 
     def get_codes(self, ids: np.ndarray) -> np.ndarray:
         """Stored codes ``uint8 [n, bits/8]`` for ``ids``, in the order given."""
-        ids = check_ids(np.atleast_1d(np.asarray(ids)), np.atleast_1d(np.asarray(ids)).shape[0])
+        ids = check_id_list(ids)
         with self._lock.read():
             return self._codes.take(self._positions_of(ids))
 
@@ -334,23 +332,11 @@ class HashIndex:
             generator = self._flat  # exact too, and cheaper than probing this many buckets
         return generator.range(qcodes, radius)
 
+    def _knn(self, qcodes: np.ndarray, c: int):
+        return knn_to_csr(*self._flat.knn(qcodes, c))
+
     def _candidates(self, qcodes: np.ndarray, k: int, radius: int | None, candidates: int | None):
-        nq = qcodes.shape[0]
-        if radius is not None:
-            return self._range(qcodes, radius)
-        if candidates is not None:
-            return knn_to_csr(*self._flat.knn(qcodes, min(candidates, max(len(self), 1))))
-        # multi-probe: per query, the smallest radius reaching the target count
-        target = DEFAULT_CANDIDATES_PER_K * k
-        if target >= len(self):
-            return self._range(qcodes, self.bits)
-        _, dist = self._flat.knn(qcodes, target)
-        radii = dist[:, -1]
-        parts = []
-        for r in np.unique(radii):
-            qi = np.flatnonzero(radii == r)
-            parts.append((qi, *self._range(qcodes[qi], int(r))))
-        return merge_csr(nq, parts)
+        return select_candidates(qcodes, k, radius, candidates, len(self), self.bits, self._range, self._knn)
 
     # -- search ------------------------------------------------------------------------------
     def _query_codes(self, x: np.ndarray, query_codes: np.ndarray | None) -> np.ndarray:
@@ -379,13 +365,7 @@ class HashIndex:
             candidates: take the ``candidates`` Hamming-nearest items.
             query_codes: precomputed query codes (skips the hasher).
         """
-        k = check_positive_int(k, "k")
-        if radius is not None and candidates is not None:
-            raise InputError("give radius or candidates, not both")
-        if radius is not None:
-            radius = check_radius(radius)
-        if candidates is not None:
-            candidates = check_positive_int(candidates, "candidates")
+        k, radius, candidates = check_search_args(k, radius, candidates)
         x = self._prepare_features(queries, name="queries")
         qcodes = self._query_codes(x, query_codes)
         with self._lock.read():

@@ -17,7 +17,7 @@ import torch
 
 from .errors import InputError
 from .hashers import make_hasher
-from .models import HashHead, HashHeadConfig
+from .models import HashHead
 from .train import TrainConfig, TrainResult, _training_rows, train_hasher
 
 INITS = (None, "pca", "itq")

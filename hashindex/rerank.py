@@ -1,8 +1,4 @@
-"""Exact reranking of Hamming candidates, and CSR helpers for per-query candidate lists.
-
-Candidate lists are CSR: ``lims int64 [nq+1]``, ``positions int64 [M]``, ``hamming int32 [M]``;
-query q's candidates are ``positions[lims[q]:lims[q+1]]`` (FAISS's range_search layout).
-"""
+"""Exact reranking of Hamming candidates (CSR lists, see :mod:`hashindex.candidates`)."""
 
 from __future__ import annotations
 
@@ -16,32 +12,6 @@ _MAX_BLOCK_CANDIDATES = 1 << 15
 
 def higher_is_better(metric: str) -> bool:
     return metric != "l2"
-
-
-def merge_csr(nq: int, parts: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]):
-    """Merge CSR results computed for disjoint query subsets back into query order.
-
-    ``parts``: (query_indices [m], lims [m+1], positions, hamming) per subset.
-    """
-    counts = np.zeros(nq, dtype=np.int64)
-    for qi, lims, _, _ in parts:
-        counts[qi] = np.diff(lims)
-    out_lims = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-    positions = np.empty(out_lims[-1], dtype=np.int64)
-    hamming = np.empty(out_lims[-1], dtype=np.int32)
-    for qi, lims, pos, ham in parts:
-        seg = np.repeat(np.arange(len(qi)), np.diff(lims))
-        dst = out_lims[qi][seg] + np.arange(len(pos)) - lims[:-1][seg]
-        positions[dst] = pos
-        hamming[dst] = ham
-    return out_lims, positions, hamming
-
-
-def knn_to_csr(positions: np.ndarray, hamming: np.ndarray):
-    """FAISS knn output ``[nq, c]`` (-1 padded) -> CSR."""
-    valid = positions >= 0
-    lims = np.concatenate([[0], np.cumsum(valid.sum(axis=1))]).astype(np.int64)
-    return lims, positions[valid].astype(np.int64), hamming[valid].astype(np.int32)
 
 
 def exact_scores(queries: np.ndarray, candidates: np.ndarray, metric: str) -> np.ndarray:

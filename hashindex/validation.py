@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import InputError
+from .errors import DuplicateIdError, InputError
 
 
 def check_features(x: np.ndarray, dim: int | None = None, name: str = "features") -> np.ndarray:
@@ -51,3 +51,39 @@ def check_radius(radius: int) -> int:
     if isinstance(radius, bool) or not isinstance(radius, (int, np.integer)) or radius < 0:
         raise InputError(f"radius must be a non-negative integer (Hamming distance), got {radius!r}")
     return int(radius)
+
+
+def prepare_features(features: np.ndarray, dim: int, metric: str, name: str = "features") -> np.ndarray:
+    """``float [N, D]`` -> float32, L2-normalised for the cosine metric (zero rows refused)."""
+    x = check_features(features, dim, name=name)
+    if metric == "cosine":
+        norms = np.linalg.norm(x, axis=1, keepdims=True)
+        if (norms == 0).any():
+            raise InputError(f"{name} contain zero vectors, which have no cosine similarity")
+        x = x / norms
+    return x
+
+
+def check_search_args(k: int, radius: int | None, candidates: int | None) -> tuple[int, int | None, int | None]:
+    """k > 0; at most one of radius (>= 0) and candidates (> 0)."""
+    k = check_positive_int(k, "k")
+    if radius is not None and candidates is not None:
+        raise InputError("give radius or candidates, not both")
+    radius = None if radius is None else check_radius(radius)
+    candidates = None if candidates is None else check_positive_int(candidates, "candidates")
+    return k, radius, candidates
+
+
+def check_id_list(ids: np.ndarray) -> np.ndarray:
+    """Ids for remove / get_features: a scalar or 1-D integers -> int64 ``[n]``."""
+    a = np.atleast_1d(np.asarray(ids))
+    return check_ids(a, a.shape[0])
+
+
+def check_new_ids(ids: np.ndarray, n: int) -> np.ndarray:
+    """Ids for ``n`` new rows: 1-D non-negative integers, no repeats within the batch."""
+    ids = check_ids(ids, n)
+    uniq, counts = np.unique(ids, return_counts=True)
+    if (counts > 1).any():
+        raise DuplicateIdError(f"ids repeat within the batch: {uniq[counts > 1][:5].tolist()}")
+    return ids

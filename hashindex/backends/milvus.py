@@ -61,9 +61,17 @@ from ..errors import (
     UnknownIdError,
 )
 from ..hashers import Hasher, LinearHasher, make_hasher
-from ..index import DEFAULT_CANDIDATES_PER_K, SearchResult
-from ..rerank import METRICS, higher_is_better, merge_csr, rerank
-from ..validation import check_features, check_ids, check_positive_int, check_radius
+from ..candidates import select_candidates
+from ..index import SearchResult
+from ..rerank import METRICS, higher_is_better, rerank
+from ..validation import (
+    check_id_list,
+    check_positive_int,
+    check_new_ids,
+    check_radius,
+    check_search_args,
+    prepare_features,
+)
 from .faiss_binary import RangeResult
 
 FORMAT = 1
@@ -149,42 +157,6 @@ def _hasher_from_record(rec: dict[str, Any], given: Hasher | None, where: str) -
     if kind == "none":
         return given
     raise IndexFormatError(f"{where}: unknown hasher type {kind!r}")
-
-
-# -- input checks shared with HashIndex (candidates for hashindex.validation) ---------------------
-def prepare_features(features: np.ndarray, dim: int, metric: str, name: str = "features") -> np.ndarray:
-    """``float [N, D]`` -> float32, L2-normalised for cosine (zero rows refused)."""
-    x = check_features(features, dim, name=name)
-    if metric == "cosine":
-        norms = np.linalg.norm(x, axis=1, keepdims=True)
-        if (norms == 0).any():
-            raise InputError(f"{name} contain zero vectors, which have no cosine similarity")
-        x = x / norms
-    return x
-
-
-def check_search_args(k: int, radius: int | None, candidates: int | None) -> tuple[int, int | None, int | None]:
-    k = check_positive_int(k, "k")
-    if radius is not None and candidates is not None:
-        raise InputError("give radius or candidates, not both")
-    radius = None if radius is None else check_radius(radius)
-    candidates = None if candidates is None else check_positive_int(candidates, "candidates")
-    return k, radius, candidates
-
-
-def check_id_list(ids: np.ndarray) -> np.ndarray:
-    """Ids for remove / get_features: a scalar or 1-D integers -> int64 ``[n]``."""
-    a = np.atleast_1d(np.asarray(ids))
-    return check_ids(a, a.shape[0])
-
-
-def check_new_ids(ids: np.ndarray, n: int) -> np.ndarray:
-    """Ids for ``n`` new rows: 1-D integers, no repeats within the batch."""
-    ids = check_ids(ids, n)
-    uniq, counts = np.unique(ids, return_counts=True)
-    if (counts > 1).any():
-        raise DuplicateIdError(f"ids repeat within the batch: {uniq[counts > 1][:5].tolist()}")
-    return ids
 
 
 # -- Milvus result parsing (pure) -------------------------------------------------------------------
@@ -533,21 +505,7 @@ class MilvusHashIndex:
         return self._hamming_search(qcodes, c, None)
 
     def _candidates(self, qcodes: np.ndarray, k: int, radius: int | None, candidates: int | None, n: int):
-        if radius is not None:
-            return self._range(qcodes, radius)
-        if candidates is not None:
-            return self._knn(qcodes, min(candidates, n))
-        # multi-probe, as HashIndex: per query the smallest radius reaching the target count
-        target = DEFAULT_CANDIDATES_PER_K * k
-        if target >= n:
-            return self._range(qcodes, self.bits)
-        lims, _, dist = self._knn(qcodes, target)
-        radii = dist[lims[1:] - 1]  # hits are sorted by distance: the last is the target-th nearest
-        parts = []
-        for r in np.unique(radii):
-            qi = np.flatnonzero(radii == r)
-            parts.append((qi, *self._range(qcodes[qi], int(r))))
-        return merge_csr(qcodes.shape[0], parts)
+        return select_candidates(qcodes, k, radius, candidates, n, self.bits, self._range, self._knn)
 
     # -- search -----------------------------------------------------------------------------------
     def _query_codes(self, x: np.ndarray, query_codes: np.ndarray | None) -> np.ndarray:
