@@ -54,6 +54,9 @@ class FlatCandidates(_BinaryCandidates):
     def __init__(self, bits: int):
         self.bits = bits
         self.index = faiss.IndexBinaryFlat(bits)
+        # counting-based k-NN (hammings_knn_mc): 2-2.5x faster than the heap at k >= 100 on
+        # 100k-1M codes, on par at k = 10; results are sorted by distance either way
+        self.index.use_heap = False
 
     def range(self, queries: np.ndarray, radius: int) -> RangeResult:
         lims, dist, pos = self.index.range_search(queries, radius + 1)
