@@ -208,13 +208,29 @@ def test_feature_queries_use_the_hasher(backend, oracle):
 
 @pytest.mark.parametrize("block", [1, 7, 100])
 def test_rerank_in_small_blocks_is_exact(block, make_gallery, build_index, oracle, monkeypatch):
-    """Reranking walks queries in blocks bounded by a candidate budget; tiny budgets (a query
-    with more candidates than the budget gets a block of its own) must not change results."""
+    """Reranking walks queries in blocks bounded by a cell budget (queries x longest list); tiny
+    budgets (a query with more candidates than the budget gets a block of its own) must not
+    change results."""
     import hashindex.rerank
 
     g = make_gallery(32)
     index = build_index(g, "flat", metric="ip")
     dist = oracle.hamming(g.qcodes, g.codes)
-    monkeypatch.setattr(hashindex.rerank, "_MAX_BLOCK_CANDIDATES", block)
+    monkeypatch.setattr(hashindex.rerank, "_BLOCK_CELLS", block)
     res = index.search(g.qfeatures, k=6, radius=3, query_codes=g.qcodes)
     _check_result(res, g, dist, oracle.scores(g.qfeatures, g.features, "ip"), dist <= 3, 6, "ip", oracle)
+
+
+@pytest.mark.parametrize("metric", ["cosine", "ip", "l2"])
+def test_float16_and_float32_stores_rerank_alike(metric, make_gallery, build_index, oracle):
+    """float32 stores are scored in place by FAISS (fvec_*_by_idx), float16 ones by numpy: both
+    must give the brute-force top-k on their stored values."""
+    g = make_gallery(32)
+    dist = oracle.hamming(g.qcodes, g.codes)
+    for dtype in ("float32", "float16"):
+        index = build_index(g, "flat", metric=metric, feature_dtype=dtype)
+        stored = index.get_features(g.ids)  # what the index holds (normalised; rounded for float16)
+        res = index.search(g.qfeatures, k=5, radius=3, query_codes=g.qcodes)
+        queries = g.qfeatures / np.linalg.norm(g.qfeatures, axis=1, keepdims=True) if metric == "cosine" else g.qfeatures
+        scores = oracle.scores(queries, stored, metric)
+        _check_result(res, g, dist, scores, dist <= 3, 5, metric, oracle)
