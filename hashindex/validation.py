@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .codes import check_codes
 from .errors import DuplicateIdError, InputError
 
 
@@ -87,3 +88,11 @@ def check_new_ids(ids: np.ndarray, n: int) -> np.ndarray:
     if (counts > 1).any():
         raise DuplicateIdError(f"ids repeat within the batch: {uniq[counts > 1][:5].tolist()}")
     return ids
+
+
+def check_query_codes(codes: np.ndarray, nbytes: int, n_rows: int) -> np.ndarray:
+    """Precomputed query codes: uint8 ``[n_rows, nbytes]``, one per query feature row."""
+    codes = check_codes(codes, nbytes)
+    if codes.shape[0] != n_rows:
+        raise InputError(f"{codes.shape[0]} query codes but {n_rows} query rows")
+    return codes

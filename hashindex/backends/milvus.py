@@ -66,6 +66,7 @@ from ..index import SearchResult
 from ..rerank import METRICS, higher_is_better, rerank
 from ..validation import (
     check_id_list,
+    check_query_codes,
     check_positive_int,
     check_new_ids,
     check_radius,
@@ -509,12 +510,7 @@ class MilvusHashIndex:
 
     # -- search -----------------------------------------------------------------------------------
     def _query_codes(self, x: np.ndarray, query_codes: np.ndarray | None) -> np.ndarray:
-        if query_codes is None:
-            return self._encode(x)
-        codes = check_codes(query_codes, self._nbytes)
-        if codes.shape[0] != x.shape[0]:
-            raise InputError(f"{codes.shape[0]} query codes but {x.shape[0]} query rows")
-        return codes
+        return self._encode(x) if query_codes is None else check_query_codes(query_codes, self._nbytes, x.shape[0])
 
     def search(
         self,
