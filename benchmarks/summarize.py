@@ -47,9 +47,13 @@ def summarize(record: dict, targets: list[float]) -> str:
         if ours:
             name, q = max(ours.items(), key=lambda kv: kv[1])
             ratios = []
+            ran = [m["name"] for m in record["methods"]]
             for other in ("exact", "hnsw", "sign"):
                 hit = [v for n, v in best.items() if n.startswith(other)]
-                ratios.append(f"{q / max(hit):.2f}x {other}" if hit else f"{other}: not reached")
+                if hit:
+                    ratios.append(f"{q / max(hit):.2f}x {other}")
+                else:
+                    ratios.append(f"{other}: {'not reached' if any(n.startswith(other) for n in ran) else 'not run'}")
             lines += ["", f"best hashindex configuration: {name} at {q:,.0f} q/s = " + ", ".join(ratios)]
         lines.append("")
     return "\n".join(lines)
