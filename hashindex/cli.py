@@ -110,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("build", help="build an index directory from an embeddings .npz")
     p.add_argument("--features", required=True, help=".npz with 'embeddings' (and optional 'ids', 'labels')")
     p.add_argument("--hasher", choices=("sign", "pca", "itq"), default="itq")
-    p.add_argument("--bits", type=int, default=64)
+    p.add_argument("--bits", type=int, default=128, help="code length (capped by the hasher: <= feature dim)")
     p.add_argument("--model", help="an exported ONNX hash model to use instead of an untrained hasher")
     p.add_argument("--metric", choices=("cosine", "ip", "l2"), default="cosine")
     p.add_argument("--backend", choices=("auto", "flat", "hash", "multihash"), default="auto")
