@@ -18,7 +18,7 @@ from typing import Protocol, runtime_checkable
 import faiss
 import numpy as np
 
-from .codes import binarize
+from .codes import binarize, check_codes
 from .errors import IndexFormatError, InputError, NotFittedError
 from .validation import check_features
 
@@ -171,6 +171,23 @@ def PCASignHasher(dim: int, bits: int) -> LinearHasher:
 def ITQHasher(dim: int, bits: int) -> LinearHasher:
     """Iterative quantization: PCA + the rotation that minimises quantization error."""
     return LinearHasher("itq", bits, dim)
+
+
+def encode_checked(hasher: Hasher, features: np.ndarray, nbytes: int) -> np.ndarray:
+    """``hasher.encode`` with the checks every index needs: fitted, and codes ``nbytes`` wide."""
+    if isinstance(hasher, LinearHasher) and not hasher.is_fitted:
+        raise NotFittedError(
+            f"the index's {hasher.kind} hasher is not fitted: call index.fit(sample) first, "
+            "or add a first batch of at least 2 * bits vectors"
+        )
+    return check_codes(hasher.encode(features), nbytes)
+
+
+def fit_untrained(hasher: Hasher, features: np.ndarray) -> None:
+    """Fit an index's untrained linear hasher; a trained model (ONNX) is refused."""
+    if not isinstance(hasher, LinearHasher):
+        raise InputError("only the untrained linear hashers are fitted; this index uses a trained model")
+    hasher.fit(features)
 
 
 def make_hasher(kind: str, dim: int, bits: int | None = None) -> LinearHasher:

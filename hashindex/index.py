@@ -36,7 +36,7 @@ from .errors import (
     NotFittedError,
     UnknownIdError,
 )
-from .hashers import Hasher, LinearHasher, make_hasher
+from .hashers import Hasher, LinearHasher, encode_checked, fit_untrained, make_hasher
 from .locks import ReadWriteLock
 from .candidates import knn_to_csr, select_candidates
 from .rerank import METRICS, rerank
@@ -181,18 +181,11 @@ class HashIndex:
         return prepare_features(features, self.dim, self.metric, name)
 
     def _encode(self, x: np.ndarray) -> np.ndarray:
-        if isinstance(self.hasher, LinearHasher) and not self.hasher.is_fitted:
-            raise NotFittedError(
-                f"the index's {self.hasher.kind} hasher is not fitted: call index.fit(sample) first, "
-                "or add a first batch of at least 2 * bits vectors"
-            )
-        return check_codes(self.hasher.encode(x), self._nbytes)
+        return encode_checked(self.hasher, x, self._nbytes)
 
     def fit(self, features: np.ndarray) -> "HashIndex":
         """Fit an untrained hasher on a sample of features (no items are added)."""
-        if not isinstance(self.hasher, LinearHasher):
-            raise InputError("only the untrained linear hashers are fitted; this index uses a trained model")
-        self.hasher.fit(self._prepare_features(features))
+        fit_untrained(self.hasher, self._prepare_features(features))
         return self
 
     def _new_ids(self, ids: np.ndarray | None, n: int) -> np.ndarray:

@@ -29,14 +29,19 @@ def check_features(x: np.ndarray, dim: int | None = None, name: str = "features"
     return x
 
 
+def check_int_vector(values: np.ndarray, n: int, name: str) -> np.ndarray:
+    """A 1-D integer array of length ``n`` (ids, labels) -> int64."""
+    values = np.asarray(values)
+    if values.ndim != 1 or values.shape[0] != n:
+        raise InputError(f"{name} must be 1-D of length {n}, got shape {values.shape}")
+    if values.size and not np.issubdtype(values.dtype, np.integer):
+        raise InputError(f"{name} must be integers, got dtype {values.dtype}")
+    return values.astype(np.int64, copy=False)
+
+
 def check_ids(ids: np.ndarray, n: int) -> np.ndarray:
-    """Validate ids for ``n`` rows: integer, 1-D, length n, unique; return int64."""
-    ids = np.asarray(ids)
-    if ids.ndim != 1 or ids.shape[0] != n:
-        raise InputError(f"ids must be 1-D of length {n}, got shape {ids.shape}")
-    if ids.size and not np.issubdtype(ids.dtype, np.integer):
-        raise InputError(f"ids must be integers, got dtype {ids.dtype}")
-    ids = ids.astype(np.int64, copy=False)
+    """Validate ids for ``n`` rows: 1-D non-negative integers of length n; return int64."""
+    ids = check_int_vector(ids, n, "ids")
     if (ids < 0).any():
         raise InputError(f"ids must be non-negative (-1 pads search results), got {ids[ids < 0][:5].tolist()}")
     return ids

@@ -205,3 +205,13 @@ def build_index(monkeypatch):
         return index
 
     return factory
+
+
+@pytest.fixture()
+def torch_one_thread():
+    """Training tests run torch on one thread (the machine's 2 cores are shared); restored after."""
+    torch = pytest.importorskip("torch", reason="needs the train extra (torch)")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -153,8 +153,9 @@ def test_contains_does_not_round_non_integer_ids(make_gallery):
     g = make_gallery(32, n=10, n_centers=2, nq=2)
     index = HashIndex(16, bits=32, backend="flat")
     index.add_codes(g.codes, g.features)  # ids 0..9
-    assert int(1) in index  # an existing id
-    assert 1.5 not in index
+    existing, non_integer = 1, 1.5
+    assert existing in index
+    assert non_integer not in index
 
 
 # -- concurrency ---------------------------------------------------------------------------

@@ -16,12 +16,7 @@ from hashindex.recipes import Recipe, fit_recipe, initial_head  # noqa: E402
 from hashindex.train import TrainConfig, _cosine_neighbours, _draw_extras, predict  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def _numpy_distill(h: np.ndarray, x: np.ndarray, tau: float) -> float:

@@ -26,12 +26,7 @@ from hashindex.train import (  # noqa: E402
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def identities(n_ids: int = 60, per_id: int = 8, dim: int = 32, signal: int = 6, noise: float = 1.0, seed: int = 0):

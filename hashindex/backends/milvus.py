@@ -60,7 +60,7 @@ from ..errors import (
     NotFittedError,
     UnknownIdError,
 )
-from ..hashers import Hasher, LinearHasher, make_hasher
+from ..hashers import Hasher, LinearHasher, encode_checked, fit_untrained, make_hasher
 from ..candidates import select_candidates
 from ..index import SearchResult
 from ..rerank import METRICS, higher_is_better, rerank
@@ -336,20 +336,13 @@ class MilvusHashIndex:
 
     # -- encoding -----------------------------------------------------------------------------------
     def _encode(self, x: np.ndarray) -> np.ndarray:
-        if isinstance(self.hasher, LinearHasher) and not self.hasher.is_fitted:
-            raise NotFittedError(
-                f"the index's {self.hasher.kind} hasher is not fitted: call index.fit(sample) first, "
-                "or add a first batch of at least 2 * bits vectors"
-            )
-        return check_codes(self.hasher.encode(x), self._nbytes)
+        return encode_checked(self.hasher, x, self._nbytes)
 
     def fit(self, features: np.ndarray) -> "MilvusHashIndex":
         """Fit an untrained hasher on a sample (no items added); refused once the collection exists."""
-        if not isinstance(self.hasher, LinearHasher):
-            raise InputError("only the untrained linear hashers are fitted; this index uses a trained model")
-        if self._created:
+        if self._created and isinstance(self.hasher, LinearHasher):
             raise InputError("the collection already exists with its codes: refitting the hasher would invalidate them")
-        self.hasher.fit(prepare_features(features, self.dim, self.metric))
+        fit_untrained(self.hasher, prepare_features(features, self.dim, self.metric))
         return self
 
     # -- id lookup --------------------------------------------------------------------------------

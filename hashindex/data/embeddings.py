@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import IndexFormatError, InputError
-from ..validation import check_features, check_ids
+from ..validation import check_features, check_ids, check_int_vector
 
 
 @dataclass(frozen=True)
@@ -86,12 +86,7 @@ class EmbeddingSet:
 
 
 def _check_int_labels(labels: np.ndarray, n: int) -> np.ndarray:
-    labels = np.asarray(labels)
-    if labels.shape != (n,):
-        raise InputError(f"labels must have shape ({n},), got {labels.shape}")
-    if labels.size and not np.issubdtype(labels.dtype, np.integer):
-        raise InputError(f"labels must be integers, got dtype {labels.dtype}")
-    labels = labels.astype(np.int64, copy=False)
+    labels = check_int_vector(labels, n, "labels")
     if labels.size and labels.min() < 0:
         raise InputError(f"labels must be non-negative, got minimum {labels.min()}")
     return labels

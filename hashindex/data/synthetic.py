@@ -47,7 +47,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import IndexFormatError, InputError
-from ..validation import check_features, check_positive_int
+from ..validation import check_features, check_int_vector, check_positive_int
 
 PARAMS_FORMAT = 1
 DEFAULT_PARAMS_PATH = Path(__file__).resolve().parent / "synthetic_lfw128.npz"
@@ -67,15 +67,6 @@ def _check_seed(seed: int, name: str = "seed") -> int:
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise InputError(f"{name} must be a non-negative integer, got {seed!r}")
     return int(seed)
-
-
-def _check_labels(labels: np.ndarray, n: int) -> np.ndarray:
-    labels = np.asarray(labels)
-    if labels.ndim != 1 or labels.shape[0] != n:
-        raise InputError(f"labels must be 1-D of length {n}, got shape {labels.shape}")
-    if labels.size and not np.issubdtype(labels.dtype, np.integer):
-        raise InputError(f"labels must be integers, got dtype {labels.dtype}")
-    return labels.astype(np.int64, copy=False)
 
 
 # --------------------------------------------------------------------------- pair statistics
@@ -120,7 +111,7 @@ def pair_cosine_stats(features: np.ndarray, labels: np.ndarray) -> PairStats:
         sum_{i != j} mean (x_a.x_b)^2   = |sum_i C_i|_F^2 - sum_i |C_i|_F^2, C_i = X_i^T X_i / n_i
     """
     x = check_features(features, name="features").astype(np.float64)
-    y = _check_labels(labels, x.shape[0])
+    y = check_int_vector(labels, x.shape[0], "labels")
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     if np.any(norms == 0):
         raise InputError("features contain an all-zero row: cosine undefined")
@@ -358,7 +349,7 @@ def estimate_plda(embeddings: np.ndarray, labels: np.ndarray) -> tuple[np.ndarra
     singletons included); negative eigenvalues from sampling noise are clipped by the caller.
     """
     x = check_features(embeddings, name="embeddings").astype(np.float64)
-    y = _check_labels(labels, x.shape[0])
+    y = check_int_vector(labels, x.shape[0], "labels")
     _, inv, counts = np.unique(y, return_inverse=True, return_counts=True)
     multi = counts >= 2
     if counts.size < 3 or multi.sum() < 2:
@@ -460,7 +451,7 @@ def fit_synthetic_params(
     not the calibration sample.
     """
     x = check_features(embeddings, name="embeddings")
-    y = _check_labels(labels, x.shape[0])
+    y = check_int_vector(labels, x.shape[0], "labels")
     check_positive_int(calibration_identities, "calibration_identities")
     check_positive_int(check_identities, "check_identities")
     mean, s_b, s_w = estimate_plda(x, y)
