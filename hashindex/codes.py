@@ -42,6 +42,14 @@ def binarize(h: np.ndarray) -> np.ndarray:
     return pack_bits(h > 0)
 
 
+def pre_tanh(embedding: np.ndarray) -> np.ndarray:
+    """``atanh`` of a tanh ``embedding`` output: the head's linear output, which ranks better
+    asymmetrically than the bounded tanh (benchmarks/QUALITY.md). float32 tanh rounds to +-1
+    beyond |z| ~ 9, so values are clipped just inside; signs (the bits) never change."""
+    edge = np.nextafter(np.float32(1), np.float32(0))
+    return np.arctanh(np.clip(embedding, -edge, edge)).astype(np.float32)
+
+
 def check_codes(codes: np.ndarray, nbytes: int | None = None) -> np.ndarray:
     """Validate packed codes (uint8, 2-D, ``nbytes`` wide when given); return them contiguous."""
     codes = np.asarray(codes)

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from .codes import pre_tanh
 from .errors import IndexFormatError, InputError
 from .onnx_graph import CODES, EMBEDDING, FEATURES, ModelMetadata
 from .preprocess import ImagePreprocessing, load_images
@@ -215,6 +216,10 @@ class OnnxEncoder:
     def encode(self, x: np.ndarray) -> np.ndarray:
         """Packed codes ``uint8 [N, bits/8]`` (the Hasher protocol)."""
         return self.run(x).codes
+
+    def project(self, x: np.ndarray) -> np.ndarray:
+        """Continuous projection ``float32 [N, K]`` whose sign is the code (asymmetric ranking)."""
+        return pre_tanh(self.run(x).embedding)
 
     def load_images(self, paths: Sequence[str | os.PathLike]) -> np.ndarray:
         """Decode and preprocess image files as this (image) model's metadata prescribes."""

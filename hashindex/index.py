@@ -10,6 +10,13 @@ Search modes (``radius`` is inclusive, ARCHITECTURE.md §2):
   chosen per query.
 Candidates are reranked by exact similarity on the stored features, best first.
 
+Ranking for ``candidates`` and multi-probe (``ranking=``): ``"hamming"`` (default) orders items
+by Hamming distance between codes; ``"asymmetric"`` by ``<z, 2b - 1>``, the query's continuous
+projection ``z`` (before the sign) against each item's bits (backends/faiss_asymmetric.py): on
+unseen LFW identities it needs about a third of the candidates for the same recall, at ~5x the
+scan cost of the Hamming stage (benchmarks/QUALITY.md). ``radius`` is a Hamming rule and
+always ranks by Hamming distance.
+
 Backends for the Hamming stage: ``flat`` (IndexBinaryFlat, exact for everything and the source
 of truth), ``hash`` (IndexBinaryHash) and ``multihash`` (IndexBinaryMultiHash), both exact for
 range queries by the nflip / nhash rules, and ``auto`` (see :meth:`HashIndex.backend_for`).
@@ -26,8 +33,9 @@ from pathlib import Path
 import numpy as np
 
 from . import persist
+from .backends.faiss_asymmetric import AsymmetricCandidates
 from .backends.faiss_binary import FlatCandidates, HashCandidates, MultiHashCandidates
-from .codes import check_codes
+from .codes import binarize, check_codes, hamming_pairs, pre_tanh
 from .errors import (
     DuplicateIdError,
     IndexFormatError,
@@ -38,7 +46,7 @@ from .errors import (
 )
 from .hashers import Hasher, LinearHasher, encode_checked, fit_untrained, make_hasher
 from .locks import ReadWriteLock
-from .candidates import knn_to_csr, select_candidates
+from .candidates import DEFAULT_CANDIDATES_PER_K, knn_to_csr, select_candidates
 from .rerank import METRICS, rerank
 from .store import RowStore
 from .validation import (
@@ -52,6 +60,7 @@ from .validation import (
 )
 
 BACKENDS = ("flat", "hash", "multihash", "auto")
+RANKINGS = ("hamming", "asymmetric")
 FEATURE_DTYPES = ("float32", "float16")
 # auto: accelerators pay off only on large galleries and small radii (benchmarks/backends.py).
 AUTO_MIN_ITEMS = 100_000
@@ -132,7 +141,8 @@ class HashIndex:
         self._features = RowStore((self.dim,), np.dtype(feature_dtype))
         self._next_id = 0
         self._flat = FlatCandidates(self.bits)
-        self._accel: dict[str, FlatCandidates | HashCandidates | MultiHashCandidates] = {}
+        # built on first use, kept in step by add, dropped by remove
+        self._accel: dict[str, HashCandidates | MultiHashCandidates | AsymmetricCandidates] = {}
         self._id_lookup: tuple[np.ndarray, np.ndarray] | None = None  # (sorted ids, positions)
         self._lock = ReadWriteLock()
 
@@ -169,9 +179,11 @@ class HashIndex:
         return view
 
     def memory_usage(self) -> dict[str, int]:
-        """Bytes held per component (codes are held twice: the store and the FAISS flat index)."""
+        """Bytes held per component (codes are held twice: the store and the FAISS flat index;
+        a third time once an asymmetric search has built its scanner)."""
+        asym = self._accel.get("asymmetric")
         return {
-            "codes": self._codes.nbytes * 2,
+            "codes": self._codes.nbytes * 2 + (asym.nbytes if asym is not None else 0),
             "ids": self._ids.nbytes,
             "features": self._features.nbytes,
         }
@@ -317,6 +329,8 @@ class HashIndex:
             n = len(self)
             if name == "hash":
                 accel = HashCandidates(self.bits, HashCandidates.default_hash_bits(self.bits, n))
+            elif name == "asymmetric":
+                accel = AsymmetricCandidates(self.bits)
             else:
                 accel = MultiHashCandidates(self.bits, *MultiHashCandidates.default_params(self.bits, n))
             accel.rebuild(self._codes.array)
@@ -335,6 +349,27 @@ class HashIndex:
     def _candidates(self, qcodes: np.ndarray, k: int, radius: int | None, candidates: int | None):
         return select_candidates(qcodes, k, radius, candidates, len(self), self.bits, self._range, self._knn)
 
+    def _asymmetric_candidates(self, qcodes: np.ndarray, z: np.ndarray, k: int, candidates: int | None):
+        c = min(candidates or DEFAULT_CANDIDATES_PER_K * k, len(self))
+        pos, _ = self._generator("asymmetric").knn(z, c)
+        lims, positions, _ = knn_to_csr(pos, np.zeros(pos.shape, np.int32))
+        hamming = hamming_pairs(np.repeat(qcodes, np.diff(lims), axis=0), self._codes.array[positions])
+        return lims, positions, hamming
+
+    def _project(self, x: np.ndarray) -> np.ndarray:
+        project = getattr(self.hasher, "project", None)
+        if project is None:
+            raise InputError(
+                f"asymmetric ranking needs a hasher with a continuous projection (project()); "
+                f"{type(self.hasher).__name__} has none"
+            )
+        if isinstance(self.hasher, LinearHasher) and not self.hasher.is_fitted:
+            self._encode(x)  # raises the not-fitted error every search path gives
+        z = np.asarray(project(x), dtype=np.float32)
+        if z.shape != (x.shape[0], self.bits):
+            raise ModelMismatchError(f"the hasher's projection has shape {z.shape}, expected {(x.shape[0], self.bits)}")
+        return z
+
     # -- search ------------------------------------------------------------------------------
     def _query_codes(self, x: np.ndarray, query_codes: np.ndarray | None) -> np.ndarray:
         return self._encode(x) if query_codes is None else check_query_codes(query_codes, self._nbytes, x.shape[0])
@@ -346,24 +381,42 @@ class HashIndex:
         radius: int | None = None,
         candidates: int | None = None,
         *,
+        ranking: str = "hamming",
         query_codes: np.ndarray | None = None,
     ) -> SearchResult:
-        """Hamming candidates, then exact top-k on the stored features.
+        """Candidates from the codes, then exact top-k on the stored features.
 
         Args:
             queries: float ``[nq, D]``.
             k: results per query.
             radius: take every item within Hamming <= radius.
-            candidates: take the ``candidates`` Hamming-nearest items.
-            query_codes: precomputed query codes (skips the hasher).
+            candidates: take the ``candidates`` best-ranked items (default: multi-probe
+                for Hamming ranking, ``10 * k`` for asymmetric ranking).
+            ranking: "hamming" or "asymmetric" (the query's continuous projection against the
+                items' bits; needs a hasher with ``project``, and no ``radius``).
+            query_codes: precomputed query codes (skips the hasher; Hamming ranking only).
         """
         k, radius, candidates = check_search_args(k, radius, candidates)
+        if ranking not in RANKINGS:
+            raise InputError(f"unknown ranking {ranking!r}; choose one of {', '.join(RANKINGS)}")
         x = self._prepare_features(queries, name="queries")
-        qcodes = self._query_codes(x, query_codes)
+        if ranking == "hamming":
+            return self._search(x, self._query_codes(x, query_codes), None, k, radius, candidates)
+        if radius is not None:
+            raise InputError("radius selects by Hamming distance; asymmetric ranking takes candidates= (or k alone)")
+        if query_codes is not None:
+            raise InputError("asymmetric ranking needs the query features' projection, not precomputed codes")
+        z = self._project(x)
+        return self._search(x, binarize(z), z, k, radius, candidates)
+
+    def _search(self, x, qcodes, z, k: int, radius: int | None, candidates: int | None) -> SearchResult:
+        """Search with encoded queries: ``qcodes`` always, ``z`` for asymmetric ranking."""
         with self._lock.read():
             if len(self) == 0:
                 lims = np.zeros(x.shape[0] + 1, np.int64)
                 positions, hamming = np.empty(0, np.int64), np.empty(0, np.int32)
+            elif z is not None:
+                lims, positions, hamming = self._asymmetric_candidates(qcodes, z, k, candidates)
             else:
                 lims, positions, hamming = self._candidates(qcodes, k, radius, candidates)
             pos, scores, ham = rerank(x, self._features.array, lims, positions, hamming, k, self.metric)
@@ -386,11 +439,23 @@ class HashIndex:
         return self.add_codes(out.codes, out.features, ids)
 
     def search_images(
-        self, images: np.ndarray, k: int = 10, radius: int | None = None, candidates: int | None = None
+        self,
+        images: np.ndarray,
+        k: int = 10,
+        radius: int | None = None,
+        candidates: int | None = None,
+        *,
+        ranking: str = "hamming",
     ) -> SearchResult:
         """:meth:`search` with preprocessed query images ``float32 [nq, 3, H, W]``."""
         out = self._image_encoder().run(images)
-        return self.search(out.features, k=k, radius=radius, candidates=candidates, query_codes=out.codes)
+        if ranking != "asymmetric":
+            return self.search(out.features, k=k, radius=radius, candidates=candidates, ranking=ranking, query_codes=out.codes)
+        k, radius, candidates = check_search_args(k, radius, candidates)
+        if radius is not None:
+            raise InputError("radius selects by Hamming distance; asymmetric ranking takes candidates= (or k alone)")
+        x = self._prepare_features(out.features, name="queries")
+        return self._search(x, out.codes, pre_tanh(out.embedding), k, None, candidates)
 
     def range_search(self, queries: np.ndarray, radius: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """All items within Hamming <= ``radius``, without reranking.

@@ -302,7 +302,11 @@ def data_inputs(graph) -> list:
 
 
 def make_linear_hasher_model(weight: np.ndarray, bias: np.ndarray, metadata: ModelMetadata) -> "onnx.ModelProto":
-    """Graph for ``h = x @ W.T + b`` (``W float32 [K, D]``, ``b [K]``) plus the packing tail."""
+    """Graph for ``h = tanh(x @ W.T + b)`` (``W float32 [K, D]``, ``b [K]``) plus the packing tail.
+
+    The tanh changes no bit; it makes ``embedding`` the bounded continuous code that
+    ARCHITECTURE.md §3 promises for every model, so a consumer (e.g. asymmetric ranking,
+    :func:`hashindex.codes.pre_tanh`) reads every exported model the same way."""
     onnx = require_onnx()
     make_node, const = onnx.helper.make_node, onnx.numpy_helper.from_array
     weight = np.asarray(weight, np.float32)
@@ -316,7 +320,8 @@ def make_linear_hasher_model(weight: np.ndarray, bias: np.ndarray, metadata: Mod
     graph = onnx.helper.make_graph(
         nodes=[
             make_node("MatMul", [FEATURES, "hasher/weight_t"], ["hasher/xw"], name="hasher/matmul"),
-            make_node("Add", ["hasher/xw", "hasher/bias"], [EMBEDDING], name="hasher/add_bias"),
+            make_node("Add", ["hasher/xw", "hasher/bias"], ["hasher/z"], name="hasher/add_bias"),
+            make_node("Tanh", ["hasher/z"], [EMBEDDING], name="hasher/tanh"),
         ],
         name="linear_hasher",
         inputs=[_tensor_info(FEATURES, onnx.TensorProto.FLOAT, [BATCH_DIM, d])],

@@ -108,7 +108,8 @@ def test_encode_matches_numpy_hasher(head_path, hasher, queries):
     np.testing.assert_array_equal(enc.encode(queries), hasher.encode(queries))
     out = enc.run(queries)
     assert isinstance(out, EncoderOutput) and out.features is None
-    np.testing.assert_allclose(out.embedding, hasher.project(queries), atol=1e-5)
+    np.testing.assert_allclose(out.embedding, np.tanh(hasher.project(queries)), atol=1e-5)
+    np.testing.assert_allclose(enc.project(queries), hasher.project(queries), rtol=1e-4, atol=1e-5)
     # float64 input is accepted and cast
     np.testing.assert_array_equal(enc.encode(queries.astype(np.float64)), out.codes)
 

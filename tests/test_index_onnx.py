@@ -102,9 +102,32 @@ def test_fused_face_model_indexes_images_directly(itq_model, tmp_path):
     assert cos.min() > 0.999
     res = index.search_images(images[:10], k=1, candidates=len(pick))
     np.testing.assert_array_equal(res.ids[:, 0], ids[:10])
+    head_only = HashIndex(128, hasher)
+    head_only.add(emb[pick])  # ids 0..39, as add_images gave
+    by_features = head_only.search(emb[pick][:10], k=3, candidates=8, ranking="asymmetric")
+    by_images = index.search_images(images[:10], k=3, candidates=8, ranking="asymmetric")
+    np.testing.assert_array_equal(by_images.ids[:, 0], ids[:10])
+    assert (np.mean(by_images.ids == by_features.ids)) >= 0.9  # same people; near-ties may swap
     # codes agree with the head on the npz embeddings except for near-zero projections
     h = hasher.project(emb[pick])
     stable = (np.abs(h) > 1e-3).all(axis=1)
     assert stable.sum() >= 30
     d = hamming_distances(index.codes[stable], hasher.encode(emb[pick][stable]))
     assert (np.diag(d) == 0).all()
+
+
+def test_asymmetric_ranking_through_the_encoder_matches_the_linear_hasher(itq_model):
+    """The ONNX ``embedding`` is tanh(x W^T + b); the encoder's projection undoes the tanh,
+    so an ONNX-served index ranks asymmetrically exactly as the numpy hasher does."""
+    hasher, path, x = itq_model
+    encoder = OnnxEncoder(path)
+    np.testing.assert_allclose(encoder.project(x[:200]), hasher.project(x[:200]), rtol=1e-4, atol=1e-5)
+    by_model = HashIndex(32, encoder=encoder)
+    by_model.add(x)
+    by_numpy = HashIndex(32, hasher)
+    by_numpy.add(x)
+    q = x[:40] + 0.02
+    a = by_model.search(q, k=5, candidates=60, ranking="asymmetric")
+    b = by_numpy.search(q, k=5, candidates=60, ranking="asymmetric")
+    np.testing.assert_array_equal(a.ids, b.ids)
+    np.testing.assert_array_equal(a.hamming, b.hamming)
