@@ -21,9 +21,10 @@ Protocol (one run = one seed of the identity split):
 Methods: ``sign`` (128 bits only), ``pca``, ``itq`` (FAISS, fitted on the train split) and
 ``learned`` (the default recipe of :mod:`hashindex.recipes`), plus ablation variants
 (``--methods``, see :data:`METHODS`). Every method is also reported as ``<name>+asym``: the
-same codes ranked by the asymmetric score ``<h(query), sign(h(gallery))>`` (the query's
-continuous projection -- for a learned head its tanh ``embedding`` output -- against the
-gallery's bits) instead of by Hamming distance.
+same codes ranked by the asymmetric score ``<z(query), sign(z(gallery))>`` (the query's
+continuous projection before the sign -- for a learned head the pre-tanh output, as
+``HashIndex.search(ranking="asymmetric")`` serves it -- against the gallery's bits) instead of
+by Hamming distance.
 
     python benchmarks/quality.py                        # the table (~6 min, 1 thread): 3 seeds x 16/32/64/128 bits
     python benchmarks/quality.py --seeds 0 --bits 64 --methods itq learned --name quality_smoke
@@ -50,7 +51,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from hashindex import metrics as hm  # noqa: E402
-from hashindex.codes import binarize  # noqa: E402
+from hashindex.codes import binarize, pre_tanh  # noqa: E402
 from hashindex.data import identity_split, load_embeddings  # noqa: E402
 from hashindex.errors import InputError  # noqa: E402
 from hashindex.hashers import make_hasher  # noqa: E402
@@ -60,6 +61,8 @@ DEFAULT_DATA = REPO.parent / "shared/data/lfw/lfw_mfn128_dev.npz"
 QUANTILES = (0.5, 0.95, 0.99)
 RERANK_SHARES = (0.01, 0.001)
 RADII = (0, 1, 2)
+# shares of the gallery at which the recall curves are sampled (log-spaced, 1e-4 .. 1)
+CURVE_FRACTIONS = tuple(float(f) for f in np.logspace(-4, 0, 17))
 
 
 # -- split and exact neighbours ---------------------------------------------------------------
@@ -137,6 +140,12 @@ def code_figures(
             f"rerank_{share:g}": float(nn.hit_probability(np.ceil(share * nn.gallery).astype(np.int64)).mean())
             for share in RERANK_SHARES
         },
+        # recall of (a) and (b) against the share reranked: the curves behind the quantiles
+        "curve": {
+            "nn": [float(nn.hit_probability(np.ceil(f * nn.gallery).astype(np.int64)).mean()) for f in CURVE_FRACTIONS],
+            "identity": [float(ident.hit_probability(np.ceil(f * ident.gallery).astype(np.int64)).mean())
+                         for f in CURVE_FRACTIONS],
+        },
     }
     if query_h is None:
         table = hm.pair_hamming_table(binarize(gallery_h[split.val]), labels[split.val], RADII)
@@ -165,7 +174,8 @@ def _learned(recipe: str) -> Callable:
         from hashindex.train import predict
 
         model = train_recipe(recipe, x, y, bits=bits, seed=seed)
-        return lambda f: predict(model, f)
+        # the pre-tanh output, as served (OnnxEncoder.project): same bits, better asymmetric ranking
+        return lambda f: pre_tanh(predict(model, f))
 
     return fit
 
@@ -271,6 +281,25 @@ def target_check(rows: list[dict], learned: str = "learned", baselines: tuple[st
     return verdict
 
 
+def plot_curves(rows: list[dict], out_dir: Path, name: str) -> list[Path]:
+    """One figure per bit width: recall of the exact float NN (a) and of the same person (b)
+    against the share of the gallery reranked, mean over seeds, one line per method."""
+    from hashindex.plots import plot_recall_vs_candidates
+
+    paths = []
+    for bits in sorted({r["bits"] for r in rows}):
+        for target, label in (("nn", "recall of the exact float nearest neighbour"),
+                              ("identity", "recall of another image of the same person")):
+            curves = {}
+            for method in sorted({r["method"] for r in rows if r["bits"] == bits}):
+                runs = [r["curve"][target] for r in rows if r["bits"] == bits and r["method"] == method]
+                curves[method] = (CURVE_FRACTIONS, np.mean(runs, axis=0))
+            paths.append(plot_recall_vs_candidates(
+                curves, out_dir / f"{name}_{target}_{bits}bits.png",
+                title=f"LFW, unseen identities, {bits} bits (mean of {len(runs)} seeds)", ylabel=label))
+    return paths
+
+
 def format_table(summary: list[dict]) -> str:
     head = (f"{'method':<18}{'bits':>5}  {'NN p50':>8}{'NN p95 [min,max]':>26}{'NN p99':>8}  {'ID p50':>8}{'ID p95 [min,max]':>26}"
             f"{'ID p99':>8}  {'pos<=2':>7}{'neg<=2':>9}  {'R@1 1%':>7}{'R@1 .1%':>8}")
@@ -304,6 +333,7 @@ class QualityConfig:
     threads: int = 1
     name: str = "quality"
     out_dir: str = str(REPO / "benchmarks/results")
+    plots: bool = True
     extra: dict = field(default_factory=dict)
 
 
@@ -348,6 +378,9 @@ def run(cfg: QualityConfig, log=print) -> dict:
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{cfg.name}.json").write_text(json.dumps(result, indent=1) + "\n")
+    if cfg.plots:
+        for path in plot_curves(rows, out, cfg.name):
+            log(f"wrote {path}")
     log(format_table(summary))
     for which, verdict in result["target"].items():
         log(f"target met, {which}: " + json.dumps({b: v["met"] for b, v in verdict.items()}))
@@ -365,8 +398,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--name", default="quality")
     p.add_argument("--out-dir", default=str(REPO / "benchmarks/results"))
+    p.add_argument("--no-plots", action="store_true", help="skip the recall-curve figures (matplotlib)")
     a = p.parse_args(argv)
-    cfg = QualityConfig(a.data, tuple(a.seeds), tuple(a.bits), tuple(a.methods), a.val_fraction, a.threads, a.name, a.out_dir)
+    cfg = QualityConfig(a.data, tuple(a.seeds), tuple(a.bits), tuple(a.methods), a.val_fraction, a.threads, a.name,
+                        a.out_dir, plots=not a.no_plots)
     run(cfg)
     return 0
 

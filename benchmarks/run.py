@@ -7,7 +7,8 @@ Methods (``--methods``), all on the same gallery, probes and thread count:
 * ``ivf``: FAISS IndexIVFFlat (nlist ~ 4 sqrt(N)), nprobe sweep;
 * ``sign``: sign-binarised features + rerank with an oversampled candidate list (k x 1..10), which
   is how Qdrant, Weaviate, OpenSearch and Elasticsearch use binary quantization with rescoring;
-* ``pca`` / ``itq``: PCA-sign and ITQ codes (``--bits``) + rerank: candidate-budget sweep, Hamming
+* ``pca`` / ``itq``: PCA-sign and ITQ codes (``--bits``) + rerank: candidate-budget sweep, the same
+  sweep ranked asymmetrically (``ranking="asymmetric"``; ``--no-asymmetric`` skips it), Hamming
   radius sweep (flat / hash / multihash backends) and the index's default multi-probe mode;
 * ``model``: a learned ONNX hash model (``--model PATH.onnx``, through OnnxEncoder) + rerank, with
   the same modes as ITQ. Skipped, with a note, when no model is given.
@@ -108,6 +109,7 @@ class BenchConfig:
     backends: tuple[str, ...] = BACKENDS
     accel_radii: tuple[int, ...] = (0, 1, 2, 3)  # radii tried on the hash / multihash backends
     max_candidates: int = 20_000  # a radius sweep stops before a radius averaging more than this
+    asymmetric: bool = True  # pca / itq / model: also the candidate sweep with ranking="asymmetric"
     out_dir: str = "benchmarks/results"
     plots: bool = True
 
@@ -482,8 +484,10 @@ class HashMethod:
         backends: Sequence[str] = (),
         accel_radii: Sequence[int] = (),
         multiprobe: bool = False,
+        asymmetric: Sequence[int] = (),
     ):
         self.name, self.fit = name, fit
+        self.asymmetric = tuple(asymmetric)  # candidate budgets ranked asymmetrically
         self.index = HashIndex(dim, hasher, metric="cosine", backend="flat", feature_dtype=feature_dtype)
         self.candidates, self.radii = tuple(candidates), tuple(radii)
         self.backends, self.accel_radii, self.multiprobe = tuple(backends), tuple(accel_radii), multiprobe
@@ -498,6 +502,8 @@ class HashMethod:
 
     def points(self) -> list[Point]:
         pts = [Point(f"{self.name} top-c", f"c={c}", {"candidates": c}) for c in self.candidates]
+        pts += [Point(f"{self.name} asym top-c", f"c={c} asym", {"candidates": c, "ranking": "asymmetric"})
+                for c in self.asymmetric]
         for backend in self.backends:
             radii = self.radii if backend == "flat" else [r for r in self.radii if r in self.accel_radii]
             curve = f"{self.name} radius {backend}"
@@ -519,7 +525,8 @@ class HashMethod:
 
     def search(self, q, k, point):
         p = point.params
-        res = self.index.search(q, k, radius=p.get("radius"), candidates=p.get("candidates"))
+        res = self.index.search(q, k, radius=p.get("radius"), candidates=p.get("candidates"),
+                                ranking=p.get("ranking", "hamming"))
         return res.ids, res.n_candidates.astype(np.float64)
 
     def memory(self) -> dict[str, int]:
@@ -543,7 +550,8 @@ def make_methods(cfg: BenchConfig, dim: int, n_items: int, n_probes: int) -> tup
     makers, skipped = [], []
     exact_probes = min(cfg.exact_probes or n_probes, n_probes)
     hash_kw = dict(feature_dtype=cfg.feature_dtype, candidates=cfg.candidates, radii=cfg.radii,
-                   backends=cfg.backends, accel_radii=cfg.accel_radii, multiprobe=True)  # fmt: skip
+                   backends=cfg.backends, accel_radii=cfg.accel_radii, multiprobe=True,
+                   asymmetric=cfg.candidates if cfg.asymmetric else ())  # fmt: skip
     for family in cfg.methods:
         if family == "exact":
             makers.append(lambda: ExactMethod(dim, exact_probes))
@@ -888,6 +896,7 @@ def parse_args(argv: Sequence[str] | None = None) -> BenchConfig:
     ap.add_argument("--max-candidates", type=int, default=d.max_candidates)
     ap.add_argument("--out-dir", default=d.out_dir)
     ap.add_argument("--no-plots", action="store_true")
+    ap.add_argument("--no-asymmetric", action="store_true", help="skip the asymmetric-ranking candidate sweep")
     a = ap.parse_args(argv)
     per = a.per_identity if a.per_identity == "heavy" else int(a.per_identity)
     return BenchConfig(
@@ -898,7 +907,7 @@ def parse_args(argv: Sequence[str] | None = None) -> BenchConfig:
         ef_construction=a.ef_construction, ef_search=tuple(a.ef_search), nlist=a.nlist, nprobe=tuple(a.nprobe),
         oversample=tuple(a.oversample), candidates=tuple(a.candidates), radii=tuple(a.radii),
         backends=tuple(a.backends), accel_radii=tuple(a.accel_radii), max_candidates=a.max_candidates,
-        out_dir=a.out_dir, plots=not a.no_plots,
+        out_dir=a.out_dir, plots=not a.no_plots, asymmetric=not a.no_asymmetric,
     )  # fmt: skip
 
 

@@ -57,7 +57,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     parts = []
     t = time.perf_counter()
     for lo, hi in tqdm(_chunks(len(queries), 4096), desc="searching", unit="chunk", disable=args.quiet):
-        parts.append(index.search(queries[lo:hi], k=args.k, radius=args.radius, candidates=args.candidates))
+        parts.append(index.search(queries[lo:hi], k=args.k, radius=args.radius, candidates=args.candidates, ranking=args.ranking))
     elapsed = time.perf_counter() - t
     result = {f: np.concatenate([getattr(p, f) for p in parts]) for f in ("ids", "scores", "hamming", "n_candidates")}
     print(
@@ -126,7 +126,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--queries", required=True, help=".npz with 'embeddings'")
     p.add_argument("-k", type=int, default=10)
     p.add_argument("--radius", type=int, help="Hamming radius (inclusive) for candidates")
-    p.add_argument("--candidates", type=int, help="rerank this many Hamming-nearest items")
+    p.add_argument("--candidates", type=int, help="rerank this many best-ranked items")
+    p.add_argument("--ranking", choices=["hamming", "asymmetric"], default="hamming",
+                   help="order candidates by Hamming distance, or by the query's continuous projection "
+                   "against the items' bits (fewer candidates for the same recall; no --radius)")
     p.add_argument("--out", help="write ids / scores / hamming / n_candidates to this .npz")
     p.add_argument("--show", type=int, default=5, help="queries to print when --out is not given")
     p.add_argument("--quiet", action="store_true")

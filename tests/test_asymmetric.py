@@ -141,3 +141,19 @@ def test_pre_tanh_inverts_tanh_and_keeps_signs():
     np.testing.assert_allclose(back[0, 1:7], z[0, 1:7], rtol=1e-3, atol=1e-6)
     assert np.isfinite(back).all()
     np.testing.assert_array_equal(back > 0, h > 0)
+
+
+def test_cli_search_with_asymmetric_ranking(tmp_path):
+    from hashindex.cli import main
+
+    rng = np.random.default_rng(5)
+    x = _normalised(rng, 1200, 32)
+    np.savez(tmp_path / "gallery.npz", embeddings=x)
+    np.savez(tmp_path / "queries.npz", embeddings=x[:30])
+    assert main(["build", "--features", str(tmp_path / "gallery.npz"), "--bits", "32", "--out", str(tmp_path / "idx"), "--quiet"]) == 0
+    assert main(["search", "--index", str(tmp_path / "idx"), "--queries", str(tmp_path / "queries.npz"), "-k", "3",
+                 "--candidates", "50", "--ranking", "asymmetric", "--out", str(tmp_path / "res.npz"), "--quiet"]) == 0
+    got = np.load(tmp_path / "res.npz")
+    want = HashIndex.load(tmp_path / "idx").search(x[:30], k=3, candidates=50, ranking="asymmetric")
+    np.testing.assert_array_equal(got["ids"], want.ids)
+    np.testing.assert_array_equal(got["ids"][:, 0], np.arange(30))  # each query finds itself

@@ -117,6 +117,10 @@ def test_quality_figures_on_a_toy_split():
     curve = hm.recall_vs_candidates(codes[split.queries], codes, x[split.queries], x, fractions=(0.01, 0.001),
                                     exclude=split.queries)
     assert f["recall_at_1"]["rerank_0.01"] == pytest.approx(curve.nn_recall[0])
+    full = hm.recall_vs_candidates(codes[split.queries], codes, x[split.queries], x, fractions=q.CURVE_FRACTIONS,
+                                   exclude=split.queries)
+    np.testing.assert_allclose(f["curve"]["nn"], full.nn_recall, atol=1e-9)
+    assert f["curve"]["nn"][-1] == pytest.approx(1.0) and f["curve"]["identity"][-1] == pytest.approx(1.0)
     table = hm.pair_hamming_table(codes[split.val], labels[split.val])
     assert f["pairs"]["r2"]["positive"] == pytest.approx(table.positive_within(2))
     # asymmetric ranking with the float features themselves as the "query projection" and
