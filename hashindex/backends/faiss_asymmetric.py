@@ -1,4 +1,4 @@
-"""Asymmetric ranking: a float query against the gallery's bits, scanned by FAISS's IndexPQ.
+"""Asymmetric ranking: a float query against the gallery's bits, scanned by FAISS's fast-scan PQ.
 
 The score of a gallery code ``b`` (bits in {0, 1}) for a query's continuous projection ``z``
 (the value whose sign gives the query's own bits) is
@@ -10,12 +10,15 @@ sign throws away on the query side -- how far each projection is from its thresh
 the gallery stays the same packed bits. On unseen LFW identities it needs ~1/3 of the
 candidates a Hamming ranking needs for the same recall (benchmarks/QUALITY.md).
 
-Why IndexPQ: a K-bit code is exactly a product-quantizer code with ``M = K/8`` sub-quantizers
-of 8 dimensions and 256 centroids each, when centroid ``c`` of every sub-quantizer is the
-{-1, +1} pattern of byte value ``c`` in FAISS bit order (bit t of byte j = dimension 8j + t).
-FAISS then scores inner products through per-query lookup tables (one table build, then K/8
-lookups per item), exactly, with its own threading; the packed codes go in unchanged
-(``add_sa_codes``).
+Why a product quantizer: a K-bit code is exactly a PQ code with ``M = K/4`` sub-quantizers of
+4 dimensions and 16 centroids each, when centroid ``c`` of every sub-quantizer is the {-1, +1}
+pattern of the 4-bit value ``c`` (least significant bit = first dimension). FAISS's standard
+4-bit PQ code of a {-1, +1} vector is then byte for byte the packed code of ARCHITECTURE.md §1
+(checked in tests), and ``IndexPQFastScan`` scores it with in-register lookup tables: on 100k
+128-bit codes it scans as fast as the Hamming scan of IndexBinaryFlat (benchmarks/README.md).
+Fast-scan quantizes each query's tables to 8 bits, so scores carry an error of at most about
+``M * max_table_range / 510``; that only decides which items are candidates -- they are then
+reranked exactly on the float features.
 """
 
 from __future__ import annotations
@@ -23,18 +26,19 @@ from __future__ import annotations
 import faiss
 import numpy as np
 
-
-def sign_patterns() -> np.ndarray:
-    """``float32 [256, 8]``: row c is byte value c as {-1, +1}, least significant bit first."""
-    bits = np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1, bitorder="little")
-    return bits.astype(np.float32) * 2 - 1
+SUB_BITS = 4  # bits per sub-quantizer: fast-scan's 16-entry tables
+_ADD_CHUNK = 65536  # codes expanded to float32 {-1, +1} per add call
 
 
-def asymmetric_scores(z: np.ndarray, codes: np.ndarray) -> np.ndarray:
-    """Reference implementation: ``float32 [nq, N]`` scores of ``z float [nq, K]`` against
-    ``codes uint8 [N, K/8]`` (numpy; for tests and small sets)."""
-    signs = np.unpackbits(codes, axis=1, bitorder="little").astype(np.float32) * 2 - 1
-    return np.asarray(z, dtype=np.float32) @ signs.T
+def sign_patterns(bits: int = SUB_BITS) -> np.ndarray:
+    """``float32 [2**bits, bits]``: row c is the value c as {-1, +1}, least significant bit first."""
+    values = np.arange(2**bits, dtype=np.uint8)[:, None]
+    return np.unpackbits(values, axis=1, bitorder="little")[:, :bits].astype(np.float32) * 2 - 1
+
+
+def code_signs(codes: np.ndarray) -> np.ndarray:
+    """Packed codes ``uint8 [N, K/8]`` -> ``float32 {-1, +1} [N, K]`` (FAISS bit order)."""
+    return np.unpackbits(codes, axis=1, bitorder="little").astype(np.float32) * 2 - 1
 
 
 class AsymmetricCandidates:
@@ -43,16 +47,20 @@ class AsymmetricCandidates:
     name = "asymmetric"
 
     def __init__(self, bits: int):
+        if bits % SUB_BITS:
+            raise ValueError(f"bits must be a multiple of {SUB_BITS}, got {bits}")
         self.bits = bits
-        m = bits // 8
-        self.index = faiss.IndexPQ(bits, m, 8, faiss.METRIC_INNER_PRODUCT)
-        centroids = np.broadcast_to(sign_patterns(), (m, 256, 8))
+        m = bits // SUB_BITS
+        self.index = faiss.IndexPQFastScan(bits, m, SUB_BITS, faiss.METRIC_INNER_PRODUCT)
+        centroids = np.broadcast_to(sign_patterns(), (m, 2**SUB_BITS, SUB_BITS))
         faiss.copy_array_to_vector(np.ascontiguousarray(centroids).ravel(), self.index.pq.centroids)
         self.index.is_trained = True
 
     def add(self, codes: np.ndarray) -> None:
-        if len(codes):
-            self.index.add_sa_codes(np.ascontiguousarray(codes))
+        # fast-scan has no add_sa_codes: hand it the {-1, +1} vectors, which its PQ encodes to
+        # exactly these codes (every vector is one of the centroids)
+        for start in range(0, len(codes), _ADD_CHUNK):
+            self.index.add(code_signs(codes[start : start + _ADD_CHUNK]))
 
     def rebuild(self, codes: np.ndarray) -> None:
         self.index.reset()
@@ -60,9 +68,9 @@ class AsymmetricCandidates:
 
     @property
     def nbytes(self) -> int:
-        return self.index.ntotal * self.index.code_size
+        return self.index.ntotal * self.bits // 8
 
     def knn(self, z: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """The ``k`` best positions ``int64 [nq, k]`` (-1 padded) and their scores ``float32``."""
+        """The ``k`` best positions ``int64 [nq, k]`` (-1 padded) and their approximate scores."""
         scores, pos = self.index.search(np.ascontiguousarray(z, dtype=np.float32), k)
         return pos, scores
