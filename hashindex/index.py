@@ -397,13 +397,10 @@ class HashIndex:
             query_codes: precomputed query codes (skips the hasher; Hamming ranking only).
         """
         k, radius, candidates = check_search_args(k, radius, candidates)
-        if ranking not in RANKINGS:
-            raise InputError(f"unknown ranking {ranking!r}; choose one of {', '.join(RANKINGS)}")
+        check_ranking(ranking, radius)
         x = self._prepare_features(queries, name="queries")
         if ranking == "hamming":
             return self._search(x, self._query_codes(x, query_codes), None, k, radius, candidates)
-        if radius is not None:
-            raise InputError("radius selects by Hamming distance; asymmetric ranking takes candidates= (or k alone)")
         if query_codes is not None:
             raise InputError("asymmetric ranking needs the query features' projection, not precomputed codes")
         z = self._project(x)
@@ -448,14 +445,12 @@ class HashIndex:
         ranking: str = "hamming",
     ) -> SearchResult:
         """:meth:`search` with preprocessed query images ``float32 [nq, 3, H, W]``."""
-        out = self._image_encoder().run(images)
-        if ranking != "asymmetric":
-            return self.search(out.features, k=k, radius=radius, candidates=candidates, ranking=ranking, query_codes=out.codes)
         k, radius, candidates = check_search_args(k, radius, candidates)
-        if radius is not None:
-            raise InputError("radius selects by Hamming distance; asymmetric ranking takes candidates= (or k alone)")
+        check_ranking(ranking, radius)
+        out = self._image_encoder().run(images)
         x = self._prepare_features(out.features, name="queries")
-        return self._search(x, out.codes, pre_tanh(out.embedding), k, None, candidates)
+        z = pre_tanh(out.embedding) if ranking == "asymmetric" else None
+        return self._search(x, out.codes, z, k, radius, candidates)
 
     def range_search(self, queries: np.ndarray, radius: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """All items within Hamming <= ``radius``, without reranking.
@@ -556,6 +551,14 @@ class HashIndex:
         index._flat.rebuild(codes)
         index._next_id = max(int(m.get("next_id", 0)), int(ids.max()) + 1 if count else 0)
         return index
+
+
+def check_ranking(ranking: str, radius: int | None) -> None:
+    """A known ranking, and no Hamming radius with the asymmetric one."""
+    if ranking not in RANKINGS:
+        raise InputError(f"unknown ranking {ranking!r}; choose one of {', '.join(RANKINGS)}")
+    if ranking == "asymmetric" and radius is not None:
+        raise InputError("radius selects by Hamming distance; asymmetric ranking takes candidates= (or k alone)")
 
 
 def _load_array(path: Path, dtype: np.dtype, shape: tuple[int, ...], mmap: bool) -> np.ndarray:
