@@ -173,13 +173,18 @@ def ITQHasher(dim: int, bits: int) -> LinearHasher:
     return LinearHasher("itq", bits, dim)
 
 
-def encode_checked(hasher: Hasher, features: np.ndarray, nbytes: int) -> np.ndarray:
-    """``hasher.encode`` with the checks every index needs: fitted, and codes ``nbytes`` wide."""
+def check_index_hasher_fitted(hasher: Hasher) -> None:
+    """An index's untrained linear hasher must be fitted before it encodes or projects."""
     if isinstance(hasher, LinearHasher) and not hasher.is_fitted:
         raise NotFittedError(
             f"the index's {hasher.kind} hasher is not fitted: call index.fit(sample) first, "
             "or add a first batch of at least 2 * bits vectors"
         )
+
+
+def encode_checked(hasher: Hasher, features: np.ndarray, nbytes: int) -> np.ndarray:
+    """``hasher.encode`` with the checks every index needs: fitted, and codes ``nbytes`` wide."""
+    check_index_hasher_fitted(hasher)
     return check_codes(hasher.encode(features), nbytes)
 
 

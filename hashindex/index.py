@@ -13,8 +13,8 @@ Candidates are reranked by exact similarity on the stored features, best first.
 Ranking for ``candidates`` and multi-probe (``ranking=``): ``"hamming"`` (default) orders items
 by Hamming distance between codes; ``"asymmetric"`` by ``<z, 2b - 1>``, the query's continuous
 projection ``z`` (before the sign) against each item's bits (backends/faiss_asymmetric.py): on
-unseen LFW identities it needs about a third of the candidates for the same recall, at ~5x the
-scan cost of the Hamming stage (benchmarks/QUALITY.md). ``radius`` is a Hamming rule and
+unseen LFW identities it needs about a third of the candidates for the same recall, at about
+the scan cost of the Hamming stage (benchmarks/QUALITY.md). ``radius`` is a Hamming rule and
 always ranks by Hamming distance.
 
 Backends for the Hamming stage: ``flat`` (IndexBinaryFlat, exact for everything and the source
@@ -44,7 +44,7 @@ from .errors import (
     NotFittedError,
     UnknownIdError,
 )
-from .hashers import Hasher, LinearHasher, encode_checked, fit_untrained, make_hasher
+from .hashers import Hasher, LinearHasher, check_index_hasher_fitted, encode_checked, fit_untrained, make_hasher
 from .locks import ReadWriteLock
 from .candidates import DEFAULT_CANDIDATES_PER_K, knn_to_csr, select_candidates
 from .rerank import METRICS, rerank
@@ -349,12 +349,12 @@ class HashIndex:
     def _candidates(self, qcodes: np.ndarray, k: int, radius: int | None, candidates: int | None):
         return select_candidates(qcodes, k, radius, candidates, len(self), self.bits, self._range, self._knn)
 
-    def _asymmetric_candidates(self, qcodes: np.ndarray, z: np.ndarray, k: int, candidates: int | None):
+    def _asymmetric_candidates(self, z: np.ndarray, k: int, candidates: int | None):
+        """CSR candidates by asymmetric score; their Hamming column is 0 (filled in for the
+        k results only, after the rerank)."""
         c = min(candidates or DEFAULT_CANDIDATES_PER_K * k, len(self))
         pos, _ = self._generator("asymmetric").knn(z, c)
-        lims, positions, _ = knn_to_csr(pos, np.zeros(pos.shape, np.int32))
-        hamming = hamming_pairs(np.repeat(qcodes, np.diff(lims), axis=0), self._codes.array[positions])
-        return lims, positions, hamming
+        return knn_to_csr(pos, np.zeros(pos.shape, np.int32))
 
     def _project(self, x: np.ndarray) -> np.ndarray:
         project = getattr(self.hasher, "project", None)
@@ -363,8 +363,7 @@ class HashIndex:
                 f"asymmetric ranking needs a hasher with a continuous projection (project()); "
                 f"{type(self.hasher).__name__} has none"
             )
-        if isinstance(self.hasher, LinearHasher) and not self.hasher.is_fitted:
-            self._encode(x)  # raises the not-fitted error every search path gives
+        check_index_hasher_fitted(self.hasher)
         z = np.asarray(project(x), dtype=np.float32)
         if z.shape != (x.shape[0], self.bits):
             raise ModelMismatchError(f"the hasher's projection has shape {z.shape}, expected {(x.shape[0], self.bits)}")
@@ -413,10 +412,13 @@ class HashIndex:
                 lims = np.zeros(x.shape[0] + 1, np.int64)
                 positions, hamming = np.empty(0, np.int64), np.empty(0, np.int32)
             elif z is not None:
-                lims, positions, hamming = self._asymmetric_candidates(qcodes, z, k, candidates)
+                lims, positions, hamming = self._asymmetric_candidates(z, k, candidates)
             else:
                 lims, positions, hamming = self._candidates(qcodes, k, radius, candidates)
             pos, scores, ham = rerank(x, self._features.array, lims, positions, hamming, k, self.metric)
+            if z is not None:  # Hamming distances of the results only, not of every candidate
+                rows, cols = np.nonzero(pos >= 0)
+                ham[rows, cols] = hamming_pairs(qcodes[rows], self._codes.array[pos[rows, cols]])
             ids = np.full(pos.shape, -1, dtype=np.int64)
             ids[pos >= 0] = self._ids.array[pos[pos >= 0]]
         return SearchResult(ids, scores, ham, np.diff(lims))
