@@ -1,6 +1,6 @@
 """Queries per second of the Hamming stage: Flat vs Hash vs MultiHash, radius 0..3.
 
-Gallery: a synthetic identity gallery (hashindex.data.synthetic) encoded with an ITQ hasher,
+Gallery: a synthetic identity gallery (hashindex.training.data.synthetic) encoded with an ITQ hasher,
 so codes have the clustered structure of real face codes. Every backend answers the same
 queries in one process; the candidate sets are checked equal to the flat (exact) backend's.
 
@@ -18,9 +18,9 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from hashindex.backends.faiss_binary import FlatCandidates, HashCandidates, MultiHashCandidates
-from hashindex.data.synthetic import SyntheticGallery
-from hashindex.hashers import ITQHasher
+from hashindex.serving.candidates.binary import FlatCandidates, HashCandidates, MultiHashCandidates
+from hashindex.training.data.synthetic import SyntheticGallery
+from hashindex.serving.hashers import ITQHasher
 
 
 def make_codes(n: int, nq: int, bits: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -3,7 +3,7 @@
     PYTHONPATH=. .venv/bin/python benchmarks/derive_synthetic_params.py   (or after pip install -e .)
 
 Reads ../shared/data/lfw/lfw_mfn128_dev.npz (relative to the repository), fits the PLDA-style
-generator (hashindex.data.synthetic.fit_synthetic_params) and writes the small parameter file
+generator (hashindex.training.data.synthetic.fit_synthetic_params) and writes the small parameter file
 shipped in the package. Prints the real and synthetic pair statistics.
 """
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hashindex.data.synthetic import DEFAULT_PARAMS_PATH, fit_synthetic_params
+from hashindex.training.data.synthetic import DEFAULT_PARAMS_PATH, fit_synthetic_params
 
 LFW = Path(__file__).resolve().parents[1].parent / "shared/data/lfw/lfw_mfn128_dev.npz"
 

@@ -2,7 +2,7 @@
 
 Both paths produce packed codes from float32 features: onnxruntime runs the exported graph
 (packing inside the graph, plus the encoder's input validation); torch runs the module under
-``no_grad`` and packs with ``hashindex.codes.binarize``. Both are pinned to the same number of
+``no_grad`` and packs with ``hashindex.core.codes.binarize``. Both are pinned to the same number of
 threads (default 1: the development machine is shared) so the figures compare like with like.
 
     python benchmarks/encoder_throughput.py [--bits 64] [--dim 128] [--threads 1] [--json out.json]
@@ -46,10 +46,10 @@ def main() -> None:
     import onnxruntime
     import torch
 
-    from hashindex.codes import binarize
-    from hashindex.encoder import OnnxEncoder
-    from hashindex.models import HashHead
-    from hashindex.onnx_export import InputSpec, TrainingInfo, export_model, fragile_rows
+    from hashindex.core.codes import binarize
+    from hashindex.serving.encoder import OnnxEncoder
+    from hashindex.training.models import HashHead
+    from hashindex.export.onnx import InputSpec, TrainingInfo, export_model, fragile_rows
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)

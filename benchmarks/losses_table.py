@@ -1,6 +1,6 @@
 """Table 1 of the softmax-loss deep hashing paper on LFW, for every loss and the baselines.
 
-Protocol: identities split 70/30 (seeded, hashindex.data.identity_split). Hash heads are trained
+Protocol: identities split 70/30 (seeded, hashindex.training.data.identity_split). Hash heads are trained
 on the 70% (the trainer holds out part of it for early stopping); every figure is measured on
 the 30% of identities never seen in training:
 - Table 1: share of positive (same person) and negative pairs among validation images at
@@ -24,9 +24,9 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from hashindex.data import identity_split, load_embeddings
-from hashindex.hashers import make_hasher
-from hashindex.metrics import map_at_r, pair_hamming_table, recall_vs_candidates
+from hashindex.training.data import identity_split, load_embeddings
+from hashindex.serving.hashers import make_hasher
+from hashindex.evaluation.metrics import map_at_r, pair_hamming_table, recall_vs_candidates
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "lfw" / "lfw_mfn128_dev.npz"
 FRACTIONS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2)
@@ -35,7 +35,7 @@ FRACTIONS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2)
 def learned_codes(loss: str, bits: int, x_train, y_train, x_all, seed: int, epochs: int):
     import torch
 
-    from hashindex.train import TrainConfig, predict, train_hasher
+    from hashindex.training.loop import TrainConfig, predict, train_hasher
 
     torch.set_num_threads(1)
     # at 8 bits there are fewer distinct CSQ centers than identities; shared centers are the

@@ -1,6 +1,6 @@
 """HashIndex (FAISS) vs MilvusHashIndex (milvus-lite): queries per second and recall, side by side.
 
-The same synthetic identity gallery (hashindex.data.synthetic), the same ITQ codes and the same
+The same synthetic identity gallery (hashindex.training.data.synthetic), the same ITQ codes and the same
 features go into both; recall@1 / @10 is measured against exact float search (cosine, brute
 force). Searches run in the default mode (per query the smallest radius giving 10 * k
 candidates) and at fixed radii; MilvusHashIndex with client-side and with Milvus-side reranking.
@@ -22,10 +22,10 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from hashindex.backends.milvus import MilvusHashIndex
-from hashindex.data.synthetic import SyntheticGallery
-from hashindex.hashers import ITQHasher
-from hashindex.index import HashIndex
+from hashindex.serving.milvus import MilvusHashIndex
+from hashindex.training.data.synthetic import SyntheticGallery
+from hashindex.serving.hashers import ITQHasher
+from hashindex.serving.index import HashIndex
 
 
 def exact_topk(queries: np.ndarray, features: np.ndarray, k: int) -> np.ndarray:

@@ -3,14 +3,14 @@
 Protocol (one run = one seed of the identity split):
 
 * data: an embeddings ``.npz`` (default the LFW development split, MobileFaceNet 128-d);
-* identities split ~70% train / ~30% validation (:func:`hashindex.data.identity_split`);
+* identities split ~70% train / ~30% validation (:func:`hashindex.training.data.identity_split`);
   hashers are fitted / trained on the train rows only;
 * gallery: every image; queries: validation images whose identity has >= 2 images; a query
   never retrieves itself;
 * per method and bit width:
   (a) ``nn``: share of the gallery to rerank so that the exact float (cosine) nearest
       neighbour is among the Hamming-nearest candidates -- median, p95, p99, expected over
-      the order inside tied distances (:mod:`hashindex.rank_eval`);
+      the order inside tied distances (:mod:`hashindex.evaluation.ranks`);
   (b) ``identity``: the same for "any other image of the same person";
   (c) ``pairs``: the paper's Table 1 on validation identities (share of positive / negative
       pairs at Hamming distance = 0, <= 1, <= 2);
@@ -19,7 +19,7 @@ Protocol (one run = one seed of the identity split):
 * spread: mean, min and max over ``--seeds``.
 
 Methods: ``sign`` (128 bits only), ``pca``, ``itq`` (FAISS, fitted on the train split) and
-``learned`` (the default recipe of :mod:`hashindex.recipes`), plus ablation variants
+``learned`` (the default recipe of :mod:`hashindex.training.recipes`), plus ablation variants
 (``--methods``, see :data:`METHODS`). Every method is also reported as ``<name>+asym``: the
 same codes ranked by the asymmetric score ``<z(query), sign(z(gallery))>`` (the query's
 continuous projection before the sign -- for a learned head the pre-tanh output, as
@@ -50,12 +50,12 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from hashindex import metrics as hm  # noqa: E402
-from hashindex.codes import binarize, pre_tanh  # noqa: E402
-from hashindex.data import identity_split, load_embeddings  # noqa: E402
-from hashindex.errors import InputError  # noqa: E402
-from hashindex.hashers import make_hasher  # noqa: E402
-from hashindex.rank_eval import TargetRanks, sign_matrix, target_ranks  # noqa: E402
+from hashindex.evaluation import metrics as hm  # noqa: E402
+from hashindex.core.codes import binarize, pre_tanh  # noqa: E402
+from hashindex.training.data import identity_split, load_embeddings  # noqa: E402
+from hashindex.core.errors import InputError  # noqa: E402
+from hashindex.serving.hashers import make_hasher  # noqa: E402
+from hashindex.evaluation.ranks import TargetRanks, sign_matrix, target_ranks  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / "shared/data/lfw/lfw_mfn128_dev.npz"
 QUANTILES = (0.5, 0.95, 0.99)
@@ -170,8 +170,8 @@ def _baseline(kind: str) -> Callable:
 
 def _learned(recipe: str) -> Callable:
     def fit(x: np.ndarray, y: np.ndarray, bits: int, seed: int) -> Encoder:
-        from hashindex.recipes import train_recipe
-        from hashindex.train import predict
+        from hashindex.training.recipes import train_recipe
+        from hashindex.training.loop import predict
 
         model = train_recipe(recipe, x, y, bits=bits, seed=seed)
         # the pre-tanh output, as served (OnnxEncoder.project): same bits, better asymmetric ranking
@@ -181,7 +181,7 @@ def _learned(recipe: str) -> Callable:
 
 
 def _method_table() -> dict[str, Callable]:
-    from hashindex.recipes import RECIPES
+    from hashindex.training.recipes import RECIPES
 
     table = {"sign": _baseline("sign"), "pca": _baseline("pca"), "itq": _baseline("itq")}
     table.update({name: _learned(name) for name in RECIPES})
@@ -284,7 +284,7 @@ def target_check(rows: list[dict], learned: str = "learned", baselines: tuple[st
 def plot_curves(rows: list[dict], out_dir: Path, name: str) -> list[Path]:
     """One figure per bit width: recall of the exact float NN (a) and of the same person (b)
     against the share of the gallery reranked, mean over seeds, one line per method."""
-    from hashindex.plots import plot_recall_vs_candidates
+    from hashindex.evaluation.plots import plot_recall_vs_candidates
 
     paths = []
     for bits in sorted({r["bits"] for r in rows}):

@@ -1,16 +1,16 @@
 """Quick probes of hash-head objectives that the library does not ship (issue 6 ablation).
 
-``benchmarks/quality.py`` measures the recipes of :mod:`hashindex.recipes`; this script tries
+``benchmarks/quality.py`` measures the recipes of :mod:`hashindex.training.recipes`; this script tries
 variants of the distillation objective in a bare training loop, on the same splits and with the
 same figures, to decide whether any of them deserves a place in the library. None did
-(benchmarks/QUALITY.md, "Probes"), which is why they live here and not in ``hashindex.losses``.
+(benchmarks/QUALITY.md, "Probes"), which is why they live here and not in ``hashindex.training.losses``.
 
 Every variant starts from the ITQ projection (pre-tanh mean |z| = 1 x ``scale``), trains on
 groups of a random training row and its 15 float nearest neighbours (24 groups a batch) with
 Adam and a cosine schedule, and is described by ``name,key=value,...``:
 
 * ``student``: how the batch's code similarities are formed for the listwise KL against the
-  float cosines (hashindex.losses.distill): ``tanh`` (cosine of the tanh codes, the library's),
+  float cosines (hashindex.training.losses.distill): ``tanh`` (cosine of the tanh codes, the library's),
   ``ste`` (the actual {-1, +1} codes, straight-through gradient: the Hamming ranking itself),
   ``asym`` (pre-tanh rows against straight-through bits: the asymmetric ranking);
 * ``hidden``: width of a residual ReLU MLP added to the linear map (zero-initialised);
@@ -42,9 +42,9 @@ for p in (REPO, REPO / "benchmarks"):
 
 from quality import DEFAULT_DATA, code_figures, make_split  # noqa: E402
 
-from hashindex.data import load_embeddings  # noqa: E402
-from hashindex.hashers import make_hasher  # noqa: E402
-from hashindex.losses import make_loss  # noqa: E402
+from hashindex.training.data import load_embeddings  # noqa: E402
+from hashindex.serving.hashers import make_hasher  # noqa: E402
+from hashindex.training.losses import make_loss  # noqa: E402
 
 DEFAULTS = {"student": "tanh", "hidden": 0, "bal": 0.0, "dec": 0.0, "id": 0.0, "tau": 0.05, "lr": 1e-3, "ep": 20, "scale": 1.0}
 

@@ -20,7 +20,7 @@ full-precision distance computations for HNSW / IVF, N for exact), queries per s
 encode + add; generating the synthetic data is not counted) and bytes per item (index structure
 and full-precision feature store).
 
-Data: a synthetic identity gallery (hashindex.data.synthetic) streamed in chunks into each index,
+Data: a synthetic identity gallery (hashindex.training.data.synthetic) streamed in chunks into each index,
 so 10M items never sit in memory twice; hashers (and IVF's coarse quantizer) are trained on a
 separate set of synthetic identities. ``--data PATH.npz`` uses an embeddings file instead (the LFW
 development split): hashers train on ~70% of the identities, gallery and probes come from the
@@ -60,11 +60,11 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from hashindex import HashIndex
-from hashindex.data import identity_split, load_embeddings
-from hashindex.data.synthetic import SyntheticGallery
-from hashindex.errors import InputError
-from hashindex.hashers import ITQHasher, PCASignHasher, SignHasher
-from hashindex.metrics import recall_at_k_vs_exact
+from hashindex.training.data import identity_split, load_embeddings
+from hashindex.training.data.synthetic import SyntheticGallery
+from hashindex.core.errors import InputError
+from hashindex.serving.hashers import ITQHasher, PCASignHasher, SignHasher
+from hashindex.evaluation.metrics import recall_at_k_vs_exact
 
 REPO = Path(__file__).resolve().parents[1]
 METHODS = ("exact", "hnsw", "ivf", "sign", "pca", "itq", "model")
@@ -89,7 +89,7 @@ class BenchConfig:
     train_items: int | None = None  # synthetic training set size; None: max(20000, 40 nlist)
     methods: tuple[str, ...] = METHODS
     model: str | None = None
-    train_recipe: str | None = None  # train this hashindex.recipes recipe on the training side, use it as --model
+    train_recipe: str | None = None  # train this hashindex.training.recipes recipe on the training side, use it as --model
     bits: tuple[int, ...] = (64,)
     k: int = 10
     threads: int = 1
@@ -230,7 +230,7 @@ class SyntheticSource:
         counts = self.gen.identity_counts
         return {
             "kind": "synthetic",
-            "generator": "hashindex.data.synthetic.SyntheticGallery (PLDA fitted to LFW MobileFaceNet-128)",
+            "generator": "hashindex.training.data.synthetic.SyntheticGallery (PLDA fitted to LFW MobileFaceNet-128)",
             "n_items": self.n_items,
             "n_identities": int(np.unique(self.gallery_labels).size),
             "per_identity": str(self.gen.images_per_identity),
@@ -275,7 +275,7 @@ class NpzSource:
         return {
             "kind": "npz",
             "path": str(self.path),
-            "split": f"hashindex.data.identity_split(val_fraction={self.val_fraction}, seed={self.seed})",
+            "split": f"hashindex.training.data.identity_split(val_fraction={self.val_fraction}, seed={self.seed})",
             "n_items": self.n_items,
             "n_identities": int(np.unique(self.gallery_labels).size),
             "dim": self.dim,
@@ -574,7 +574,7 @@ def make_methods(cfg: BenchConfig, dim: int, n_items: int, n_probes: int) -> tup
             if not cfg.model:
                 skipped.append({"method": "model", "reason": "no --model PATH.onnx given"})
                 continue
-            from hashindex.encoder import OnnxEncoder  # onnxruntime only when a model is benchmarked
+            from hashindex.serving.encoder import OnnxEncoder  # onnxruntime only when a model is benchmarked
 
             enc = OnnxEncoder(cfg.model, providers="cpu", threads=cfg.threads)
             if enc.kind != "features" or enc.dim != dim:
@@ -748,9 +748,9 @@ def train_model(cfg: BenchConfig, source) -> str:
     """Train ``cfg.train_recipe`` on the source's training identities; export it to ONNX."""
     import torch
 
-    from hashindex.onnx_export import export_model
-    from hashindex.onnx_graph import TrainingInfo
-    from hashindex.recipes import fit_recipe
+    from hashindex.export.onnx import export_model
+    from hashindex.core.onnx_contract import TrainingInfo
+    from hashindex.training.recipes import fit_recipe
 
     torch.set_num_threads(cfg.threads)
     bits = cfg.bits[0]

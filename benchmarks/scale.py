@@ -1,6 +1,6 @@
 """How build time, memory and query time grow with the gallery: 100k -> 1M -> 10M.
 
-One pass streams a synthetic identity gallery (hashindex.data.synthetic) into a HashIndex with
+One pass streams a synthetic identity gallery (hashindex.training.data.synthetic) into a HashIndex with
 a float16 feature store, while an exact top-k heap for a subsample of probes is kept over the
 same chunks (FAISS ResultHeap), so the gallery is generated once per size. The index is then
 saved, reloaded memory-mapped, and searched in candidate-budget and multi-probe modes.
@@ -23,8 +23,8 @@ import faiss
 import numpy as np
 
 from hashindex import HashIndex, OnnxEncoder
-from hashindex.data.synthetic import SyntheticGallery
-from hashindex.hashers import ITQHasher
+from hashindex.training.data.synthetic import SyntheticGallery
+from hashindex.serving.hashers import ITQHasher
 
 
 def peak_rss_mib() -> float:

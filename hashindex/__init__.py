@@ -1,14 +1,20 @@
 """hashindex: learned binary hash codes, FAISS binary indexes and exact reranking.
 
-Serving (this package's top level) needs numpy, faiss and, for ONNX models, onnxruntime;
-never torch. Training lives in :mod:`hashindex.train`, :mod:`hashindex.losses` and
-:mod:`hashindex.models`, which import torch.
+Layers, each importing only from those above it in this list (tests/test_layers.py checks it):
+
+- ``core``: codes and bit order, errors, input checks, the ONNX model contract;
+- ``serving``: the index front, the FAISS and Milvus indexes, candidate stages, rerank, stores,
+  persistence, hashers and the ONNX encoder (numpy + faiss + onnxruntime, never torch);
+- ``evaluation``: metrics, reports and plots;
+- ``training``: config, loop, checkpoints, recipes, losses, models, datasets (torch);
+- ``export``: torch models and hashers to ONNX;
+- ``cli``: the ``hashindex`` command and the demo.
 """
 
 from __future__ import annotations
 
-from .codes import binarize, hamming_distances, pack_bits, unpack_bits
-from .errors import (
+from hashindex.core.codes import binarize, hamming_distances, pack_bits, unpack_bits
+from hashindex.core.errors import (
     DuplicateIdError,
     HashIndexError,
     IndexFormatError,
@@ -17,8 +23,11 @@ from .errors import (
     NotFittedError,
     UnknownIdError,
 )
-from .hashers import ITQHasher, LinearHasher, PCASignHasher, SignHasher, make_hasher
-from .index import HashIndex, SearchResult
+from hashindex.serving.hashers import ITQHasher, LinearHasher, PCASignHasher, SignHasher, make_hasher
+from hashindex.serving.index import HashIndex, SearchResult
+from hashindex import _moved
+
+_moved.install()
 
 __version__ = "0.1.0"
 
@@ -45,10 +54,21 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):
-    # onnxruntime is imported only when an ONNX encoder is used
-    if name == "OnnxEncoder":
-        from .encoder import OnnxEncoder
+# imported on first use: onnxruntime only with an ONNX encoder, torch only with training
+_LAZY = {
+    "OnnxEncoder": ("hashindex.serving.encoder", "OnnxEncoder"),
+    "MilvusHashIndex": ("hashindex.serving.milvus", "MilvusHashIndex"),
+    "hashers": ("hashindex.serving.hashers", None),
+    "losses": ("hashindex.training.losses", None),
+    "models": ("hashindex.training.models", None),
+}
 
-        return OnnxEncoder
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        module_name, attr = _LAZY[name]
+        module = importlib.import_module(module_name)
+        return module if attr is None else getattr(module, attr)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

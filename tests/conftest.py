@@ -162,7 +162,7 @@ def make_gallery_fn(
             rng.integers(0, 2, size=(n_rand, bits), dtype=np.uint8),
         ]
     )
-    # pack with numpy directly (little bit order), independent of hashindex.codes
+    # pack with numpy directly (little bit order), independent of hashindex.core.codes
     codes = np.packbits(item_bits, axis=1, bitorder="little")
     qcodes = np.packbits(q_bits, axis=1, bitorder="little")
     features = rng.standard_normal((n, dim)).astype(np.float32)
@@ -193,7 +193,7 @@ def build_index(monkeypatch):
     ``backend="auto"`` the accelerator threshold is lowered so the accelerators are exercised
     at test sizes (the real threshold would need 100k items).
     """
-    import hashindex.index as hindex
+    import hashindex.serving.index as hindex
 
     def factory(g: Gallery, backend: str, metric: str = "cosine", feature_dtype: str = "float32", ids=True):
         if backend == "auto":

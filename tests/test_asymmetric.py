@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from hashindex import HashIndex, InputError, NotFittedError
-from hashindex.backends.faiss_asymmetric import AsymmetricCandidates
-from hashindex.codes import pre_tanh
-from hashindex.hashers import ITQHasher
+from hashindex.serving.candidates.asymmetric import AsymmetricCandidates
+from hashindex.core.codes import pre_tanh
+from hashindex.serving.hashers import ITQHasher
 
 
 def score_oracle(z: np.ndarray, codes: np.ndarray) -> np.ndarray:

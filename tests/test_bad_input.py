@@ -9,9 +9,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hashindex.errors import DuplicateIdError, InputError, NotFittedError, UnknownIdError
-from hashindex.hashers import ITQHasher
-from hashindex.index import HashIndex
+from hashindex.core.errors import DuplicateIdError, InputError, NotFittedError, UnknownIdError
+from hashindex.serving.hashers import ITQHasher
+from hashindex.serving.index import HashIndex
 
 DIM, BITS, N = 24, 16, 400
 

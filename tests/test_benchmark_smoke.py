@@ -67,8 +67,8 @@ def unit32(x: np.ndarray) -> np.ndarray:
 @pytest.fixture(scope="module")
 def synthetic(tmp_path_factory):
     """One tiny synthetic run with every method, the model being the exported sign hasher."""
-    from hashindex.hashers import SignHasher
-    from hashindex.onnx_export import export_linear_hasher
+    from hashindex.serving.hashers import SignHasher
+    from hashindex.export.onnx import export_linear_hasher
 
     out = tmp_path_factory.mktemp("bench")
     cfg = bench.parse_args(ARGS)

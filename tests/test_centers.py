@@ -1,4 +1,4 @@
-"""Hash-center generation (hashindex.losses.centers) against brute-force oracles."""
+"""Hash-center generation (hashindex.training.losses.centers) against brute-force oracles."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from hashindex.codes import hamming_distances, pack_bits
-from hashindex.errors import InputError
-from hashindex.losses import CSQLoss
-from hashindex.losses.centers import (
+from hashindex.core.codes import hamming_distances, pack_bits
+from hashindex.core.errors import InputError
+from hashindex.training.losses import CSQLoss
+from hashindex.training.losses.centers import (
     CenterCollisionWarning,
     bernoulli_centers,
     hadamard_centers,
@@ -27,7 +27,7 @@ torch.set_num_threads(1)
 
 
 def brute_pairwise(centers: np.ndarray) -> np.ndarray:
-    """All pairwise Hamming distances by the numpy popcount oracle of hashindex.codes."""
+    """All pairwise Hamming distances by the numpy popcount oracle of hashindex.core.codes."""
     k = centers.shape[1]
     padded = np.zeros((centers.shape[0], -(-k // 8) * 8), dtype=np.uint8)
     padded[:, :k] = centers

@@ -1,4 +1,4 @@
-"""hashindex.codes: packing in FAISS bit order, binarize threshold, Hamming helpers.
+"""hashindex.core.codes: packing in FAISS bit order, binarize threshold, Hamming helpers.
 
 Oracles: FAISS itself (``pack_bitstrings`` with 1-bit fields, ``real_to_binary``,
 IndexBinaryFlat distances, IndexBinaryHash bucket keys), a hand-built table, and an
@@ -11,7 +11,7 @@ import faiss
 import numpy as np
 import pytest
 
-from hashindex.codes import (
+from hashindex.core.codes import (
     binarize,
     check_codes,
     hamming_distances,
@@ -20,7 +20,7 @@ from hashindex.codes import (
     popcount,
     unpack_bits,
 )
-from hashindex.errors import InputError
+from hashindex.core.errors import InputError
 
 
 @pytest.mark.parametrize("bits", [8, 16, 24, 64, 128, 256])

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hashindex.data import EmbeddingSet, PKSampler, identity_split, load_embeddings, save_embeddings
-from hashindex.errors import IndexFormatError, InputError
+from hashindex.training.data import EmbeddingSet, PKSampler, identity_split, load_embeddings, save_embeddings
+from hashindex.core.errors import IndexFormatError, InputError
 
 LFW = Path(__file__).resolve().parents[1].parent / "shared/data/lfw"
 
@@ -101,7 +101,7 @@ def test_lfw_dev_npz_loads():
 
 
 def test_data_package_does_not_import_torch():
-    code = "import sys, hashindex.data; assert 'torch' not in sys.modules, 'torch imported'"
+    code = "import sys, hashindex.training.data; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -216,8 +216,8 @@ def test_image_folder_dataset(tmp_path):
     torch = pytest.importorskip("torch")
     from PIL import Image
 
-    from hashindex.data.images import Augment, ImageFolderDataset
-    from hashindex.preprocess import ImagePreprocessing
+    from hashindex.training.data.images import Augment, ImageFolderDataset
+    from hashindex.core.preprocess import ImagePreprocessing
 
     rng = np.random.default_rng(0)
     pixels = {}

@@ -11,7 +11,7 @@ pytest.importorskip("torch", reason="the learned demo needs the train extra (tor
 
 from hashindex import HashIndex, OnnxEncoder  # noqa: E402
 from hashindex.cli import main  # noqa: E402
-from hashindex.data.synthetic import SyntheticGallery  # noqa: E402
+from hashindex.training.data.synthetic import SyntheticGallery  # noqa: E402
 
 
 def test_demo_runs_the_whole_pipeline(tmp_path, capsys):

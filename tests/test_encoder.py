@@ -19,11 +19,11 @@ import pytest
 
 onnx = pytest.importorskip("onnx", reason="building test models needs the train extra (onnx)")
 
-from hashindex.encoder import EncoderOutput, OnnxEncoder, resolve_providers
-from hashindex.errors import IndexFormatError, InputError
-from hashindex.hashers import Hasher, make_hasher
-from hashindex.onnx_export import export_linear_hasher, fragile_rows, fuse_backbone_and_head, save_model
-from hashindex.preprocess import ImagePreprocessing
+from hashindex.serving.encoder import EncoderOutput, OnnxEncoder, resolve_providers
+from hashindex.core.errors import IndexFormatError, InputError
+from hashindex.serving.hashers import Hasher, make_hasher
+from hashindex.export.onnx import export_linear_hasher, fragile_rows, fuse_backbone_and_head, save_model
+from hashindex.core.preprocess import ImagePreprocessing
 
 REPO = Path(__file__).resolve().parents[1]
 DIM, BITS = 24, 16
@@ -249,5 +249,5 @@ def test_model_without_code_outputs_is_refused(tmp_path):
 
 
 def test_serving_imports_neither_torch_nor_onnx():
-    code = "import sys, hashindex.encoder; bad = {'torch', 'onnx'} & set(sys.modules); assert not bad, bad"
+    code = "import sys, hashindex.serving.encoder; bad = {'torch', 'onnx'} & set(sys.modules); assert not bad, bad"
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)

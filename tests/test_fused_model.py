@@ -16,11 +16,11 @@ import pytest
 
 onnx = pytest.importorskip("onnx", reason="fusing models needs the train extra (onnx)")
 
-from hashindex.encoder import OnnxEncoder
-from hashindex.hashers import ITQHasher
-from hashindex.onnx_export import TrainingInfo, export_linear_hasher, fragile_rows, fuse_backbone_and_head
-from hashindex.onnx_graph import IR_VERSION, OPSET
-from hashindex.preprocess import FACE_PREPROCESSING, load_face_images
+from hashindex.serving.encoder import OnnxEncoder
+from hashindex.serving.hashers import ITQHasher
+from hashindex.export.onnx import TrainingInfo, export_linear_hasher, fragile_rows, fuse_backbone_and_head
+from hashindex.core.onnx_contract import IR_VERSION, OPSET
+from hashindex.core.preprocess import FACE_PREPROCESSING, load_face_images
 
 LFW = Path(__file__).resolve().parents[1].parent / "shared/data/lfw"
 N_IMAGES = 200
@@ -119,9 +119,9 @@ def test_dynamic_batch_and_encoder_image_loading(lfw, fused):
 def test_fused_torch_head(lfw, fused):
     """A learned HashHead exported with torch fuses the same way; codes = torch head on features."""
     torch = pytest.importorskip("torch", reason="the torch head needs the train extra")
-    from hashindex.codes import binarize
-    from hashindex.models import HashHead
-    from hashindex.onnx_export import InputSpec, export_model
+    from hashindex.core.codes import binarize
+    from hashindex.training.models import HashHead
+    from hashindex.export.onnx import InputSpec, export_model
 
     torch.set_num_threads(1)
     torch.manual_seed(0)

@@ -1,4 +1,4 @@
-"""hashindex.hashers: sign / PCA-sign / ITQ against numpy and FAISS oracles."""
+"""hashindex.serving.hashers: sign / PCA-sign / ITQ against numpy and FAISS oracles."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import faiss
 import numpy as np
 import pytest
 
-from hashindex.errors import IndexFormatError, InputError, NotFittedError
-from hashindex.hashers import (
+from hashindex.core.errors import IndexFormatError, InputError, NotFittedError
+from hashindex.serving.hashers import (
     HASHER_FORMAT,
     ITQHasher,
     LinearHasher,

@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 
-from hashindex.index import HashIndex
+from hashindex.serving.index import HashIndex
 
 BACKENDS = ["flat", "hash", "multihash", "auto"]
 

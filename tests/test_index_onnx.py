@@ -10,9 +10,9 @@ import pytest
 pytest.importorskip("onnx", reason="ONNX export needs the train extra (onnx)")
 
 from hashindex import HashIndex, InputError, ModelMismatchError, OnnxEncoder  # noqa: E402
-from hashindex.codes import hamming_distances  # noqa: E402
-from hashindex.hashers import ITQHasher, PCASignHasher  # noqa: E402
-from hashindex.onnx_export import export_linear_hasher, fuse_backbone_and_head  # noqa: E402
+from hashindex.core.codes import hamming_distances  # noqa: E402
+from hashindex.serving.hashers import ITQHasher, PCASignHasher  # noqa: E402
+from hashindex.export.onnx import export_linear_hasher, fuse_backbone_and_head  # noqa: E402
 
 LFW = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "lfw"
 
@@ -83,7 +83,7 @@ def test_bad_encoder_input_is_refused_and_index_unchanged(itq_model):
 
 @pytest.mark.skipif(not LFW.exists(), reason=f"LFW development data not found at {LFW}")
 def test_fused_face_model_indexes_images_directly(itq_model, tmp_path):
-    from hashindex.preprocess import load_face_images
+    from hashindex.core.preprocess import load_face_images
 
     data = np.load(LFW / "lfw_mfn128_dev.npz", allow_pickle=False)
     emb, paths = data["embeddings"], data["paths"]

@@ -11,9 +11,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import hashindex.index as hindex
-from hashindex.hashers import ITQHasher
-from hashindex.index import HashIndex
+import hashindex.serving.index as hindex
+from hashindex.serving.hashers import ITQHasher
+from hashindex.serving.index import HashIndex
 
 ACCEL = {"hash": {"hash"}, "multihash": {"multihash"}, "auto": {"hash", "multihash"}, "flat": {"flat"}}
 CASES = [(backend, bits) for bits in (32, 64, 128) for backend in ("flat", "hash", "multihash", "auto")]
@@ -211,12 +211,12 @@ def test_rerank_in_small_blocks_is_exact(block, make_gallery, build_index, oracl
     """Reranking walks queries in blocks bounded by a cell budget (queries x longest list); tiny
     budgets (a query with more candidates than the budget gets a block of its own) must not
     change results."""
-    import hashindex.rerank
+    import hashindex.serving.rerank
 
     g = make_gallery(32)
     index = build_index(g, "flat", metric="ip")
     dist = oracle.hamming(g.qcodes, g.codes)
-    monkeypatch.setattr(hashindex.rerank, "_BLOCK_CELLS", block)
+    monkeypatch.setattr(hashindex.serving.rerank, "_BLOCK_CELLS", block)
     res = index.search(g.qfeatures, k=6, radius=3, query_codes=g.qcodes)
     _check_result(res, g, dist, oracle.scores(g.qfeatures, g.features, "ip"), dist <= 3, 6, "ip", oracle)
 

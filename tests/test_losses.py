@@ -16,8 +16,8 @@ from pytorch_metric_learning import regularizers as pml_reg
 from pytorch_metric_learning.utils import loss_and_miner_utils as lmu
 from sklearn.metrics import normalized_mutual_info_score
 
-from hashindex.errors import InputError
-from hashindex.losses import (
+from hashindex.core.errors import InputError
+from hashindex.training.losses import (
     LOSS_NAMES,
     LOSS_SPECS,
     CombinedLoss,
@@ -31,12 +31,12 @@ from hashindex.losses import (
     TripletLoss,
     make_loss,
 )
-from hashindex.losses.distances import pairwise_distances
-from hashindex.losses.facility import facility_location_loss, greedy_loss_augmented_medoids, oracle_medoids
-from hashindex.losses.mining import all_triplets, hardest_negative_triplets, semi_hard_triplets
-from hashindex.losses.nmi import nmi_batch
-from hashindex.losses.npair import npair_tuples
-from hashindex.metrics import nmi
+from hashindex.training.losses.distances import pairwise_distances
+from hashindex.training.losses.facility import facility_location_loss, greedy_loss_augmented_medoids, oracle_medoids
+from hashindex.training.losses.mining import all_triplets, hardest_negative_triplets, semi_hard_triplets
+from hashindex.training.losses.nmi import nmi_batch
+from hashindex.training.losses.npair import npair_tuples
+from hashindex.evaluation.metrics import nmi
 
 torch.set_num_threads(1)
 

@@ -1,4 +1,4 @@
-"""hashindex.metrics against brute-force numpy oracles.
+"""hashindex.evaluation.metrics against brute-force numpy oracles.
 
 Tie-aware metrics are checked by enumerating every ranking consistent with the Hamming
 distances (all permutations of the gallery, stably sorted by distance): the expected value is
@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 from sklearn.metrics import normalized_mutual_info_score
 
-from hashindex import metrics as M
-from hashindex.codes import hamming_distances, pack_bits
-from hashindex.errors import InputError
+from hashindex.evaluation import metrics as M
+from hashindex.core.codes import hamming_distances, pack_bits
+from hashindex.core.errors import InputError
 
 LFW = Path(__file__).resolve().parents[1].parent / "shared/data/lfw" / "lfw_mfn128_dev.npz"
 
@@ -431,7 +431,7 @@ def test_metrics_module_does_not_import_torch():
     import subprocess
     import sys
 
-    code = "import sys, hashindex.metrics; sys.exit(1 if 'torch' in sys.modules else 0)"
+    code = "import sys, hashindex.evaluation.metrics; sys.exit(1 if 'torch' in sys.modules else 0)"
     assert subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1]).returncode == 0
 
 
@@ -443,7 +443,7 @@ def test_lfw_reference_figures():
         x, labels = z["embeddings"], z["labels"]
     # README: exact cosine NN is the same person 97.1% of the time (queries with 2+ images)
     assert M.recall_at_k(x, labels, (1,))[1] == pytest.approx(0.971, abs=5e-4)
-    from hashindex.hashers import ITQHasher
+    from hashindex.serving.hashers import ITQHasher
 
     codes = ITQHasher(128, 64).fit(x).encode(x)
     table = M.pair_hamming_table(codes, labels)

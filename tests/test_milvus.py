@@ -18,10 +18,10 @@ with warnings.catch_warnings():  # milvus-lite 2.5 imports the deprecated pkg_re
 
 from pymilvus import DataType, MilvusClient  # noqa: E402
 
-from hashindex.backends.milvus import MILVUS_MAX_TOPK, MilvusHashIndex  # noqa: E402
-from hashindex.errors import IndexFormatError, InputError, ModelMismatchError  # noqa: E402
-from hashindex.hashers import ITQHasher  # noqa: E402
-from hashindex.index import HashIndex  # noqa: E402
+from hashindex.serving.milvus import MILVUS_MAX_TOPK, MilvusHashIndex  # noqa: E402
+from hashindex.core.errors import IndexFormatError, InputError, ModelMismatchError  # noqa: E402
+from hashindex.serving.hashers import ITQHasher  # noqa: E402
+from hashindex.serving.index import HashIndex  # noqa: E402
 
 N_ITEMS = 3000
 

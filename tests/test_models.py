@@ -7,11 +7,11 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from hashindex.codes import binarize  # noqa: E402
-from hashindex.errors import InputError  # noqa: E402
-from hashindex.hashers import ITQHasher  # noqa: E402
-from hashindex.models import HashHead, ImageHashNet, build_model, model_spec  # noqa: E402
-from hashindex.models.resnet import resnet18  # noqa: E402
+from hashindex.core.codes import binarize  # noqa: E402
+from hashindex.core.errors import InputError  # noqa: E402
+from hashindex.serving.hashers import ITQHasher  # noqa: E402
+from hashindex.training.models import HashHead, ImageHashNet, build_model, model_spec  # noqa: E402
+from hashindex.training.models.resnet import resnet18  # noqa: E402
 
 
 def _torchvision_resnet18_shapes() -> dict[str, tuple[int, ...]]:

@@ -19,8 +19,8 @@ import pytest
 
 onnx = pytest.importorskip("onnx", reason="building test models needs the train extra (onnx)")
 
-from hashindex.hashers import make_hasher
-from hashindex.onnx_export import export_linear_hasher, fragile_rows, fuse_backbone_and_head
+from hashindex.serving.hashers import make_hasher
+from hashindex.export.onnx import export_linear_hasher, fragile_rows, fuse_backbone_and_head
 
 NODE_DIR = Path(__file__).resolve().parents[1] / "export" / "node"
 LFW = Path(__file__).resolve().parents[1].parent / "shared/data/lfw"
@@ -86,8 +86,8 @@ def test_node_codes_identical_to_python_linear(node_kit, tmp_path, kind, bits):
 
 def test_node_codes_identical_to_python_torch_head(node_kit, tmp_path):
     torch = pytest.importorskip("torch", reason="the torch head needs the train extra")
-    from hashindex.models import HashHead
-    from hashindex.onnx_export import InputSpec, TrainingInfo, export_model
+    from hashindex.training.models import HashHead
+    from hashindex.export.onnx import InputSpec, TrainingInfo, export_model
 
     torch.set_num_threads(1)
     torch.manual_seed(3)

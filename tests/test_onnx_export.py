@@ -19,9 +19,9 @@ torch = pytest.importorskip("torch", reason="exporting torch models needs the tr
 nn = torch.nn
 torch.set_num_threads(1)
 
-from hashindex.errors import InputError, NotFittedError
-from hashindex.hashers import LinearHasher, make_hasher
-from hashindex.onnx_export import (
+from hashindex.core.errors import InputError, NotFittedError
+from hashindex.serving.hashers import LinearHasher, make_hasher
+from hashindex.export.onnx import (
     InputSpec,
     TrainingInfo,
     export_linear_hasher,
@@ -29,8 +29,8 @@ from hashindex.onnx_export import (
     fragile_rows,
     read_metadata,
 )
-from hashindex.onnx_graph import FORMAT_VERSION, IR_VERSION, OPSET
-from hashindex.preprocess import ImagePreprocessing
+from hashindex.core.onnx_contract import FORMAT_VERSION, IR_VERSION, OPSET
+from hashindex.core.preprocess import ImagePreprocessing
 
 N_TEST = 1000
 TRAINING = TrainingInfo(loss="test-loss", data="synthetic", date="2024-01-02")
@@ -155,7 +155,7 @@ def mlp_sequential():
 
 
 def hash_head():
-    from hashindex.models import HashHead
+    from hashindex.training.models import HashHead
 
     torch.manual_seed(1)
     return HashHead.create(32, 64, hidden=(48,), batch_norm=True)
@@ -213,7 +213,7 @@ def test_image_model_codes_byte_identical(tmp_path):
 
 def test_image_hash_net_resnet(tmp_path):
     """The project's ResNet-18 image model (small input to keep it fast)."""
-    from hashindex.models import ImageHashNet
+    from hashindex.training.models import ImageHashNet
 
     torch.manual_seed(4)
     model = ImageHashNet.create(16, preprocess=ImagePreprocessing(size=(32, 32)))

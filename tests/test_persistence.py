@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hashindex import persist
-from hashindex.errors import IndexFormatError, NotFittedError
-from hashindex.hashers import ITQHasher
-from hashindex.index import HashIndex
+from hashindex.serving import persist
+from hashindex.core.errors import IndexFormatError, NotFittedError
+from hashindex.serving.hashers import ITQHasher
+from hashindex.serving.index import HashIndex
 
 REPO = Path(__file__).resolve().parents[1]
 DIM, BITS = 32, 32
@@ -148,8 +148,8 @@ _SAVER = """
 import sys
 import numpy as np
 sys.path.insert(0, {repo!r})
-from hashindex.hashers import LinearHasher
-from hashindex.index import HashIndex
+from hashindex.serving.hashers import LinearHasher
+from hashindex.serving.index import HashIndex
 
 def build(version):
     rng = np.random.default_rng(100 + version)
@@ -165,8 +165,8 @@ def build(version):
 if __name__ == "__main__":
     path = sys.argv[1]
     if sys.argv[2] == "rename":  # the portable path: rename the old index aside, then swap in
-        import hashindex.persist
-        hashindex.persist._exchange = lambda a, b: False
+        import hashindex.serving.persist
+        hashindex.serving.persist._exchange = lambda a, b: False
     versions = [build(0), build(1)]
     i = 0
     while True:

@@ -1,4 +1,4 @@
-"""hashindex.plots: figures are written, are real images, and bad curves are refused."""
+"""hashindex.evaluation.plots: figures are written, are real images, and bad curves are refused."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import pytest
 
 pytest.importorskip("matplotlib")
 
-from hashindex import metrics as M
-from hashindex.codes import pack_bits
-from hashindex.errors import InputError
-from hashindex.plots import plot_hamming_histograms, plot_recall_vs_candidates
+from hashindex.evaluation import metrics as M
+from hashindex.core.codes import pack_bits
+from hashindex.core.errors import InputError
+from hashindex.evaluation.plots import plot_hamming_histograms, plot_recall_vs_candidates
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -55,7 +55,7 @@ def test_matplotlib_is_lazy_and_pyplot_untouched():
 
     code = (
         "import sys, tempfile, numpy as np\n"
-        "from hashindex import metrics as M, plots\n"
+        "from hashindex.evaluation import metrics as M, plots\n"
         "assert 'matplotlib' not in sys.modules  # imported lazily\n"
         "t = M.pair_hamming_table(np.zeros((3, 1), np.uint8), np.array([0, 0, 1]))\n"
         "plots.plot_hamming_histograms(t, tempfile.mkdtemp() + '/h.png')\n"

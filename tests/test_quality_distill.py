@@ -7,13 +7,13 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from hashindex.codes import binarize  # noqa: E402
-from hashindex.errors import InputError  # noqa: E402
-from hashindex.hashers import ITQHasher  # noqa: E402
-from hashindex.losses import make_loss  # noqa: E402
-from hashindex.losses.distill import DistilledLoss, SimilarityDistillLoss, similarity_distillation_loss  # noqa: E402
-from hashindex.recipes import Recipe, fit_recipe, initial_head  # noqa: E402
-from hashindex.train import TrainConfig, _cosine_neighbours, _draw_extras, predict  # noqa: E402
+from hashindex.core.codes import binarize  # noqa: E402
+from hashindex.core.errors import InputError  # noqa: E402
+from hashindex.serving.hashers import ITQHasher  # noqa: E402
+from hashindex.training.losses import make_loss  # noqa: E402
+from hashindex.training.losses.distill import DistilledLoss, SimilarityDistillLoss, similarity_distillation_loss  # noqa: E402
+from hashindex.training.recipes import Recipe, fit_recipe, initial_head  # noqa: E402
+from hashindex.training.loop import TrainConfig, _cosine_neighbours, _draw_extras, predict  # noqa: E402
 
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
@@ -82,7 +82,7 @@ def test_cosine_neighbours_and_extra_groups():
 def test_extra_rows_need_a_feature_loss():
     with pytest.raises(InputError):
         TrainConfig(extra_rows=-1)
-    from hashindex.train import train_hasher
+    from hashindex.training.loop import train_hasher
 
     rng = np.random.default_rng(3)
     x = rng.normal(size=(40, 8)).astype(np.float32)

@@ -1,4 +1,4 @@
-"""hashindex.rank_eval and benchmarks/quality.py figures against independent oracles."""
+"""hashindex.evaluation.ranks and benchmarks/quality.py figures against independent oracles."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hashindex import metrics as hm
-from hashindex.codes import binarize
-from hashindex.errors import InputError
-from hashindex.rank_eval import TargetRanks, sign_matrix, target_ranks
+from hashindex.evaluation import metrics as hm
+from hashindex.core.codes import binarize
+from hashindex.core.errors import InputError
+from hashindex.evaluation.ranks import TargetRanks, sign_matrix, target_ranks
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -60,7 +60,7 @@ def test_expected_rank_and_hits_match_enumeration_of_tie_orders():
 
 
 def test_hamming_scores_reproduce_candidate_fraction_needed():
-    """<sign(h_q), sign(h_g)> = K - 2 d_H: the NN fraction equals hashindex.metrics' (leave-one-out)."""
+    """<sign(h_q), sign(h_g)> = K - 2 d_H: the NN fraction equals hashindex.evaluation.metrics' (leave-one-out)."""
     rng = np.random.default_rng(1)
     feats = rng.normal(size=(120, 16)).astype(np.float32)
     feats /= np.linalg.norm(feats, axis=1, keepdims=True)

@@ -17,20 +17,20 @@ REPO = Path(__file__).resolve().parents[1]
 # modules on the serving path (preamble / ARCHITECTURE.md); those not written yet are skipped
 SERVING_MODULES = [
     "hashindex",
-    "hashindex.codes",
-    "hashindex.errors",
-    "hashindex.validation",
-    "hashindex.store",
-    "hashindex.persist",
-    "hashindex.locks",
-    "hashindex.rerank",
-    "hashindex.hashers",
-    "hashindex.backends.faiss_binary",
-    "hashindex.index",
-    "hashindex.encoder",
-    "hashindex.metrics",
-    "hashindex.data",
-    "hashindex.data.synthetic",
+    "hashindex.core.codes",
+    "hashindex.core.errors",
+    "hashindex.core.validation",
+    "hashindex.serving.store",
+    "hashindex.serving.persist",
+    "hashindex.serving.locks",
+    "hashindex.serving.rerank",
+    "hashindex.serving.hashers",
+    "hashindex.serving.candidates.binary",
+    "hashindex.serving.index",
+    "hashindex.serving.encoder",
+    "hashindex.evaluation.metrics",
+    "hashindex.training.data",
+    "hashindex.training.data.synthetic",
 ]
 
 _CHILD = r"""
@@ -60,8 +60,8 @@ for mod in MODULES:
 
 import tempfile
 import numpy as np
-from hashindex.index import HashIndex
-from hashindex.hashers import make_hasher
+from hashindex.serving.index import HashIndex
+from hashindex.serving.hashers import make_hasher
 
 rng = np.random.default_rng(0)
 centers = rng.standard_normal((20, 32))
@@ -94,7 +94,7 @@ def test_serving_path_never_imports_torch():
         f"{name}:\n{stack}" for name, stack in report["attempts"]
     )
     assert report["torch_loaded"] == []
-    for core in ("hashindex.index", "hashindex.hashers", "hashindex.persist", "hashindex.codes", "hashindex.store"):
+    for core in ("hashindex.serving.index", "hashindex.serving.hashers", "hashindex.serving.persist", "hashindex.core.codes", "hashindex.serving.store"):
         assert core in report["imported"]
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hashindex.data.synthetic import (
+from hashindex.training.data.synthetic import (
     HEAVY,
     IDENTITY_BLOCK,
     ITEM_BLOCK,
@@ -25,7 +25,7 @@ from hashindex.data.synthetic import (
     make_identity_gallery,
     pair_cosine_stats,
 )
-from hashindex.errors import IndexFormatError, InputError
+from hashindex.core.errors import IndexFormatError, InputError
 
 LFW = Path(__file__).resolve().parents[1].parent / "shared/data/lfw/lfw_mfn128_dev.npz"
 TOL = 0.05  # the contract: synthetic pair statistics within 0.05 of real LFW
@@ -245,7 +245,7 @@ def test_make_identity_gallery():
 
 
 def test_module_does_not_import_torch():
-    code = "import sys, hashindex.data.synthetic as s; s.make_identity_gallery(3, 2); assert 'torch' not in sys.modules"
+    code = "import sys, hashindex.training.data.synthetic as s; s.make_identity_gallery(3, 2); assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
 
 

@@ -10,13 +10,13 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from hashindex import metrics as hm  # noqa: E402
-from hashindex.codes import binarize  # noqa: E402
-from hashindex.data import EmbeddingSet, save_embeddings  # noqa: E402
-from hashindex.errors import IndexFormatError, InputError  # noqa: E402
-from hashindex.hashers import ITQHasher  # noqa: E402
-from hashindex.models import HashHead  # noqa: E402
-from hashindex.train import (  # noqa: E402
+from hashindex.evaluation import metrics as hm  # noqa: E402
+from hashindex.core.codes import binarize  # noqa: E402
+from hashindex.training.data import EmbeddingSet, save_embeddings  # noqa: E402
+from hashindex.core.errors import IndexFormatError, InputError  # noqa: E402
+from hashindex.serving.hashers import ITQHasher  # noqa: E402
+from hashindex.training.models import HashHead  # noqa: E402
+from hashindex.training.loop import (  # noqa: E402
     TrainConfig,
     load_checkpoint,
     predict,
@@ -186,7 +186,7 @@ def test_load_checkpoint_rejects_bad_files(tmp_path):
 
 # -- CLI -----------------------------------------------------------------------------------------
 def _cli(argv: list[str]) -> int:
-    from hashindex.cli_train import add_eval_parser, add_train_parser
+    from hashindex.cli.train_commands import add_eval_parser, add_train_parser
 
     parser = argparse.ArgumentParser(prog="hashindex")
     sub = parser.add_subparsers(dest="command", required=True)

@@ -1,1 +1,0 @@
-"""Candidate generators: the Hamming stage of a search (FAISS binary indexes; Milvus later)."""

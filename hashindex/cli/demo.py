@@ -1,0 +1,232 @@
+"""``hashindex demo``: the whole pipeline on an embedded default, with no downloads.
+
+synthetic identity gallery (or a real .npz) -> hasher (a hash head trained on identities
+disjoint from the gallery, exported to ONNX and run by onnxruntime; or an untrained baseline)
+-> HashIndex -> radius, budget and multi-probe search with exact reranking -> a table of
+recall against exact float search, candidates per query, queries per second, bytes per item.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from hashindex.serving.index import HashIndex
+
+
+DEMO_RECIPE = "learned"
+DEMO_EPOCHS = 8  # keeps the demo within ~3 minutes on 2 cores
+
+
+@dataclass
+class DemoConfig:
+    identities: int = 5_000
+    per_identity: int = 10
+    queries: int = 1_000
+    bits: int = 64
+    epochs: int | None = None
+    hasher: str = "learned"  # "learned" | "itq" | "pca" | "sign"
+    data: str | None = None
+    out: str = "demo_out"
+    seed: int = 0
+    train_identities: int = 2_000
+    k: int = 10
+    radii: tuple[int, ...] | None = None  # default: bits/4, 5 bits/16, 3 bits/8 (16, 20, 24 at 64 bits)
+    budgets: tuple[int, ...] = (100, 1_000)
+
+
+@dataclass
+class DemoData:
+    train_features: np.ndarray  # identities disjoint from the gallery's
+    train_labels: np.ndarray
+    gallery: np.ndarray
+    gallery_labels: np.ndarray
+    queries: np.ndarray
+    query_labels: np.ndarray
+    source: str = ""
+
+
+@dataclass
+class Row:
+    mode: str
+    recall_at_1: float
+    recall_at_10: float
+    same_identity_at_1: float
+    candidates_mean: float
+    candidates_median: float
+    qps: float
+
+    def format(self) -> str:
+        return (
+            f"{self.mode:<18s} {self.recall_at_1:8.3f} {self.recall_at_10:9.3f} {self.same_identity_at_1:9.3f} "
+            f"{self.candidates_mean:11.1f} {self.candidates_median:9.0f} {self.qps:11,.0f}"
+        )
+
+
+@dataclass
+class DemoReport:
+    config: dict
+    source: str
+    gallery_size: int
+    bits: int
+    hasher: str
+    build_seconds: dict = field(default_factory=dict)
+    bytes_per_item: dict = field(default_factory=dict)
+    rows: list[Row] = field(default_factory=list)
+
+
+def synthetic_data(cfg: DemoConfig) -> DemoData:
+    from hashindex.training.data.synthetic import SyntheticGallery
+
+    train = SyntheticGallery(cfg.train_identities, cfg.per_identity, seed=cfg.seed + 1)
+    gallery = SyntheticGallery(cfg.identities, cfg.per_identity, seed=cfg.seed)
+    tx, ty = train.materialize()
+    gx, gy = gallery.materialize()
+    qx, qy = gallery.probes(cfg.queries, seed=cfg.seed + 2)
+    return DemoData(tx, ty, gx, gy, qx, qy, source=f"synthetic ({cfg.identities:,} identities x {cfg.per_identity})")
+
+
+def npz_data(cfg: DemoConfig) -> DemoData:
+    """Identity-disjoint split of a real .npz: train on 70% of identities; the rest is searched.
+
+    Queries are one image per held-out identity with 2+ images; the gallery holds every other
+    held-out image, so each query's identity is present and the query itself is not.
+    """
+    from hashindex.training.data.embeddings import load_embeddings
+    from hashindex.training.data.split import identity_split
+
+    data = load_embeddings(cfg.data)
+    if data.labels is None:
+        raise ValueError(f"{cfg.data}: the demo needs 'labels' to split identities")
+    train_idx, val_idx = identity_split(data.labels, val_fraction=0.3, seed=cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    val_labels = data.labels[val_idx]
+    uniq, counts = np.unique(val_labels, return_counts=True)
+    query_idx = []
+    for label in rng.permutation(uniq[counts >= 2])[: cfg.queries]:
+        query_idx.append(rng.choice(val_idx[val_labels == label]))
+    query_idx = np.sort(np.asarray(query_idx, dtype=np.int64))
+    gallery_idx = np.setdiff1d(val_idx, query_idx)
+    x, y = data.features, data.labels
+    return DemoData(
+        x[train_idx], y[train_idx], x[gallery_idx], y[gallery_idx], x[query_idx], y[query_idx], source=str(cfg.data)
+    )
+
+
+def make_hasher(cfg: DemoConfig, data: DemoData, out: Path):
+    """The index's hasher and a short description of it."""
+    dim = data.gallery.shape[1]
+    if cfg.hasher != "learned":
+        from hashindex.serving.hashers import make_hasher as make_linear
+
+        hasher = make_linear(cfg.hasher, dim, cfg.bits if cfg.hasher != "sign" else dim)
+        hasher.fit(data.train_features)
+        return hasher, f"{cfg.hasher} (untrained baseline)"
+    return _learned_encoder(cfg, data, out)
+
+
+def _learned_encoder(cfg: DemoConfig, data: DemoData, out: Path):
+    try:
+        import torch  # noqa: F401
+    except ImportError as e:  # the serving-only install has no torch
+        raise SystemExit(
+            "hashindex demo: the learned hasher needs the train extra (pip install 'hashindex[train]'); "
+            "or run with --hasher itq"
+        ) from e
+    from hashindex.serving.encoder import OnnxEncoder
+    from hashindex.export.onnx import export_model
+    from hashindex.core.onnx_contract import TrainingInfo
+    from hashindex.training.recipes import RECIPES, fit_recipe
+
+    recipe = RECIPES[DEMO_RECIPE]
+    result = fit_recipe(
+        recipe, data.train_features, data.train_labels, cfg.bits, seed=cfg.seed, progress=True,
+        out_dir=str(out / "model"), epochs=cfg.epochs or DEMO_EPOCHS, val_fraction=0.2, patience=3,
+    )
+    model_path = out / "model.onnx"
+    training = TrainingInfo(loss=f"recipe {DEMO_RECIPE} ({recipe.loss} + distillation)", data=data.source)
+    export_model(result.model, model_path, result.model.input_spec, training)
+    return OnnxEncoder(model_path), f"learned head (recipe '{DEMO_RECIPE}', epoch {result.best_epoch} kept) -> ONNX (onnxruntime)"
+
+
+def exact_search(gallery: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, float]:
+    """Exact cosine top-k ids with FAISS IndexFlatIP (the ground truth) and its queries/s."""
+    flat = faiss.IndexFlatIP(gallery.shape[1])
+    flat.add(np.ascontiguousarray(gallery / np.linalg.norm(gallery, axis=1, keepdims=True), dtype=np.float32))
+    q = np.ascontiguousarray(queries / np.linalg.norm(queries, axis=1, keepdims=True), dtype=np.float32)
+    t = time.perf_counter()
+    ids = flat.search(q, k)[1]
+    return ids, len(queries) / (time.perf_counter() - t)
+
+
+def _measure(index: HashIndex, data: DemoData, truth: np.ndarray, k: int, mode: str, **kw) -> Row:
+    index.search(data.queries[:10], k=k, **kw)  # warm-up
+    t = time.perf_counter()
+    res = index.search(data.queries, k=k, **kw)
+    qps = len(data.queries) / (time.perf_counter() - t)
+    r1 = float(np.mean(res.ids[:, 0] == truth[:, 0]))
+    r10 = float(np.mean([len(set(a[a >= 0]) & set(b)) / k for a, b in zip(res.ids, truth[:, :k])]))
+    top = res.ids[:, 0]
+    same = float(np.mean(np.where(top >= 0, data.gallery_labels[np.maximum(top, 0)] == data.query_labels, False)))
+    n = res.n_candidates
+    return Row(mode, r1, r10, same, float(n.mean()), float(np.median(n)), qps)
+
+
+def run_demo(cfg: DemoConfig, verbose: bool = True) -> DemoReport:
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    say = print if verbose else (lambda *a, **k: None)
+
+    t0 = time.perf_counter()
+    data = npz_data(cfg) if cfg.data else synthetic_data(cfg)
+    say(f"data: {data.source}: gallery {len(data.gallery):,}, queries {len(data.queries):,}, "
+        f"hasher training set {len(data.train_features):,} (disjoint identities)")
+    t1 = time.perf_counter()
+    hasher, description = make_hasher(cfg, data, out)
+    t2 = time.perf_counter()
+    index = HashIndex(data.gallery.shape[1], hasher, metric="cosine")
+    index.add(data.gallery)
+    t3 = time.perf_counter()
+    index.save(out / "index")
+    say(f"hasher: {description}, {index.bits} bits; index saved to {out / 'index'}")
+
+    truth, exact_qps = exact_search(data.gallery, data.queries, cfg.k)
+
+    report = DemoReport(asdict(cfg), data.source, len(index), index.bits, description)
+    report.build_seconds = {"data": t1 - t0, "hasher": t2 - t1, "encode_and_add": t3 - t2}
+    mem = index.memory_usage()
+    report.bytes_per_item = {
+        "codes": index.bits / 8,
+        "features": mem["features"] / len(index),
+        "exact_float32": data.gallery.shape[1] * 4,
+    }
+    report.rows.append(Row("exact (IndexFlatIP)", 1.0, 1.0, _same_identity(data, truth), float(len(index)), float(len(index)), exact_qps))
+    # same-person codes lie a quarter to a third of the bits apart: these radii are where
+    # radius search finds them (radius <= 3 finds nearly nothing at 64 bits)
+    radii = cfg.radii or (index.bits // 4, 5 * index.bits // 16, 3 * index.bits // 8)
+    for r in radii:
+        report.rows.append(_measure(index, data, truth, cfg.k, f"radius <= {r}", radius=r))
+    for c in cfg.budgets:
+        report.rows.append(_measure(index, data, truth, cfg.k, f"budget {c}", candidates=c))
+    report.rows.append(_measure(index, data, truth, cfg.k, f"auto (>= {10 * cfg.k})"))
+
+    say("")
+    say(f"{'mode':<18s} {'recall@1':>8s} {'recall@10':>9s} {'same-id@1':>9s} {'cand. mean':>11s} {'median':>9s} {'queries/s':>11s}")
+    for row in report.rows:
+        say(row.format())
+    say(f"\nbytes per item: {report.bytes_per_item['codes']:.0f} (code) + {report.bytes_per_item['features']:.0f} "
+        f"(feature store) vs {report.bytes_per_item['exact_float32']} for float32 exact search")
+    say("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in report.build_seconds.items()))
+    with open(out / "report.json", "w") as f:
+        json.dump(asdict(report), f, indent=2)
+    say(f"artefacts: {out}/ (report.json, index/{', model.onnx' if cfg.hasher == 'learned' else ''})")
+    return report
+
+
+def _same_identity(data: DemoData, truth: np.ndarray) -> float:
+    return float(np.mean(data.gallery_labels[truth[:, 0]] == data.query_labels))

@@ -1,0 +1,228 @@
+"""OnnxEncoder: run an exported hashindex model with onnxruntime (serving path: no torch, no onnx).
+
+The model file is read once; its SHA-256 is taken from exactly the bytes handed to
+onnxruntime, so an index can pin the model it was built with (ARCHITECTURE.md §4). Bits and
+the input description come from the ``hashindex.*`` metadata (§3), never from guesses.
+
+One ``InferenceSession`` serves every call: onnxruntime documents ``run`` as safe to call
+concurrently, and the encoder keeps no other mutable state, so one encoder can be shared by
+threads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from hashindex.core.codes import pre_tanh
+from hashindex.core.errors import IndexFormatError, InputError
+from hashindex.core.onnx_contract import CODES, EMBEDDING, FEATURES, ModelMetadata
+from hashindex.core.preprocess import ImagePreprocessing, load_images
+from hashindex.core.validation import check_features, check_positive_int
+
+
+@dataclass(frozen=True)
+class EncoderOutput:
+    """One run of the model on ``N`` inputs.
+
+    Attributes:
+        codes: ``uint8 [N, bits/8]`` packed codes, FAISS bit order.
+        embedding: ``float32 [N, bits]`` continuous code (bit i = ``embedding[:, i] > 0``).
+        features: ``float32 [N, D]`` L2-normalised backbone features (fused models), else None.
+    """
+
+    codes: np.ndarray
+    embedding: np.ndarray
+    features: np.ndarray | None = None
+
+
+def resolve_providers(providers: str | Sequence[str] = "auto") -> list[str]:
+    """Execution providers for a session.
+
+    "auto": CUDA first when this onnxruntime build offers it, then CPU; "cpu": CPU only;
+    an explicit list is passed through (each must be available).
+    """
+    available = ort.get_available_providers()
+    if isinstance(providers, str):
+        if providers == "auto":
+            return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+        if providers == "cpu":
+            return ["CPUExecutionProvider"]
+        providers = [providers]
+    missing = [p for p in providers if p not in available]
+    if missing:
+        raise InputError(f"execution providers {missing} are not available (available: {available})")
+    return list(providers)
+
+
+def check_images(x: np.ndarray, sample_shape: tuple[int, ...], name: str = "images") -> np.ndarray:
+    """Validate an image batch ``float [N, 3, H, W]``; return contiguous float32."""
+    x = np.asarray(x)
+    if x.ndim != 1 + len(sample_shape):
+        hint = " (pass a single image as x[None])" if x.ndim == len(sample_shape) else ""
+        raise InputError(f"{name} must be {1 + len(sample_shape)}-D [N, {', '.join(map(str, sample_shape))}], got shape {x.shape}{hint}")
+    if tuple(x.shape[1:]) != tuple(sample_shape):
+        raise InputError(f"{name} have per-sample shape {tuple(x.shape[1:])}, the model expects {tuple(sample_shape)} (NCHW)")
+    if not np.issubdtype(x.dtype, np.floating):
+        raise InputError(f"{name} must be floating point (preprocessed), got dtype {x.dtype}")
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    finite = np.isfinite(x).all(axis=tuple(range(1, x.ndim)))
+    if not finite.all():
+        bad = np.flatnonzero(~finite)
+        raise InputError(f"{name} contain NaN or inf (rows {bad[:5].tolist()}{'...' if bad.size > 5 else ''})")
+    return x
+
+
+class OnnxEncoder:
+    """Encode features or images with an exported hashindex model.
+
+    Args:
+        path: ``.onnx`` file written by :mod:`hashindex.export.onnx`.
+        providers: "auto" (CUDA when available, else CPU), "cpu", or a list of provider names.
+        batch_size: inputs per ``session.run``; larger inputs are split (bounded memory).
+        threads: onnxruntime intra-op threads (None: onnxruntime's default).
+        progress: show a tqdm bar over batches.
+
+    Satisfies the :class:`hashindex.serving.hashers.Hasher` protocol (``bits`` and ``encode``).
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        providers: str | Sequence[str] = "auto",
+        batch_size: int = 4096,
+        threads: int | None = None,
+        progress: bool = False,
+    ) -> None:
+        self.path = Path(path)
+        self.batch_size = check_positive_int(batch_size, "batch_size")
+        self.progress = progress
+        try:
+            raw = self.path.read_bytes()
+        except OSError as e:
+            raise IndexFormatError(f"{self.path}: cannot read model file ({e})") from e
+        self.sha256 = hashlib.sha256(raw).hexdigest()
+        options = ort.SessionOptions()
+        if threads is not None:
+            options.intra_op_num_threads = check_positive_int(threads, "threads")
+        try:
+            self._session = ort.InferenceSession(raw, sess_options=options, providers=resolve_providers(providers))
+        except InputError:
+            raise
+        except Exception as e:  # onnxruntime raises its own untyped errors for foreign bytes
+            raise IndexFormatError(f"{self.path}: not a loadable ONNX model ({type(e).__name__}: {e})") from e
+        self.metadata_props = dict(self._session.get_modelmeta().custom_metadata_map)
+        self.metadata = ModelMetadata.from_props(self.metadata_props, source=str(self.path))
+        self._check_graph()
+
+    # -- description -----------------------------------------------------------------------
+    @property
+    def bits(self) -> int:
+        return self.metadata.bits
+
+    @property
+    def input_name(self) -> str:
+        return self.metadata.input.name
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """Per-sample input shape: ``(D,)`` or ``(3, H, W)``."""
+        return self.metadata.input.sample_shape
+
+    @property
+    def kind(self) -> str:
+        """"features" (a head over embeddings) or "images"."""
+        return self.metadata.input.name
+
+    @property
+    def has_features(self) -> bool:
+        """Whether the model also outputs L2-normalised ``features`` (a fused model)."""
+        return FEATURES in self._outputs
+
+    @property
+    def dim(self) -> int | None:
+        """Feature dimension: the input's for a features model, the ``features`` output's for a
+        fused model, else None."""
+        if self.kind == "features":
+            return self.input_shape[0]
+        return self._feature_dim
+
+    @property
+    def preprocessing(self) -> ImagePreprocessing | str | None:
+        return self.metadata.input.preprocessing
+
+    @property
+    def providers(self) -> list[str]:
+        return self._session.get_providers()
+
+    def __repr__(self) -> str:
+        return f"OnnxEncoder({str(self.path)!r}, kind={self.kind!r}, bits={self.bits}, input_shape={self.input_shape})"
+
+    def _check_graph(self) -> None:
+        """The graph must agree with its metadata: one input, codes/embedding outputs, widths."""
+        src = self.path
+        inputs = self._session.get_inputs()
+        if [i.name for i in inputs] != [self.input_name]:
+            raise IndexFormatError(f"{src}: graph inputs {[i.name for i in inputs]} != metadata input '{self.input_name}'")
+        if tuple(inputs[0].shape[1:]) != self.input_shape:
+            raise IndexFormatError(f"{src}: graph input shape {inputs[0].shape} != metadata {list(self.input_shape)}")
+        self._outputs = {o.name: o for o in self._session.get_outputs()}
+        expected = {CODES: ("tensor(uint8)", self.bits // 8), EMBEDDING: ("tensor(float)", self.bits)}
+        for name, (dtype, width) in expected.items():
+            out = self._outputs.get(name)
+            if out is None or out.type != dtype or out.shape[-1] != width:
+                got = f"{out.type} {out.shape}" if out is not None else "missing"
+                raise IndexFormatError(f"{src}: output '{name}' should be {dtype} [N, {width}], got {got}")
+        self._feature_dim = None
+        if FEATURES in self._outputs:
+            width = self._outputs[FEATURES].shape[-1]
+            if not isinstance(width, int):
+                raise IndexFormatError(f"{src}: output 'features' has no static width ({width})")
+            self._feature_dim = width
+
+    # -- encoding --------------------------------------------------------------------------
+    def check_input(self, x: np.ndarray) -> np.ndarray:
+        """Validate a batch for this model; return contiguous float32 (InputError otherwise)."""
+        if self.kind == "features":
+            return check_features(x, self.input_shape[0], name="features")
+        return check_images(x, self.input_shape, name="images")
+
+    def run(self, x: np.ndarray) -> EncoderOutput:
+        """All outputs for ``x`` (``[N, D]`` features or ``[N, 3, H, W]`` images)."""
+        x = self.check_input(x)
+        names = [CODES, EMBEDDING] + ([FEATURES] if self.has_features else [])
+        n = x.shape[0]
+        if n == 0:
+            return EncoderOutput(
+                np.empty((0, self.bits // 8), np.uint8),
+                np.empty((0, self.bits), np.float32),
+                np.empty((0, self._feature_dim), np.float32) if self.has_features else None,
+            )
+        starts = range(0, n, self.batch_size)
+        if self.progress:
+            from tqdm.auto import tqdm
+
+            starts = tqdm(starts, desc="encode", unit="batch")
+        parts = [self._session.run(names, {self.input_name: x[s : s + self.batch_size]}) for s in starts]
+        merged = [np.concatenate(p) if len(parts) > 1 else p[0] for p in zip(*parts)]
+        return EncoderOutput(*merged)
+
+    def encode(self, x: np.ndarray) -> np.ndarray:
+        """Packed codes ``uint8 [N, bits/8]`` (the Hasher protocol)."""
+        return self.run(x).codes
+
+    def project(self, x: np.ndarray) -> np.ndarray:
+        """Continuous projection ``float32 [N, K]`` whose sign is the code (asymmetric ranking)."""
+        return pre_tanh(self.run(x).embedding)
+
+    def load_images(self, paths: Sequence[str | os.PathLike]) -> np.ndarray:
+        """Decode and preprocess image files as this (image) model's metadata prescribes."""
+        if not isinstance(self.preprocessing, ImagePreprocessing):
+            raise InputError(f"{self.path} takes {self.kind}, not images with a known preprocessing")
+        return load_images(paths, self.preprocessing)

@@ -1,0 +1,204 @@
+"""Hashers that need no training: sign of centred features, PCA-sign and ITQ.
+
+All three are *linear hashers*: ``h = x @ W.T + b`` and bit i = ``h_i > 0``. They differ only
+in how ``fit`` chooses ``W`` and ``b``, so one class carries the projection and the three
+public names are thin fitting recipes on top of it. Keeping them linear is what lets them
+export to the same ONNX contract as a learned head (a MatMul + Add in the graph).
+
+Fitting uses FAISS's ``PCAMatrix`` and ``ITQTransform``; we only read back their matrices.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import faiss
+import numpy as np
+
+from hashindex.core.codes import binarize, check_codes
+from hashindex.core.errors import IndexFormatError, InputError, NotFittedError
+from hashindex.core.validation import check_features
+
+HASHER_FORMAT = 1
+
+
+@runtime_checkable
+class Hasher(Protocol):
+    """What HashIndex needs from anything that turns features into codes."""
+
+    bits: int
+
+    def encode(self, features: np.ndarray) -> np.ndarray:
+        """``float32 [N, D]`` -> packed codes ``uint8 [N, bits/8]``."""
+        ...
+
+
+@dataclass
+class LinearHasher:
+    """``h = x @ W.T + b``; code bit i = ``h_i > 0``.
+
+    Attributes:
+        kind: the recipe that produced the projection ("sign", "pca", "itq", "linear").
+        bits: code length K (a multiple of 8).
+        dim: input feature dimension D.
+        weight: ``float32 [K, D]`` (None until fitted).
+        bias: ``float32 [K]`` (None until fitted).
+    """
+
+    kind: str
+    bits: int
+    dim: int
+    weight: np.ndarray | None = None
+    bias: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.bits <= 0 or self.bits % 8:
+            raise InputError(f"bits must be a positive multiple of 8, got {self.bits}")
+        if self.dim <= 0:
+            raise InputError(f"dim must be positive, got {self.dim}")
+
+    @property
+    def is_fitted(self) -> bool:
+        return self.weight is not None
+
+    def fit(self, features: np.ndarray) -> "LinearHasher":
+        """Learn ``W`` and ``b`` from ``features float [N, D]``; returns self."""
+        x = check_features(features, self.dim, name="training features")
+        if x.shape[0] < 2:
+            raise InputError(f"need at least 2 training vectors, got {x.shape[0]}")
+        self.weight, self.bias = _FITTERS[self.kind](x, self.bits)
+        return self
+
+    def project(self, features: np.ndarray) -> np.ndarray:
+        """Continuous code ``float32 [N, K]`` (before the sign)."""
+        if not self.is_fitted:
+            raise NotFittedError(f"{self.kind} hasher is not fitted: call fit(features) first")
+        x = check_features(features, self.dim)
+        return x @ self.weight.T + self.bias
+
+    def encode(self, features: np.ndarray) -> np.ndarray:
+        """Packed codes ``uint8 [N, K/8]`` in FAISS bit order."""
+        return binarize(self.project(features))
+
+    # -- persistence (npz without pickle) ---------------------------------------------------
+    def save(self, path: str | os.PathLike) -> None:
+        if not self.is_fitted:
+            raise NotFittedError("cannot save an unfitted hasher")
+        meta = {"format": HASHER_FORMAT, "kind": self.kind, "bits": self.bits, "dim": self.dim}
+        with open(path, "wb") as f:
+            np.savez(f, meta=np.array(json.dumps(meta)), weight=self.weight, bias=self.bias)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "LinearHasher":
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                meta = json.loads(str(z["meta"]))
+                weight = np.asarray(z["weight"], dtype=np.float32)
+                bias = np.asarray(z["bias"], dtype=np.float32)
+        except (OSError, ValueError, KeyError) as e:
+            raise IndexFormatError(f"{path}: not a readable hasher file ({e})") from e
+        if meta.get("format", 0) > HASHER_FORMAT:
+            raise IndexFormatError(
+                f"{path}: hasher format {meta['format']} is newer than this hashindex "
+                f"understands ({HASHER_FORMAT}); upgrade hashindex"
+            )
+        if weight.shape != (meta["bits"], meta["dim"]) or bias.shape != (meta["bits"],):
+            raise IndexFormatError(f"{path}: hasher arrays do not match bits/dim in its metadata")
+        return cls(meta["kind"], meta["bits"], meta["dim"], weight, bias)
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "bits": self.bits, "dim": self.dim}
+
+
+# -- fitting recipes: (x [N, D]) -> (W [K, D], b [K]) --------------------------------------
+def _fit_sign(x: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sign of centred features: one bit per dimension, threshold at the training mean."""
+    if bits != x.shape[1]:
+        raise InputError(
+            f"the sign hasher gives one bit per dimension: bits must equal dim ({x.shape[1]}), "
+            f"got {bits}; use 'pca' or 'itq' for other code lengths"
+        )
+    mean = x.mean(axis=0, dtype=np.float64).astype(np.float32)
+    return np.eye(bits, dtype=np.float32), -mean
+
+
+def _check_reduction(x: np.ndarray, bits: int, kind: str) -> None:
+    if bits > x.shape[1]:
+        raise InputError(f"{kind} hasher: bits ({bits}) cannot exceed the feature dim ({x.shape[1]})")
+
+
+def _fit_pca(x: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``bits`` principal directions of the centred data (FAISS PCAMatrix)."""
+    _check_reduction(x, bits, "pca")
+    pca = faiss.PCAMatrix(x.shape[1], bits)
+    pca.train(x)
+    a = faiss.vector_to_array(pca.A).reshape(bits, x.shape[1])
+    b = faiss.vector_to_array(pca.b)
+    return a.astype(np.float32), b.astype(np.float32)
+
+
+def _fit_itq(x: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
+    """PCA then the ITQ rotation (Gong & Lazebnik 2011) via FAISS ITQTransform.
+
+    FAISS L2-normalises the centred vector before rotating; a positive scale never changes a
+    sign, so ``W (x - mean)`` gives the same bits and is the form we keep.
+    """
+    _check_reduction(x, bits, "itq")
+    itq = faiss.ITQTransform(x.shape[1], bits, True)
+    itq.train(x)
+    a = faiss.vector_to_array(itq.pca_then_itq.A).reshape(bits, x.shape[1]).astype(np.float32)
+    mean = faiss.vector_to_array(itq.mean).astype(np.float32)
+    return a, -(a @ mean)
+
+
+_FITTERS = {"sign": _fit_sign, "pca": _fit_pca, "itq": _fit_itq}
+HASHER_KINDS = tuple(_FITTERS)
+
+
+def SignHasher(dim: int, bits: int | None = None) -> LinearHasher:
+    """Binary quantization as vector databases do it: one bit per centred dimension."""
+    return LinearHasher("sign", bits if bits is not None else dim, dim)
+
+
+def PCASignHasher(dim: int, bits: int) -> LinearHasher:
+    """Sign of the top-``bits`` PCA projections."""
+    return LinearHasher("pca", bits, dim)
+
+
+def ITQHasher(dim: int, bits: int) -> LinearHasher:
+    """Iterative quantization: PCA + the rotation that minimises quantization error."""
+    return LinearHasher("itq", bits, dim)
+
+
+def check_index_hasher_fitted(hasher: Hasher) -> None:
+    """An index's untrained linear hasher must be fitted before it encodes or projects."""
+    if isinstance(hasher, LinearHasher) and not hasher.is_fitted:
+        raise NotFittedError(
+            f"the index's {hasher.kind} hasher is not fitted: call index.fit(sample) first, "
+            "or add a first batch of at least 2 * bits vectors"
+        )
+
+
+def encode_checked(hasher: Hasher, features: np.ndarray, nbytes: int) -> np.ndarray:
+    """``hasher.encode`` with the checks every index needs: fitted, and codes ``nbytes`` wide."""
+    check_index_hasher_fitted(hasher)
+    return check_codes(hasher.encode(features), nbytes)
+
+
+def fit_untrained(hasher: Hasher, features: np.ndarray) -> None:
+    """Fit an index's untrained linear hasher; a trained model (ONNX) is refused."""
+    if not isinstance(hasher, LinearHasher):
+        raise InputError("only the untrained linear hashers are fitted; this index uses a trained model")
+    hasher.fit(features)
+
+
+def make_hasher(kind: str, dim: int, bits: int | None = None) -> LinearHasher:
+    """Build an unfitted hasher by name: "sign", "pca" or "itq"."""
+    if kind not in _FITTERS:
+        raise InputError(f"unknown hasher {kind!r}; choose one of {', '.join(HASHER_KINDS)}")
+    if kind != "sign" and bits is None:
+        raise InputError(f"{kind} hasher needs bits")
+    return LinearHasher(kind, bits if bits is not None else dim, dim)

@@ -1,0 +1,589 @@
+"""HashIndex: binary codes in FAISS for the Hamming stage, exact float reranking after it.
+
+Serving path: numpy + faiss only (an ONNX encoder brings onnxruntime, never torch).
+
+Search modes (``radius`` is inclusive, ARCHITECTURE.md §2):
+- ``radius=r``: every item within Hamming <= r is a candidate;
+- ``candidates=c``: the c Hamming-nearest items (ties at the c-th distance are broken by FAISS's
+  heap order, i.e. unspecified among equals);
+- neither: the smallest radius giving each query at least ``10 * k`` candidates (multi-probe),
+  chosen per query.
+Candidates are reranked by exact similarity on the stored features, best first.
+
+Ranking for ``candidates`` and multi-probe (``ranking=``): ``"hamming"`` (default) orders items
+by Hamming distance between codes; ``"asymmetric"`` by ``<z, 2b - 1>``, the query's continuous
+projection ``z`` (before the sign) against each item's bits (backends/faiss_asymmetric.py): on
+unseen LFW identities it needs about a third of the candidates for the same recall, at about
+the scan cost of the Hamming stage (benchmarks/QUALITY.md). ``radius`` is a Hamming rule and
+always ranks by Hamming distance.
+
+Backends for the Hamming stage: ``flat`` (IndexBinaryFlat, exact for everything and the source
+of truth), ``hash`` (IndexBinaryHash) and ``multihash`` (IndexBinaryMultiHash), both exact for
+range queries by the nflip / nhash rules, and ``auto`` (see :meth:`HashIndex.backend_for`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from hashindex.serving import persist
+from hashindex.serving.candidates.asymmetric import AsymmetricCandidates
+from hashindex.serving.candidates.binary import FlatCandidates, HashCandidates, MultiHashCandidates
+from hashindex.core.codes import binarize, check_codes, hamming_pairs, pre_tanh
+from hashindex.core.errors import (
+    DuplicateIdError,
+    IndexFormatError,
+    InputError,
+    ModelMismatchError,
+    NotFittedError,
+    UnknownIdError,
+)
+from hashindex.serving.hashers import Hasher, LinearHasher, check_index_hasher_fitted, encode_checked, fit_untrained, make_hasher
+from hashindex.serving.locks import ReadWriteLock
+from hashindex.serving.candidates.modes import DEFAULT_CANDIDATES_PER_K, knn_to_csr, select_candidates
+from hashindex.serving.rerank import METRICS, rerank
+from hashindex.serving.store import RowStore
+from hashindex.core.validation import (
+    check_id_list,
+    check_new_ids,
+    check_positive_int,
+    check_query_codes,
+    check_radius,
+    check_search_args,
+    prepare_features,
+)
+
+BACKENDS = ("flat", "hash", "multihash", "auto")
+RANKINGS = ("hamming", "asymmetric")
+FEATURE_DTYPES = ("float32", "float16")
+# auto: accelerators pay off only on large galleries and small radii (benchmarks/backends.py).
+AUTO_MIN_ITEMS = 100_000
+# 128-bit codes + rerank beat HNSW 1.8x at recall@1 0.95 on 1M 128-d face-like embeddings,
+# 64-bit ones did not (benchmarks/README.md); 16 bytes a code is small beside the features.
+DEFAULT_BITS = 128
+AUTO_MAX_RADIUS = 3
+
+
+@dataclass
+class SearchResult:
+    """Per-query results, best first.
+
+    ids: int64 ``[nq, k]``, -1 where fewer than k candidates were found.
+    scores: float32 ``[nq, k]``: cosine / inner product (higher is better) or squared L2
+        distance (lower is better) on the stored full-precision features.
+    hamming: int32 ``[nq, k]``: Hamming distance of each result's code to the query's (-1 pad).
+    n_candidates: int64 ``[nq]``: how many items were reranked for each query.
+    """
+
+    ids: np.ndarray
+    scores: np.ndarray
+    hamming: np.ndarray
+    n_candidates: np.ndarray
+
+
+class HashIndex:
+    """Binary-code index with exact reranking.
+
+    Args:
+        dim: feature dimension D.
+        hasher: anything with ``bits`` and ``encode(features) -> uint8 [N, bits/8]``: a
+            :class:`~hashindex.serving.hashers.LinearHasher` (default: ITQ, fitted on the first ``add``)
+            or an :class:`~hashindex.serving.encoder.OnnxEncoder`.
+        encoder: alias of ``hasher`` for ONNX encoders.
+        bits: code length when no hasher is given (default 128, capped at ``dim``).
+        metric: "cosine" (features L2-normalised on the way in), "ip" or "l2".
+        backend: "flat", "hash", "multihash" or "auto".
+        feature_dtype: "float32" or "float16" for the feature store.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        hasher: Hasher | None = None,
+        *,
+        encoder: Hasher | None = None,
+        bits: int | None = None,
+        metric: str = "cosine",
+        backend: str = "auto",
+        feature_dtype: str = "float32",
+    ):
+        self.dim = check_positive_int(dim, "dim")
+        if hasher is not None and encoder is not None:
+            raise InputError("pass either hasher or encoder, not both")
+        hasher = hasher if hasher is not None else encoder
+        if hasher is None:
+            hasher = make_hasher("itq", self.dim, bits or min(DEFAULT_BITS, self.dim - self.dim % 8))
+        if bits is not None and bits != hasher.bits:
+            raise InputError(f"bits={bits} disagrees with the hasher's {hasher.bits} bits")
+        if metric not in METRICS:
+            raise InputError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
+        if backend not in BACKENDS:
+            raise InputError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+        if feature_dtype not in FEATURE_DTYPES:
+            raise InputError(f"feature_dtype must be one of {FEATURE_DTYPES}, got {feature_dtype!r}")
+        hasher_dim = getattr(hasher, "dim", None)
+        if hasher_dim is not None and getattr(hasher, "kind", None) != "images" and hasher_dim != self.dim:
+            raise InputError(f"hasher expects dimension {hasher_dim}, index has dim={self.dim}")
+        self.hasher = hasher
+        self.bits = int(hasher.bits)
+        self.metric = metric
+        self.backend = backend
+        self.feature_dtype = feature_dtype
+        self._nbytes = self.bits // 8
+        self._codes = RowStore((self._nbytes,), np.uint8)
+        self._ids = RowStore((), np.int64)
+        self._features = RowStore((self.dim,), np.dtype(feature_dtype))
+        self._next_id = 0
+        self._flat = FlatCandidates(self.bits)
+        # built on first use, kept in step by add, dropped by remove
+        self._accel: dict[str, HashCandidates | MultiHashCandidates | AsymmetricCandidates] = {}
+        self._id_lookup: tuple[np.ndarray, np.ndarray] | None = None  # (sorted ids, positions)
+        self._lock = ReadWriteLock()
+
+    # -- basic facts -----------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def __contains__(self, item_id: object) -> bool:
+        if isinstance(item_id, bool) or not isinstance(item_id, (int, np.integer)):
+            return False
+        try:
+            with self._lock.read():
+                self._positions_of(np.asarray([item_id], dtype=np.int64))
+        except (UnknownIdError, ValueError, TypeError, OverflowError):
+            return False
+        return True
+
+    def __repr__(self) -> str:
+        return (
+            f"HashIndex(dim={self.dim}, bits={self.bits}, n={len(self)}, metric={self.metric!r}, "
+            f"backend={self.backend!r}, feature_dtype={self.feature_dtype!r})"
+        )
+
+    @property
+    def ids(self) -> np.ndarray:
+        """All ids, in storage order (a copy)."""
+        return self._ids.array.copy()
+
+    @property
+    def codes(self) -> np.ndarray:
+        """All codes ``uint8 [N, bits/8]``, in storage order (a read-only view)."""
+        view = self._codes.array.view()
+        view.flags.writeable = False
+        return view
+
+    def memory_usage(self) -> dict[str, int]:
+        """Bytes held per component (codes are held twice: the store and the FAISS flat index;
+        a third time once an asymmetric search has built its scanner)."""
+        asym = self._accel.get("asymmetric")
+        return {
+            "codes": self._codes.nbytes * 2 + (asym.nbytes if asym is not None else 0),
+            "ids": self._ids.nbytes,
+            "features": self._features.nbytes,
+        }
+
+    # -- input preparation -----------------------------------------------------------------
+    def _prepare_features(self, features: np.ndarray, name: str = "features") -> np.ndarray:
+        return prepare_features(features, self.dim, self.metric, name)
+
+    def _encode(self, x: np.ndarray) -> np.ndarray:
+        return encode_checked(self.hasher, x, self._nbytes)
+
+    def fit(self, features: np.ndarray) -> "HashIndex":
+        """Fit an untrained hasher on a sample of features (no items are added)."""
+        fit_untrained(self.hasher, self._prepare_features(features))
+        return self
+
+    def _new_ids(self, ids: np.ndarray | None, n: int) -> np.ndarray:
+        if ids is None:
+            return np.arange(self._next_id, self._next_id + n, dtype=np.int64)
+        ids = check_new_ids(ids, n)
+        present = self._present_mask(ids)
+        if present.any():
+            raise DuplicateIdError(f"ids already in the index: {ids[present][:5].tolist()}")
+        return ids
+
+    # -- mutation --------------------------------------------------------------------------
+    def add(self, features: np.ndarray, ids: np.ndarray | None = None) -> np.ndarray:
+        """Encode and add ``features float [N, D]``; returns the int64 ids used.
+
+        An unfitted default hasher is fitted on this batch first (needs >= 2 * bits rows).
+        """
+        x = self._prepare_features(features)
+        if isinstance(self.hasher, LinearHasher) and not self.hasher.is_fitted and len(self) == 0:
+            self._new_ids(ids, x.shape[0])  # reject bad ids before fitting changes anything
+            if x.shape[0] < 2 * self.bits:
+                raise NotFittedError(
+                    f"the {self.hasher.kind} hasher is fitted on the first batch, which needs at least "
+                    f"{2 * self.bits} vectors (got {x.shape[0]}); call index.fit(sample) first"
+                )
+            self.hasher.fit(x)
+        codes = self._encode(x)
+        return self._add_prepared(codes, x, ids)
+
+    def add_codes(self, codes: np.ndarray, features: np.ndarray, ids: np.ndarray | None = None) -> np.ndarray:
+        """Add precomputed codes ``uint8 [N, bits/8]`` with their features; returns the ids."""
+        codes = check_codes(codes, self._nbytes)
+        x = self._prepare_features(features)
+        if codes.shape[0] != x.shape[0]:
+            raise InputError(f"{codes.shape[0]} codes but {x.shape[0]} feature rows")
+        return self._add_prepared(codes, x, ids)
+
+    def _add_prepared(self, codes: np.ndarray, x: np.ndarray, ids: np.ndarray | None) -> np.ndarray:
+        with self._lock.write():
+            new_ids = self._new_ids(ids, x.shape[0])
+            if x.shape[0] == 0:
+                return new_ids
+            # everything is validated; from here on nothing can fail on user input
+            self._codes.append(codes)
+            self._ids.append(new_ids)
+            self._features.append(x)
+            self._flat.add(codes)
+            for accel in self._accel.values():
+                accel.add(codes)
+            self._next_id = max(self._next_id, int(new_ids.max()) + 1)
+            self._id_lookup = None
+        return new_ids
+
+    def remove(self, ids: np.ndarray) -> int:
+        """Remove items by id (all must exist, else nothing is removed); returns the count."""
+        ids = np.unique(check_id_list(ids))
+        with self._lock.write():
+            positions = self._positions_of(ids)
+            keep = np.ones(len(self), dtype=bool)
+            keep[positions] = False
+            for store in (self._codes, self._ids, self._features):
+                store.keep(keep)
+            self._flat.rebuild(self._codes.array)
+            self._accel.clear()  # hash indexes have no remove_ids: rebuilt lazily on next use
+            self._id_lookup = None
+        return int(ids.size)
+
+    # -- id lookup ---------------------------------------------------------------------------
+    def _lookup(self) -> tuple[np.ndarray, np.ndarray]:
+        table = self._id_lookup
+        if table is None:
+            order = np.argsort(self._ids.array, kind="stable")
+            table = (self._ids.array[order], order)
+            self._id_lookup = table
+        return table
+
+    def _present_mask(self, ids: np.ndarray) -> np.ndarray:
+        sorted_ids, _ = self._lookup()
+        if sorted_ids.size == 0:
+            return np.zeros(ids.shape, dtype=bool)
+        at = np.minimum(np.searchsorted(sorted_ids, ids), sorted_ids.size - 1)
+        return sorted_ids[at] == ids
+
+    def _positions_of(self, ids: np.ndarray) -> np.ndarray:
+        present = self._present_mask(ids)
+        if not present.all():
+            raise UnknownIdError(f"ids not in the index: {ids[~present][:5].tolist()}")
+        sorted_ids, order = self._lookup()
+        return order[np.searchsorted(sorted_ids, ids)]
+
+    def get_features(self, ids: np.ndarray) -> np.ndarray:
+        """Stored features ``float32 [n, D]`` for ``ids``, in the order given."""
+        ids = check_id_list(ids)
+        with self._lock.read():
+            return np.asarray(self._features.take(self._positions_of(ids)), dtype=np.float32)
+
+    def get_codes(self, ids: np.ndarray) -> np.ndarray:
+        """Stored codes ``uint8 [n, bits/8]`` for ``ids``, in the order given."""
+        ids = check_id_list(ids)
+        with self._lock.read():
+            return self._codes.take(self._positions_of(ids))
+
+    # -- Hamming stage ------------------------------------------------------------------------
+    def backend_for(self, radius: int) -> str:
+        """The backend a range query at ``radius`` runs on.
+
+        ``auto`` follows benchmarks/backends.py (1M synthetic ITQ codes, results in
+        benchmarks/README.md): flat below AUTO_MIN_ITEMS items; hash for radius <= 1 (one
+        bucket probe per flipped-bit pattern); multihash where its tables need no flips
+        (radius < nhash), else hash up to radius 2 and multihash at 3; flat beyond, where
+        probing costs more than a scan.
+        """
+        if self.backend != "auto":
+            return self.backend
+        if len(self) < AUTO_MIN_ITEMS or radius > AUTO_MAX_RADIUS:
+            return "flat"
+        nhash, _ = MultiHashCandidates.default_params(self.bits, len(self))
+        if radius <= 1:
+            return "hash"
+        if radius < nhash:
+            return "multihash"
+        return "hash" if radius <= 2 else "multihash"
+
+    def _generator(self, name: str):
+        if name == "flat":
+            return self._flat
+        accel = self._accel.get(name)
+        if accel is None:
+            n = len(self)
+            if name == "hash":
+                accel = HashCandidates(self.bits, HashCandidates.default_hash_bits(self.bits, n))
+            elif name == "asymmetric":
+                accel = AsymmetricCandidates(self.bits)
+            else:
+                accel = MultiHashCandidates(self.bits, *MultiHashCandidates.default_params(self.bits, n))
+            accel.rebuild(self._codes.array)
+            self._accel[name] = accel
+        return accel
+
+    def _range(self, qcodes: np.ndarray, radius: int):
+        generator = self._generator(self.backend_for(radius))
+        if not generator.handles(radius):
+            generator = self._flat  # exact too, and cheaper than probing this many buckets
+        return generator.range(qcodes, radius)
+
+    def _knn(self, qcodes: np.ndarray, c: int):
+        return knn_to_csr(*self._flat.knn(qcodes, c))
+
+    def _candidates(self, qcodes: np.ndarray, k: int, radius: int | None, candidates: int | None):
+        return select_candidates(qcodes, k, radius, candidates, len(self), self.bits, self._range, self._knn)
+
+    def _asymmetric_candidates(self, z: np.ndarray, k: int, candidates: int | None):
+        """CSR candidates by asymmetric score; their Hamming column is 0 (filled in for the
+        k results only, after the rerank)."""
+        c = min(candidates or DEFAULT_CANDIDATES_PER_K * k, len(self))
+        pos, _ = self._generator("asymmetric").knn(z, c)
+        return knn_to_csr(pos, np.zeros(pos.shape, np.int32))
+
+    def _project(self, x: np.ndarray) -> np.ndarray:
+        project = getattr(self.hasher, "project", None)
+        if project is None:
+            raise InputError(
+                f"asymmetric ranking needs a hasher with a continuous projection (project()); "
+                f"{type(self.hasher).__name__} has none"
+            )
+        check_index_hasher_fitted(self.hasher)
+        z = np.asarray(project(x), dtype=np.float32)
+        if z.shape != (x.shape[0], self.bits):
+            raise ModelMismatchError(f"the hasher's projection has shape {z.shape}, expected {(x.shape[0], self.bits)}")
+        return z
+
+    # -- search ------------------------------------------------------------------------------
+    def _query_codes(self, x: np.ndarray, query_codes: np.ndarray | None) -> np.ndarray:
+        return self._encode(x) if query_codes is None else check_query_codes(query_codes, self._nbytes, x.shape[0])
+
+    def search(
+        self,
+        queries: np.ndarray,
+        k: int = 10,
+        radius: int | None = None,
+        candidates: int | None = None,
+        *,
+        ranking: str = "hamming",
+        query_codes: np.ndarray | None = None,
+    ) -> SearchResult:
+        """Candidates from the codes, then exact top-k on the stored features.
+
+        Args:
+            queries: float ``[nq, D]``.
+            k: results per query.
+            radius: take every item within Hamming <= radius.
+            candidates: take the ``candidates`` best-ranked items (default: multi-probe
+                for Hamming ranking, ``10 * k`` for asymmetric ranking).
+            ranking: "hamming" or "asymmetric" (the query's continuous projection against the
+                items' bits; needs a hasher with ``project``, and no ``radius``).
+            query_codes: precomputed query codes (skips the hasher; Hamming ranking only).
+        """
+        k, radius, candidates = check_search_args(k, radius, candidates)
+        check_ranking(ranking, radius)
+        x = self._prepare_features(queries, name="queries")
+        if ranking == "hamming":
+            return self._search(x, self._query_codes(x, query_codes), None, k, radius, candidates)
+        if query_codes is not None:
+            raise InputError("asymmetric ranking needs the query features' projection, not precomputed codes")
+        z = self._project(x)
+        return self._search(x, binarize(z), z, k, radius, candidates)
+
+    def _search(self, x, qcodes, z, k: int, radius: int | None, candidates: int | None) -> SearchResult:
+        """Search with encoded queries: ``qcodes`` always, ``z`` for asymmetric ranking."""
+        with self._lock.read():
+            if len(self) == 0:
+                lims = np.zeros(x.shape[0] + 1, np.int64)
+                positions, hamming = np.empty(0, np.int64), np.empty(0, np.int32)
+            elif z is not None:
+                lims, positions, hamming = self._asymmetric_candidates(z, k, candidates)
+            else:
+                lims, positions, hamming = self._candidates(qcodes, k, radius, candidates)
+            pos, scores, ham = rerank(x, self._features.array, lims, positions, hamming, k, self.metric)
+            if z is not None:  # Hamming distances of the results only, not of every candidate
+                rows, cols = np.nonzero(pos >= 0)
+                ham[rows, cols] = hamming_pairs(qcodes[rows], self._codes.array[pos[rows, cols]])
+            ids = np.full(pos.shape, -1, dtype=np.int64)
+            ids[pos >= 0] = self._ids.array[pos[pos >= 0]]
+        return SearchResult(ids, scores, ham, np.diff(lims))
+
+    # -- images, through a fused ONNX model (backbone + hash head in one graph) ---------------
+    def _image_encoder(self):
+        if not getattr(self.hasher, "has_features", False):
+            raise InputError(
+                "this index's hasher does not take images: build it with a fused model "
+                "(hashindex export --backbone ... --head ...) to use add_images / search_images"
+            )
+        return self.hasher
+
+    def add_images(self, images: np.ndarray, ids: np.ndarray | None = None) -> np.ndarray:
+        """Add preprocessed images ``float32 [N, 3, H, W]``: one model run gives codes and features."""
+        out = self._image_encoder().run(images)
+        return self.add_codes(out.codes, out.features, ids)
+
+    def search_images(
+        self,
+        images: np.ndarray,
+        k: int = 10,
+        radius: int | None = None,
+        candidates: int | None = None,
+        *,
+        ranking: str = "hamming",
+    ) -> SearchResult:
+        """:meth:`search` with preprocessed query images ``float32 [nq, 3, H, W]``."""
+        k, radius, candidates = check_search_args(k, radius, candidates)
+        check_ranking(ranking, radius)
+        out = self._image_encoder().run(images)
+        x = self._prepare_features(out.features, name="queries")
+        z = pre_tanh(out.embedding) if ranking == "asymmetric" else None
+        return self._search(x, out.codes, z, k, radius, candidates)
+
+    def range_search(self, queries: np.ndarray, radius: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """All items within Hamming <= ``radius``, without reranking.
+
+        ``queries`` are features (float ``[nq, D]``, encoded with the hasher) or packed codes
+        (uint8 ``[nq, bits/8]``). Returns CSR ``(lims [nq+1], ids [M], hamming [M])``.
+        """
+        radius = check_radius(radius)
+        q = np.asarray(queries)
+        qcodes = check_codes(q, self._nbytes) if q.dtype == np.uint8 else self._encode(self._prepare_features(q, "queries"))
+        with self._lock.read():
+            lims, positions, hamming = self._range(qcodes, radius)
+            return lims, self._ids.array[positions], hamming
+
+    # -- persistence ------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the index directory atomically (ARCHITECTURE.md §4)."""
+        with self._lock.read():
+            manifest = {
+                "bits": self.bits,
+                "dim": self.dim,
+                "metric": self.metric,
+                "backend": self.backend,
+                "feature_dtype": self.feature_dtype,
+                "count": len(self),
+                "next_id": self._next_id,
+            }
+            writers = {
+                "codes.npy": lambda p: np.save(p, self._codes.array),
+                "ids.npy": lambda p: np.save(p, self._ids.array),
+                "features.npy": lambda p: np.save(p, self._features.array),
+            }
+            if isinstance(self.hasher, LinearHasher):
+                if not self.hasher.is_fitted:
+                    raise NotFittedError("cannot save an index whose hasher is not fitted")
+                manifest["hasher"] = {"type": "linear", **self.hasher.to_dict()}
+                writers["hasher.npz"] = self.hasher.save
+            elif hasattr(self.hasher, "sha256") and hasattr(self.hasher, "path"):
+                manifest["hasher"] = {"type": "onnx"}
+                manifest["model_sha256"] = self.hasher.sha256
+                writers["model.onnx"] = self._copy_model
+            else:
+                raise InputError(f"cannot save a hasher of type {type(self.hasher).__name__}")
+            persist.write_index_dir(path, writers, manifest)
+
+    def _copy_model(self, dest: Path) -> None:
+        shutil.copyfile(self.hasher.path, dest)
+        if persist.sha256_file(dest) != self.hasher.sha256:
+            raise ModelMismatchError(f"{self.hasher.path} changed on disk since the encoder loaded it")
+
+    @classmethod
+    def load(
+        cls, path: str | os.PathLike, mmap: bool = True, verify: bool = True, encoder: Hasher | None = None
+    ) -> "HashIndex":
+        """Load an index directory, checking every file's SHA-256 (``verify``).
+
+        ``mmap``: memory-map the feature store instead of reading it into memory.
+        ``encoder``: use this ONNX encoder instead of the stored model copy; it must be the very
+        model the index was built with (same SHA-256 and bits).
+        """
+        root = persist.resolve_index_dir(path)
+        m = persist.read_manifest(root, verify=verify)
+        try:
+            bits, dim, count = int(m["bits"]), int(m["dim"]), int(m["count"])
+            hasher_info = m["hasher"]
+            metric, backend, fdtype = m["metric"], m["backend"], m["feature_dtype"]
+        except (KeyError, TypeError, ValueError) as e:
+            raise IndexFormatError(f"{root}: manifest lacks a required field ({e})") from None
+
+        if hasher_info.get("type") == "linear":
+            hasher = LinearHasher.load(root / "hasher.npz")
+        elif hasher_info.get("type") == "onnx":
+            from hashindex.serving.encoder import OnnxEncoder  # onnxruntime only when an ONNX model is used
+
+            hasher = encoder if encoder is not None else OnnxEncoder(root / "model.onnx")
+            if getattr(hasher, "sha256", None) != m.get("model_sha256"):
+                raise ModelMismatchError(
+                    f"model SHA-256 {getattr(hasher, 'sha256', None)} differs from the index's "
+                    f"{m.get('model_sha256')}: this index was built with another model"
+                )
+        else:
+            raise IndexFormatError(f"{root}: unknown hasher type {hasher_info.get('type')!r}")
+        if hasher.bits != bits:
+            raise ModelMismatchError(f"hasher gives {hasher.bits} bits, index was built with {bits}")
+
+        try:
+            index = cls(dim, hasher, metric=metric, backend=backend, feature_dtype=fdtype)
+        except InputError as e:
+            raise IndexFormatError(f"{root}: invalid manifest ({e})") from None
+        codes = _load_array(root / "codes.npy", np.uint8, (count, bits // 8), mmap=False)
+        ids = _load_array(root / "ids.npy", np.int64, (count,), mmap=False)
+        features = _load_array(root / "features.npy", np.dtype(fdtype), (count, dim), mmap=mmap)
+        if np.unique(ids).size != ids.size:
+            raise IndexFormatError(f"{root}/ids.npy: repeated ids")
+        index._codes = RowStore((bits // 8,), np.uint8, codes)
+        index._ids = RowStore((), np.int64, ids)
+        index._features = RowStore((dim,), np.dtype(fdtype), features)
+        index._flat.rebuild(codes)
+        index._next_id = max(int(m.get("next_id", 0)), int(ids.max()) + 1 if count else 0)
+        return index
+
+
+def check_ranking(ranking: str, radius: int | None) -> None:
+    """A known ranking, and no Hamming radius with the asymmetric one."""
+    if ranking not in RANKINGS:
+        raise InputError(f"unknown ranking {ranking!r}; choose one of {', '.join(RANKINGS)}")
+    if ranking == "asymmetric" and radius is not None:
+        raise InputError("radius selects by Hamming distance; asymmetric ranking takes candidates= (or k alone)")
+
+
+def _load_array(path: Path, dtype: np.dtype, shape: tuple[int, ...], mmap: bool) -> np.ndarray:
+    try:
+        arr = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise IndexFormatError(f"{path}: unreadable array ({e})") from None
+    if arr.dtype != dtype or arr.shape != shape:
+        raise IndexFormatError(f"{path}: expected {np.dtype(dtype)} {shape}, found {arr.dtype} {arr.shape}")
+    return arr
+
+
+def describe(path: str | os.PathLike) -> str:
+    """Human-readable summary of an index directory (for ``hashindex info``)."""
+    root = persist.resolve_index_dir(path)
+    m = persist.read_manifest(root, verify=True)
+    size = sum(f["bytes"] for f in m["files"].values())
+    lines = [f"{root}: hashindex format {m['format']}, all checksums OK"]
+    for key in ("count", "dim", "bits", "metric", "backend", "feature_dtype", "model_sha256"):
+        if key in m:
+            lines.append(f"  {key:14s} {m[key]}")
+    lines.append(f"  {'hasher':14s} {json.dumps(m.get('hasher'))}")
+    lines.append(f"  {'bytes on disk':14s} {size:,} ({size / max(m['count'], 1):.1f} per item)")
+    for name, info in sorted(m["files"].items()):
+        lines.append(f"    {name:14s} {info['bytes']:>14,}  sha256 {info['sha256'][:16]}...")
+    return "\n".join(lines)

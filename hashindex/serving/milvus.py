@@ -1,0 +1,582 @@
+"""MilvusHashIndex: HashIndex's API with the Hamming stage (and optionally the rerank) in Milvus.
+
+One Milvus collection per index::
+
+    id       INT64 primary key (the hashindex id)
+    code     BINARY_VECTOR, dim = bits, index BIN_FLAT (or BIN_IVF_FLAT on a server), metric HAMMING
+    feature  FLOAT_VECTOR,  dim = D,    index FLAT, metric IP (cosine / ip) or L2
+
+Search semantics are HashIndex's (hashindex/index.py): ``radius=r`` is inclusive, ``candidates=c``
+takes the c Hamming-nearest, the default takes per query the smallest radius giving ``10 * k``
+candidates; candidates are reranked by exact similarity on the stored float features.
+
+Milvus facts this module relies on (checked against milvus-lite 2.5.1 / pymilvus 2.5.18):
+
+* Range search on HAMMING returns ``range_filter <= d < radius`` (https://milvus.io/docs/range-search.md):
+  the upper bound is exclusive, so an inclusive hashindex radius r is sent as ``radius = r + 1``
+  (as FAISS, ARCHITECTURE.md §2).
+* Bit order: Milvus numbers BINARY_VECTOR dimensions from the most significant bit of the first
+  byte (its docs pack with ``np.packbits``' default big order), FAISS from the least significant
+  (§1). Hamming distance is a popcount of XOR, so it does not depend on the numbering: codes are
+  stored as the very FAISS-order bytes hashindex uses everywhere, and only a reader that
+  interprets single Milvus dimensions would see bit i of byte j as dimension ``8j + 7 - i``.
+* ``limit`` (topK), range-search results per query and query windows are capped at
+  :data:`MILVUS_MAX_TOPK`; a ``get`` / ``id in [...]`` query beyond it is silently truncated, so
+  every fetch is chunked. A range search that fills the cap may be truncated and is refused.
+* Inserting an existing primary key does not fail: Milvus stores a duplicate. Ids are checked
+  before inserting.
+* milvus-lite only supports BIN_FLAT (exact); BIN_IVF_FLAT (a Milvus server) is approximate.
+* The collection's consistency level is Strong, so searches see every finished insert / delete.
+
+Reattaching: the collection description holds a JSON header (format, dim, bits, metric and the
+hasher: a fitted linear hasher's weights, or an ONNX model's SHA-256). A collection is created at
+the first insert, once the default hasher has been fitted, because milvus-lite cannot alter a
+collection's description or properties later.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+try:
+    from pymilvus import DataType, MilvusClient
+    from pymilvus.exceptions import MilvusException
+except ImportError as e:  # pragma: no cover - exercised only without the extra
+    raise ImportError("the Milvus backend needs pymilvus: pip install 'hashindex[milvus]'") from e
+
+from hashindex.core.codes import check_codes
+from hashindex.core.errors import (
+    DuplicateIdError,
+    IndexFormatError,
+    InputError,
+    ModelMismatchError,
+    NotFittedError,
+    UnknownIdError,
+)
+from hashindex.serving.hashers import Hasher, LinearHasher, encode_checked, fit_untrained, make_hasher
+from hashindex.serving.candidates.modes import select_candidates
+from hashindex.serving.index import SearchResult
+from hashindex.serving.rerank import METRICS, higher_is_better, rerank
+from hashindex.core.validation import (
+    check_id_list,
+    check_query_codes,
+    check_positive_int,
+    check_new_ids,
+    check_radius,
+    check_search_args,
+    prepare_features,
+)
+from hashindex.serving.candidates.binary import RangeResult
+
+FORMAT = 1
+MILVUS_MAX_TOPK = 16_384
+INDEX_TYPES = ("BIN_FLAT", "BIN_IVF_FLAT")
+RERANK_MODES = ("client", "milvus")
+_FEATURE_METRIC = {"cosine": "IP", "ip": "IP", "l2": "L2"}  # Milvus's L2 is squared, as exact_scores
+_ID, _CODE, _FEATURE = "id", "code", "feature"
+
+
+@dataclass(frozen=True)
+class MilvusLimits:
+    """Request sizes kept under Milvus's caps and its gRPC message limits.
+
+    insert_bytes: payload per insert call (rows * (8 + bits/8 + 4 D) bytes). milvus-lite 2.5
+        receives at most 4 MiB per request (gRPC's default; a server takes 64 MiB), and pymilvus
+        retries a larger insert for minutes instead of failing, so batches stay well below.
+    fetch_ids: ids per ``id in [...]`` query returning ids only (must stay below MILVUS_MAX_TOPK).
+    fetch_rows: ids per query returning vectors: milvus-lite 2.5 slows down superlinearly with
+        the number of vector rows per query (0.03 ms/row at 512, 0.1 ms/row at 2048, 0.36 at 4700).
+    search_hits: queries per search call are chosen so that ``nq * limit`` stays below this.
+    nprobe: clusters probed by BIN_IVF_FLAT; nlist: clusters it builds.
+    """
+
+    insert_bytes: int = 2 << 20
+    fetch_ids: int = 8_192
+    fetch_rows: int = 512
+    search_hits: int = 1 << 20
+    nprobe: int = 64
+    nlist: int = 1_024
+
+
+# -- header in the collection description --------------------------------------------------------
+def _b64(a: np.ndarray) -> str:
+    return base64.b64encode(np.ascontiguousarray(a, dtype="<f4").tobytes()).decode("ascii")
+
+
+def _unb64(s: str, shape: tuple[int, ...]) -> np.ndarray:
+    return np.frombuffer(base64.b64decode(s), dtype="<f4").reshape(shape).astype(np.float32)
+
+
+def hasher_record(hasher: Hasher) -> dict[str, Any]:
+    """What identifies a hasher: a fitted linear hasher's weights, an ONNX model's SHA-256, else nothing."""
+    if isinstance(hasher, LinearHasher) and hasher.is_fitted:
+        return {"type": "linear", **hasher.to_dict(), "weight": _b64(hasher.weight), "bias": _b64(hasher.bias)}
+    if isinstance(getattr(hasher, "sha256", None), str):
+        return {"type": "onnx", "bits": int(hasher.bits), "sha256": hasher.sha256}
+    return {"type": "none"}
+
+
+def _hasher_from_record(rec: dict[str, Any], given: Hasher | None, where: str) -> Hasher | None:
+    """The hasher to use on a reattached collection; refuses one that differs from the stored record."""
+    kind = rec.get("type")
+    if kind == "linear":
+        try:
+            stored = LinearHasher(
+                rec["kind"], int(rec["bits"]), int(rec["dim"]),
+                _unb64(rec["weight"], (int(rec["bits"]), int(rec["dim"]))), _unb64(rec["bias"], (int(rec["bits"]),)),
+            )  # fmt: skip
+        except (KeyError, ValueError, TypeError) as e:
+            raise IndexFormatError(f"{where}: unreadable hasher record ({e})") from None
+        if given is None:
+            return stored
+        same = (
+            isinstance(given, LinearHasher)
+            and given.is_fitted
+            and np.array_equal(given.weight, stored.weight)
+            and np.array_equal(given.bias, stored.bias)
+        )
+        if not same:
+            raise ModelMismatchError(f"{where} was built with another hasher ({stored.kind}, {stored.bits} bits)")
+        return given
+    if kind == "onnx":
+        if given is None:
+            raise InputError(
+                f"{where} was built with ONNX model sha256 {rec.get('sha256')}: pass encoder=OnnxEncoder(...)"
+            )
+        if getattr(given, "sha256", None) != rec.get("sha256"):
+            raise ModelMismatchError(
+                f"model SHA-256 {getattr(given, 'sha256', None)} differs from {where}'s {rec.get('sha256')}"
+            )
+        return given
+    if kind == "none":
+        return given
+    raise IndexFormatError(f"{where}: unknown hasher type {kind!r}")
+
+
+# -- Milvus result parsing (pure) -------------------------------------------------------------------
+def hits_to_csr(results: list[list[dict]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Milvus search hits (per query, ``{"id", "distance"}``) -> CSR ``(lims, ids, distances)``."""
+    counts = [len(r) for r in results]
+    lims = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    ids = np.fromiter((h["id"] for r in results for h in r), dtype=np.int64, count=int(lims[-1]))
+    dist = np.fromiter((h["distance"] for r in results for h in r), dtype=np.float64, count=int(lims[-1]))
+    return lims, ids, dist
+
+
+class MilvusHashIndex:
+    """HashIndex's API on a Milvus collection: the Hamming stage runs in Milvus.
+
+    Args:
+        dim: feature dimension D.
+        hasher / encoder / bits: as :class:`~hashindex.serving.index.HashIndex` (default: ITQ, fitted on
+            the first ``add``). On a reattached collection the stored linear hasher is used, or
+            the given one must be identical (else :class:`ModelMismatchError`).
+        uri: a milvus-lite file (``*.db``) or a Milvus server (``http://host:19530``).
+        collection: collection name; an existing one is reattached (its dim / bits / metric /
+            hasher must match, else :class:`IndexFormatError`).
+        metric: "cosine", "ip" or "l2" (default: the stored one, or cosine for a new collection).
+        rerank: "milvus" (one FLOAT_VECTOR search per query, filtered to its candidate ids) or
+            "client" (fetch each candidate's feature by id, rerank with hashindex.serving.rerank). Milvus
+            is faster once queries have more than a few tens of candidates (docs/milvus.md).
+        index_type: "BIN_FLAT" (exact, default) or "BIN_IVF_FLAT" (approximate; server only).
+        token: Milvus credentials ("user:password") for a server.
+        limits: request sizes (:class:`MilvusLimits`).
+
+    A single writer is assumed: ids are checked for duplicates, then inserted, without a lock in
+    Milvus. Inserts are batched and not atomic across batches.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        hasher: Hasher | None = None,
+        *,
+        encoder: Hasher | None = None,
+        bits: int | None = None,
+        uri: str = "./hashindex_milvus.db",
+        collection: str = "hashindex",
+        metric: str | None = None,
+        rerank: str = "milvus",
+        index_type: str = "BIN_FLAT",
+        token: str | None = None,
+        limits: MilvusLimits = MilvusLimits(),
+    ):
+        self.dim = check_positive_int(dim, "dim")
+        if hasher is not None and encoder is not None:
+            raise InputError("pass either hasher or encoder, not both")
+        given = hasher if hasher is not None else encoder
+        if metric is not None and metric not in METRICS:
+            raise InputError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
+        if rerank not in RERANK_MODES:
+            raise InputError(f"unknown rerank {rerank!r}; choose one of {', '.join(RERANK_MODES)}")
+        if index_type not in INDEX_TYPES:
+            raise InputError(f"unknown index_type {index_type!r}; choose one of {', '.join(INDEX_TYPES)}")
+        if not isinstance(collection, str) or not collection:
+            raise InputError(f"collection must be a non-empty string, got {collection!r}")
+        self.uri, self.collection = str(uri), collection
+        self.rerank_mode, self.index_type, self.limits = rerank, index_type, limits
+        # a private connection alias: pymilvus shares one per uri, and close() would cut the others
+        self._client = MilvusClient(uri=self.uri, token=token or "", alias=f"hashindex-{uuid.uuid4().hex}")
+        self._write_lock = threading.Lock()
+        self._next_id: int | None = None
+
+        where = f"Milvus collection {collection!r} at {self.uri}"
+        if self._client.has_collection(collection):
+            header = self._read_header(where)
+            if header["dim"] != self.dim:
+                raise IndexFormatError(f"{where} has feature dimension {header['dim']}, not dim={self.dim}")
+            if bits is not None and bits != header["bits"]:
+                raise IndexFormatError(f"{where} holds {header['bits']}-bit codes, not bits={bits}")
+            if metric is not None and metric != header["metric"]:
+                raise IndexFormatError(f"{where} uses metric {header['metric']!r}, not {metric!r}")
+            metric, bits = header["metric"], header["bits"]
+            given = _hasher_from_record(header["hasher"], given, where)
+            self._created = True
+            self._client.load_collection(collection)
+        else:
+            self._created = False
+        if given is None:
+            given = make_hasher("itq", self.dim, bits or min(64, self.dim - self.dim % 8))
+        if bits is not None and bits != given.bits:
+            raise InputError(f"bits={bits} disagrees with the hasher's {given.bits} bits")
+        hasher_dim = getattr(given, "dim", None)
+        if hasher_dim is not None and getattr(given, "kind", None) != "images" and hasher_dim != self.dim:
+            raise InputError(f"hasher expects dimension {hasher_dim}, index has dim={self.dim}")
+        self.hasher = given
+        self.bits = int(given.bits)
+        self.metric = metric or "cosine"
+        self._nbytes = self.bits // 8
+
+    # -- collection lifecycle -------------------------------------------------------------------
+    def _read_header(self, where: str) -> dict[str, Any]:
+        desc = self._client.describe_collection(self.collection)
+        try:
+            header = json.loads(desc.get("description") or "")
+            fmt = int(header["hashindex"])
+            header["dim"], header["bits"] = int(header["dim"]), int(header["bits"])
+            _ = header["metric"], header["hasher"]
+        except (ValueError, KeyError, TypeError):
+            raise IndexFormatError(f"{where} is not a hashindex collection (no hashindex header)") from None
+        if fmt > FORMAT:
+            raise IndexFormatError(f"{where}: hashindex format {fmt} is newer than this hashindex ({FORMAT})")
+        if header["metric"] not in METRICS:
+            raise IndexFormatError(f"{where}: unknown metric {header['metric']!r}")
+        fields = {f["name"]: f for f in desc.get("fields", [])}
+        expect = {_ID: (DataType.INT64, None), _CODE: (DataType.BINARY_VECTOR, header["bits"]),
+                  _FEATURE: (DataType.FLOAT_VECTOR, header["dim"])}  # fmt: skip
+        for name, (dtype, vdim) in expect.items():
+            f = fields.get(name)
+            if f is None or f["type"] != dtype or (vdim is not None and int(f["params"].get("dim", -1)) != vdim):
+                raise IndexFormatError(f"{where}: field {name!r} is missing or not {dtype.name}[{vdim}]")
+        return header
+
+    def _ensure_collection(self) -> None:
+        if self._created:
+            return
+        header = {"hashindex": FORMAT, "dim": self.dim, "bits": self.bits, "metric": self.metric,
+                  "hasher": hasher_record(self.hasher)}  # fmt: skip
+        schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False, description=json.dumps(header))
+        schema.add_field(_ID, DataType.INT64, is_primary=True)
+        schema.add_field(_CODE, DataType.BINARY_VECTOR, dim=self.bits)
+        schema.add_field(_FEATURE, DataType.FLOAT_VECTOR, dim=self.dim)
+        params = self._client.prepare_index_params()
+        code_params = {"nlist": self.limits.nlist} if self.index_type == "BIN_IVF_FLAT" else {}
+        params.add_index(_CODE, index_type=self.index_type, metric_type="HAMMING", params=code_params)
+        params.add_index(_FEATURE, index_type="FLAT", metric_type=_FEATURE_METRIC[self.metric])
+        try:
+            self._client.create_collection(
+                self.collection, schema=schema, index_params=params, consistency_level="Strong"
+            )
+        except MilvusException as e:
+            raise InputError(f"Milvus refused the collection (index_type={self.index_type}): {e.message}") from None
+        self._created = True
+
+    def close(self) -> None:
+        """Close this index's connection (other indexes on the same uri keep theirs)."""
+        self._client.close()
+
+    def __enter__(self) -> "MilvusHashIndex":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def drop(self) -> None:
+        """Delete the collection and everything in it."""
+        if self._client.has_collection(self.collection):
+            self._client.drop_collection(self.collection)
+        self._created, self._next_id = False, None
+
+    # -- basic facts ------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        if not self._created:
+            return 0
+        res = self._client.query(self.collection, filter="", output_fields=["count(*)"])
+        return int(res[0]["count(*)"])
+
+    def __contains__(self, item_id: object) -> bool:
+        try:
+            ids = check_id_list(np.asarray([item_id]))
+        except (InputError, ValueError, TypeError, OverflowError):
+            return False
+        return bool(self._present_mask(ids)[0])
+
+    def __repr__(self) -> str:
+        return (
+            f"MilvusHashIndex(dim={self.dim}, bits={self.bits}, uri={self.uri!r}, collection={self.collection!r}, "
+            f"metric={self.metric!r}, rerank={self.rerank_mode!r}, index_type={self.index_type!r})"
+        )
+
+    # -- encoding -----------------------------------------------------------------------------------
+    def _encode(self, x: np.ndarray) -> np.ndarray:
+        return encode_checked(self.hasher, x, self._nbytes)
+
+    def fit(self, features: np.ndarray) -> "MilvusHashIndex":
+        """Fit an untrained hasher on a sample (no items added); refused once the collection exists."""
+        if self._created and isinstance(self.hasher, LinearHasher):
+            raise InputError("the collection already exists with its codes: refitting the hasher would invalidate them")
+        fit_untrained(self.hasher, prepare_features(features, self.dim, self.metric))
+        return self
+
+    # -- id lookup --------------------------------------------------------------------------------
+    def _fetch(self, ids: np.ndarray, fields: list[str]) -> list[dict]:
+        """Rows for distinct ``ids`` (any order; absent ids are simply missing)."""
+        if not self._created or ids.size == 0:
+            return []
+        rows: list[dict] = []
+        step = self.limits.fetch_ids if fields == [_ID] else self.limits.fetch_rows
+        for start in range(0, ids.size, step):
+            chunk = ids[start : start + step]
+            rows += self._client.query(self.collection, filter=f"{_ID} in {chunk.tolist()}", output_fields=fields)
+        return rows
+
+    def _present_mask(self, ids: np.ndarray) -> np.ndarray:
+        found = np.array([r[_ID] for r in self._fetch(np.unique(ids), [_ID])], dtype=np.int64)
+        return np.isin(ids, found)
+
+    def _rows_by_id(self, ids: np.ndarray, field: str) -> tuple[np.ndarray, list]:
+        """``(sorted distinct ids, their values of field)`` for ``ids``; UnknownIdError if any is absent."""
+        uniq = np.unique(ids)
+        rows = self._fetch(uniq, [_ID, field])
+        got = np.array([r[_ID] for r in rows], dtype=np.int64)
+        if got.size != uniq.size:
+            missing = np.setdiff1d(uniq, got)
+            raise UnknownIdError(f"ids not in the index: {missing[:5].tolist()}")
+        order = np.argsort(got)
+        return got[order], [rows[i][field] for i in order]
+
+    def get_features(self, ids: np.ndarray) -> np.ndarray:
+        """Stored features ``float32 [n, D]`` for ``ids``, in the order given."""
+        ids = check_id_list(ids)
+        uniq, values = self._rows_by_id(ids, _FEATURE)
+        table = np.asarray(values, dtype=np.float32).reshape(uniq.size, self.dim)
+        return table[np.searchsorted(uniq, ids)]
+
+    def get_codes(self, ids: np.ndarray) -> np.ndarray:
+        """Stored codes ``uint8 [n, bits/8]`` for ``ids``, in the order given."""
+        ids = check_id_list(ids)
+        uniq, values = self._rows_by_id(ids, _CODE)
+        # pymilvus returns a binary vector as a one-element list of bytes
+        raw = b"".join(v[0] if isinstance(v, list) else v for v in values)
+        table = np.frombuffer(raw, dtype=np.uint8).reshape(uniq.size, self._nbytes)
+        return table[np.searchsorted(uniq, ids)]
+
+    # -- mutation ---------------------------------------------------------------------------------
+    def add(self, features: np.ndarray, ids: np.ndarray | None = None) -> np.ndarray:
+        """Encode and add ``features float [N, D]``; returns the int64 ids used.
+
+        An unfitted default hasher is fitted on this batch first (needs >= 2 * bits rows).
+        """
+        x = prepare_features(features, self.dim, self.metric)
+        if isinstance(self.hasher, LinearHasher) and not self.hasher.is_fitted and not self._created:
+            if x.shape[0] < 2 * self.bits:
+                raise NotFittedError(
+                    f"the {self.hasher.kind} hasher is fitted on the first batch, which needs at least "
+                    f"{2 * self.bits} vectors (got {x.shape[0]}); call index.fit(sample) first"
+                )
+            self.hasher.fit(x)
+        return self._add_prepared(self._encode(x), x, ids)
+
+    def add_codes(self, codes: np.ndarray, features: np.ndarray, ids: np.ndarray | None = None) -> np.ndarray:
+        """Add precomputed codes ``uint8 [N, bits/8]`` with their features; returns the ids."""
+        codes = check_codes(codes, self._nbytes)
+        x = prepare_features(features, self.dim, self.metric)
+        if codes.shape[0] != x.shape[0]:
+            raise InputError(f"{codes.shape[0]} codes but {x.shape[0]} feature rows")
+        return self._add_prepared(codes, x, ids)
+
+    def _max_id(self) -> int:
+        """Largest stored id (-1 when empty): one pass over the ids, done once per object."""
+        if not self._created:
+            return -1
+        it = self._client.query_iterator(
+            self.collection, batch_size=self.limits.fetch_ids, filter="", output_fields=[_ID]
+        )
+        best = -1
+        try:
+            while batch := it.next():
+                best = max(best, max(r[_ID] for r in batch))
+        finally:
+            it.close()
+        return best
+
+    def _add_prepared(self, codes: np.ndarray, x: np.ndarray, ids: np.ndarray | None) -> np.ndarray:
+        n = x.shape[0]
+        with self._write_lock:
+            if self._next_id is None:
+                self._next_id = self._max_id() + 1
+            if ids is None:
+                new_ids = np.arange(self._next_id, self._next_id + n, dtype=np.int64)
+            else:
+                new_ids = check_new_ids(ids, n)
+                present = self._present_mask(new_ids)
+                if present.any():
+                    raise DuplicateIdError(f"ids already in the index: {new_ids[present][:5].tolist()}")
+            if n == 0:
+                return new_ids
+            self._ensure_collection()
+            row_bytes = 8 + self._nbytes + 4 * self.dim
+            step = max(1, self.limits.insert_bytes // row_bytes)
+            for s in range(0, n, step):
+                rows = [
+                    {_ID: int(i), _CODE: c.tobytes(), _FEATURE: f}
+                    for i, c, f in zip(new_ids[s : s + step], codes[s : s + step], x[s : s + step])
+                ]
+                self._client.insert(self.collection, rows)
+            self._next_id = max(self._next_id, int(new_ids.max()) + 1)
+        return new_ids
+
+    def remove(self, ids: np.ndarray) -> int:
+        """Remove items by id (all must exist, else nothing is removed); returns the count."""
+        ids = np.unique(check_id_list(ids))
+        with self._write_lock:
+            present = self._present_mask(ids)
+            if not present.all():
+                raise UnknownIdError(f"ids not in the index: {ids[~present][:5].tolist()}")
+            for s in range(0, ids.size, self.limits.fetch_ids):
+                self._client.delete(self.collection, ids=ids[s : s + self.limits.fetch_ids].tolist())
+        return int(ids.size)
+
+    # -- Hamming stage (in Milvus) ----------------------------------------------------------------
+    def _hamming_search(self, qcodes: np.ndarray, limit: int, radius: int | None) -> RangeResult:
+        """k-NN (radius None) or range search (Hamming <= radius) -> CSR ``(lims, ids, hamming)``."""
+        params: dict[str, Any] = {"metric_type": "HAMMING", "params": {}}
+        if self.index_type == "BIN_IVF_FLAT":
+            params["params"]["nprobe"] = self.limits.nprobe
+        if radius is not None:
+            params["params"]["radius"] = radius + 1  # Milvus: d < radius (exclusive)
+        step = max(1, self.limits.search_hits // limit)
+        parts = []
+        for s in range(0, qcodes.shape[0], step):
+            data = [c.tobytes() for c in qcodes[s : s + step]]
+            res = self._client.search(self.collection, data=data, anns_field=_CODE, limit=limit, search_params=params)
+            parts.append(hits_to_csr(res))
+        lims = np.concatenate([[0], np.cumsum(np.concatenate([np.diff(p[0]) for p in parts]))]).astype(np.int64)
+        ids = np.concatenate([p[1] for p in parts])
+        hamming = np.rint(np.concatenate([p[2] for p in parts])).astype(np.int32)
+        if radius is not None:
+            full = np.flatnonzero(np.diff(lims) >= MILVUS_MAX_TOPK)
+            if full.size:
+                raise InputError(
+                    f"Hamming radius {radius} gives at least {MILVUS_MAX_TOPK} candidates for queries "
+                    f"{full[:5].tolist()}, Milvus's cap on results per query: use a smaller radius or candidates="
+                )
+        return lims, ids, hamming
+
+    def _range(self, qcodes: np.ndarray, radius: int):
+        return self._hamming_search(qcodes, MILVUS_MAX_TOPK, radius)
+
+    def _knn(self, qcodes: np.ndarray, c: int):
+        if c > MILVUS_MAX_TOPK:
+            raise InputError(f"{c} Hamming-nearest candidates asked, Milvus returns at most {MILVUS_MAX_TOPK}")
+        return self._hamming_search(qcodes, c, None)
+
+    def _candidates(self, qcodes: np.ndarray, k: int, radius: int | None, candidates: int | None, n: int):
+        return select_candidates(qcodes, k, radius, candidates, n, self.bits, self._range, self._knn)
+
+    # -- search -----------------------------------------------------------------------------------
+    def _query_codes(self, x: np.ndarray, query_codes: np.ndarray | None) -> np.ndarray:
+        return self._encode(x) if query_codes is None else check_query_codes(query_codes, self._nbytes, x.shape[0])
+
+    def search(
+        self,
+        queries: np.ndarray,
+        k: int = 10,
+        radius: int | None = None,
+        candidates: int | None = None,
+        *,
+        query_codes: np.ndarray | None = None,
+    ) -> SearchResult:
+        """Hamming candidates from Milvus, then exact top-k on the stored features (HashIndex.search)."""
+        k, radius, candidates = check_search_args(k, radius, candidates)
+        x = prepare_features(queries, self.dim, self.metric, name="queries")
+        qcodes = self._query_codes(x, query_codes)
+        n = len(self)
+        if n == 0:
+            lims = np.zeros(x.shape[0] + 1, np.int64)
+            cand, hamming = np.empty(0, np.int64), np.empty(0, np.int32)
+        else:
+            lims, cand, hamming = self._candidates(qcodes, k, radius, candidates, n)
+        if self.rerank_mode == "milvus" and cand.size:
+            ids, scores, ham = self._rerank_milvus(x, lims, cand, hamming, k)
+        else:
+            ids, scores, ham = self._rerank_client(x, lims, cand, hamming, k)
+        return SearchResult(ids, scores, ham, np.diff(lims))
+
+    def _rerank_client(self, x, lims, cand, hamming, k):
+        """Fetch each distinct candidate's feature once, then hashindex.serving.rerank on that small table."""
+        if cand.size:
+            uniq, values = self._rows_by_id(cand, _FEATURE)
+            table = np.asarray(values, dtype=np.float32).reshape(uniq.size, self.dim)
+        else:
+            uniq, table = np.empty(0, np.int64), np.empty((0, self.dim), np.float32)
+        # positions into the sorted table: equal scores come out in id order (HashIndex: storage order)
+        pos, scores, ham = rerank(x, table, lims, np.searchsorted(uniq, cand), hamming, k, self.metric)
+        ids = np.where(pos >= 0, uniq[np.maximum(pos, 0)] if uniq.size else -1, -1)
+        return ids, scores, ham
+
+    def _rerank_milvus(self, x, lims, cand, hamming, k):
+        """One FLOAT_VECTOR search per query, filtered to its candidate ids."""
+        nq = x.shape[0]
+        out_ids = np.full((nq, k), -1, np.int64)
+        out_scores = np.full((nq, k), -np.inf if higher_is_better(self.metric) else np.inf, np.float32)
+        out_ham = np.full((nq, k), -1, np.int32)
+        params = {"metric_type": _FEATURE_METRIC[self.metric]}
+        for q in range(nq):
+            lo, hi = lims[q], lims[q + 1]
+            if hi == lo:
+                continue
+            qids = cand[lo:hi]
+            res = self._client.search(
+                self.collection, data=[x[q]], anns_field=_FEATURE, limit=int(min(k, hi - lo)),
+                filter=f"{_ID} in {qids.tolist()}", search_params=params, output_fields=[_ID],
+            )  # fmt: skip
+            _, got, score = hits_to_csr(res)
+            order = np.argsort(qids, kind="stable")
+            out_ids[q, : got.size] = got
+            out_scores[q, : got.size] = score
+            out_ham[q, : got.size] = hamming[lo:hi][order][np.searchsorted(qids[order], got)]
+        return out_ids, out_scores, out_ham
+
+    def range_search(self, queries: np.ndarray, radius: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """All items within Hamming <= ``radius``, without reranking.
+
+        ``queries`` are features (float ``[nq, D]``, encoded with the hasher) or packed codes
+        (uint8 ``[nq, bits/8]``). Returns CSR ``(lims [nq+1], ids [M], hamming [M])``.
+        """
+        radius = check_radius(radius)
+        q = np.asarray(queries)
+        if q.dtype == np.uint8:
+            qcodes = check_codes(q, self._nbytes)
+        else:
+            qcodes = self._encode(prepare_features(q, self.dim, self.metric, "queries"))
+        if len(self) == 0:
+            return np.zeros(qcodes.shape[0] + 1, np.int64), np.empty(0, np.int64), np.empty(0, np.int32)
+        return self._range(qcodes, radius)

@@ -1,0 +1,114 @@
+"""ResNet-18 + FC + tanh image hashing network.
+
+The architecture of softmax-loss deep hashing for retrieval (a pretrained ResNet-18 whose
+classifier is replaced by a K-unit FC layer and tanh; bit i = ``h_i > 0``). torchvision's
+``resnet18`` is used when torchvision imports; otherwise the in-package copy in
+:mod:`hashindex.training.models.resnet`, which has the same ``state_dict`` keys and shapes, so the same
+pretrained weight files load into either.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from hashindex.core.preprocess import FACE_PREPROCESSING, ImagePreprocessing
+from hashindex.core.errors import InputError
+from hashindex.core.onnx_contract import InputSpec
+from hashindex.training.models.head import check_bits
+
+BACKBONES = ("resnet18",)
+FEATURE_DIMS = {"resnet18": 512}
+
+
+def _resnet18() -> nn.Module:
+    try:  # torchvision can be present yet broken (ABI mismatch with torch), hence the broad except
+        from torchvision.models import resnet18
+
+        return resnet18(weights=None)
+    except Exception:
+        from hashindex.training.models.resnet import resnet18
+
+        return resnet18()
+
+
+@dataclass(frozen=True)
+class ImageHashNetConfig:
+    bits: int
+    backbone: str = "resnet18"
+    preprocess: ImagePreprocessing = FACE_PREPROCESSING
+
+    def __post_init__(self) -> None:
+        check_bits(self.bits)
+        if self.backbone not in BACKBONES:
+            raise InputError(f"unknown backbone {self.backbone!r}; choose one of {', '.join(BACKBONES)}")
+
+    def to_dict(self) -> dict:
+        return {"bits": self.bits, "backbone": self.backbone, "preprocess": self.preprocess.to_dict()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ImageHashNetConfig":
+        return cls(d["bits"], d.get("backbone", "resnet18"), ImagePreprocessing.from_dict(d["preprocess"]))
+
+
+def load_backbone_weights(backbone: nn.Module, path: str | os.PathLike) -> None:
+    """Load a torchvision-format ``state_dict`` file (``fc.*`` ignored) with weights_only=True."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    try:
+        missing, unexpected = backbone.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # shape mismatches
+        raise InputError(f"{path}: not a ResNet-18 state_dict ({e})") from e
+    if unexpected or [k for k in missing if not k.startswith("fc.")]:
+        raise InputError(f"{path}: not a ResNet-18 state_dict (missing {missing[:3]}, unexpected {unexpected[:3]})")
+
+
+class ImageHashNet(nn.Module):
+    """``images float32 [N, 3, H, W]`` -> continuous code ``float32 [N, K]`` in ``[-1, 1]``."""
+
+    kind = "image_hash_net"
+
+    def __init__(self, config: ImageHashNetConfig, pretrained_path: str | os.PathLike | None = None) -> None:
+        super().__init__()
+        self.config = config
+        self.backbone = _resnet18()
+        if pretrained_path is not None:
+            load_backbone_weights(self.backbone, pretrained_path)
+        self.backbone.fc = nn.Identity()
+        self.hash_fc = nn.Linear(FEATURE_DIMS[config.backbone], config.bits)
+
+    @classmethod
+    def create(
+        cls,
+        bits: int,
+        backbone: str = "resnet18",
+        pretrained_path: str | os.PathLike | None = None,
+        preprocess: ImagePreprocessing = FACE_PREPROCESSING,
+    ) -> "ImageHashNet":
+        return cls(ImageHashNetConfig(bits, backbone, preprocess), pretrained_path)
+
+    @property
+    def bits(self) -> int:
+        return self.config.bits
+
+    @property
+    def in_dim(self) -> int:
+        """Dimension of the backbone feature (the reranking feature of a fused model)."""
+        return FEATURE_DIMS[self.config.backbone]
+
+    @property
+    def input_spec(self) -> InputSpec:
+        return InputSpec.images(self.config.preprocess)
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """L2-normalised backbone features ``float32 [N, 512]`` (for exact reranking)."""
+        return F.normalize(self.backbone(images), dim=1)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.hash_fc(self.backbone(images)))
