@@ -37,3 +37,7 @@ class IndexFormatError(HashIndexError, IOError):
 
 class ModelMismatchError(IndexFormatError):
     """A model's SHA-256 or bit count differs from what the index was built with."""
+
+
+class UnsupportedError(HashIndexError, NotImplementedError):
+    """An option or method this index backend cannot honour (the message names the backend)."""

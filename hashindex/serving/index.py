@@ -1,25 +1,13 @@
-"""HashIndex: binary codes in FAISS for the Hamming stage, exact float reranking after it.
+"""HashIndex: binary codes in FAISS for the candidate stage, exact float reranking after it.
 
-Serving path: numpy + faiss only (an ONNX encoder brings onnxruntime, never torch).
-
-Search modes (``radius`` is inclusive, ARCHITECTURE.md §2):
-- ``radius=r``: every item within Hamming <= r is a candidate;
-- ``candidates=c``: the c Hamming-nearest items (ties at the c-th distance are broken by FAISS's
-  heap order, i.e. unspecified among equals);
-- neither: the smallest radius giving each query at least ``10 * k`` candidates (multi-probe),
-  chosen per query.
-Candidates are reranked by exact similarity on the stored features, best first.
-
-Ranking for ``candidates`` and multi-probe (``ranking=``): ``"hamming"`` (default) orders items
-by Hamming distance between codes; ``"asymmetric"`` by ``<z, 2b - 1>``, the query's continuous
-projection ``z`` (before the sign) against each item's bits (backends/faiss_asymmetric.py): on
-unseen LFW identities it needs about a third of the candidates for the same recall, at about
-the scan cost of the Hamming stage (benchmarks/QUALITY.md). ``radius`` is a Hamming rule and
-always ranks by Hamming distance.
+Serving path: numpy + faiss only (an ONNX encoder brings onnxruntime, never torch). Search modes
+and rankings are the front's (:mod:`hashindex.serving.front`); this module stores the items in
+row arrays and finds candidates with FAISS.
 
 Backends for the Hamming stage: ``flat`` (IndexBinaryFlat, exact for everything and the source
 of truth), ``hash`` (IndexBinaryHash) and ``multihash`` (IndexBinaryMultiHash), both exact for
 range queries by the nflip / nhash rules, and ``auto`` (see :meth:`HashIndex.backend_for`).
+Asymmetric ranking scans the same codes with FAISS fast-scan PQ (candidates/asymmetric.py).
 """
 
 from __future__ import annotations
@@ -27,67 +15,41 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from hashindex.core.codes import hamming_pairs
+from hashindex.core.errors import IndexFormatError, InputError, ModelMismatchError, NotFittedError, UnknownIdError
+from hashindex.core.validation import check_positive_int
 from hashindex.serving import persist
 from hashindex.serving.candidates.asymmetric import AsymmetricCandidates
 from hashindex.serving.candidates.binary import FlatCandidates, HashCandidates, MultiHashCandidates
-from hashindex.core.codes import binarize, check_codes, hamming_pairs, pre_tanh
-from hashindex.core.errors import (
-    DuplicateIdError,
-    IndexFormatError,
-    InputError,
-    ModelMismatchError,
-    NotFittedError,
-    UnknownIdError,
-)
-from hashindex.serving.hashers import Hasher, LinearHasher, check_index_hasher_fitted, encode_checked, fit_untrained, make_hasher
-from hashindex.serving.locks import ReadWriteLock
 from hashindex.serving.candidates.modes import DEFAULT_CANDIDATES_PER_K, knn_to_csr, select_candidates
-from hashindex.serving.rerank import METRICS, rerank
-from hashindex.serving.store import RowStore
-from hashindex.core.validation import (
-    check_id_list,
-    check_new_ids,
-    check_positive_int,
-    check_query_codes,
-    check_radius,
-    check_search_args,
-    prepare_features,
+from hashindex.serving.front import (
+    DEFAULT_BITS,
+    RANKINGS,
+    IndexFront,
+    SearchResult,
+    check_ranking,
+    empty_csr,
+    resolve_hasher,
 )
+from hashindex.serving.hashers import Hasher, LinearHasher
+from hashindex.serving.locks import ReadWriteLock
+from hashindex.serving.rerank import rerank
+from hashindex.serving.store import RowStore
+
+__all__ = ["HashIndex", "SearchResult", "DEFAULT_BITS", "RANKINGS", "check_ranking", "describe"]
 
 BACKENDS = ("flat", "hash", "multihash", "auto")
-RANKINGS = ("hamming", "asymmetric")
 FEATURE_DTYPES = ("float32", "float16")
 # auto: accelerators pay off only on large galleries and small radii (benchmarks/backends.py).
 AUTO_MIN_ITEMS = 100_000
-# 128-bit codes + rerank beat HNSW 1.8x at recall@1 0.95 on 1M 128-d face-like embeddings,
-# 64-bit ones did not (benchmarks/README.md); 16 bytes a code is small beside the features.
-DEFAULT_BITS = 128
 AUTO_MAX_RADIUS = 3
 
 
-@dataclass
-class SearchResult:
-    """Per-query results, best first.
-
-    ids: int64 ``[nq, k]``, -1 where fewer than k candidates were found.
-    scores: float32 ``[nq, k]``: cosine / inner product (higher is better) or squared L2
-        distance (lower is better) on the stored full-precision features.
-    hamming: int32 ``[nq, k]``: Hamming distance of each result's code to the query's (-1 pad).
-    n_candidates: int64 ``[nq]``: how many items were reranked for each query.
-    """
-
-    ids: np.ndarray
-    scores: np.ndarray
-    hamming: np.ndarray
-    n_candidates: np.ndarray
-
-
-class HashIndex:
+class HashIndex(IndexFront):
     """Binary-code index with exact reranking.
 
     Args:
@@ -113,29 +75,14 @@ class HashIndex:
         backend: str = "auto",
         feature_dtype: str = "float32",
     ):
-        self.dim = check_positive_int(dim, "dim")
-        if hasher is not None and encoder is not None:
-            raise InputError("pass either hasher or encoder, not both")
-        hasher = hasher if hasher is not None else encoder
-        if hasher is None:
-            hasher = make_hasher("itq", self.dim, bits or min(DEFAULT_BITS, self.dim - self.dim % 8))
-        if bits is not None and bits != hasher.bits:
-            raise InputError(f"bits={bits} disagrees with the hasher's {hasher.bits} bits")
-        if metric not in METRICS:
-            raise InputError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
+        dim = check_positive_int(dim, "dim")
         if backend not in BACKENDS:
             raise InputError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
         if feature_dtype not in FEATURE_DTYPES:
             raise InputError(f"feature_dtype must be one of {FEATURE_DTYPES}, got {feature_dtype!r}")
-        hasher_dim = getattr(hasher, "dim", None)
-        if hasher_dim is not None and getattr(hasher, "kind", None) != "images" and hasher_dim != self.dim:
-            raise InputError(f"hasher expects dimension {hasher_dim}, index has dim={self.dim}")
-        self.hasher = hasher
-        self.bits = int(hasher.bits)
-        self.metric = metric
+        self._init_front(dim, resolve_hasher(dim, hasher, encoder, bits), metric)
         self.backend = backend
         self.feature_dtype = feature_dtype
-        self._nbytes = self.bits // 8
         self._codes = RowStore((self._nbytes,), np.uint8)
         self._ids = RowStore((), np.int64)
         self._features = RowStore((self.dim,), np.dtype(feature_dtype))
@@ -149,16 +96,6 @@ class HashIndex:
     # -- basic facts -----------------------------------------------------------------------
     def __len__(self) -> int:
         return len(self._ids)
-
-    def __contains__(self, item_id: object) -> bool:
-        if isinstance(item_id, bool) or not isinstance(item_id, (int, np.integer)):
-            return False
-        try:
-            with self._lock.read():
-                self._positions_of(np.asarray([item_id], dtype=np.int64))
-        except (UnknownIdError, ValueError, TypeError, OverflowError):
-            return False
-        return True
 
     def __repr__(self) -> str:
         return (
@@ -188,82 +125,42 @@ class HashIndex:
             "features": self._features.nbytes,
         }
 
-    # -- input preparation -----------------------------------------------------------------
-    def _prepare_features(self, features: np.ndarray, name: str = "features") -> np.ndarray:
-        return prepare_features(features, self.dim, self.metric, name)
+    # -- storage hooks (under the front's locks) ---------------------------------------------
+    def _reading(self):
+        return self._lock.read()
 
-    def _encode(self, x: np.ndarray) -> np.ndarray:
-        return encode_checked(self.hasher, x, self._nbytes)
+    def _writing(self):
+        return self._lock.write()
 
-    def fit(self, features: np.ndarray) -> "HashIndex":
-        """Fit an untrained hasher on a sample of features (no items are added)."""
-        fit_untrained(self.hasher, self._prepare_features(features))
-        return self
+    def _next_auto_id(self) -> int:
+        return self._next_id
 
-    def _new_ids(self, ids: np.ndarray | None, n: int) -> np.ndarray:
-        if ids is None:
-            return np.arange(self._next_id, self._next_id + n, dtype=np.int64)
-        ids = check_new_ids(ids, n)
-        present = self._present_mask(ids)
-        if present.any():
-            raise DuplicateIdError(f"ids already in the index: {ids[present][:5].tolist()}")
-        return ids
+    def _insert(self, codes: np.ndarray, x: np.ndarray, ids: np.ndarray) -> None:
+        # everything is validated; from here on nothing can fail on user input
+        self._codes.append(codes)
+        self._ids.append(ids)
+        self._features.append(x)
+        self._flat.add(codes)
+        for accel in self._accel.values():
+            accel.add(codes)
+        self._next_id = max(self._next_id, int(ids.max()) + 1)
+        self._id_lookup = None
 
-    # -- mutation --------------------------------------------------------------------------
-    def add(self, features: np.ndarray, ids: np.ndarray | None = None) -> np.ndarray:
-        """Encode and add ``features float [N, D]``; returns the int64 ids used.
+    def _delete(self, ids: np.ndarray) -> None:
+        positions = self._positions_of(ids)
+        keep = np.ones(len(self), dtype=bool)
+        keep[positions] = False
+        for store in (self._codes, self._ids, self._features):
+            store.keep(keep)
+        self._flat.rebuild(self._codes.array)
+        self._accel.clear()  # hash indexes have no remove_ids: rebuilt lazily on next use
+        self._id_lookup = None
 
-        An unfitted default hasher is fitted on this batch first (needs >= 2 * bits rows).
-        """
-        x = self._prepare_features(features)
-        if isinstance(self.hasher, LinearHasher) and not self.hasher.is_fitted and len(self) == 0:
-            self._new_ids(ids, x.shape[0])  # reject bad ids before fitting changes anything
-            if x.shape[0] < 2 * self.bits:
-                raise NotFittedError(
-                    f"the {self.hasher.kind} hasher is fitted on the first batch, which needs at least "
-                    f"{2 * self.bits} vectors (got {x.shape[0]}); call index.fit(sample) first"
-                )
-            self.hasher.fit(x)
-        codes = self._encode(x)
-        return self._add_prepared(codes, x, ids)
+    def _features_of(self, ids: np.ndarray) -> np.ndarray:
+        return np.asarray(self._features.take(self._positions_of(ids)), dtype=np.float32)
 
-    def add_codes(self, codes: np.ndarray, features: np.ndarray, ids: np.ndarray | None = None) -> np.ndarray:
-        """Add precomputed codes ``uint8 [N, bits/8]`` with their features; returns the ids."""
-        codes = check_codes(codes, self._nbytes)
-        x = self._prepare_features(features)
-        if codes.shape[0] != x.shape[0]:
-            raise InputError(f"{codes.shape[0]} codes but {x.shape[0]} feature rows")
-        return self._add_prepared(codes, x, ids)
-
-    def _add_prepared(self, codes: np.ndarray, x: np.ndarray, ids: np.ndarray | None) -> np.ndarray:
-        with self._lock.write():
-            new_ids = self._new_ids(ids, x.shape[0])
-            if x.shape[0] == 0:
-                return new_ids
-            # everything is validated; from here on nothing can fail on user input
-            self._codes.append(codes)
-            self._ids.append(new_ids)
-            self._features.append(x)
-            self._flat.add(codes)
-            for accel in self._accel.values():
-                accel.add(codes)
-            self._next_id = max(self._next_id, int(new_ids.max()) + 1)
-            self._id_lookup = None
-        return new_ids
-
-    def remove(self, ids: np.ndarray) -> int:
-        """Remove items by id (all must exist, else nothing is removed); returns the count."""
-        ids = np.unique(check_id_list(ids))
-        with self._lock.write():
-            positions = self._positions_of(ids)
-            keep = np.ones(len(self), dtype=bool)
-            keep[positions] = False
-            for store in (self._codes, self._ids, self._features):
-                store.keep(keep)
-            self._flat.rebuild(self._codes.array)
-            self._accel.clear()  # hash indexes have no remove_ids: rebuilt lazily on next use
-            self._id_lookup = None
-        return int(ids.size)
+    def _codes_of(self, ids: np.ndarray) -> np.ndarray:
+        return self._codes.take(self._positions_of(ids))
 
     # -- id lookup ---------------------------------------------------------------------------
     def _lookup(self) -> tuple[np.ndarray, np.ndarray]:
@@ -287,18 +184,6 @@ class HashIndex:
             raise UnknownIdError(f"ids not in the index: {ids[~present][:5].tolist()}")
         sorted_ids, order = self._lookup()
         return order[np.searchsorted(sorted_ids, ids)]
-
-    def get_features(self, ids: np.ndarray) -> np.ndarray:
-        """Stored features ``float32 [n, D]`` for ``ids``, in the order given."""
-        ids = check_id_list(ids)
-        with self._lock.read():
-            return np.asarray(self._features.take(self._positions_of(ids)), dtype=np.float32)
-
-    def get_codes(self, ids: np.ndarray) -> np.ndarray:
-        """Stored codes ``uint8 [n, bits/8]`` for ``ids``, in the order given."""
-        ids = check_id_list(ids)
-        with self._lock.read():
-            return self._codes.take(self._positions_of(ids))
 
     # -- Hamming stage ------------------------------------------------------------------------
     def backend_for(self, radius: int) -> str:
@@ -356,61 +241,12 @@ class HashIndex:
         pos, _ = self._generator("asymmetric").knn(z, c)
         return knn_to_csr(pos, np.zeros(pos.shape, np.int32))
 
-    def _project(self, x: np.ndarray) -> np.ndarray:
-        project = getattr(self.hasher, "project", None)
-        if project is None:
-            raise InputError(
-                f"asymmetric ranking needs a hasher with a continuous projection (project()); "
-                f"{type(self.hasher).__name__} has none"
-            )
-        check_index_hasher_fitted(self.hasher)
-        z = np.asarray(project(x), dtype=np.float32)
-        if z.shape != (x.shape[0], self.bits):
-            raise ModelMismatchError(f"the hasher's projection has shape {z.shape}, expected {(x.shape[0], self.bits)}")
-        return z
-
-    # -- search ------------------------------------------------------------------------------
-    def _query_codes(self, x: np.ndarray, query_codes: np.ndarray | None) -> np.ndarray:
-        return self._encode(x) if query_codes is None else check_query_codes(query_codes, self._nbytes, x.shape[0])
-
-    def search(
-        self,
-        queries: np.ndarray,
-        k: int = 10,
-        radius: int | None = None,
-        candidates: int | None = None,
-        *,
-        ranking: str = "hamming",
-        query_codes: np.ndarray | None = None,
-    ) -> SearchResult:
-        """Candidates from the codes, then exact top-k on the stored features.
-
-        Args:
-            queries: float ``[nq, D]``.
-            k: results per query.
-            radius: take every item within Hamming <= radius.
-            candidates: take the ``candidates`` best-ranked items (default: multi-probe
-                for Hamming ranking, ``10 * k`` for asymmetric ranking).
-            ranking: "hamming" or "asymmetric" (the query's continuous projection against the
-                items' bits; needs a hasher with ``project``, and no ``radius``).
-            query_codes: precomputed query codes (skips the hasher; Hamming ranking only).
-        """
-        k, radius, candidates = check_search_args(k, radius, candidates)
-        check_ranking(ranking, radius)
-        x = self._prepare_features(queries, name="queries")
-        if ranking == "hamming":
-            return self._search(x, self._query_codes(x, query_codes), None, k, radius, candidates)
-        if query_codes is not None:
-            raise InputError("asymmetric ranking needs the query features' projection, not precomputed codes")
-        z = self._project(x)
-        return self._search(x, binarize(z), z, k, radius, candidates)
-
-    def _search(self, x, qcodes, z, k: int, radius: int | None, candidates: int | None) -> SearchResult:
-        """Search with encoded queries: ``qcodes`` always, ``z`` for asymmetric ranking."""
+    # -- search (the front has checked and encoded the queries) ------------------------------------
+    def _search_encoded(self, x, qcodes, z, k: int, radius: int | None, candidates: int | None) -> SearchResult:
+        """``qcodes`` always, ``z`` (the queries' projections) for asymmetric ranking."""
         with self._lock.read():
             if len(self) == 0:
-                lims = np.zeros(x.shape[0] + 1, np.int64)
-                positions, hamming = np.empty(0, np.int64), np.empty(0, np.int32)
+                lims, positions, hamming = empty_csr(x.shape[0])
             elif z is not None:
                 lims, positions, hamming = self._asymmetric_candidates(z, k, candidates)
             else:
@@ -423,49 +259,9 @@ class HashIndex:
             ids[pos >= 0] = self._ids.array[pos[pos >= 0]]
         return SearchResult(ids, scores, ham, np.diff(lims))
 
-    # -- images, through a fused ONNX model (backbone + hash head in one graph) ---------------
-    def _image_encoder(self):
-        if not getattr(self.hasher, "has_features", False):
-            raise InputError(
-                "this index's hasher does not take images: build it with a fused model "
-                "(hashindex export --backbone ... --head ...) to use add_images / search_images"
-            )
-        return self.hasher
-
-    def add_images(self, images: np.ndarray, ids: np.ndarray | None = None) -> np.ndarray:
-        """Add preprocessed images ``float32 [N, 3, H, W]``: one model run gives codes and features."""
-        out = self._image_encoder().run(images)
-        return self.add_codes(out.codes, out.features, ids)
-
-    def search_images(
-        self,
-        images: np.ndarray,
-        k: int = 10,
-        radius: int | None = None,
-        candidates: int | None = None,
-        *,
-        ranking: str = "hamming",
-    ) -> SearchResult:
-        """:meth:`search` with preprocessed query images ``float32 [nq, 3, H, W]``."""
-        k, radius, candidates = check_search_args(k, radius, candidates)
-        check_ranking(ranking, radius)
-        out = self._image_encoder().run(images)
-        x = self._prepare_features(out.features, name="queries")
-        z = pre_tanh(out.embedding) if ranking == "asymmetric" else None
-        return self._search(x, out.codes, z, k, radius, candidates)
-
-    def range_search(self, queries: np.ndarray, radius: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """All items within Hamming <= ``radius``, without reranking.
-
-        ``queries`` are features (float ``[nq, D]``, encoded with the hasher) or packed codes
-        (uint8 ``[nq, bits/8]``). Returns CSR ``(lims [nq+1], ids [M], hamming [M])``.
-        """
-        radius = check_radius(radius)
-        q = np.asarray(queries)
-        qcodes = check_codes(q, self._nbytes) if q.dtype == np.uint8 else self._encode(self._prepare_features(q, "queries"))
-        with self._lock.read():
-            lims, positions, hamming = self._range(qcodes, radius)
-            return lims, self._ids.array[positions], hamming
+    def _range_encoded(self, qcodes: np.ndarray, radius: int):
+        lims, positions, hamming = self._range(qcodes, radius)
+        return lims, self._ids.array[positions], hamming
 
     # -- persistence ------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:
@@ -553,14 +349,6 @@ class HashIndex:
         index._flat.rebuild(codes)
         index._next_id = max(int(m.get("next_id", 0)), int(ids.max()) + 1 if count else 0)
         return index
-
-
-def check_ranking(ranking: str, radius: int | None) -> None:
-    """A known ranking, and no Hamming radius with the asymmetric one."""
-    if ranking not in RANKINGS:
-        raise InputError(f"unknown ranking {ranking!r}; choose one of {', '.join(RANKINGS)}")
-    if ranking == "asymmetric" and radius is not None:
-        raise InputError("radius selects by Hamming distance; asymmetric ranking takes candidates= (or k alone)")
 
 
 def _load_array(path: Path, dtype: np.dtype, shape: tuple[int, ...], mmap: bool) -> np.ndarray:

@@ -51,29 +51,13 @@ try:
 except ImportError as e:  # pragma: no cover - exercised only without the extra
     raise ImportError("the Milvus backend needs pymilvus: pip install 'hashindex[milvus]'") from e
 
-from hashindex.core.codes import check_codes
-from hashindex.core.errors import (
-    DuplicateIdError,
-    IndexFormatError,
-    InputError,
-    ModelMismatchError,
-    NotFittedError,
-    UnknownIdError,
-)
-from hashindex.serving.hashers import Hasher, LinearHasher, encode_checked, fit_untrained, make_hasher
-from hashindex.serving.candidates.modes import select_candidates
-from hashindex.serving.index import SearchResult
-from hashindex.serving.rerank import METRICS, higher_is_better, rerank
-from hashindex.core.validation import (
-    check_id_list,
-    check_query_codes,
-    check_positive_int,
-    check_new_ids,
-    check_radius,
-    check_search_args,
-    prepare_features,
-)
+from hashindex.core.errors import IndexFormatError, InputError, ModelMismatchError, UnknownIdError, UnsupportedError
+from hashindex.core.validation import check_positive_int
 from hashindex.serving.candidates.binary import RangeResult
+from hashindex.serving.candidates.modes import select_candidates
+from hashindex.serving.front import IndexFront, SearchResult, check_metric, empty_csr, resolve_hasher
+from hashindex.serving.hashers import Hasher, LinearHasher
+from hashindex.serving.rerank import METRICS, higher_is_better, rerank
 
 FORMAT = 1
 MILVUS_MAX_TOPK = 16_384
@@ -170,7 +154,7 @@ def hits_to_csr(results: list[list[dict]]) -> tuple[np.ndarray, np.ndarray, np.n
     return lims, ids, dist
 
 
-class MilvusHashIndex:
+class MilvusHashIndex(IndexFront):
     """HashIndex's API on a Milvus collection: the Hamming stage runs in Milvus.
 
     Args:
@@ -208,12 +192,12 @@ class MilvusHashIndex:
         token: str | None = None,
         limits: MilvusLimits = MilvusLimits(),
     ):
-        self.dim = check_positive_int(dim, "dim")
+        dim = check_positive_int(dim, "dim")
         if hasher is not None and encoder is not None:
             raise InputError("pass either hasher or encoder, not both")
         given = hasher if hasher is not None else encoder
-        if metric is not None and metric not in METRICS:
-            raise InputError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
+        if metric is not None:
+            check_metric(metric)
         if rerank not in RERANK_MODES:
             raise InputError(f"unknown rerank {rerank!r}; choose one of {', '.join(RERANK_MODES)}")
         if index_type not in INDEX_TYPES:
@@ -223,6 +207,7 @@ class MilvusHashIndex:
         self.uri, self.collection = str(uri), collection
         self.rerank_mode, self.index_type, self.limits = rerank, index_type, limits
         # a private connection alias: pymilvus shares one per uri, and close() would cut the others
+        self.dim = dim
         self._client = MilvusClient(uri=self.uri, token=token or "", alias=f"hashindex-{uuid.uuid4().hex}")
         self._write_lock = threading.Lock()
         self._next_id: int | None = None
@@ -230,8 +215,8 @@ class MilvusHashIndex:
         where = f"Milvus collection {collection!r} at {self.uri}"
         if self._client.has_collection(collection):
             header = self._read_header(where)
-            if header["dim"] != self.dim:
-                raise IndexFormatError(f"{where} has feature dimension {header['dim']}, not dim={self.dim}")
+            if header["dim"] != dim:
+                raise IndexFormatError(f"{where} has feature dimension {header['dim']}, not dim={dim}")
             if bits is not None and bits != header["bits"]:
                 raise IndexFormatError(f"{where} holds {header['bits']}-bit codes, not bits={bits}")
             if metric is not None and metric != header["metric"]:
@@ -242,17 +227,7 @@ class MilvusHashIndex:
             self._client.load_collection(collection)
         else:
             self._created = False
-        if given is None:
-            given = make_hasher("itq", self.dim, bits or min(64, self.dim - self.dim % 8))
-        if bits is not None and bits != given.bits:
-            raise InputError(f"bits={bits} disagrees with the hasher's {given.bits} bits")
-        hasher_dim = getattr(given, "dim", None)
-        if hasher_dim is not None and getattr(given, "kind", None) != "images" and hasher_dim != self.dim:
-            raise InputError(f"hasher expects dimension {hasher_dim}, index has dim={self.dim}")
-        self.hasher = given
-        self.bits = int(given.bits)
-        self.metric = metric or "cosine"
-        self._nbytes = self.bits // 8
+        self._init_front(dim, resolve_hasher(dim, given, None, bits), metric or "cosine")
 
     # -- collection lifecycle -------------------------------------------------------------------
     def _read_header(self, where: str) -> dict[str, Any]:
@@ -321,29 +296,84 @@ class MilvusHashIndex:
         res = self._client.query(self.collection, filter="", output_fields=["count(*)"])
         return int(res[0]["count(*)"])
 
-    def __contains__(self, item_id: object) -> bool:
-        try:
-            ids = check_id_list(np.asarray([item_id]))
-        except (InputError, ValueError, TypeError, OverflowError):
-            return False
-        return bool(self._present_mask(ids)[0])
-
     def __repr__(self) -> str:
         return (
             f"MilvusHashIndex(dim={self.dim}, bits={self.bits}, uri={self.uri!r}, collection={self.collection!r}, "
             f"metric={self.metric!r}, rerank={self.rerank_mode!r}, index_type={self.index_type!r})"
         )
 
-    # -- encoding -----------------------------------------------------------------------------------
-    def _encode(self, x: np.ndarray) -> np.ndarray:
-        return encode_checked(self.hasher, x, self._nbytes)
+    # -- storage hooks (the front checks inputs, then calls these) --------------------------------
+    backend_name = "Milvus"
+    RANKINGS = ("hamming",)  # Milvus scores binary vectors by Hamming distance only
 
-    def fit(self, features: np.ndarray) -> "MilvusHashIndex":
-        """Fit an untrained hasher on a sample (no items added); refused once the collection exists."""
-        if self._created and isinstance(self.hasher, LinearHasher):
-            raise InputError("the collection already exists with its codes: refitting the hasher would invalidate them")
-        fit_untrained(self.hasher, prepare_features(features, self.dim, self.metric))
-        return self
+    def _writing(self):
+        return self._write_lock
+
+    def _hasher_frozen(self) -> bool:
+        return self._created  # the collection header records the hasher
+
+    def _next_auto_id(self) -> int:
+        if self._next_id is None:
+            self._next_id = self._max_id() + 1
+        return self._next_id
+
+    def _insert(self, codes: np.ndarray, x: np.ndarray, ids: np.ndarray) -> None:
+        self._ensure_collection()
+        row_bytes = 8 + self._nbytes + 4 * self.dim
+        step = max(1, self.limits.insert_bytes // row_bytes)
+        for s in range(0, ids.size, step):
+            rows = [
+                {_ID: int(i), _CODE: c.tobytes(), _FEATURE: f}
+                for i, c, f in zip(ids[s : s + step], codes[s : s + step], x[s : s + step])
+            ]
+            self._client.insert(self.collection, rows)
+        self._next_id = max(self._next_auto_id(), int(ids.max()) + 1)
+
+    def _delete(self, ids: np.ndarray) -> None:
+        present = self._present_mask(ids)
+        if not present.all():
+            raise UnknownIdError(f"ids not in the index: {ids[~present][:5].tolist()}")
+        for s in range(0, ids.size, self.limits.fetch_ids):
+            self._client.delete(self.collection, ids=ids[s : s + self.limits.fetch_ids].tolist())
+
+    def _features_of(self, ids: np.ndarray) -> np.ndarray:
+        uniq, values = self._rows_by_id(ids, _FEATURE)
+        table = np.asarray(values, dtype=np.float32).reshape(uniq.size, self.dim)
+        return table[np.searchsorted(uniq, ids)]
+
+    def _codes_of(self, ids: np.ndarray) -> np.ndarray:
+        uniq, values = self._rows_by_id(ids, _CODE)
+        return _codes_table(values, self._nbytes)[np.searchsorted(uniq, ids)]
+
+    # -- whole-collection views ---------------------------------------------------------------------
+    def _scan(self, fields: list[str]) -> list[dict]:
+        """Every row's ``fields`` (Milvus's order), through a query iterator."""
+        if not self._created:
+            return []
+        it = self._client.query_iterator(
+            self.collection, batch_size=self.limits.fetch_ids, filter="", output_fields=fields
+        )
+        rows: list[dict] = []
+        try:
+            while batch := it.next():
+                rows += batch
+        finally:
+            it.close()
+        return rows
+
+    @property
+    def ids(self) -> np.ndarray:
+        """All ids, ascending (Milvus has no storage order to expose)."""
+        return np.sort(np.array([r[_ID] for r in self._scan([_ID])], dtype=np.int64))
+
+    @property
+    def codes(self) -> np.ndarray:
+        """All codes ``uint8 [N, bits/8]``, in the order of :attr:`ids`."""
+        rows = sorted(self._scan([_ID, _CODE]), key=lambda r: r[_ID])
+        return _codes_table([r[_CODE] for r in rows], self._nbytes)
+
+    def memory_usage(self) -> dict[str, int]:
+        raise UnsupportedError("memory_usage is not supported by the Milvus backend: the data lives in the Milvus server")
 
     # -- id lookup --------------------------------------------------------------------------------
     def _fetch(self, ids: np.ndarray, fields: list[str]) -> list[dict]:
@@ -372,97 +402,11 @@ class MilvusHashIndex:
         order = np.argsort(got)
         return got[order], [rows[i][field] for i in order]
 
-    def get_features(self, ids: np.ndarray) -> np.ndarray:
-        """Stored features ``float32 [n, D]`` for ``ids``, in the order given."""
-        ids = check_id_list(ids)
-        uniq, values = self._rows_by_id(ids, _FEATURE)
-        table = np.asarray(values, dtype=np.float32).reshape(uniq.size, self.dim)
-        return table[np.searchsorted(uniq, ids)]
-
-    def get_codes(self, ids: np.ndarray) -> np.ndarray:
-        """Stored codes ``uint8 [n, bits/8]`` for ``ids``, in the order given."""
-        ids = check_id_list(ids)
-        uniq, values = self._rows_by_id(ids, _CODE)
-        # pymilvus returns a binary vector as a one-element list of bytes
-        raw = b"".join(v[0] if isinstance(v, list) else v for v in values)
-        table = np.frombuffer(raw, dtype=np.uint8).reshape(uniq.size, self._nbytes)
-        return table[np.searchsorted(uniq, ids)]
-
-    # -- mutation ---------------------------------------------------------------------------------
-    def add(self, features: np.ndarray, ids: np.ndarray | None = None) -> np.ndarray:
-        """Encode and add ``features float [N, D]``; returns the int64 ids used.
-
-        An unfitted default hasher is fitted on this batch first (needs >= 2 * bits rows).
-        """
-        x = prepare_features(features, self.dim, self.metric)
-        if isinstance(self.hasher, LinearHasher) and not self.hasher.is_fitted and not self._created:
-            if x.shape[0] < 2 * self.bits:
-                raise NotFittedError(
-                    f"the {self.hasher.kind} hasher is fitted on the first batch, which needs at least "
-                    f"{2 * self.bits} vectors (got {x.shape[0]}); call index.fit(sample) first"
-                )
-            self.hasher.fit(x)
-        return self._add_prepared(self._encode(x), x, ids)
-
-    def add_codes(self, codes: np.ndarray, features: np.ndarray, ids: np.ndarray | None = None) -> np.ndarray:
-        """Add precomputed codes ``uint8 [N, bits/8]`` with their features; returns the ids."""
-        codes = check_codes(codes, self._nbytes)
-        x = prepare_features(features, self.dim, self.metric)
-        if codes.shape[0] != x.shape[0]:
-            raise InputError(f"{codes.shape[0]} codes but {x.shape[0]} feature rows")
-        return self._add_prepared(codes, x, ids)
-
     def _max_id(self) -> int:
         """Largest stored id (-1 when empty): one pass over the ids, done once per object."""
         if not self._created:
             return -1
-        it = self._client.query_iterator(
-            self.collection, batch_size=self.limits.fetch_ids, filter="", output_fields=[_ID]
-        )
-        best = -1
-        try:
-            while batch := it.next():
-                best = max(best, max(r[_ID] for r in batch))
-        finally:
-            it.close()
-        return best
-
-    def _add_prepared(self, codes: np.ndarray, x: np.ndarray, ids: np.ndarray | None) -> np.ndarray:
-        n = x.shape[0]
-        with self._write_lock:
-            if self._next_id is None:
-                self._next_id = self._max_id() + 1
-            if ids is None:
-                new_ids = np.arange(self._next_id, self._next_id + n, dtype=np.int64)
-            else:
-                new_ids = check_new_ids(ids, n)
-                present = self._present_mask(new_ids)
-                if present.any():
-                    raise DuplicateIdError(f"ids already in the index: {new_ids[present][:5].tolist()}")
-            if n == 0:
-                return new_ids
-            self._ensure_collection()
-            row_bytes = 8 + self._nbytes + 4 * self.dim
-            step = max(1, self.limits.insert_bytes // row_bytes)
-            for s in range(0, n, step):
-                rows = [
-                    {_ID: int(i), _CODE: c.tobytes(), _FEATURE: f}
-                    for i, c, f in zip(new_ids[s : s + step], codes[s : s + step], x[s : s + step])
-                ]
-                self._client.insert(self.collection, rows)
-            self._next_id = max(self._next_id, int(new_ids.max()) + 1)
-        return new_ids
-
-    def remove(self, ids: np.ndarray) -> int:
-        """Remove items by id (all must exist, else nothing is removed); returns the count."""
-        ids = np.unique(check_id_list(ids))
-        with self._write_lock:
-            present = self._present_mask(ids)
-            if not present.all():
-                raise UnknownIdError(f"ids not in the index: {ids[~present][:5].tolist()}")
-            for s in range(0, ids.size, self.limits.fetch_ids):
-                self._client.delete(self.collection, ids=ids[s : s + self.limits.fetch_ids].tolist())
-        return int(ids.size)
+        return max((r[_ID] for r in self._scan([_ID])), default=-1)
 
     # -- Hamming stage (in Milvus) ----------------------------------------------------------------
     def _hamming_search(self, qcodes: np.ndarray, limit: int, radius: int | None) -> RangeResult:
@@ -498,37 +442,21 @@ class MilvusHashIndex:
             raise InputError(f"{c} Hamming-nearest candidates asked, Milvus returns at most {MILVUS_MAX_TOPK}")
         return self._hamming_search(qcodes, c, None)
 
-    def _candidates(self, qcodes: np.ndarray, k: int, radius: int | None, candidates: int | None, n: int):
-        return select_candidates(qcodes, k, radius, candidates, n, self.bits, self._range, self._knn)
-
-    # -- search -----------------------------------------------------------------------------------
-    def _query_codes(self, x: np.ndarray, query_codes: np.ndarray | None) -> np.ndarray:
-        return self._encode(x) if query_codes is None else check_query_codes(query_codes, self._nbytes, x.shape[0])
-
-    def search(
-        self,
-        queries: np.ndarray,
-        k: int = 10,
-        radius: int | None = None,
-        candidates: int | None = None,
-        *,
-        query_codes: np.ndarray | None = None,
-    ) -> SearchResult:
-        """Hamming candidates from Milvus, then exact top-k on the stored features (HashIndex.search)."""
-        k, radius, candidates = check_search_args(k, radius, candidates)
-        x = prepare_features(queries, self.dim, self.metric, name="queries")
-        qcodes = self._query_codes(x, query_codes)
+    # -- search (the front has checked and encoded the queries) ------------------------------------
+    def _search_encoded(self, x, qcodes, z, k: int, radius: int | None, candidates: int | None) -> SearchResult:
         n = len(self)
         if n == 0:
-            lims = np.zeros(x.shape[0] + 1, np.int64)
-            cand, hamming = np.empty(0, np.int64), np.empty(0, np.int32)
+            lims, cand, hamming = empty_csr(x.shape[0])
         else:
-            lims, cand, hamming = self._candidates(qcodes, k, radius, candidates, n)
+            lims, cand, hamming = select_candidates(qcodes, k, radius, candidates, n, self.bits, self._range, self._knn)
         if self.rerank_mode == "milvus" and cand.size:
             ids, scores, ham = self._rerank_milvus(x, lims, cand, hamming, k)
         else:
             ids, scores, ham = self._rerank_client(x, lims, cand, hamming, k)
         return SearchResult(ids, scores, ham, np.diff(lims))
+
+    def _range_encoded(self, qcodes: np.ndarray, radius: int) -> RangeResult:
+        return self._range(qcodes, radius)
 
     def _rerank_client(self, x, lims, cand, hamming, k):
         """Fetch each distinct candidate's feature once, then hashindex.serving.rerank on that small table."""
@@ -565,18 +493,8 @@ class MilvusHashIndex:
             out_ham[q, : got.size] = hamming[lo:hi][order][np.searchsorted(qids[order], got)]
         return out_ids, out_scores, out_ham
 
-    def range_search(self, queries: np.ndarray, radius: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """All items within Hamming <= ``radius``, without reranking.
 
-        ``queries`` are features (float ``[nq, D]``, encoded with the hasher) or packed codes
-        (uint8 ``[nq, bits/8]``). Returns CSR ``(lims [nq+1], ids [M], hamming [M])``.
-        """
-        radius = check_radius(radius)
-        q = np.asarray(queries)
-        if q.dtype == np.uint8:
-            qcodes = check_codes(q, self._nbytes)
-        else:
-            qcodes = self._encode(prepare_features(q, self.dim, self.metric, "queries"))
-        if len(self) == 0:
-            return np.zeros(qcodes.shape[0] + 1, np.int64), np.empty(0, np.int64), np.empty(0, np.int32)
-        return self._range(qcodes, radius)
+def _codes_table(values: list, nbytes: int) -> np.ndarray:
+    """pymilvus binary vectors (each a one-element list of bytes) -> ``uint8 [n, nbytes]``."""
+    raw = b"".join(v[0] if isinstance(v, list) else v for v in values)
+    return np.frombuffer(raw, dtype=np.uint8).reshape(len(values), nbytes)

@@ -1,0 +1,388 @@
+"""The front every index backend shares: argument checks, fit/add guards, search orchestration.
+
+A backend (the FAISS :class:`~hashindex.serving.index.HashIndex`, the
+:class:`~hashindex.serving.milvus.MilvusHashIndex`) subclasses :class:`IndexFront` once and
+supplies storage and candidate generation through a handful of hooks (``_insert``, ``_delete``,
+``_present_mask``, ``_search_encoded`` ...). Everything a user passes in is checked here, once,
+so a check added to the front holds for every backend; an option a backend cannot honour raises
+:class:`~hashindex.core.errors.UnsupportedError` naming the backend.
+
+Search modes (``radius`` is inclusive, ARCHITECTURE.md §2):
+- ``radius=r``: every item within Hamming <= r is a candidate;
+- ``candidates=c``: the c best-ranked items;
+- neither: for Hamming ranking, the smallest radius giving each query at least ``10 * k``
+  candidates (multi-probe); for asymmetric ranking, ``10 * k`` candidates.
+Candidates are reranked by exact similarity on the stored features, best first.
+
+Ranking (``ranking=``): ``"hamming"`` orders items by Hamming distance between codes;
+``"asymmetric"`` by ``<z, 2b - 1>``, the query's continuous projection ``z`` (before the sign)
+against each item's bits (serving/candidates/asymmetric.py). ``radius`` is a Hamming rule and
+always ranks by Hamming distance.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import ClassVar, ContextManager
+
+import numpy as np
+
+from hashindex.core.codes import binarize, check_codes, pre_tanh
+from hashindex.core.errors import DuplicateIdError, InputError, ModelMismatchError, NotFittedError, UnsupportedError
+from hashindex.core.validation import (
+    check_bits,
+    check_id_list,
+    check_new_ids,
+    check_positive_int,
+    check_query_codes,
+    check_radius,
+    check_search_args,
+    prepare_features,
+)
+from hashindex.serving.hashers import (
+    HASHER_KINDS,
+    Hasher,
+    LinearHasher,
+    check_index_hasher_fitted,
+    encode_checked,
+    fit_untrained,
+    make_hasher,
+)
+from hashindex.serving.rerank import METRICS
+
+RANKINGS = ("hamming", "asymmetric")
+# 128-bit codes + rerank beat HNSW at recall@1 0.95 on 1M face-like embeddings where 64-bit
+# ones did not (benchmarks/README.md); 16 bytes a code is small beside the features.
+DEFAULT_BITS = 128
+
+CSR = tuple[np.ndarray, np.ndarray, np.ndarray]  # lims [nq+1], ids or positions [M], hamming [M]
+
+
+@dataclass
+class SearchResult:
+    """Per-query results, best first.
+
+    ids: int64 ``[nq, k]``, -1 where fewer than k candidates were found.
+    scores: float32 ``[nq, k]``: cosine / inner product (higher is better) or squared L2
+        distance (lower is better) on the stored full-precision features.
+    hamming: int32 ``[nq, k]``: Hamming distance of each result's code to the query's (-1 pad).
+    n_candidates: int64 ``[nq]``: how many items were reranked for each query.
+    """
+
+    ids: np.ndarray
+    scores: np.ndarray
+    hamming: np.ndarray
+    n_candidates: np.ndarray
+
+
+def resolve_hasher(dim: int, hasher: Hasher | str | None, encoder: Hasher | None, bits: int | None) -> Hasher:
+    """The hasher an index of dimension ``dim`` uses: the one given (an object, or a kind name
+    such as ``"itq"``), else an unfitted ITQ hasher of ``bits`` (default 128, capped at ``dim``)."""
+    if hasher is not None and encoder is not None:
+        raise InputError("pass either hasher or encoder, not both")
+    hasher = hasher if hasher is not None else encoder
+    if bits is not None:
+        bits = check_bits(bits)
+    if isinstance(hasher, str):
+        if hasher not in HASHER_KINDS:
+            raise InputError(f"unknown hasher {hasher!r}; choose one of {', '.join(HASHER_KINDS)} or pass a hasher object")
+        hasher = make_hasher(hasher, dim, bits or min(DEFAULT_BITS, dim - dim % 8))
+    elif hasher is None:
+        hasher = make_hasher("itq", dim, bits or min(DEFAULT_BITS, dim - dim % 8))
+    elif not (hasattr(hasher, "encode") and isinstance(getattr(hasher, "bits", None), (int, np.integer))):
+        raise InputError(
+            f"hasher must be a hasher object with bits and encode() (or one of {', '.join(HASHER_KINDS)}), "
+            f"got {type(hasher).__name__}"
+        )
+    if bits is not None and bits != hasher.bits:
+        raise InputError(f"bits={bits} disagrees with the hasher's {hasher.bits} bits")
+    hasher_dim = getattr(hasher, "dim", None)
+    if hasher_dim is not None and getattr(hasher, "kind", None) != "images" and hasher_dim != dim:
+        raise InputError(f"hasher expects dimension {hasher_dim}, index has dim={dim}")
+    return hasher
+
+
+def check_metric(metric: str) -> str:
+    if metric not in METRICS:
+        raise InputError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
+    return metric
+
+
+def check_ranking(ranking: str, radius: int | None) -> None:
+    """A known ranking, and no Hamming radius with the asymmetric one."""
+    if ranking not in RANKINGS:
+        raise InputError(f"unknown ranking {ranking!r}; choose one of {', '.join(RANKINGS)}")
+    if ranking == "asymmetric" and radius is not None:
+        raise InputError("radius selects by Hamming distance; asymmetric ranking takes candidates= (or k alone)")
+
+
+def empty_csr(nq: int) -> CSR:
+    return np.zeros(nq + 1, np.int64), np.empty(0, np.int64), np.empty(0, np.int32)
+
+
+class IndexFront:
+    """The public API of every hashindex index; subclasses store items and find candidates.
+
+    Subclass hooks: ``__len__``, ``_present_mask``, ``_next_auto_id``, ``_insert``, ``_delete``,
+    ``_features_of``, ``_codes_of``, ``_search_encoded``, ``_range_encoded``, and optionally
+    ``_reading`` / ``_writing`` (lock contexts), ``_hasher_frozen`` and ``RANKINGS``.
+    """
+
+    backend_name: ClassVar[str] = "index"
+    RANKINGS: ClassVar[tuple[str, ...]] = RANKINGS
+
+    dim: int
+    bits: int
+    metric: str
+    hasher: Hasher
+
+    def _init_front(self, dim: int, hasher: Hasher, metric: str) -> None:
+        self.dim = dim
+        self.hasher = hasher
+        self.bits = int(hasher.bits)
+        self.metric = check_metric(metric)
+        self._nbytes = self.bits // 8
+
+    # -- hooks --------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def _reading(self) -> ContextManager:
+        return contextlib.nullcontext()
+
+    def _writing(self) -> ContextManager:
+        return contextlib.nullcontext()
+
+    def _hasher_frozen(self) -> bool:
+        """Whether stored codes depend on the hasher (then it may no longer be fitted)."""
+        return len(self) > 0
+
+    def _present_mask(self, ids: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def _next_auto_id(self) -> int:
+        raise NotImplementedError
+
+    def _insert(self, codes: np.ndarray, features: np.ndarray, ids: np.ndarray) -> None:
+        """Store checked rows (called under ``_writing``)."""
+        raise NotImplementedError
+
+    def _delete(self, ids: np.ndarray) -> None:
+        """Remove distinct ids, all present (called under ``_writing``)."""
+        raise NotImplementedError
+
+    def _features_of(self, ids: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def _codes_of(self, ids: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def _search_encoded(self, x, qcodes, z, k: int, radius: int | None, candidates: int | None) -> SearchResult:
+        raise NotImplementedError
+
+    def _range_encoded(self, qcodes: np.ndarray, radius: int) -> CSR:
+        """All items within Hamming <= radius: ``(lims, ids, hamming)`` (the index is not empty)."""
+        raise NotImplementedError
+
+    # -- facts ----------------------------------------------------------------------------------
+    def __contains__(self, item_id: object) -> bool:
+        if isinstance(item_id, bool) or not isinstance(item_id, (int, np.integer)):
+            return False
+        try:
+            ids = check_id_list(np.asarray([item_id]))
+        except (InputError, ValueError, TypeError, OverflowError):
+            return False
+        with self._reading():
+            return bool(self._present_mask(ids)[0])
+
+    # -- input preparation ------------------------------------------------------------------------
+    def _prepare_features(self, features: np.ndarray, name: str = "features") -> np.ndarray:
+        return prepare_features(features, self.dim, self.metric, name)
+
+    def _encode(self, x: np.ndarray) -> np.ndarray:
+        return encode_checked(self.hasher, x, self._nbytes)
+
+    def _project(self, x: np.ndarray) -> np.ndarray:
+        project = getattr(self.hasher, "project", None)
+        if project is None:
+            raise InputError(
+                f"asymmetric ranking needs a hasher with a continuous projection (project()); "
+                f"{type(self.hasher).__name__} has none"
+            )
+        check_index_hasher_fitted(self.hasher)
+        z = np.asarray(project(x), dtype=np.float32)
+        if z.shape != (x.shape[0], self.bits):
+            raise ModelMismatchError(f"the hasher's projection has shape {z.shape}, expected {(x.shape[0], self.bits)}")
+        return z
+
+    def _check_ranking(self, ranking: str, radius: int | None) -> None:
+        check_ranking(ranking, radius)
+        if ranking not in self.RANKINGS:
+            raise UnsupportedError(f"ranking={ranking!r} is not supported by the {self.backend_name} backend")
+
+    def _new_ids(self, ids: np.ndarray | None, n: int) -> np.ndarray:
+        """Ids for ``n`` new rows: the next auto ids, or the given ones checked (not yet stored)."""
+        if ids is None:
+            start = self._next_auto_id()
+            return np.arange(start, start + n, dtype=np.int64)
+        ids = check_new_ids(ids, n)
+        present = self._present_mask(ids)
+        if present.any():
+            raise DuplicateIdError(f"ids already in the index: {ids[present][:5].tolist()}")
+        return ids
+
+    # -- hasher ---------------------------------------------------------------------------------
+    def fit(self, features: np.ndarray) -> "IndexFront":
+        """Fit an untrained hasher on a sample of features (no items are added).
+
+        Refused once the index holds codes: they were made by the current hasher.
+        """
+        x = self._prepare_features(features)
+        with self._writing():
+            if self._hasher_frozen():
+                raise InputError(
+                    "the index already holds codes made by its hasher: refitting would invalidate them "
+                    "(build a new index to change the hasher)"
+                )
+            fit_untrained(self.hasher, x)
+        return self
+
+    def _needs_first_fit(self) -> bool:
+        return isinstance(self.hasher, LinearHasher) and not self.hasher.is_fitted and not self._hasher_frozen()
+
+    # -- mutation -------------------------------------------------------------------------------
+    def add(self, features: np.ndarray, ids: np.ndarray | None = None) -> np.ndarray:
+        """Encode and add ``features float [N, D]``; returns the int64 ids used.
+
+        An unfitted default hasher is fitted on this first batch (needs >= 2 * bits rows).
+        """
+        x = self._prepare_features(features)
+        if self._needs_first_fit():
+            with self._writing():  # two first adds must not both fit
+                if self._needs_first_fit():
+                    self._new_ids(ids, x.shape[0])  # reject bad ids before fitting changes anything
+                    if x.shape[0] < 2 * self.bits:
+                        raise NotFittedError(
+                            f"the {self.hasher.kind} hasher is fitted on the first batch, which needs at least "
+                            f"{2 * self.bits} vectors (got {x.shape[0]}); call index.fit(sample) first"
+                        )
+                    self.hasher.fit(x)
+        return self._add_checked(self._encode(x), x, ids)
+
+    def add_codes(self, codes: np.ndarray, features: np.ndarray, ids: np.ndarray | None = None) -> np.ndarray:
+        """Add precomputed codes ``uint8 [N, bits/8]`` with their features; returns the ids."""
+        codes = check_codes(codes, self._nbytes)
+        x = self._prepare_features(features)
+        if codes.shape[0] != x.shape[0]:
+            raise InputError(f"{codes.shape[0]} codes but {x.shape[0]} feature rows")
+        return self._add_checked(codes, x, ids)
+
+    def _add_checked(self, codes: np.ndarray, x: np.ndarray, ids: np.ndarray | None) -> np.ndarray:
+        if codes.shape[0] != x.shape[0]:
+            raise ModelMismatchError(f"the hasher returned {codes.shape[0]} codes for {x.shape[0]} rows")
+        with self._writing():
+            new_ids = self._new_ids(ids, x.shape[0])
+            if x.shape[0]:
+                self._insert(codes, x, new_ids)
+        return new_ids
+
+    def remove(self, ids: np.ndarray) -> int:
+        """Remove items by id (all must exist, else nothing is removed); returns the count."""
+        ids = np.unique(check_id_list(ids))
+        with self._writing():
+            self._delete(ids)
+        return int(ids.size)
+
+    # -- lookup ---------------------------------------------------------------------------------
+    def get_features(self, ids: np.ndarray) -> np.ndarray:
+        """Stored features ``float32 [n, D]`` for ``ids``, in the order given."""
+        ids = check_id_list(ids)
+        with self._reading():
+            return self._features_of(ids)
+
+    def get_codes(self, ids: np.ndarray) -> np.ndarray:
+        """Stored codes ``uint8 [n, bits/8]`` for ``ids``, in the order given."""
+        ids = check_id_list(ids)
+        with self._reading():
+            return self._codes_of(ids)
+
+    # -- search ---------------------------------------------------------------------------------
+    def search(
+        self,
+        queries: np.ndarray,
+        k: int = 10,
+        radius: int | None = None,
+        candidates: int | None = None,
+        *,
+        ranking: str = "hamming",
+        query_codes: np.ndarray | None = None,
+    ) -> SearchResult:
+        """Candidates from the codes, then exact top-k on the stored features.
+
+        Args:
+            queries: float ``[nq, D]``.
+            k: results per query.
+            radius: take every item within Hamming <= radius.
+            candidates: take the ``candidates`` best-ranked items (default: multi-probe
+                for Hamming ranking, ``10 * k`` for asymmetric ranking).
+            ranking: "hamming" or "asymmetric" (the query's continuous projection against the
+                items' bits; needs a hasher with ``project``, and no ``radius``).
+            query_codes: precomputed query codes (skips the hasher; Hamming ranking only).
+        """
+        k, radius, candidates = check_search_args(k, radius, candidates)
+        self._check_ranking(ranking, radius)
+        x = self._prepare_features(queries, name="queries")
+        if ranking == "hamming":
+            qcodes = self._encode(x) if query_codes is None else check_query_codes(query_codes, self._nbytes, x.shape[0])
+            return self._search_encoded(x, qcodes, None, k, radius, candidates)
+        if query_codes is not None:
+            raise InputError("asymmetric ranking needs the query features' projection, not precomputed codes")
+        z = self._project(x)
+        return self._search_encoded(x, binarize(z), z, k, radius, candidates)
+
+    def range_search(self, queries: np.ndarray, radius: int) -> CSR:
+        """All items within Hamming <= ``radius``, without reranking.
+
+        ``queries`` are features (float ``[nq, D]``, encoded with the hasher) or packed codes
+        (uint8 ``[nq, bits/8]``). Returns CSR ``(lims [nq+1], ids [M], hamming [M])``.
+        """
+        radius = check_radius(radius)
+        q = np.asarray(queries)
+        qcodes = check_codes(q, self._nbytes) if q.dtype == np.uint8 else self._encode(self._prepare_features(q, "queries"))
+        with self._reading():
+            if len(self) == 0:
+                return empty_csr(qcodes.shape[0])
+            return self._range_encoded(qcodes, radius)
+
+    # -- images, through a fused ONNX model (backbone + hash head in one graph) -------------------
+    def _image_encoder(self):
+        if not getattr(self.hasher, "has_features", False):
+            raise InputError(
+                "this index's hasher does not take images: build it with a fused model "
+                "(hashindex export --backbone ... --head ...) to use add_images / search_images"
+            )
+        return self.hasher
+
+    def add_images(self, images: np.ndarray, ids: np.ndarray | None = None) -> np.ndarray:
+        """Add preprocessed images ``float32 [N, 3, H, W]``: one model run gives codes and features."""
+        out = self._image_encoder().run(images)
+        return self.add_codes(out.codes, out.features, ids)
+
+    def search_images(
+        self,
+        images: np.ndarray,
+        k: int = 10,
+        radius: int | None = None,
+        candidates: int | None = None,
+        *,
+        ranking: str = "hamming",
+    ) -> SearchResult:
+        """:meth:`search` with preprocessed query images ``float32 [nq, 3, H, W]``."""
+        k, radius, candidates = check_search_args(k, radius, candidates)
+        self._check_ranking(ranking, radius)
+        out = self._image_encoder().run(images)
+        x = self._prepare_features(out.features, name="queries")
+        z = pre_tanh(out.embedding) if ranking == "asymmetric" else None
+        return self._search_encoded(x, out.codes, z, k, radius, candidates)
+
