@@ -10,7 +10,7 @@
 * :func:`fuse_backbone_and_head`: one graph ``images -> backbone -> L2 norm -> features ->
   head -> codes, embedding`` with ``onnx.compose``.
 
-All three append the same in-graph packing tail (:func:`hashindex.core.onnx_contract.code_packing_nodes`)
+All three append the same in-graph packing tail (:func:`hashindex.export.graph.code_packing_nodes`)
 so ``codes`` come out as FAISS-ordered uint8 bytes, write the ``hashindex.*`` metadata, run
 ``onnx.checker`` (full check, with shape inference) and write the file atomically.
 torch is imported only inside :func:`export_model`.
@@ -31,13 +31,9 @@ import numpy as np
 from hashindex.core.codes import binarize
 from hashindex.core.errors import InputError, NotFittedError
 from hashindex.serving.hashers import LinearHasher
-from hashindex.core.onnx_contract import (
-    EMBEDDING,
+from hashindex.core.onnx_contract import EMBEDDING, BackboneInfo, InputSpec, ModelMetadata, TrainingInfo
+from hashindex.export.graph import (
     OPSET,
-    BackboneInfo,
-    InputSpec,
-    ModelMetadata,
-    TrainingInfo,
     add_code_outputs,
     data_inputs,
     finalize_model,
