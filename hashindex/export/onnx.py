@@ -30,6 +30,7 @@ import numpy as np
 
 from hashindex.core.codes import binarize
 from hashindex.core.errors import InputError, NotFittedError
+from hashindex.core.io import atomic_write_bytes
 from hashindex.serving.hashers import LinearHasher
 from hashindex.core.onnx_contract import EMBEDDING, BackboneInfo, InputSpec, ModelMetadata, TrainingInfo
 from hashindex.export.graph import (
@@ -73,16 +74,7 @@ def save_model(model: "onnx.ModelProto", path: str | os.PathLike) -> None:
     """``onnx.checker`` (full check) then write to a temporary sibling and rename into place."""
     onnx = require_onnx()
     onnx.checker.check_model(model, full_check=True)
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(model.SerializeToString())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write_bytes(path, model.SerializeToString())
 
 
 def read_metadata(path: str | os.PathLike) -> ModelMetadata:
@@ -248,7 +240,7 @@ def export_model_dir(model_dir: str | os.PathLike, out_path: str | os.PathLike, 
     The training loss and date go into ``hashindex.training``; ``data`` names the training set
     when the directory does not record it.
     """
-    from hashindex.training.loop import load_checkpoint
+    from hashindex.training.checkpoints import load_checkpoint
 
     model, config, _ = load_checkpoint(model_dir)
     loss = config.loss if config is not None else "unknown"
