@@ -24,7 +24,7 @@ from hashindex.serving.index import HashIndex
 
 
 DEMO_RECIPE = "learned"
-DEMO_EPOCHS = 8  # keeps the demo within ~3 minutes on 2 cores
+DEMO_EPOCHS = 8  # keeps the demo short (its run time: benchmarks/README.md)
 
 
 @dataclass

@@ -69,12 +69,15 @@ class ExactTopK:
         """
         self._heap.finalize()
         ids = self._heap.I
-        k = ids.shape[1] if k is None else k
-        if exclude is None:
-            return ids[:, :k].copy()
-        keep = ids != np.asarray(exclude)[:, None]
-        order = np.argsort(~keep, axis=1, kind="stable")[:, :k]
-        return np.take_along_axis(ids, order, axis=1)
+        return drop_excluded(ids, exclude, ids.shape[1] if k is None else k)
+
+
+def drop_excluded(ids: np.ndarray, exclude: np.ndarray | None, k: int) -> np.ndarray:
+    """``ids int [Nq, >= k]`` without each row's ``exclude`` id (moved last, order kept) -> ``[Nq, k]``."""
+    if exclude is None:
+        return ids[:, :k].copy()
+    order = np.argsort(ids == np.asarray(exclude)[:, None], axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(ids, order, axis=1)
 
 
 def exact_search(
