@@ -25,7 +25,7 @@ from __future__ import annotations
 import copy
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -70,11 +70,11 @@ def selection_metrics(codes: np.ndarray, features: np.ndarray, labels: np.ndarra
     Returns ``p50_candidates`` / ``p95_candidates`` (fraction of the set to rerank to reach each
     query's exact cosine NN), and with labels ``map_at_r``.
     """
-    frac = hm.candidate_fraction_needed(codes, None, features, None, metric="cosine")
+    frac = candidate_fraction_needed(codes, None, features, None, metric="cosine")
     p50, p95 = np.quantile(frac, [0.5, 0.95])
     out = {"p50_candidates": float(p50), "p95_candidates": float(p95)}
     if labels is not None:
-        out["map_at_r"] = hm.map_at_r(codes, labels)
+        out["map_at_r"] = map_at_r(codes, labels)
     return out
 
 
