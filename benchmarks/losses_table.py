@@ -26,7 +26,9 @@ import numpy as np
 
 from hashindex.training.data import identity_split, load_embeddings
 from hashindex.serving.hashers import make_hasher
-from hashindex.evaluation.metrics import map_at_r, pair_hamming_table, recall_vs_candidates
+from hashindex.evaluation.hamming import pair_hamming_table
+from hashindex.evaluation.ranking import map_at_r
+from hashindex.evaluation.recall import recall_vs_candidates
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "lfw" / "lfw_mfn128_dev.npz"
 FRACTIONS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2)
@@ -35,7 +37,8 @@ FRACTIONS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2)
 def learned_codes(loss: str, bits: int, x_train, y_train, x_all, seed: int, epochs: int):
     import torch
 
-    from hashindex.training.loop import TrainConfig, predict, train_hasher
+    from hashindex.training.config import TrainConfig
+    from hashindex.training.loop import predict, train_hasher
 
     torch.set_num_threads(1)
     # at 8 bits there are fewer distinct CSQ centers than identities; shared centers are the

@@ -25,14 +25,8 @@ import numpy as np
 from hashindex.serving.milvus import MilvusHashIndex
 from hashindex.training.data.synthetic import SyntheticGallery
 from hashindex.serving.hashers import ITQHasher
+from hashindex.evaluation.exact import exact_search
 from hashindex.serving.index import HashIndex
-
-
-def exact_topk(queries: np.ndarray, features: np.ndarray, k: int) -> np.ndarray:
-    """Brute-force cosine top-k positions ``[nq, k]`` (inputs are L2-normalised)."""
-    index = faiss.IndexFlatIP(features.shape[1])
-    index.add(features)
-    return index.search(queries, k)[1]
 
 
 def recall_at(found_ids: np.ndarray, true_ids: np.ndarray, k: int) -> float:
@@ -67,7 +61,7 @@ def main() -> None:
     train = SyntheticGallery(2_000, 10, seed=args.seed + 1).materialize()[0]
     hasher = ITQHasher(features.shape[1], args.bits).fit(train)
     codes, qcodes = hasher.encode(features), hasher.encode(queries)
-    truth = exact_topk(queries, features, args.k)  # ids == positions in both indexes
+    truth = exact_search(queries, features, args.k, "ip")  # inputs L2-normalised; ids == positions in both indexes
 
     tmp = tempfile.TemporaryDirectory()
     db = args.db or str(Path(tmp.name) / "bench.db")

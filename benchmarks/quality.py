@@ -55,6 +55,7 @@ from hashindex.core.codes import binarize, pre_tanh  # noqa: E402
 from hashindex.training.data import identity_split, load_embeddings  # noqa: E402
 from hashindex.core.errors import InputError  # noqa: E402
 from hashindex.serving.hashers import make_hasher  # noqa: E402
+from hashindex.evaluation.exact import exact_search  # noqa: E402
 from hashindex.evaluation.ranks import TargetRanks, sign_matrix, target_ranks  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / "shared/data/lfw/lfw_mfn128_dev.npz"
@@ -90,9 +91,8 @@ def make_split(features: np.ndarray, labels: np.ndarray, seed: int, val_fraction
     train, val = identity_split(labels, val_fraction, seed)
     _, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
     queries = val[counts[inverse.reshape(-1)][val] >= 2]
-    sims = features[queries] @ features.T
-    sims[np.arange(queries.size), queries] = -np.inf
-    return Split(seed, train, val, queries, sims.argmax(axis=1).astype(np.int64))
+    nn = exact_search(features[queries], features, 1, "ip", exclude=queries)[:, 0]
+    return Split(seed, train, val, queries, nn)
 
 
 # -- figures of one code set ------------------------------------------------------------------

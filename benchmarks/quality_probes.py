@@ -42,6 +42,7 @@ for p in (REPO, REPO / "benchmarks"):
 
 from quality import DEFAULT_DATA, code_figures, make_split  # noqa: E402
 
+from hashindex.evaluation.exact import exact_search  # noqa: E402
 from hashindex.training.data import load_embeddings  # noqa: E402
 from hashindex.serving.hashers import make_hasher  # noqa: E402
 from hashindex.training.losses import make_loss  # noqa: E402
@@ -113,9 +114,7 @@ def train_probe(opts: dict, x: np.ndarray, y: np.ndarray, bits: int, seed: int) 
     scale = opts["scale"] / float(np.abs(hasher.project(x)).mean())
     model = ResidualHead(hasher.weight * scale, hasher.bias * scale, opts["hidden"])
     optim = torch.optim.Adam(model.parameters(), lr=opts["lr"], weight_decay=1e-4)
-    flat = faiss.IndexFlatIP(x.shape[1])
-    flat.add(x)
-    _, neighbours = flat.search(x, 16)
+    neighbours = exact_search(x, x, 16, "ip")
     steps = opts["ep"] * max(1, len(x) // 384)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(optim, steps)
     identity = make_loss("softmax", bits=bits, num_classes=int(y.max()) + 1) if opts["id"] else None

@@ -64,7 +64,8 @@ from hashindex.training.data import identity_split, load_embeddings
 from hashindex.training.data.synthetic import SyntheticGallery
 from hashindex.core.errors import InputError
 from hashindex.serving.hashers import ITQHasher, PCASignHasher, SignHasher
-from hashindex.evaluation.metrics import recall_at_k_vs_exact
+from hashindex.evaluation.exact import ExactTopK, recall_at_k_vs_exact
+from hashindex.evaluation.exact import drop_excluded as drop_self  # each probe's own id moved last
 
 REPO = Path(__file__).resolve().parents[1]
 METHODS = ("exact", "hnsw", "ivf", "sign", "pca", "itq", "model")
@@ -294,25 +295,12 @@ def make_source(cfg: BenchConfig) -> SyntheticSource | NpzSource:
 
 
 # =========================================================================== ground truth
-def drop_self(ids: np.ndarray, self_ids: np.ndarray | None, k: int) -> np.ndarray:
-    """``ids int64 [nq, >=k]`` without each row's own id (moved last, order kept) -> ``[nq, k]``."""
-    if self_ids is None:
-        return ids[:, :k]
-    order = np.argsort(ids == self_ids[:, None], axis=1, kind="stable")
-    return np.take_along_axis(ids, order, axis=1)[:, :k]
-
-
 def exact_neighbours(chunks: Iterator[np.ndarray], probes: Probes, k: int) -> np.ndarray:
     """Exact inner-product top-k ``int64 [nq, k]`` over a streamed gallery (never held whole)."""
-    extra = 0 if probes.self_ids is None else 1
-    heap = faiss.ResultHeap(len(probes), k + extra, keep_max=True)
-    offset = 0
+    top = ExactTopK(probes.features, k + (probes.self_ids is not None), metric="ip")
     for x in chunks:
-        d, i = faiss.knn(probes.features, x, min(k + extra, x.shape[0]), metric=faiss.METRIC_INNER_PRODUCT)
-        heap.add_result(d, i + offset)
-        offset += x.shape[0]
-    heap.finalize()
-    return drop_self(heap.I, probes.self_ids, k)
+        top.add(x)
+    return top.ids(k, probes.self_ids)
 
 
 # =========================================================================== methods

@@ -23,6 +23,7 @@ import faiss
 import numpy as np
 
 from hashindex import HashIndex, OnnxEncoder
+from hashindex.evaluation.exact import ExactTopK
 from hashindex.training.data.synthetic import SyntheticGallery
 from hashindex.serving.hashers import ITQHasher
 
@@ -47,7 +48,7 @@ def build(n: int, hasher, per_identity: int, seed: int, exact_q: np.ndarray, k: 
     """Stream the gallery into a HashIndex and an exact heap; returns (index, exact ids, timings)."""
     gallery = SyntheticGallery(-(-n // per_identity), per_identity, seed=seed)
     index = HashIndex(128, hasher, feature_dtype=dtype)
-    heap = faiss.ResultHeap(len(exact_q), k, keep_max=True)
+    exact = ExactTopK(exact_q, k, metric="ip")
     gen_s = add_s = exact_s = 0.0
     done = 0
     t = time.perf_counter()
@@ -58,14 +59,13 @@ def build(n: int, hasher, per_identity: int, seed: int, exact_q: np.ndarray, k: 
         index.add(x)
         add_s += time.perf_counter() - t
         t = time.perf_counter()
-        heap.add_result(exact_q @ x.T, np.broadcast_to(np.arange(done, done + len(x)), (len(exact_q), len(x))))
+        exact.add(x)
         exact_s += time.perf_counter() - t
         done += len(x)
         t = time.perf_counter()
         if done >= n:
             break
-    heap.finalize()
-    return index, heap.I, {"generate_s": gen_s, "encode_and_add_s": add_s, "exact_s": exact_s}
+    return index, exact.ids(), {"generate_s": gen_s, "encode_and_add_s": add_s, "exact_s": exact_s}
 
 
 def search_rows(index: HashIndex, probes: np.ndarray, exact_ids: np.ndarray, k: int, budgets: list[int]):

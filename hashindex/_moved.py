@@ -17,7 +17,7 @@ MOVED = {
     "hashindex.errors": "hashindex.core.errors",
     "hashindex.validation": "hashindex.core.validation",
     "hashindex.preprocess": "hashindex.core.preprocess",
-    "hashindex.onnx_graph": "hashindex.core.onnx_contract",
+    "hashindex.onnx_graph": "hashindex.export.graph",
     "hashindex.locks": "hashindex.serving.locks",
     "hashindex.store": "hashindex.serving.store",
     "hashindex.rerank": "hashindex.serving.rerank",

@@ -19,7 +19,7 @@ onnx = pytest.importorskip("onnx", reason="fusing models needs the train extra (
 from hashindex.serving.encoder import OnnxEncoder
 from hashindex.serving.hashers import ITQHasher
 from hashindex.export.onnx import TrainingInfo, export_linear_hasher, fragile_rows, fuse_backbone_and_head
-from hashindex.core.onnx_contract import IR_VERSION, OPSET
+from hashindex.export.graph import IR_VERSION, OPSET
 from hashindex.core.preprocess import FACE_PREPROCESSING, load_face_images
 
 LFW = Path(__file__).resolve().parents[1].parent / "shared/data/lfw"

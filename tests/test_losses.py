@@ -34,9 +34,9 @@ from hashindex.training.losses import (
 from hashindex.training.losses.distances import pairwise_distances
 from hashindex.training.losses.facility import facility_location_loss, greedy_loss_augmented_medoids, oracle_medoids
 from hashindex.training.losses.mining import all_triplets, hardest_negative_triplets, semi_hard_triplets
-from hashindex.training.losses.nmi import nmi_batch
+from hashindex.evaluation.clustering import nmi_batch
 from hashindex.training.losses.npair import npair_tuples
-from hashindex.evaluation.metrics import nmi
+from hashindex.evaluation.clustering import nmi
 
 torch.set_num_threads(1)
 

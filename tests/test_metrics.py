@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import normalized_mutual_info_score
 
+from hashindex.evaluation import hamming
 from hashindex.evaluation import metrics as M
 from hashindex.core.codes import hamming_distances, pack_bits
 from hashindex.core.errors import InputError
@@ -63,7 +64,7 @@ def test_hamming_histograms_match_bruteforce_with_blocking(bits, monkeypatch):
     q, db = both[:37], both[37:]
     ql, dl = rng.integers(0, 5, 37), rng.integers(0, 5, 53)
     exclude = rng.integers(-1, 53, 37)
-    monkeypatch.setattr(M, "_BLOCK_ELEMS", 100)  # several query blocks
+    monkeypatch.setattr(hamming, "_BLOCK_ELEMS", 100)  # several query blocks
     total, same = M.hamming_histograms(q, db, ql, dl, exclude)
     d = hamming_distances(q, db)
     for i in range(37):

@@ -29,7 +29,8 @@ from hashindex.export.onnx import (
     fragile_rows,
     read_metadata,
 )
-from hashindex.core.onnx_contract import FORMAT_VERSION, IR_VERSION, OPSET
+from hashindex.core.onnx_contract import FORMAT_VERSION
+from hashindex.export.graph import IR_VERSION, OPSET
 from hashindex.core.preprocess import ImagePreprocessing
 
 N_TEST = 1000

@@ -13,7 +13,8 @@ from hashindex.serving.hashers import ITQHasher  # noqa: E402
 from hashindex.training.losses import make_loss  # noqa: E402
 from hashindex.training.losses.distill import DistilledLoss, SimilarityDistillLoss, similarity_distillation_loss  # noqa: E402
 from hashindex.training.recipes import Recipe, fit_recipe, initial_head  # noqa: E402
-from hashindex.training.loop import TrainConfig, _cosine_neighbours, _draw_extras, predict  # noqa: E402
+from hashindex.training.config import TrainConfig  # noqa: E402
+from hashindex.training.loop import _cosine_neighbours, _draw_extras, predict  # noqa: E402
 
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")

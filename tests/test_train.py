@@ -16,14 +16,9 @@ from hashindex.training.data import EmbeddingSet, save_embeddings  # noqa: E402
 from hashindex.core.errors import IndexFormatError, InputError  # noqa: E402
 from hashindex.serving.hashers import ITQHasher  # noqa: E402
 from hashindex.training.models import HashHead  # noqa: E402
-from hashindex.training.loop import (  # noqa: E402
-    TrainConfig,
-    load_checkpoint,
-    predict,
-    save_checkpoint,
-    save_model_dir,
-    train_hasher,
-)
+from hashindex.training.checkpoints import load_checkpoint, save_checkpoint, save_model_dir  # noqa: E402
+from hashindex.training.config import TrainConfig  # noqa: E402
+from hashindex.training.loop import predict, train_hasher  # noqa: E402
 
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")

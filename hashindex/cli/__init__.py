@@ -1,5 +1,9 @@
-"""Layer 5: the ``hashindex`` command line, one module per command group, and the demo."""
+"""Layer 5: the ``hashindex`` command line, one module per command group, and the demo.
 
-from hashindex.cli.index_commands import build_parser, main
+:mod:`.main` (parser and dispatch), :mod:`.index_commands` (build / search / info),
+:mod:`.train_commands` (train / eval), :mod:`.export_commands` (export), :mod:`.demo`.
+"""
+
+from hashindex.cli.main import build_parser, main
 
 __all__ = ["build_parser", "main"]

@@ -8,19 +8,23 @@ recall against exact float search, candidates per query, queries per second, byt
 
 from __future__ import annotations
 
-import json
+import argparse
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import faiss
 import numpy as np
 
+from hashindex.cli.common import non_negative_int, out_dir, positive_int
+from hashindex.core.errors import InputError
+from hashindex.core.io import atomic_write_json
+from hashindex.evaluation.exact import exact_search
+from hashindex.serving.hashers import HASHER_KINDS
 from hashindex.serving.index import HashIndex
 
 
 DEMO_RECIPE = "learned"
-DEMO_EPOCHS = 8  # keeps the demo within ~3 minutes on 2 cores
+DEMO_EPOCHS = 8  # keeps the demo short (its run time: benchmarks/README.md)
 
 
 @dataclass
@@ -102,7 +106,7 @@ def npz_data(cfg: DemoConfig) -> DemoData:
 
     data = load_embeddings(cfg.data)
     if data.labels is None:
-        raise ValueError(f"{cfg.data}: the demo needs 'labels' to split identities")
+        raise InputError(f"{cfg.data}: the demo needs 'labels' to split identities")
     train_idx, val_idx = identity_split(data.labels, val_fraction=0.3, seed=cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     val_labels = data.labels[val_idx]
@@ -154,13 +158,10 @@ def _learned_encoder(cfg: DemoConfig, data: DemoData, out: Path):
     return OnnxEncoder(model_path), f"learned head (recipe '{DEMO_RECIPE}', epoch {result.best_epoch} kept) -> ONNX (onnxruntime)"
 
 
-def exact_search(gallery: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, float]:
-    """Exact cosine top-k ids with FAISS IndexFlatIP (the ground truth) and its queries/s."""
-    flat = faiss.IndexFlatIP(gallery.shape[1])
-    flat.add(np.ascontiguousarray(gallery / np.linalg.norm(gallery, axis=1, keepdims=True), dtype=np.float32))
-    q = np.ascontiguousarray(queries / np.linalg.norm(queries, axis=1, keepdims=True), dtype=np.float32)
+def timed_exact_search(gallery: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, float]:
+    """Exact cosine top-k ids (:func:`hashindex.evaluation.exact.exact_search`, the ground truth) and its queries/s."""
     t = time.perf_counter()
-    ids = flat.search(q, k)[1]
+    ids = exact_search(queries, gallery, k, "cosine")
     return ids, len(queries) / (time.perf_counter() - t)
 
 
@@ -178,7 +179,7 @@ def _measure(index: HashIndex, data: DemoData, truth: np.ndarray, k: int, mode: 
 
 
 def run_demo(cfg: DemoConfig, verbose: bool = True) -> DemoReport:
-    out = Path(cfg.out)
+    out = out_dir(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     say = print if verbose else (lambda *a, **k: None)
 
@@ -195,7 +196,7 @@ def run_demo(cfg: DemoConfig, verbose: bool = True) -> DemoReport:
     index.save(out / "index")
     say(f"hasher: {description}, {index.bits} bits; index saved to {out / 'index'}")
 
-    truth, exact_qps = exact_search(data.gallery, data.queries, cfg.k)
+    truth, exact_qps = timed_exact_search(data.gallery, data.queries, cfg.k)
 
     report = DemoReport(asdict(cfg), data.source, len(index), index.bits, description)
     report.build_seconds = {"data": t1 - t0, "hasher": t2 - t1, "encode_and_add": t3 - t2}
@@ -222,11 +223,42 @@ def run_demo(cfg: DemoConfig, verbose: bool = True) -> DemoReport:
     say(f"\nbytes per item: {report.bytes_per_item['codes']:.0f} (code) + {report.bytes_per_item['features']:.0f} "
         f"(feature store) vs {report.bytes_per_item['exact_float32']} for float32 exact search")
     say("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in report.build_seconds.items()))
-    with open(out / "report.json", "w") as f:
-        json.dump(asdict(report), f, indent=2)
+    atomic_write_json(out / "report.json", asdict(report))
     say(f"artefacts: {out}/ (report.json, index/{', model.onnx' if cfg.hasher == 'learned' else ''})")
     return report
 
 
 def _same_identity(data: DemoData, truth: np.ndarray) -> float:
     return float(np.mean(data.gallery_labels[truth[:, 0]] == data.query_labels))
+
+
+# -- the command ------------------------------------------------------------------------------
+def cmd_demo(args: argparse.Namespace) -> int:
+    config = DemoConfig(
+        identities=args.identities,
+        per_identity=args.per_identity,
+        queries=args.queries,
+        bits=args.bits,
+        epochs=args.epochs,
+        data=args.data,
+        out=args.out,
+        hasher=args.hasher,
+        seed=args.seed,
+    )
+    run_demo(config)
+    return 0
+
+
+def add_parsers(sub) -> None:
+    p = sub.add_parser("demo", help="run the whole pipeline on a synthetic gallery (no downloads)")
+    p.add_argument("--identities", type=positive_int, default=5_000)
+    p.add_argument("--per-identity", type=positive_int, default=10)
+    p.add_argument("--queries", type=positive_int, default=1_000)
+    p.add_argument("--bits", type=positive_int, default=64)
+    p.add_argument("--epochs", type=positive_int, default=None, help="training epochs (default: the recipe's)")
+    p.add_argument("--hasher", choices=("learned", *HASHER_KINDS), default="learned",
+                   help="'learned' trains a hash head (needs the train extra); the others need no training")
+    p.add_argument("--data", help="run on a real embeddings .npz instead (e.g. ../shared/data/lfw/lfw_mfn128_dev.npz)")
+    p.add_argument("--out", default="demo_out", help="directory for the artefacts")
+    p.add_argument("--seed", type=non_negative_int, default=0)
+    p.set_defaults(func=cmd_demo)

@@ -1,18 +1,17 @@
-"""The ``hashindex`` command: build / search / info / demo (serving), train / eval / export (training).
-
-Serving subcommands never import torch; training ones import it when they run.
-"""
+"""``hashindex build / search / info``: the serving commands (never import torch)."""
 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from hashindex.core.errors import HashIndexError
+from hashindex.cli.common import load_rows, non_negative_int, out_dir, out_file, positive_int
+from hashindex.core.io import atomic_write
+from hashindex.serving.hashers import HASHER_KINDS
+from hashindex.serving.index import DEFAULT_BITS
 
 CHUNK = 65_536
 
@@ -22,11 +21,11 @@ def _chunks(n: int, size: int = CHUNK):
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    from hashindex.training.data.embeddings import load_embeddings
     from hashindex.serving.hashers import make_hasher
     from hashindex.serving.index import HashIndex
 
-    data = load_embeddings(args.features)
+    out = out_dir(args.out)
+    data = load_rows(args.features, "features")
     if args.model:
         from hashindex.serving.encoder import OnnxEncoder
 
@@ -43,17 +42,17 @@ def cmd_build(args: argparse.Namespace) -> int:
     ids = data.ids if data.ids is not None else np.arange(len(data), dtype=np.int64)
     for lo, hi in tqdm(_chunks(len(data)), desc="adding", unit="chunk", disable=args.quiet):
         index.add(data.features[lo:hi], ids[lo:hi])
-    index.save(args.out)
-    print(f"built {args.out}: {len(index):,} items, {index.bits} bits, metric {index.metric}")
+    index.save(out)
+    print(f"built {out}: {len(index):,} items, {index.bits} bits, metric {index.metric}")
     return 0
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from hashindex.training.data.embeddings import load_embeddings
     from hashindex.serving.index import HashIndex
 
+    out = out_file(args.out) if args.out else None
     index = HashIndex.load(args.index, mmap=True)
-    queries = load_embeddings(args.queries).features
+    queries = load_rows(args.queries, "queries").features
     parts = []
     t = time.perf_counter()
     for lo, hi in tqdm(_chunks(len(queries), 4096), desc="searching", unit="chunk", disable=args.quiet):
@@ -65,10 +64,9 @@ def cmd_search(args: argparse.Namespace) -> int:
         f"candidates per query: median {np.median(result['n_candidates']):.0f}, "
         f"mean {result['n_candidates'].mean():.1f} of {len(index):,}"
     )
-    if args.out:
-        with open(args.out, "wb") as f:
-            np.savez(f, **result)
-        print(f"wrote {args.out}")
+    if out is not None:
+        atomic_write(out, lambda f: np.savez(f, **result))
+        print(f"wrote {out}")
     else:
         for q in range(min(len(queries), args.show)):
             hits = ", ".join(
@@ -85,38 +83,17 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    from hashindex.cli.demo import DemoConfig, run_demo
-
-    config = DemoConfig(
-        identities=args.identities,
-        per_identity=args.per_identity,
-        queries=args.queries,
-        bits=args.bits,
-        epochs=args.epochs,
-        data=args.data,
-        out=args.out,
-        hasher=args.hasher,
-        seed=args.seed,
-    )
-    run_demo(config)
-    return 0
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hashindex", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-
+def add_parsers(sub) -> None:
     p = sub.add_parser("build", help="build an index directory from an embeddings .npz")
     p.add_argument("--features", required=True, help=".npz with 'embeddings' (and optional 'ids', 'labels')")
-    p.add_argument("--hasher", choices=("sign", "pca", "itq"), default="itq")
-    p.add_argument("--bits", type=int, default=128, help="code length (capped by the hasher: <= feature dim)")
+    p.add_argument("--hasher", choices=HASHER_KINDS, default="itq")
+    p.add_argument("--bits", type=positive_int, default=DEFAULT_BITS, help="code length (capped by the hasher: <= feature dim)")
     p.add_argument("--model", help="an exported ONNX hash model to use instead of an untrained hasher")
     p.add_argument("--metric", choices=("cosine", "ip", "l2"), default="cosine")
     p.add_argument("--backend", choices=("auto", "flat", "hash", "multihash"), default="auto")
     p.add_argument("--feature-dtype", choices=("float32", "float16"), default="float32")
-    p.add_argument("--fit-sample", type=int, default=100_000, help="vectors used to fit the hasher")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--fit-sample", type=positive_int, default=100_000, help="vectors used to fit the hasher")
+    p.add_argument("--seed", type=non_negative_int, default=0)
     p.add_argument("--out", required=True, help="index directory to write")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_build)
@@ -124,54 +101,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("search", help="search an index with query embeddings")
     p.add_argument("--index", required=True)
     p.add_argument("--queries", required=True, help=".npz with 'embeddings'")
-    p.add_argument("-k", type=int, default=10)
-    p.add_argument("--radius", type=int, help="Hamming radius (inclusive) for candidates")
-    p.add_argument("--candidates", type=int, help="rerank this many best-ranked items")
+    p.add_argument("-k", type=positive_int, default=10)
+    p.add_argument("--radius", type=non_negative_int, help="Hamming radius (inclusive) for candidates")
+    p.add_argument("--candidates", type=positive_int, help="rerank this many best-ranked items")
     p.add_argument("--ranking", choices=["hamming", "asymmetric"], default="hamming",
                    help="order candidates by Hamming distance, or by the query's continuous projection "
                    "against the items' bits (fewer candidates for the same recall; no --radius)")
     p.add_argument("--out", help="write ids / scores / hamming / n_candidates to this .npz")
-    p.add_argument("--show", type=int, default=5, help="queries to print when --out is not given")
+    p.add_argument("--show", type=non_negative_int, default=5, help="queries to print when --out is not given")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("info", help="describe an index directory and verify its checksums")
     p.add_argument("index")
     p.set_defaults(func=cmd_info)
-
-    p = sub.add_parser("demo", help="run the whole pipeline on a synthetic gallery (no downloads)")
-    p.add_argument("--identities", type=int, default=5_000)
-    p.add_argument("--per-identity", type=int, default=10)
-    p.add_argument("--queries", type=int, default=1_000)
-    p.add_argument("--bits", type=int, default=64)
-    p.add_argument("--epochs", type=int, default=None, help="training epochs (default: the recipe's)")
-    p.add_argument("--hasher", choices=("learned", "itq", "pca", "sign"), default="learned",
-                   help="'learned' trains a hash head (needs the train extra); the others need no training")
-    p.add_argument("--data", help="run on a real embeddings .npz instead (e.g. ../shared/data/lfw/lfw_mfn128_dev.npz)")
-    p.add_argument("--out", default="demo_out", help="directory for the artefacts")
-    p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=cmd_demo)
-
-    try:
-        from hashindex.cli import train_commands as cli_train
-    except ImportError:  # pragma: no cover - training module missing from a partial install
-        cli_train = None
-    if cli_train is not None:
-        cli_train.add_train_parser(sub)
-        cli_train.add_eval_parser(sub)
-        if hasattr(cli_train, "add_export_parser"):
-            cli_train.add_export_parser(sub)
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except (HashIndexError, FileNotFoundError) as e:
-        print(f"hashindex {args.command}: error: {e}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

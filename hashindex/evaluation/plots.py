@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from hashindex.core.errors import InputError
-from hashindex.evaluation.metrics import PairHammingTable
+from hashindex.evaluation.hamming import PairHammingTable
 
 
 def _new_figure(width: float = 6.4, height: float = 4.2):

@@ -1,6 +1,6 @@
 """Where a target lands in a ranking by any score (numpy only: usable at serving time).
 
-:mod:`hashindex.evaluation.metrics` ranks by Hamming distance through per-distance histograms. A ranking
+:mod:`hashindex.evaluation.hamming` ranks by Hamming distance through per-distance histograms. A ranking
 by a *real-valued* score -- the asymmetric score of a float query against a gallery's
 ``{-1, +1}`` codes (Gordo et al., "Asymmetric distances for binary embeddings", TPAMI 2014) --
 has no such histogram, so this module works on score matrices instead; for symmetric codes the
@@ -9,7 +9,8 @@ score ``<b_q, b_g> = K - 2 d_H`` reproduces the Hamming ranking exactly.
 For one query, let the *targets* be a set of gallery items (the exact float nearest neighbour,
 or every other image of the same person) and let the best-scored target have score ``s*``.
 With ``a`` items scored strictly above ``s*`` and ``n`` items at exactly ``s*``, ``m`` of them
-targets, and the order inside the tied group uniformly random (McSherry & Najork, ECIR 2008):
+targets, and the order inside the tied group uniformly random (McSherry & Najork, ECIR 2008;
+the formulas are :mod:`hashindex.evaluation.ties`, shared with the Hamming metrics):
 
 * the expected rank of the first target is ``a + (n + 1) / (m + 1)`` (the expected minimum
   of ``m`` positions drawn without replacement from ``1..n`` is ``(n + 1) / (m + 1)``);
@@ -25,11 +26,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from math import lgamma
 
 import numpy as np
 
 from hashindex.core.errors import InputError
+from hashindex.evaluation.ties import first_target_rank, group_hit_probability
 
 # Score rows materialised per block (float32 [rows, Nb]): ~32 MB.
 _BLOCK_ELEMS = 1 << 23
@@ -61,7 +62,7 @@ class TargetRanks:
     def expected_rank(self) -> np.ndarray:
         """``float64 [Nq]``: 1-based expected rank of the first target (NaN without one)."""
         with np.errstate(invalid="ignore", divide="ignore"):
-            r = self.above + (self.tied + 1.0) / (self.targets_tied + 1.0)
+            r = first_target_rank(self.above, self.tied, self.targets_tied)
         return np.where(self.has_target, r, np.nan)
 
     def fraction_needed(self) -> np.ndarray:
@@ -71,19 +72,7 @@ class TargetRanks:
     def hit_probability(self, depth: np.ndarray | int) -> np.ndarray:
         """``float64 [Nq]``: probability that a target is among the first ``depth`` items."""
         t = np.broadcast_to(np.asarray(depth, dtype=np.int64), self.above.shape) - self.above
-        n, m = self.tied, self.targets_tied
-        take = np.clip(t, 0, n)
-        # C(n-m, take) / C(n, take) via log-gamma, one query at a time (Nq is small here)
-        miss = np.empty(n.shape, dtype=np.float64)
-        for q in range(n.size):
-            nq, mq, tq = int(n[q]), int(m[q]), int(take[q])
-            if mq == 0:
-                miss[q] = 1.0
-            elif tq > nq - mq:
-                miss[q] = 0.0
-            else:
-                miss[q] = np.exp(lgamma(nq - mq + 1) - lgamma(nq - mq - tq + 1) - lgamma(nq + 1) + lgamma(nq - tq + 1))
-        return np.where(t <= 0, 0.0, 1.0 - miss)
+        return group_hit_probability(self.tied, self.targets_tied, t)
 
 
 def _blocks(nq: int, nb: int) -> Iterator[tuple[int, int]]:

@@ -10,7 +10,7 @@
 * :func:`fuse_backbone_and_head`: one graph ``images -> backbone -> L2 norm -> features ->
   head -> codes, embedding`` with ``onnx.compose``.
 
-All three append the same in-graph packing tail (:func:`hashindex.core.onnx_contract.code_packing_nodes`)
+All three append the same in-graph packing tail (:func:`hashindex.export.graph.code_packing_nodes`)
 so ``codes`` come out as FAISS-ordered uint8 bytes, write the ``hashindex.*`` metadata, run
 ``onnx.checker`` (full check, with shape inference) and write the file atomically.
 torch is imported only inside :func:`export_model`.
@@ -30,14 +30,11 @@ import numpy as np
 
 from hashindex.core.codes import binarize
 from hashindex.core.errors import InputError, NotFittedError
+from hashindex.core.io import atomic_write_bytes
 from hashindex.serving.hashers import LinearHasher
-from hashindex.core.onnx_contract import (
-    EMBEDDING,
+from hashindex.core.onnx_contract import EMBEDDING, BackboneInfo, InputSpec, ModelMetadata, TrainingInfo
+from hashindex.export.graph import (
     OPSET,
-    BackboneInfo,
-    InputSpec,
-    ModelMetadata,
-    TrainingInfo,
     add_code_outputs,
     data_inputs,
     finalize_model,
@@ -77,16 +74,7 @@ def save_model(model: "onnx.ModelProto", path: str | os.PathLike) -> None:
     """``onnx.checker`` (full check) then write to a temporary sibling and rename into place."""
     onnx = require_onnx()
     onnx.checker.check_model(model, full_check=True)
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(model.SerializeToString())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write_bytes(path, model.SerializeToString())
 
 
 def read_metadata(path: str | os.PathLike) -> ModelMetadata:
@@ -252,7 +240,7 @@ def export_model_dir(model_dir: str | os.PathLike, out_path: str | os.PathLike, 
     The training loss and date go into ``hashindex.training``; ``data`` names the training set
     when the directory does not record it.
     """
-    from hashindex.training.loop import load_checkpoint
+    from hashindex.training.checkpoints import load_checkpoint
 
     model, config, _ = load_checkpoint(model_dir)
     loss = config.loss if config is not None else "unknown"

@@ -1,6 +1,6 @@
 """Named training recipes for hash heads over face embeddings (needs torch).
 
-A recipe is everything beyond :class:`~hashindex.training.loop.TrainConfig` that a run needs: how the
+A recipe is everything beyond :class:`~hashindex.training.config.TrainConfig` that a run needs: how the
 head starts (fresh, or from a fitted PCA / ITQ projection so that learning starts at the
 baseline's codes) and whether a similarity-distillation term
 (:mod:`hashindex.training.losses.distill`) joins the identity loss. ``RECIPES["learned"]`` is the
@@ -18,7 +18,9 @@ import torch
 from hashindex.core.errors import InputError
 from hashindex.serving.hashers import make_hasher
 from hashindex.training.models import HashHead
-from hashindex.training.loop import TrainConfig, TrainResult, _training_rows, train_hasher
+from hashindex.training.config import TrainConfig, TrainResult
+from hashindex.training.data import training_rows
+from hashindex.training.loop import train_hasher
 
 INITS = (None, "pca", "itq")
 
@@ -135,7 +137,7 @@ def fit_recipe(
             raise InputError(f"unknown recipe {recipe!r}; choose one of {sorted(RECIPES)}")
         recipe = RECIPES[recipe]
     cfg = recipe.train_config(bits, seed, **overrides)
-    _, y = _training_rows(np.asarray(labels), cfg.min_samples)
+    _, y = training_rows(np.asarray(labels), cfg.min_samples)
     torch.manual_seed(seed)
     model = initial_head(recipe, features, bits)
     loss = build_loss(recipe, bits, int(y.max()) + 1)

@@ -1,4 +1,4 @@
-"""Identity-disjoint train / validation split (numpy only).
+"""Identity-level row selection (numpy only): the train / validation split and the trainable rows.
 
 Retrieval is evaluated on people the model has never seen, so the split is over identities,
 not rows: every row of an identity lands on the same side.
@@ -42,3 +42,15 @@ def identity_split(
     val_classes = np.random.default_rng(seed).permutation(classes)[:n_val]
     is_val = np.isin(labels, val_classes)
     return np.flatnonzero(~is_val).astype(np.int64), np.flatnonzero(is_val).astype(np.int64)
+
+
+def training_rows(labels: np.ndarray, min_samples: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of identities with >= ``min_samples`` rows, and their labels remapped to ``0..C-1``.
+
+    Returns ``(rows int64 [M], labels int64 [M])``; ``labels.max() + 1`` is the number of
+    classes an identity loss over these rows needs.
+    """
+    _, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    rows = np.flatnonzero(counts[inverse.reshape(-1)] >= min_samples)
+    _, y = np.unique(labels[rows], return_inverse=True)
+    return rows, y.reshape(-1).astype(np.int64)

@@ -6,7 +6,8 @@ float ``[B, K]`` in [-1, 1] (the tanh output) and labels int64 ``[B]`` (CSQ mult
 
 Layout: :mod:`.distances` (pairwise distances, label masks, reductions) and :mod:`.mining`
 (triplet miners) are the shared functional core; :mod:`.centers` generates CSQ hash centers;
-:mod:`.nmi` scores clusterings; one module per loss family; :mod:`.quantization` holds the
+one module per loss family (clusterings are scored with
+:func:`hashindex.evaluation.clustering.nmi_batch`); :mod:`.quantization` holds the
 quantization penalties and :class:`CombinedLoss`.
 """
 

@@ -23,7 +23,7 @@ CenterKind = Literal["auto", "hadamard", "bernoulli"]
 _BLOCK_FLOATS = 1 << 24
 # Up to this many bits, candidate replacement codes are *all* 2^K codes instead of random ones.
 _EXHAUSTIVE_BITS = 12
-# Multiply-adds the greedy improvement of Bernoulli centers may spend by default (~1-2 s on a core).
+# Multiply-adds the greedy improvement of Bernoulli centers may spend by default (timing: benchmarks/README.md).
 _ATTEMPT_BUDGET = 1 << 34
 
 
@@ -205,8 +205,8 @@ def bernoulli_centers(
     Hamming distance (fewest rows at that minimum on ties), then improves it greedily: centers at
     the minimum are replaced by the best of ``candidates`` fresh random codes (all 2^K codes when
     K <= 12, so duplicates disappear whenever ``2^K >= C``). ``max_attempts`` candidate batches
-    bound the work (default: about 2^34 multiply-adds in all, at most ``4 C``); 10,000 centers at
-    64 bits take a few seconds on one core. Deterministic for a given ``seed``.
+    bound the work (default: about 2^34 multiply-adds in all, at most ``4 C``; timings in
+    benchmarks/README.md). Deterministic for a given ``seed``.
     """
     return _bernoulli_centers_and_min(bits, num_classes, seed, draws, candidates, max_attempts)[0]
 

@@ -13,7 +13,7 @@ from hashindex.training.losses.distances import (
     check_non_negative,
     pairwise_distances,
 )
-from hashindex.training.losses.nmi import nmi_batch
+from hashindex.evaluation.clustering import nmi_batch
 
 
 def oracle_medoids(dist: np.ndarray, labels: np.ndarray) -> np.ndarray:

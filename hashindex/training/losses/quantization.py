@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from hashindex.core.errors import InputError
-from hashindex.training.losses.distances import check_choice, check_non_negative
+from hashindex.training.losses.distances import check_choice, check_non_negative, safe_sqrt
 
 QuantizationKind = Literal["logcosh", "l2"]
 QUANTIZATION_KINDS: tuple[str, ...] = get_args(QuantizationKind)
@@ -41,10 +41,7 @@ def quantization_penalty(codes: torch.Tensor, kind: QuantizationKind = "logcosh"
     if kind == "logcosh":
         return log_cosh(gap).mean()
     # safe norm: zero gradient (not NaN) for a code already exactly at a corner
-    sq = (gap * gap).sum(dim=1)
-    ok = sq > 0
-    norms = torch.where(ok, torch.sqrt(torch.where(ok, sq, torch.ones_like(sq))), torch.zeros_like(sq))
-    return norms.mean()
+    return safe_sqrt((gap * gap).sum(dim=1), eps=0.0).mean()
 
 
 class QuantizationLoss(torch.nn.Module):

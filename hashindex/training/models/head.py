@@ -13,14 +13,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from hashindex.core.bits import check_bits
 from hashindex.core.errors import InputError
 from hashindex.core.onnx_contract import InputSpec
-
-
-def check_bits(bits: int) -> int:
-    if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) or bits <= 0 or bits % 8:
-        raise InputError(f"bits must be a positive multiple of 8, got {bits!r}")
-    return int(bits)
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from torch.nn import functional as F
 from hashindex.core.preprocess import FACE_PREPROCESSING, ImagePreprocessing
 from hashindex.core.errors import InputError
 from hashindex.core.onnx_contract import InputSpec
-from hashindex.training.models.head import check_bits
+from hashindex.core.bits import check_bits
 
 BACKBONES = ("resnet18",)
 FEATURE_DIMS = {"resnet18": 512}

@@ -1,0 +1,120 @@
+"""What the command groups share: argument types, output-path checks, loading rows, baselines.
+
+Argument types turn a bad value into one argparse error line (exit 2) instead of a traceback
+deep inside the library.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hashindex.core.errors import InputError
+
+INT32_MAX = 2**31 - 1
+"""Largest -k / --radius / count FAISS takes (its ids and distances are 32-bit here)."""
+
+
+def _int(text: str, low: int, what: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+    if value < low:
+        raise argparse.ArgumentTypeError(f"expected {what}, got {value}")
+    if value > INT32_MAX:
+        raise argparse.ArgumentTypeError(f"{value} is too large (at most {INT32_MAX:,})")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer in ``1 .. 2**31 - 1``."""
+    return _int(text, 1, "a positive integer")
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer in ``0 .. 2**31 - 1``."""
+    return _int(text, 0, "a non-negative integer")
+
+
+def int_list(text: str) -> tuple[int, ...]:
+    """"256,128" -> (256, 128); "" or "none" -> ()."""
+    if text.strip().lower() in ("", "none"):
+        return ()
+    try:
+        return tuple(int(v) for v in text.split(","))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from e
+
+
+def radius_list(text: str) -> tuple[int, ...]:
+    """Comma-separated Hamming radii, each non-negative and within int32."""
+    if text.strip().lower() in ("", "none"):
+        return ()
+    return tuple(non_negative_int(v) for v in text.split(","))
+
+
+def float_list(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from e
+
+
+def loss_param(text: str) -> tuple[str, Any]:
+    """KEY=VALUE with VALUE read as JSON when it parses (numbers, true/false), else a string."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
+def out_dir(path: str | os.PathLike) -> Path:
+    """An output directory: InputError when ``path`` names an existing file."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise InputError(f"--out {p}: is a file, expected a directory")
+    return p
+
+
+def out_file(path: str | os.PathLike) -> Path:
+    """An output file: InputError when ``path`` names an existing directory."""
+    p = Path(path)
+    if p.is_dir():
+        raise InputError(f"--out {p}: is a directory, expected a file")
+    return p
+
+
+def load_rows(path: str | os.PathLike, what: str = "embeddings"):
+    """:func:`~hashindex.training.data.load_embeddings`, InputError for a file with no rows."""
+    from hashindex.training.data.embeddings import load_embeddings
+
+    data = load_embeddings(path)
+    if not len(data):
+        raise InputError(f"{path}: the {what} file has no rows")
+    return data
+
+
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit L2 norm (what a cosine index hashes)."""
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def fit_baseline(kind: str, features: np.ndarray, bits: int | None):
+    """An untrained hasher fitted as the (cosine) index fits one: on L2-normalised features.
+
+    ``sign`` keeps the feature dimension as its code length (``bits`` ignored). ``eval`` and
+    ``export`` both fit their baselines here, so a baseline is measured as it is exported.
+    """
+    from hashindex.serving.hashers import make_hasher
+
+    dim = features.shape[1]
+    return make_hasher(kind, dim, bits if kind != "sign" else dim).fit(unit_rows(features))
