@@ -53,13 +53,6 @@ def check_positive_int(value: int, name: str) -> int:
     return int(value)
 
 
-def check_bits(bits: int, name: str = "bits") -> int:
-    """A code length: a positive multiple of 8 (codes are packed into bytes)."""
-    if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) or bits <= 0 or bits % 8:
-        raise InputError(f"{name} must be a positive multiple of 8, got {bits!r}")
-    return int(bits)
-
-
 def check_radius(radius: int) -> int:
     if isinstance(radius, bool) or not isinstance(radius, (int, np.integer)) or radius < 0:
         raise InputError(f"radius must be a non-negative integer (Hamming distance), got {radius!r}")

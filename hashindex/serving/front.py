@@ -30,8 +30,8 @@ import numpy as np
 
 from hashindex.core.codes import binarize, check_codes, pre_tanh
 from hashindex.core.errors import DuplicateIdError, InputError, ModelMismatchError, NotFittedError, UnsupportedError
+from hashindex.core.bits import check_bits
 from hashindex.core.validation import (
-    check_bits,
     check_id_list,
     check_new_ids,
     check_positive_int,

@@ -18,6 +18,7 @@ from typing import Protocol, runtime_checkable
 import faiss
 import numpy as np
 
+from hashindex.core.bits import check_bits
 from hashindex.core.codes import binarize, check_codes
 from hashindex.core.errors import IndexFormatError, InputError, NotFittedError
 from hashindex.core.validation import check_features
@@ -55,8 +56,7 @@ class LinearHasher:
     bias: np.ndarray | None = None
 
     def __post_init__(self) -> None:
-        if self.bits <= 0 or self.bits % 8:
-            raise InputError(f"bits must be a positive multiple of 8, got {self.bits}")
+        self.bits = check_bits(self.bits)
         if self.dim <= 0:
             raise InputError(f"dim must be positive, got {self.dim}")
 
