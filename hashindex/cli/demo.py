@@ -213,8 +213,8 @@ def run_demo(cfg: DemoConfig, verbose: bool = True) -> DemoReport:
     for r in radii:
         report.rows.append(_measure(index, data, truth, cfg.k, f"radius <= {r}", radius=r))
     for c in cfg.budgets:
-        report.rows.append(_measure(index, data, truth, cfg.k, f"budget {c}", candidates=c))
-    report.rows.append(_measure(index, data, truth, cfg.k, f"auto (>= {10 * cfg.k})"))
+        report.rows.append(_measure(index, data, truth, cfg.k, f"budget {c}", candidates=c, ranking="hamming"))
+    report.rows.append(_measure(index, data, truth, cfg.k, f"auto (>= {10 * cfg.k})", ranking="hamming"))
 
     say("")
     say(f"{'mode':<18s} {'recall@1':>8s} {'recall@10':>9s} {'same-id@1':>9s} {'cand. mean':>11s} {'median':>9s} {'queries/s':>11s}")
