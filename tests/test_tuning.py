@@ -268,3 +268,24 @@ def test_no_warning_for_auto_partitions_below_the_threshold(gallery):
         warnings.simplefilter("error")
         point = index.tune(recall=0.8, k=3, sample=200, progress=False)
     assert point.nprobe is None
+
+
+def test_cli_build_tunes_by_default_and_search_takes_recall_and_nprobe(gallery, tmp_path, capsys):
+    from hashindex.cli import main
+    from hashindex.training.data import EmbeddingSet, save_embeddings
+
+    x, _ = gallery
+    save_embeddings(tmp_path / "g.npz", EmbeddingSet(x[:3000]))
+    assert main(["build", "--features", str(tmp_path / "g.npz"), "--bits", "64", "--recall", "0.9", "-k", "5",
+                 "--out", str(tmp_path / "tuned"), "--quiet"]) == 0  # fmt: skip
+    assert "tuned for recall@1 >= 0.9 (k=5)" in capsys.readouterr().out
+    assert set(HashIndex.load(tmp_path / "tuned").operating_points) == {(0.9, 5)}
+    assert main(["build", "--features", str(tmp_path / "g.npz"), "--bits", "64", "--no-tune",
+                 "--out", str(tmp_path / "plain"), "--quiet"]) == 0  # fmt: skip
+    assert not HashIndex.load(tmp_path / "plain").operating_points
+    search = ["search", "--index", str(tmp_path / "tuned"), "--queries", str(tmp_path / "g.npz"), "--quiet", "-k", "5"]
+    assert main([*search, "--recall", "0.9"]) == 0
+    assert main([*search, "--nprobe", "2"]) == 2  # 3,000 items: no partition stage under partitions='auto'
+    assert "needs a partition stage" in capsys.readouterr().err
+    assert main([*search, "--recall", "1.5"]) == 2
+    assert "a recall target is in (0, 1]" in capsys.readouterr().err
