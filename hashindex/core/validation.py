@@ -80,6 +80,32 @@ def check_search_args(k: int, radius: int | None, candidates: int | None) -> tup
     return k, radius, candidates
 
 
+def check_recall(recall: float, name: str = "recall") -> float:
+    """A recall target in (0, 1]: a fraction of queries whose true nearest neighbour is found."""
+    if isinstance(recall, bool) or not isinstance(recall, (int, float, np.integer, np.floating)):
+        raise InputError(f"{name} must be a number in (0, 1], got {recall!r}")
+    value = float(recall)
+    if not 0.0 < value <= 1.0:  # also refuses NaN
+        raise InputError(f"{name} must be in (0, 1] (a fraction, not a percentage), got {recall!r}")
+    return value
+
+
+def check_tuning_args(
+    nprobe: int | None, recall: float | None, radius: int | None, candidates: int | None
+) -> tuple[int | None, float | None]:
+    """``nprobe`` (lists to scan, > 0) and ``recall`` (target in (0, 1]) for asymmetric search:
+    neither goes with a Hamming ``radius``; ``recall`` picks candidates and nprobe itself."""
+    nprobe = None if nprobe is None else check_positive_int(nprobe, "nprobe")
+    recall = None if recall is None else check_recall(recall)
+    if radius is not None and (nprobe is not None or recall is not None):
+        raise InputError("radius selects by Hamming distance; nprobe= and recall= set the asymmetric stage")
+    if recall is not None and (candidates is not None or nprobe is not None):
+        raise InputError(
+            "recall= picks candidates and nprobe from a tuned operating point: give recall, or candidates/nprobe, not both"
+        )
+    return nprobe, recall
+
+
 def check_id_list(ids: np.ndarray) -> np.ndarray:
     """Ids for remove / get_features: a scalar or 1-D integers -> int64 ``[n]``."""
     a = np.atleast_1d(np.asarray(ids))

@@ -7,17 +7,25 @@ supplies storage and candidate generation through a handful of hooks (``_insert`
 so a check added to the front holds for every backend; an option a backend cannot honour raises
 :class:`~hashindex.core.errors.UnsupportedError` naming the backend.
 
-Search modes (``radius`` is inclusive, ARCHITECTURE.md §2):
-- ``radius=r``: every item within Hamming <= r is a candidate;
-- ``candidates=c``: the c best-ranked items;
-- neither: for Hamming ranking, the smallest radius giving each query at least ``10 * k``
-  candidates (multi-probe); for asymmetric ranking, ``10 * k`` candidates.
-Candidates are reranked by exact similarity on the stored features, best first.
-
 Ranking (``ranking=``): ``"hamming"`` orders items by Hamming distance between codes;
 ``"asymmetric"`` by ``<z, 2b - 1>``, the query's continuous projection ``z`` (before the sign)
 against each item's bits (serving/candidates/asymmetric.py). ``radius`` is a Hamming rule and
-always ranks by Hamming distance.
+always ranks by Hamming distance. The default (``ranking=None``) is asymmetric when the hasher
+has ``project()`` and the backend scores it, else Hamming (always Hamming with ``radius`` or
+``query_codes``).
+
+Search modes (``radius`` is inclusive, ARCHITECTURE.md §2):
+- ``radius=r``: every item within Hamming <= r is a candidate (Hamming ranking);
+- ``candidates=c``: the c best-ranked items;
+- ``nprobe=p`` (asymmetric, backends with a partition stage): rank only the items of the p
+  k-means lists nearest to the query (serving/candidates/partitions.py);
+- ``recall=r``: the index's tuned operating point for recall@1 >= r (serving/tuning.py;
+  tuned on the spot if the index has none for that target);
+- none of these: Hamming ranking takes the smallest radius giving each query at least
+  ``10 * k`` candidates (multi-probe); asymmetric ranking takes the operating point tuned for
+  :data:`DEFAULT_RECALL` if the index has one, else the flat scan with
+  :func:`default_candidates` (``max(50 * k, 500)``) candidates.
+Candidates are reranked by exact similarity on the stored features, best first.
 """
 
 from __future__ import annotations
@@ -32,6 +40,8 @@ from hashindex.core.codes import binarize, check_codes, pre_tanh
 from hashindex.core.errors import DuplicateIdError, InputError, ModelMismatchError, NotFittedError, UnsupportedError
 from hashindex.core.bits import check_bits
 from hashindex.core.validation import (
+    check_recall,
+    check_tuning_args,
     check_id_list,
     check_new_ids,
     check_positive_int,
@@ -50,6 +60,7 @@ from hashindex.serving.hashers import (
     make_hasher,
 )
 from hashindex.serving.rerank import METRICS
+from hashindex.serving.tuning import DEFAULT_RECALL, OperatingPoint
 
 RANKINGS = ("hamming", "asymmetric")
 # 128-bit codes + rerank beat HNSW at recall@1 0.95 on 1M face-like embeddings where 64-bit
@@ -57,6 +68,17 @@ RANKINGS = ("hamming", "asymmetric")
 DEFAULT_BITS = 128
 
 CSR = tuple[np.ndarray, np.ndarray, np.ndarray]  # lims [nq+1], ids or positions [M], hamming [M]
+
+
+def default_candidates(k: int) -> int:
+    """Candidates of an untuned asymmetric search: ``max(50 * k, 500)``.
+
+    The flat asymmetric scan's recall@1 at 1M ITQ-128 face-like items (k = 10, one thread,
+    /work/scratch/ivf/REPORT.md) was 0.986 / 0.988 / 0.993 at 100 / 200 / 500 candidates, and
+    its cost barely moves with c there (686 / 733 / 643 q/s: the scan dominates), so 500 is the
+    smallest measured count reaching 0.99; 50 per result keeps that margin for larger k.
+    """
+    return max(50 * k, 500)
 
 
 @dataclass
@@ -143,6 +165,8 @@ class IndexFront:
         self.bits = int(hasher.bits)
         self.metric = check_metric(metric)
         self._nbytes = self.bits // 8
+        # (recall target, k) -> tuned setting; see tune() and serving/tuning.py
+        self._operating_points: dict[tuple[float, int], OperatingPoint] = {}
 
     # -- hooks --------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -178,8 +202,23 @@ class IndexFront:
     def _codes_of(self, ids: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
-    def _search_encoded(self, x, qcodes, z, k: int, radius: int | None, candidates: int | None) -> SearchResult:
+    def _search_encoded(
+        self, x, qcodes, z, k: int, radius: int | None, candidates: int | None, nprobe: int | None = None
+    ) -> SearchResult:
+        """Candidates and rerank for checked queries; ``nprobe`` only with ``z`` (asymmetric)."""
         raise NotImplementedError
+
+    def _check_nprobe(self, nprobe: int) -> None:
+        """Raise unless this index can scan ``nprobe`` partition lists now."""
+        raise UnsupportedError(f"nprobe= scans partition lists, which the {self.backend_name} backend does not have")
+
+    def _tuning_partitions(self) -> tuple[int | None, list[int]]:
+        """(nlist, nprobe values to try) for the tuner; (None, []) without a partition stage."""
+        return None, []
+
+    def _exact_knn(self, x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Exact top-k over every stored item: (ids int64 [nq, k], scores float32 [nq, k])."""
+        raise UnsupportedError(f"the {self.backend_name} backend has no exact search to tune against")
 
     def _range_encoded(self, qcodes: np.ndarray, radius: int) -> CSR:
         """All items within Hamming <= radius: ``(lims, ids, hamming)`` (the index is not empty)."""
@@ -315,7 +354,9 @@ class IndexFront:
         radius: int | None = None,
         candidates: int | None = None,
         *,
-        ranking: str = "hamming",
+        ranking: str | None = None,
+        nprobe: int | None = None,
+        recall: float | None = None,
         query_codes: np.ndarray | None = None,
     ) -> SearchResult:
         """Candidates from the codes, then exact top-k on the stored features.
@@ -324,14 +365,20 @@ class IndexFront:
             queries: float ``[nq, D]``.
             k: results per query.
             radius: take every item within Hamming <= radius.
-            candidates: take the ``candidates`` best-ranked items (default: multi-probe
-                for Hamming ranking, ``10 * k`` for asymmetric ranking).
-            ranking: "hamming" or "asymmetric" (the query's continuous projection against the
-                items' bits; needs a hasher with ``project``, and no ``radius``).
+            candidates: take the ``candidates`` best-ranked items (default: multi-probe for
+                Hamming ranking; the tuned or default setting for asymmetric ranking, see the
+                module docstring).
+            ranking: "hamming", "asymmetric" (the query's continuous projection against the
+                items' bits; needs a hasher with ``project``, and no ``radius``), or None: the
+                backend's default (:attr:`default_ranking`).
+            nprobe: scan only the ``nprobe`` nearest partition lists (asymmetric ranking on an
+                index with partitions).
+            recall: use (or tune, see :meth:`tune`) the operating point for recall@1 >= recall.
             query_codes: precomputed query codes (skips the hasher; Hamming ranking only).
         """
         k, radius, candidates = check_search_args(k, radius, candidates)
-        self._check_ranking(ranking, radius)
+        nprobe, recall = check_tuning_args(nprobe, recall, radius, candidates)
+        ranking = self._resolve_ranking(ranking, radius, nprobe, recall, query_codes is not None)
         x = self._prepare_features(queries, name="queries")
         if ranking == "hamming":
             qcodes = self._encode(x) if query_codes is None else check_query_codes(query_codes, self._nbytes, x.shape[0])
@@ -339,7 +386,87 @@ class IndexFront:
         if query_codes is not None:
             raise InputError("asymmetric ranking needs the query features' projection, not precomputed codes")
         z = self._project(x)
-        return self._search_encoded(x, binarize(z), z, k, radius, candidates)
+        candidates, nprobe = self._asymmetric_settings(k, candidates, nprobe, recall)
+        return self._search_encoded(x, binarize(z), z, k, radius, candidates, nprobe)
+
+    @property
+    def default_ranking(self) -> str:
+        """What ``search`` ranks by when ``ranking`` is not given (and no radius or query codes are):
+        "asymmetric" when the backend scores it and the hasher has ``project()``, else "hamming"."""
+        if "asymmetric" in self.RANKINGS and callable(getattr(self.hasher, "project", None)):
+            return "asymmetric"
+        return "hamming"
+
+    def _resolve_ranking(self, ranking, radius, nprobe, recall, has_query_codes: bool) -> str:
+        if ranking is None:
+            if nprobe is not None or recall is not None:
+                ranking = "asymmetric"  # only the asymmetric stage has these knobs
+            elif radius is not None or has_query_codes:
+                ranking = "hamming"  # Hamming rules: a radius, codes without features' projection
+            else:
+                ranking = self.default_ranking
+        self._check_ranking(ranking, radius)
+        if ranking == "hamming" and (nprobe is not None or recall is not None):
+            raise InputError("nprobe= and recall= set the asymmetric stage; Hamming ranking takes radius= or candidates=")
+        return ranking
+
+    def _asymmetric_settings(self, k, candidates, nprobe, recall) -> tuple[int, int | None]:
+        """(candidates, nprobe) for an asymmetric search: as given; else the operating point for
+        ``recall`` (tuned now if missing) or for DEFAULT_RECALL (if tuned); else the default."""
+        if nprobe is not None:
+            self._check_nprobe(nprobe)
+        if candidates is not None or nprobe is not None:
+            return (candidates if candidates is not None else default_candidates(k)), nprobe
+        point = self.operating_point(DEFAULT_RECALL if recall is None else recall, k)
+        if point is None:
+            if recall is None:
+                return default_candidates(k), None
+            point = self.tune(recall=recall, k=k)
+        if point.nprobe is not None:
+            self._check_nprobe(point.nprobe)
+        return max(point.candidates, k), point.nprobe
+
+    # -- recall targets ---------------------------------------------------------------------------
+    @property
+    def operating_points(self) -> dict[tuple[float, int], OperatingPoint]:
+        """Tuned settings keyed by (recall target, k) (a copy)."""
+        return dict(self._operating_points)
+
+    def operating_point(self, recall: float = DEFAULT_RECALL, k: int = 10) -> OperatingPoint | None:
+        """The tuned setting for ``recall`` and ``k``, else the one for the same target and the
+        smallest larger k (it ranks at least as many candidates), else None."""
+        recall, k = check_recall(recall), check_positive_int(k, "k")
+        points = self._operating_points
+        if (recall, k) in points:
+            return points[(recall, k)]
+        larger = sorted(kk for (r, kk) in points if r == recall and kk > k)
+        return points[(recall, larger[0])] if larger else None
+
+    def tune(
+        self, recall: float = DEFAULT_RECALL, k: int = 10, sample: int = 1000, seed: int = 0, *, progress: bool = True
+    ) -> OperatingPoint:
+        """Find and keep the cheapest asymmetric setting reaching recall@1 >= ``recall``.
+
+        Measured on ``sample`` of the index's own items (each query is a stored item's feature,
+        its own match excluded): the flat scan at a few candidate counts and, where the index
+        has or can build partitions, nprobe x candidates (serving/tuning.py). The point is kept
+        under (recall, k), saved in the index manifest, and used by ``search`` when asked for
+        that recall (and by default for :data:`DEFAULT_RECALL`). If no setting reaches the
+        target, the most accurate one measured is kept, with a warning.
+        """
+        from hashindex.serving import tuning
+
+        recall, k = check_recall(recall), check_positive_int(k, "k")
+        sample = check_positive_int(sample, "sample")
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+            raise InputError(f"seed must be an integer, got {seed!r}")
+        if "asymmetric" not in self.RANKINGS:
+            raise UnsupportedError(f"tune() sets asymmetric search, which the {self.backend_name} backend does not do")
+        self._project(np.zeros((0, self.dim), np.float32))  # a hasher without project(): say so before measuring
+        point = tuning.tune(self, recall, k, sample, int(seed), progress)
+        with self._writing():
+            self._operating_points[(recall, k)] = point
+        return point
 
     def range_search(self, queries: np.ndarray, radius: int) -> CSR:
         """All items within Hamming <= ``radius``, without reranking.
@@ -376,13 +503,18 @@ class IndexFront:
         radius: int | None = None,
         candidates: int | None = None,
         *,
-        ranking: str = "hamming",
+        ranking: str | None = None,
+        nprobe: int | None = None,
+        recall: float | None = None,
     ) -> SearchResult:
         """:meth:`search` with preprocessed query images ``float32 [nq, 3, H, W]``."""
         k, radius, candidates = check_search_args(k, radius, candidates)
-        self._check_ranking(ranking, radius)
+        nprobe, recall = check_tuning_args(nprobe, recall, radius, candidates)
+        ranking = self._resolve_ranking(ranking, radius, nprobe, recall, False)
         out = self._image_encoder().run(images)
         x = self._prepare_features(out.features, name="queries")
-        z = pre_tanh(out.embedding) if ranking == "asymmetric" else None
-        return self._search_encoded(x, out.codes, z, k, radius, candidates)
+        if ranking == "hamming":
+            return self._search_encoded(x, out.codes, None, k, radius, candidates)
+        candidates, nprobe = self._asymmetric_settings(k, candidates, nprobe, recall)
+        return self._search_encoded(x, out.codes, pre_tanh(out.embedding), k, radius, candidates, nprobe)
 

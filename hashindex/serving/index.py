@@ -7,7 +7,9 @@ row arrays and finds candidates with FAISS.
 Backends for the Hamming stage: ``flat`` (IndexBinaryFlat, exact for everything and the source
 of truth), ``hash`` (IndexBinaryHash) and ``multihash`` (IndexBinaryMultiHash), both exact for
 range queries by the nflip / nhash rules, and ``auto`` (see :meth:`HashIndex.backend_for`).
-Asymmetric ranking scans the same codes with FAISS fast-scan PQ (candidates/asymmetric.py).
+Asymmetric ranking scans the same codes with FAISS fast-scan PQ (candidates/asymmetric.py),
+either all of them (the flat scan) or, with ``nprobe``, only the k-means lists nearest to the
+query (the partition stage, candidates/partitions.py; see ``partitions=``).
 """
 
 from __future__ import annotations
@@ -15,8 +17,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import threading
+import warnings
 from pathlib import Path
 
+import faiss
 import numpy as np
 
 from hashindex.core.codes import hamming_pairs
@@ -25,13 +30,15 @@ from hashindex.core.validation import check_positive_int
 from hashindex.serving import persist
 from hashindex.serving.candidates.asymmetric import AsymmetricCandidates
 from hashindex.serving.candidates.binary import FlatCandidates, HashCandidates, MultiHashCandidates
-from hashindex.serving.candidates.modes import DEFAULT_CANDIDATES_PER_K, knn_to_csr, select_candidates
+from hashindex.serving.candidates.modes import knn_to_csr, select_candidates
+from hashindex.serving.candidates.partitions import PartitionStage, nlist_for
 from hashindex.serving.front import (
     DEFAULT_BITS,
     RANKINGS,
     IndexFront,
     SearchResult,
     check_ranking,
+    default_candidates,
     empty_csr,
     resolve_hasher,
 )
@@ -39,6 +46,7 @@ from hashindex.serving.hashers import Hasher, LinearHasher
 from hashindex.serving.locks import ReadWriteLock
 from hashindex.serving.rerank import rerank
 from hashindex.serving.store import RowStore
+from hashindex.serving.tuning import nprobe_grid, points_from_manifest, points_to_manifest
 
 __all__ = ["HashIndex", "SearchResult", "DEFAULT_BITS", "RANKINGS", "check_ranking", "describe"]
 
@@ -47,6 +55,15 @@ FEATURE_DTYPES = ("float32", "float16")
 # auto: accelerators pay off only on large galleries and small radii (benchmarks/backends.py).
 AUTO_MIN_ITEMS = 100_000
 AUTO_MAX_RADIUS = 3
+_EXACT_BLOCK = 1 << 18  # gallery rows per exact-search block (float16 stores are converted per block)
+# partitions="auto" builds a partition stage from this many items. The flat asymmetric scan
+# costs ~1.4 ms per 1M items per query and the partition stage a fixed ~0.1-0.2 ms (coarse
+# search, per-list overhead) plus the lists it scans, so it can only win where the flat scan
+# costs well above that: ~100k items and up (REPORT.md, an estimate from the 1M measurements);
+# below it k-means would also train on fewer than 64 points per list of 2*sqrt(N) lists.
+PARTITION_MIN_ITEMS = 100_000
+PARTITION_MODES = ("auto",)
+_PARTITION_FILES = ("partition_centroids.npy", "partition_assign.npy")
 
 
 class HashIndex(IndexFront):
@@ -62,6 +79,15 @@ class HashIndex(IndexFront):
         metric: "cosine" (features L2-normalised on the way in), "ip" or "l2".
         backend: "flat", "hash", "multihash" or "auto".
         feature_dtype: "float32" or "float16" for the feature store.
+        partitions: the partition stage searched with ``nprobe`` (asymmetric ranking):
+            ``"auto"`` (default) builds ``nlist_for(N)`` (~2 sqrt(N), a power of two) lists once
+            the index holds ``PARTITION_MIN_ITEMS`` items; an int builds that many lists (the
+            index must hold at least that many items); ``None`` never builds one. It is built
+            on first use (``nprobe=``, or :meth:`tune`), kept in step by ``add``, rebuilt after
+            ``remove`` and saved with the index. Without one, searches scan every code (the
+            flat scan) and :meth:`tune` measures only that.
+        partition_spill: lists each item is put in (1; 2 is "spilling": higher recall per
+            probed list at twice the list memory).
     """
 
     def __init__(
@@ -74,8 +100,15 @@ class HashIndex(IndexFront):
         metric: str = "cosine",
         backend: str = "auto",
         feature_dtype: str = "float32",
+        partitions: str | int | None = "auto",
+        partition_spill: int = 1,
     ):
         dim = check_positive_int(dim, "dim")
+        if partitions is not None and partitions not in PARTITION_MODES:
+            if isinstance(partitions, str):
+                raise InputError(f"partitions must be 'auto', a number of lists or None, got {partitions!r}")
+            partitions = check_positive_int(partitions, "partitions (number of lists)")
+        partition_spill = check_positive_int(partition_spill, "partition_spill")
         if backend not in BACKENDS:
             raise InputError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
         if feature_dtype not in FEATURE_DTYPES:
@@ -92,6 +125,13 @@ class HashIndex(IndexFront):
         self._accel: dict[str, HashCandidates | MultiHashCandidates | AsymmetricCandidates] = {}
         self._id_lookup: tuple[np.ndarray, np.ndarray] | None = None  # (sorted ids, positions)
         self._lock = ReadWriteLock()
+        self.partitions = partitions
+        self.partition_spill = partition_spill
+        # the partition stage, once trained: its coarse quantizer (+ lists, built lazily) and the
+        # assignment int32 [N, spill], a row array beside the codes (compacts and saves with them)
+        self._part: PartitionStage | None = None
+        self._part_assign: RowStore | None = None
+        self._build_lock = threading.Lock()  # searches build lazily under the read lock: one at a time
 
     # -- basic facts -----------------------------------------------------------------------
     def __len__(self) -> int:
@@ -100,7 +140,7 @@ class HashIndex(IndexFront):
     def __repr__(self) -> str:
         return (
             f"HashIndex(dim={self.dim}, bits={self.bits}, n={len(self)}, metric={self.metric!r}, "
-            f"backend={self.backend!r}, feature_dtype={self.feature_dtype!r})"
+            f"backend={self.backend!r}, feature_dtype={self.feature_dtype!r}, partitions={self.partitions!r})"
         )
 
     @property
@@ -117,10 +157,14 @@ class HashIndex(IndexFront):
 
     def memory_usage(self) -> dict[str, int]:
         """Bytes held per component (codes are held twice: the store and the FAISS flat index;
-        a third time once an asymmetric search has built its scanner)."""
+        a third time once an asymmetric search has built its scanner, and "codes" also counts
+        the partition stage: its lists of codes and ids, assignment and centroids)."""
         asym = self._accel.get("asymmetric")
+        part = 0
+        if self._part is not None:
+            part = self._part.nbytes + self._part_assign.nbytes
         return {
-            "codes": self._codes.nbytes * 2 + (asym.nbytes if asym is not None else 0),
+            "codes": self._codes.nbytes * 2 + (asym.nbytes if asym is not None else 0) + part,
             "ids": self._ids.nbytes,
             "features": self._features.nbytes,
         }
@@ -137,6 +181,10 @@ class HashIndex(IndexFront):
 
     def _insert(self, codes: np.ndarray, x: np.ndarray, ids: np.ndarray) -> None:
         # everything is validated; from here on nothing can fail on user input
+        if self._part is not None:  # new items join their nearest lists
+            assign = self._part.assign(x)
+            self._part.append(codes, len(self), assign)
+            self._part_assign.append(assign)
         self._codes.append(codes)
         self._ids.append(ids)
         self._features.append(x)
@@ -154,6 +202,10 @@ class HashIndex(IndexFront):
             store.keep(keep)
         self._flat.rebuild(self._codes.array)
         self._accel.clear()  # hash indexes have no remove_ids: rebuilt lazily on next use
+        if self._part is not None:
+            # positions compact: keep the assignment's rows, rebuild the lists from it on next use
+            self._part_assign.keep(keep)
+            self._part.drop_lists()
         self._id_lookup = None
 
     def _features_of(self, ids: np.ndarray) -> np.ndarray:
@@ -234,21 +286,95 @@ class HashIndex(IndexFront):
     def _candidates(self, qcodes: np.ndarray, k: int, radius: int | None, candidates: int | None):
         return select_candidates(qcodes, k, radius, candidates, len(self), self.bits, self._range, self._knn)
 
-    def _asymmetric_candidates(self, z: np.ndarray, k: int, candidates: int | None):
-        """CSR candidates by asymmetric score; their Hamming column is 0 (filled in for the
-        k results only, after the rerank)."""
-        c = min(candidates or DEFAULT_CANDIDATES_PER_K * k, len(self))
-        pos, _ = self._generator("asymmetric").knn(z, c)
+    def _asymmetric_candidates(self, x: np.ndarray, z: np.ndarray, k: int, candidates: int | None, nprobe: int | None):
+        """CSR candidates by asymmetric score, from every code or (``nprobe``) the nearest lists;
+        their Hamming column is 0 (filled in for the k results only, after the rerank)."""
+        c = min(candidates or default_candidates(k), len(self))
+        if nprobe is None:
+            pos, _ = self._generator("asymmetric").knn(z, c)
+        else:
+            pos, _ = self._partitioned().knn(x, z, c, nprobe)
         return knn_to_csr(pos, np.zeros(pos.shape, np.int32))
 
+    # -- partition stage -------------------------------------------------------------------------
+    def _partition_plan(self) -> tuple[int | None, str]:
+        """(lists the stage has or would be built with now, or None; why not, if None)."""
+        if self._part is not None:
+            return self._part.nlist, ""
+        n = len(self)
+        if self.partitions is None:
+            return None, "this index has no partition stage (partitions=None)"
+        if self.partitions == "auto":
+            if n < PARTITION_MIN_ITEMS:
+                return None, (
+                    f"partitions='auto' builds a partition stage from {PARTITION_MIN_ITEMS:,} items and this index "
+                    f"holds {n:,}: below that the flat scan (no nprobe) is as fast; to force one, build the index "
+                    f"with partitions=<number of lists>"
+                )
+            return nlist_for(n), ""
+        if self.partitions > n:
+            return None, (
+                f"more lists than items: partitions={self.partitions} but the index holds {n:,} items, too few to "
+                f"train {self.partitions} k-means lists (use fewer lists, or partitions='auto')"
+            )
+        return self.partitions, ""
+
+    def _check_nprobe(self, nprobe: int) -> None:
+        with self._lock.read():
+            nlist, why = self._partition_plan()
+        if nlist is None:
+            raise InputError(f"nprobe={nprobe} needs a partition stage: {why}")
+        if nprobe > nlist:
+            raise InputError(f"nprobe={nprobe} exceeds the partition stage's {nlist} lists")
+
+    def _partitioned(self) -> PartitionStage:
+        """The partition stage with its lists, trained and built on first use (under the read lock)."""
+        with self._build_lock:
+            if self._part is None:
+                nlist, why = self._partition_plan()
+                if nlist is None:
+                    raise InputError(why)
+                stage = PartitionStage.train(self.bits, self._features.array, nlist, self.metric, self.partition_spill)
+                self._part_assign = RowStore((stage.spill,), np.int32, stage.assign(self._features.array))
+                self._part = stage
+            if not self._part.has_lists:
+                self._part.build(self._codes.array, self._part_assign.array)
+            return self._part
+
+    def _tuning_partitions(self) -> tuple[int | None, list[int]]:
+        with self._lock.read():
+            nlist, why = self._partition_plan()
+        if nlist is None:
+            if isinstance(self.partitions, int):  # asked for, but cannot be trained: say so
+                warnings.warn(f"tuning the flat scan only: {why}", stacklevel=4)
+            return None, []
+        return nlist, nprobe_grid(nlist)
+
+    def _exact_knn(self, x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Exact top-k over every stored item (the tuner's ground truth), in blocks of rows."""
+        metric = faiss.METRIC_L2 if self.metric == "l2" else faiss.METRIC_INNER_PRODUCT
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        with self._lock.read():
+            features, n = self._features.array, len(self)
+            k = min(k, n)
+            heap = faiss.ResultHeap(x.shape[0], k, keep_max=metric == faiss.METRIC_INNER_PRODUCT)
+            for lo in range(0, n, _EXACT_BLOCK):
+                block = np.ascontiguousarray(features[lo : lo + _EXACT_BLOCK], dtype=np.float32)
+                d, i = faiss.knn(x, block, k, metric=metric)
+                heap.add_result(d, np.where(i >= 0, i + lo, -1))
+            heap.finalize()
+            return self._ids.array[heap.I], heap.D
+
     # -- search (the front has checked and encoded the queries) ------------------------------------
-    def _search_encoded(self, x, qcodes, z, k: int, radius: int | None, candidates: int | None) -> SearchResult:
+    def _search_encoded(
+        self, x, qcodes, z, k: int, radius: int | None, candidates: int | None, nprobe: int | None = None
+    ) -> SearchResult:
         """``qcodes`` always, ``z`` (the queries' projections) for asymmetric ranking."""
         with self._lock.read():
             if len(self) == 0:
                 lims, positions, hamming = empty_csr(x.shape[0])
             elif z is not None:
-                lims, positions, hamming = self._asymmetric_candidates(z, k, candidates)
+                lims, positions, hamming = self._asymmetric_candidates(x, z, k, candidates, nprobe)
             else:
                 lims, positions, hamming = self._candidates(qcodes, k, radius, candidates)
             pos, scores, ham = rerank(x, self._features.array, lims, positions, hamming, k, self.metric)
@@ -275,12 +401,21 @@ class HashIndex(IndexFront):
                 "feature_dtype": self.feature_dtype,
                 "count": len(self),
                 "next_id": self._next_id,
+                "partitions": self.partitions,
+                "partition_spill": self.partition_spill,
             }
             writers = {
                 "codes.npy": lambda p: np.save(p, self._codes.array),
                 "ids.npy": lambda p: np.save(p, self._ids.array),
                 "features.npy": lambda p: np.save(p, self._features.array),
             }
+            if self._part is not None:  # centroids + assignment; the lists are rebuilt from codes.npy
+                manifest["partition_nlist"] = self._part.nlist
+                part, assign = self._part, self._part_assign
+                writers["partition_centroids.npy"] = lambda p: np.save(p, part.centroids)
+                writers["partition_assign.npy"] = lambda p: np.save(p, assign.array)
+            if self._operating_points:
+                manifest["operating_points"] = points_to_manifest(self._operating_points)
             if isinstance(self.hasher, LinearHasher):
                 if not self.hasher.is_fitted:
                     raise NotFittedError("cannot save an index whose hasher is not fitted")
@@ -305,7 +440,9 @@ class HashIndex(IndexFront):
     ) -> "HashIndex":
         """Load an index directory, checking every file's SHA-256 (``verify``).
 
-        ``mmap``: memory-map the feature store instead of reading it into memory.
+        ``mmap``: memory-map the feature store (and the partition assignment) instead of reading
+        them into memory. A saved partition stage comes back with its centroids and assignment;
+        its lists are rebuilt from the codes on first use.
         ``encoder``: use this ONNX encoder instead of the stored model copy; it must be the very
         model the index was built with (same SHA-256 and bits).
         """
@@ -335,7 +472,10 @@ class HashIndex(IndexFront):
             raise ModelMismatchError(f"hasher gives {hasher.bits} bits, index was built with {bits}")
 
         try:
-            index = cls(dim, hasher, metric=metric, backend=backend, feature_dtype=fdtype)
+            index = cls(
+                dim, hasher, metric=metric, backend=backend, feature_dtype=fdtype,
+                partitions=m.get("partitions", "auto"), partition_spill=m.get("partition_spill", 1),
+            )  # fmt: skip
         except InputError as e:
             raise IndexFormatError(f"{root}: invalid manifest ({e})") from None
         codes = _load_array(root / "codes.npy", np.uint8, (count, bits // 8), mmap=False)
@@ -348,7 +488,41 @@ class HashIndex(IndexFront):
         index._features = RowStore((dim,), np.dtype(fdtype), features)
         index._flat.rebuild(codes)
         index._next_id = max(int(m.get("next_id", 0)), int(ids.max()) + 1 if count else 0)
+        index._load_partitions(root, m, mmap)
         return index
+
+    def _load_partitions(self, root: Path, m: dict, mmap: bool) -> None:
+        """The saved partition stage and operating points, checked against each other: a point
+        this index cannot honour (nprobe without the stage, or over its lists) is refused."""
+        present = [name for name in _PARTITION_FILES if name in m["files"]]
+        if present and len(present) != len(_PARTITION_FILES):
+            raise IndexFormatError(f"{root}: partition stage incomplete (has {present}, needs {list(_PARTITION_FILES)})")
+        if present:
+            nlist = m.get("partition_nlist")
+            if isinstance(nlist, bool) or not isinstance(nlist, int) or nlist <= 0:
+                raise IndexFormatError(f"{root}: manifest has partition files but partition_nlist={nlist!r}")
+            centroids = _load_array(root / "partition_centroids.npy", np.float32, (nlist, self.dim), mmap=False)
+            assign = _load_array(
+                root / "partition_assign.npy", np.int32, (len(self), self.partition_spill), mmap=mmap
+            )
+            if assign.size and (int(assign.min()) < 0 or int(assign.max()) >= nlist):
+                raise IndexFormatError(f"{root}/partition_assign.npy: list numbers outside 0..{nlist - 1}")
+            self._part = PartitionStage(self.bits, centroids, self.metric, self.partition_spill)
+            self._part_assign = RowStore((self.partition_spill,), np.int32, assign)
+        try:
+            points = points_from_manifest(m.get("operating_points", {}))
+        except InputError as e:
+            raise IndexFormatError(f"{root}: bad operating_points in the manifest ({e})") from None
+        for (target, k), point in points.items():
+            if point.nprobe is None:
+                continue
+            if self._part is None or point.nlist != self._part.nlist:
+                have = "no partition stage" if self._part is None else f"{self._part.nlist} lists"
+                raise IndexFormatError(
+                    f"{root}: the operating point for recall {target:g}, k={k} scans {point.nprobe} of "
+                    f"{point.nlist} partition lists but the saved index has {have}: it cannot honour it"
+                )
+        self._operating_points = points
 
 
 def _load_array(path: Path, dtype: np.dtype, shape: tuple[int, ...], mmap: bool) -> np.ndarray:

@@ -443,7 +443,9 @@ class MilvusHashIndex(IndexFront):
         return self._hamming_search(qcodes, c, None)
 
     # -- search (the front has checked and encoded the queries) ------------------------------------
-    def _search_encoded(self, x, qcodes, z, k: int, radius: int | None, candidates: int | None) -> SearchResult:
+    def _search_encoded(
+        self, x, qcodes, z, k: int, radius: int | None, candidates: int | None, nprobe: int | None = None
+    ) -> SearchResult:
         n = len(self)
         if n == 0:
             lims, cand, hamming = empty_csr(x.shape[0])
