@@ -73,10 +73,10 @@ CSR = tuple[np.ndarray, np.ndarray, np.ndarray]  # lims [nq+1], ids or positions
 def default_candidates(k: int) -> int:
     """Candidates of an untuned asymmetric search: ``max(50 * k, 500)``.
 
-    The flat asymmetric scan's recall@1 at 1M ITQ-128 face-like items (k = 10, one thread,
-    /work/scratch/ivf/REPORT.md) was 0.986 / 0.988 / 0.993 at 100 / 200 / 500 candidates, and
-    its cost barely moves with c there (686 / 733 / 643 q/s: the scan dominates), so 500 is the
-    smallest measured count reaching 0.99; 50 per result keeps that margin for larger k.
+    On the 1M face-like benchmark gallery (k = 10) 500 was the smallest measured count whose
+    recall@1 reached 0.99, and the scan, not the rerank, dominates the cost there, so a few
+    hundred extra candidates are nearly free; 50 per result keeps the margin for larger k
+    (benchmarks/README.md, "Partition stage").
     """
     return max(50 * k, 500)
 

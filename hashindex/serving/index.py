@@ -59,7 +59,7 @@ _EXACT_BLOCK = 1 << 18  # gallery rows per exact-search block (float16 stores ar
 # partitions="auto" builds a partition stage from this many items. The flat asymmetric scan
 # costs ~1.4 ms per 1M items per query and the partition stage a fixed ~0.1-0.2 ms (coarse
 # search, per-list overhead) plus the lists it scans, so it can only win where the flat scan
-# costs well above that: ~100k items and up (REPORT.md, an estimate from the 1M measurements);
+# costs well above that: ~100k items and up (an estimate from the 1M measurements in benchmarks/README.md);
 # below it k-means would also train on fewer than 64 points per list of 2*sqrt(N) lists.
 PARTITION_MIN_ITEMS = 100_000
 PARTITION_MODES = ("auto",)

@@ -13,10 +13,9 @@ counts as "every list"), skips settings it can already tell are dominated; we al
 that cannot reach the target or cannot beat the cheapest one that did. The cheapest measured
 setting reaching the target is returned as an :class:`OperatingPoint`.
 
-Grid and cost at 1M items, one thread (REPORT.md numbers): 6 candidate values x (6 nprobe
-values + flat), most pruned; the exact ground truth for 1,000 queries is ~6 s, a flat setting
-~1.5-2 s, a partitioned one 0.1-0.6 s, so tuning takes well under a minute once the partition
-stage exists (building it -- k-means plus list assignment -- takes another ~20-40 s).
+The grid is 6 candidate values x (6 nprobe values + flat), most of it pruned, so that tuning a
+1M-item index takes under a minute on one core once the partition stage exists (timings in
+benchmarks/README.md).
 """
 
 from __future__ import annotations

@@ -20,10 +20,9 @@ An item may sit in ``s`` lists (assignment ``int32 [N, s]``, ``s = 1`` by defaul
 is "spilling", which raises the recall a given ``nprobe`` can reach at twice the list memory);
 :func:`probe` then drops repeated positions before the rerank.
 
-Measured on 1M ITQ-128 face-like codes, one thread (/work/scratch/ivf/REPORT.md): nlist 2048,
-nprobe 256, c 20 gives recall@1 0.953 at 19x exact search; recall@1 0.99 needs ~50% of the lists
-probed, where the flat asymmetric scan is as fast. So the stage pays for recall targets up to
-~0.97; the tuner (serving/tuning.py) decides per index.
+Whether it pays depends on the recall target: on face-like embeddings high targets need a large
+share of the lists probed, where the flat scan is as fast (benchmarks/README.md, "Partition
+stage"), so the tuner (serving/tuning.py) decides per index.
 
 This module is numpy + faiss only: a small functional core (layout, k-means, assignment,
 packing, probing) and :class:`PartitionStage`, which holds one coarse quantizer and its lists.
@@ -39,7 +38,7 @@ import numpy as np
 from hashindex.serving.candidates.asymmetric import SUB_BITS, sign_patterns
 
 # faiss.Kmeans samples at most this many points per centroid; 64 keeps k-means at 1M items and
-# 2048 lists to ~10-30 s on one core with recall indistinguishable from 256 (REPORT.md).
+# 2048 lists to ~10-30 s on one core with recall indistinguishable from 256 (benchmarks/README.md).
 TRAIN_POINTS_PER_LIST = 64
 # FAISS warns below 39 training points per centroid; we refuse fewer than one (see
 # check_trainable) and leave the warning to FAISS's own threshold.
@@ -51,7 +50,7 @@ def nlist_for(n: int) -> int:
     """Lists for ``n`` items: about ``2 * sqrt(n)`` rounded to a power of two, at least 16.
 
     1024 and 2048 lists behaved alike at 1M at equal probed fraction, 2048 slightly better at
-    <= 12.5% probed; 4096 quadruples k-means time (REPORT.md).
+    <= 12.5% probed; 4096 quadruples k-means time (benchmarks/README.md).
     """
     return int(max(16, 2 ** round(np.log2(2 * np.sqrt(max(n, 1))))))
 
