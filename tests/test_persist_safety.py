@@ -248,6 +248,27 @@ def test_unlisted_codes_file_cannot_be_swapped_in(saved, tmp_path):
         HashIndex.load(root, verify=True)
 
 
+@pytest.mark.parametrize("bad_id", [-1, -(2**63), 2**63 - 1])
+def test_ids_outside_the_id_range_are_refused(bad_id, saved, tmp_path):
+    root = _copy(saved, tmp_path / "ix")
+    ids = np.load(root / "ids.npy")
+    ids[3] = bad_id
+    np.save(root / "ids.npy", ids)
+    _rewrite(root, lambda m: None)  # checksums match the hostile file
+    with pytest.raises(IndexFormatError, match="ids outside"):
+        HashIndex.load(root)
+
+
+def test_repeated_ids_are_refused(saved, tmp_path):
+    root = _copy(saved, tmp_path / "ix")
+    ids = np.load(root / "ids.npy")
+    ids[1] = ids[0]
+    np.save(root / "ids.npy", ids)
+    _rewrite(root, lambda m: None)
+    with pytest.raises(IndexFormatError, match="repeated"):
+        HashIndex.load(root)
+
+
 @pytest.mark.parametrize("depth", [50, 5_000, 200_000])
 def test_deeply_nested_manifest_is_refused_cleanly(depth, saved, tmp_path):
     root = _copy(saved, tmp_path / "ix")

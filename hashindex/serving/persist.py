@@ -241,7 +241,7 @@ def resolve_index_dir(path: str | os.PathLike) -> Path:
             warnings.warn(
                 f"{path} is missing but a save into it was interrupted; loading the previous index "
                 f"from {backup} (save again to restore {path})",
-                stacklevel=3,
+                stacklevel=4,  # resolve <- open_index_dir <- HashIndex.load <- the caller
             )
             return backup
         raise IndexFormatError(f"{path}: no such index directory")
