@@ -32,11 +32,14 @@ from hashindex.core.codes import binarize, check_codes, pre_tanh
 from hashindex.core.errors import DuplicateIdError, InputError, ModelMismatchError, NotFittedError, UnsupportedError
 from hashindex.core.bits import check_bits
 from hashindex.core.validation import (
+    as_array,
+    auto_ids,
     check_id_list,
     check_new_ids,
     check_positive_int,
     check_query_codes,
     check_radius,
+    check_result_size,
     check_search_args,
     prepare_features,
 )
@@ -119,6 +122,13 @@ def check_ranking(ranking: str, radius: int | None) -> None:
 
 def empty_csr(nq: int) -> CSR:
     return np.zeros(nq + 1, np.int64), np.empty(0, np.int64), np.empty(0, np.int32)
+
+
+def no_queries_result(k: int) -> SearchResult:
+    """The result of a search with zero queries (answered here: no backend is asked)."""
+    return SearchResult(
+        np.full((0, k), -1, np.int64), np.empty((0, k), np.float32), np.full((0, k), -1, np.int32), np.empty(0, np.int64)
+    )
 
 
 class IndexFront:
@@ -224,8 +234,7 @@ class IndexFront:
     def _new_ids(self, ids: np.ndarray | None, n: int) -> np.ndarray:
         """Ids for ``n`` new rows: the next auto ids, or the given ones checked (not yet stored)."""
         if ids is None:
-            start = self._next_auto_id()
-            return np.arange(start, start + n, dtype=np.int64)
+            return auto_ids(self._next_auto_id(), n)  # InputError rather than overflow past 2**63 - 2
         ids = check_new_ids(ids, n)
         present = self._present_mask(ids)
         if present.any():
@@ -322,23 +331,30 @@ class IndexFront:
 
         Args:
             queries: float ``[nq, D]``.
-            k: results per query.
-            radius: take every item within Hamming <= radius.
+            k: results per query, at most ``core.validation.MAX_K`` (and ``len(queries) * k``
+                at most ``MAX_RESULT_CELLS``); larger is refused before anything is allocated.
+            radius: take every item within Hamming <= radius (a radius beyond ``bits`` is
+                ``bits``: every item).
             candidates: take the ``candidates`` best-ranked items (default: multi-probe
                 for Hamming ranking, ``10 * k`` for asymmetric ranking).
             ranking: "hamming" or "asymmetric" (the query's continuous projection against the
                 items' bits; needs a hasher with ``project``, and no ``radius``).
             query_codes: precomputed query codes (skips the hasher; Hamming ranking only).
         """
-        k, radius, candidates = check_search_args(k, radius, candidates)
+        k, radius, candidates = check_search_args(k, radius, candidates, self.bits)  # radius > bits: every item
         self._check_ranking(ranking, radius)
         x = self._prepare_features(queries, name="queries")
+        check_result_size(x.shape[0], k)
         if ranking == "hamming":
             qcodes = self._encode(x) if query_codes is None else check_query_codes(query_codes, self._nbytes, x.shape[0])
+            if x.shape[0] == 0:
+                return no_queries_result(k)
             return self._search_encoded(x, qcodes, None, k, radius, candidates)
         if query_codes is not None:
             raise InputError("asymmetric ranking needs the query features' projection, not precomputed codes")
         z = self._project(x)
+        if x.shape[0] == 0:
+            return no_queries_result(k)
         return self._search_encoded(x, binarize(z), z, k, radius, candidates)
 
     def range_search(self, queries: np.ndarray, radius: int) -> CSR:
@@ -347,11 +363,11 @@ class IndexFront:
         ``queries`` are features (float ``[nq, D]``, encoded with the hasher) or packed codes
         (uint8 ``[nq, bits/8]``). Returns CSR ``(lims [nq+1], ids [M], hamming [M])``.
         """
-        radius = check_radius(radius)
-        q = np.asarray(queries)
+        radius = check_radius(radius, self.bits)
+        q = as_array(queries, "queries")
         qcodes = check_codes(q, self._nbytes) if q.dtype == np.uint8 else self._encode(self._prepare_features(q, "queries"))
         with self._reading():
-            if len(self) == 0:
+            if len(self) == 0 or qcodes.shape[0] == 0:
                 return empty_csr(qcodes.shape[0])
             return self._range_encoded(qcodes, radius)
 
@@ -379,10 +395,13 @@ class IndexFront:
         ranking: str = "hamming",
     ) -> SearchResult:
         """:meth:`search` with preprocessed query images ``float32 [nq, 3, H, W]``."""
-        k, radius, candidates = check_search_args(k, radius, candidates)
+        k, radius, candidates = check_search_args(k, radius, candidates, self.bits)
         self._check_ranking(ranking, radius)
         out = self._image_encoder().run(images)
         x = self._prepare_features(out.features, name="queries")
+        check_result_size(x.shape[0], k)
         z = pre_tanh(out.embedding) if ranking == "asymmetric" else None
+        if x.shape[0] == 0:
+            return no_queries_result(k)
         return self._search_encoded(x, out.codes, z, k, radius, candidates)
 
