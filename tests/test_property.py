@@ -153,7 +153,9 @@ class MilvusMachine(IndexMachine):
 
     def reopen(self):
         self.index.close()
-        return self.cls(DIM, uri=str(self.tmp / "m.db"), collection="prop")
+        # the hasher is passed again: a collection is only created (with the hasher's record)
+        # at the first insert, so reopening an index never written to would start unfitted
+        return self.cls(DIM, HASHER, metric="ip", uri=str(self.tmp / "m.db"), collection="prop")
 
     def teardown(self) -> None:
         self.index.close()
