@@ -14,7 +14,7 @@ onnx = pytest.importorskip("onnx", reason="building test models needs the train 
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 from hashindex.core.errors import HashIndexError, ModelMismatchError  # noqa: E402
-from hashindex.core.onnx_contract import code_packing_nodes  # noqa: E402
+from hashindex.export.graph import code_packing_nodes  # noqa: E402
 from hashindex.export.onnx import save_model  # noqa: E402
 from hashindex.serving.encoder import OnnxEncoder  # noqa: E402
 from hashindex.serving.index import HashIndex  # noqa: E402
