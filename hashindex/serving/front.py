@@ -40,6 +40,8 @@ from hashindex.core.codes import binarize, check_codes, pre_tanh
 from hashindex.core.errors import DuplicateIdError, InputError, ModelMismatchError, NotFittedError, UnsupportedError
 from hashindex.core.bits import check_bits
 from hashindex.core.validation import (
+    as_array,
+    auto_ids,
     check_recall,
     check_tuning_args,
     check_id_list,
@@ -47,6 +49,7 @@ from hashindex.core.validation import (
     check_positive_int,
     check_query_codes,
     check_radius,
+    check_result_size,
     check_search_args,
     prepare_features,
 )
@@ -141,6 +144,13 @@ def check_ranking(ranking: str, radius: int | None) -> None:
 
 def empty_csr(nq: int) -> CSR:
     return np.zeros(nq + 1, np.int64), np.empty(0, np.int64), np.empty(0, np.int32)
+
+
+def no_queries_result(k: int) -> SearchResult:
+    """The result of a search with zero queries (answered here: no backend is asked)."""
+    return SearchResult(
+        np.full((0, k), -1, np.int64), np.empty((0, k), np.float32), np.full((0, k), -1, np.int32), np.empty(0, np.int64)
+    )
 
 
 class IndexFront:
@@ -263,8 +273,7 @@ class IndexFront:
     def _new_ids(self, ids: np.ndarray | None, n: int) -> np.ndarray:
         """Ids for ``n`` new rows: the next auto ids, or the given ones checked (not yet stored)."""
         if ids is None:
-            start = self._next_auto_id()
-            return np.arange(start, start + n, dtype=np.int64)
+            return auto_ids(self._next_auto_id(), n)  # InputError rather than overflow past 2**63 - 2
         ids = check_new_ids(ids, n)
         present = self._present_mask(ids)
         if present.any():
@@ -363,8 +372,10 @@ class IndexFront:
 
         Args:
             queries: float ``[nq, D]``.
-            k: results per query.
-            radius: take every item within Hamming <= radius.
+            k: results per query, at most ``core.validation.MAX_K`` (and ``len(queries) * k``
+                at most ``MAX_RESULT_CELLS``); larger is refused before anything is allocated.
+            radius: take every item within Hamming <= radius (a radius beyond ``bits`` is
+                ``bits``: every item).
             candidates: take the ``candidates`` best-ranked items (default: multi-probe for
                 Hamming ranking; the tuned or default setting for asymmetric ranking, see the
                 module docstring).
@@ -376,16 +387,21 @@ class IndexFront:
             recall: use (or tune, see :meth:`tune`) the operating point for recall@1 >= recall.
             query_codes: precomputed query codes (skips the hasher; Hamming ranking only).
         """
-        k, radius, candidates = check_search_args(k, radius, candidates)
+        k, radius, candidates = check_search_args(k, radius, candidates, self.bits)  # radius > bits: every item
         nprobe, recall = check_tuning_args(nprobe, recall, radius, candidates)
         ranking = self._resolve_ranking(ranking, radius, nprobe, recall, query_codes is not None)
         x = self._prepare_features(queries, name="queries")
+        check_result_size(x.shape[0], k)
         if ranking == "hamming":
             qcodes = self._encode(x) if query_codes is None else check_query_codes(query_codes, self._nbytes, x.shape[0])
+            if x.shape[0] == 0:
+                return no_queries_result(k)
             return self._search_encoded(x, qcodes, None, k, radius, candidates)
         if query_codes is not None:
             raise InputError("asymmetric ranking needs the query features' projection, not precomputed codes")
         z = self._project(x)
+        if x.shape[0] == 0:
+            return no_queries_result(k)
         candidates, nprobe = self._asymmetric_settings(k, candidates, nprobe, recall)
         return self._search_encoded(x, binarize(z), z, k, radius, candidates, nprobe)
 
@@ -474,11 +490,11 @@ class IndexFront:
         ``queries`` are features (float ``[nq, D]``, encoded with the hasher) or packed codes
         (uint8 ``[nq, bits/8]``). Returns CSR ``(lims [nq+1], ids [M], hamming [M])``.
         """
-        radius = check_radius(radius)
-        q = np.asarray(queries)
+        radius = check_radius(radius, self.bits)
+        q = as_array(queries, "queries")
         qcodes = check_codes(q, self._nbytes) if q.dtype == np.uint8 else self._encode(self._prepare_features(q, "queries"))
         with self._reading():
-            if len(self) == 0:
+            if len(self) == 0 or qcodes.shape[0] == 0:
                 return empty_csr(qcodes.shape[0])
             return self._range_encoded(qcodes, radius)
 
@@ -508,11 +524,14 @@ class IndexFront:
         recall: float | None = None,
     ) -> SearchResult:
         """:meth:`search` with preprocessed query images ``float32 [nq, 3, H, W]``."""
-        k, radius, candidates = check_search_args(k, radius, candidates)
+        k, radius, candidates = check_search_args(k, radius, candidates, self.bits)
         nprobe, recall = check_tuning_args(nprobe, recall, radius, candidates)
         ranking = self._resolve_ranking(ranking, radius, nprobe, recall, False)
         out = self._image_encoder().run(images)
         x = self._prepare_features(out.features, name="queries")
+        check_result_size(x.shape[0], k)
+        if x.shape[0] == 0:
+            return no_queries_result(k)
         if ranking == "hamming":
             return self._search_encoded(x, out.codes, None, k, radius, candidates)
         candidates, nprobe = self._asymmetric_settings(k, candidates, nprobe, recall)

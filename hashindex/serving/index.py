@@ -26,7 +26,7 @@ import numpy as np
 
 from hashindex.core.codes import hamming_pairs
 from hashindex.core.errors import IndexFormatError, InputError, ModelMismatchError, NotFittedError, UnknownIdError
-from hashindex.core.validation import check_positive_int
+from hashindex.core.validation import MAX_ID, check_positive_int
 from hashindex.serving import persist
 from hashindex.serving.candidates.asymmetric import AsymmetricCandidates
 from hashindex.serving.candidates.binary import FlatCandidates, HashCandidates, MultiHashCandidates
@@ -445,29 +445,34 @@ class HashIndex(IndexFront):
         its lists are rebuilt from the codes on first use.
         ``encoder``: use this ONNX encoder instead of the stored model copy; it must be the very
         model the index was built with (same SHA-256 and bits).
+
+        The load is snapshot-consistent (:func:`~hashindex.serving.persist.open_index_dir`):
+        every file comes from one version of the directory even while another process saves
+        over it, and the manifest is schema-checked before any field is used.
         """
-        root = persist.resolve_index_dir(path)
-        m = persist.read_manifest(root, verify=verify)
-        try:
-            bits, dim, count = int(m["bits"]), int(m["dim"]), int(m["count"])
-            hasher_info = m["hasher"]
-            metric, backend, fdtype = m["metric"], m["backend"], m["feature_dtype"]
-        except (KeyError, TypeError, ValueError) as e:
-            raise IndexFormatError(f"{root}: manifest lacks a required field ({e})") from None
+        with persist.open_index_dir(path, verify=verify) as d:
+            return cls._from_snapshot(d, mmap, encoder)
 
-        if hasher_info.get("type") == "linear":
-            hasher = LinearHasher.load(root / "hasher.npz")
-        elif hasher_info.get("type") == "onnx":
-            from hashindex.serving.encoder import OnnxEncoder  # onnxruntime only when an ONNX model is used
+    @classmethod
+    def _from_snapshot(cls, d: persist.IndexDir, mmap: bool, encoder: Hasher | None) -> "HashIndex":
+        root, m = d.root, d.manifest  # fields typed and ranged by persist.INDEX_SCHEMA
+        bits, dim, count = m["bits"], m["dim"], m["count"]
+        metric, backend, fdtype = m["metric"], m["backend"], m["feature_dtype"]
 
-            hasher = encoder if encoder is not None else OnnxEncoder(root / "model.onnx")
-            if getattr(hasher, "sha256", None) != m.get("model_sha256"):
+        if m["hasher"]["type"] == "linear":
+            hasher = LinearHasher.load(d.file("hasher.npz"), where=d.path_of("hasher.npz"))
+        else:
+            if encoder is not None:
+                hasher = encoder
+            else:
+                from hashindex.serving.encoder import OnnxEncoder  # onnxruntime only when an ONNX model is used
+
+                hasher = OnnxEncoder(d.path_of("model.onnx"), model_bytes=d.read_bytes("model.onnx"))
+            if getattr(hasher, "sha256", None) != m["model_sha256"]:
                 raise ModelMismatchError(
                     f"model SHA-256 {getattr(hasher, 'sha256', None)} differs from the index's "
-                    f"{m.get('model_sha256')}: this index was built with another model"
+                    f"{m['model_sha256']}: this index was built with another model"
                 )
-        else:
-            raise IndexFormatError(f"{root}: unknown hasher type {hasher_info.get('type')!r}")
         if hasher.bits != bits:
             raise ModelMismatchError(f"hasher gives {hasher.bits} bits, index was built with {bits}")
 
@@ -478,22 +483,26 @@ class HashIndex(IndexFront):
             )  # fmt: skip
         except InputError as e:
             raise IndexFormatError(f"{root}: invalid manifest ({e})") from None
-        codes = _load_array(root / "codes.npy", np.uint8, (count, bits // 8), mmap=False)
-        ids = _load_array(root / "ids.npy", np.int64, (count,), mmap=False)
-        features = _load_array(root / "features.npy", np.dtype(fdtype), (count, dim), mmap=mmap)
+        codes = d.load_array("codes.npy", np.uint8, (count, bits // 8))
+        ids = d.load_array("ids.npy", np.int64, (count,))
+        features = d.load_array("features.npy", np.dtype(fdtype), (count, dim), mmap=mmap)
+        if count and (ids.min() < 0 or ids.max() > MAX_ID):
+            bad = ids[(ids < 0) | (ids > MAX_ID)]
+            raise IndexFormatError(f"{d.path_of('ids.npy')}: ids outside [0, 2**63 - 2]: {bad[:5].tolist()}")
         if np.unique(ids).size != ids.size:
-            raise IndexFormatError(f"{root}/ids.npy: repeated ids")
+            raise IndexFormatError(f"{d.path_of('ids.npy')}: repeated ids")
         index._codes = RowStore((bits // 8,), np.uint8, codes)
         index._ids = RowStore((), np.int64, ids)
         index._features = RowStore((dim,), np.dtype(fdtype), features)
         index._flat.rebuild(codes)
-        index._next_id = max(int(m.get("next_id", 0)), int(ids.max()) + 1 if count else 0)
-        index._load_partitions(root, m, mmap)
+        index._next_id = max(m["next_id"], int(ids.max()) + 1 if count else 0)
+        index._load_partitions(d, m, mmap)
         return index
 
-    def _load_partitions(self, root: Path, m: dict, mmap: bool) -> None:
+    def _load_partitions(self, d: persist.IndexDir, m: dict, mmap: bool) -> None:
         """The saved partition stage and operating points, checked against each other: a point
         this index cannot honour (nprobe without the stage, or over its lists) is refused."""
+        root = d.root
         present = [name for name in _PARTITION_FILES if name in m["files"]]
         if present and len(present) != len(_PARTITION_FILES):
             raise IndexFormatError(f"{root}: partition stage incomplete (has {present}, needs {list(_PARTITION_FILES)})")
@@ -501,12 +510,10 @@ class HashIndex(IndexFront):
             nlist = m.get("partition_nlist")
             if isinstance(nlist, bool) or not isinstance(nlist, int) or nlist <= 0:
                 raise IndexFormatError(f"{root}: manifest has partition files but partition_nlist={nlist!r}")
-            centroids = _load_array(root / "partition_centroids.npy", np.float32, (nlist, self.dim), mmap=False)
-            assign = _load_array(
-                root / "partition_assign.npy", np.int32, (len(self), self.partition_spill), mmap=mmap
-            )
+            centroids = d.load_array("partition_centroids.npy", np.float32, (nlist, self.dim))
+            assign = d.load_array("partition_assign.npy", np.int32, (len(self), self.partition_spill), mmap=mmap)
             if assign.size and (int(assign.min()) < 0 or int(assign.max()) >= nlist):
-                raise IndexFormatError(f"{root}/partition_assign.npy: list numbers outside 0..{nlist - 1}")
+                raise IndexFormatError(f"{d.path_of('partition_assign.npy')}: list numbers outside 0..{nlist - 1}")
             self._part = PartitionStage(self.bits, centroids, self.metric, self.partition_spill)
             self._part_assign = RowStore((self.partition_spill,), np.int32, assign)
         try:
@@ -525,20 +532,10 @@ class HashIndex(IndexFront):
         self._operating_points = points
 
 
-def _load_array(path: Path, dtype: np.dtype, shape: tuple[int, ...], mmap: bool) -> np.ndarray:
-    try:
-        arr = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
-    except (OSError, ValueError) as e:
-        raise IndexFormatError(f"{path}: unreadable array ({e})") from None
-    if arr.dtype != dtype or arr.shape != shape:
-        raise IndexFormatError(f"{path}: expected {np.dtype(dtype)} {shape}, found {arr.dtype} {arr.shape}")
-    return arr
-
-
 def describe(path: str | os.PathLike) -> str:
     """Human-readable summary of an index directory (for ``hashindex info``)."""
-    root = persist.resolve_index_dir(path)
-    m = persist.read_manifest(root, verify=True)
+    with persist.open_index_dir(path, verify=True) as d:
+        root, m = d.root, d.manifest
     size = sum(f["bytes"] for f in m["files"].values())
     lines = [f"{root}: hashindex format {m['format']}, all checksums OK"]
     for key in ("count", "dim", "bits", "metric", "backend", "feature_dtype", "model_sha256"):
