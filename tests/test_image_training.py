@@ -242,3 +242,27 @@ def test_start_from_weights_and_freeze(faces, tmp_path):
     for k, v in src.backbone.state_dict().items():  # frozen for its only epoch: backbone unchanged
         assert torch.equal(trained[k], v), k
     assert result.history[1]["frozen"] is True
+
+
+def test_recipe_judged_on_held_out_folds_falls_back_to_its_itq_start(tmp_path):
+    """The `learned` recipe is shipped only when it beats ITQ in every held-out identity fold;
+    otherwise the ITQ start ships, and its codes are ITQ's bit for bit."""
+    from hashindex.core.codes import binarize
+    from hashindex.serving.hashers import make_hasher
+    from hashindex.training.judge import fit_recipe_judged
+    from hashindex.training.loop import predict
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(40, 32))
+    y = np.repeat(np.arange(40), 5)
+    x = centres[y] + 0.8 * rng.normal(size=(200, 32))
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    out = tmp_path / "head"
+    res = fit_recipe_judged("learned", x, y, 16, folds=3, seed=0, out_dir=out, epochs=1, num_threads=1, p=8)
+    assert len(res.folds) == 3 and all({"learned", "start", "ratio"} <= set(f) for f in res.folds)
+    assert res.shipped == ("learned" if all(f["ratio"] < 1 for f in res.folds) else "start")
+    model, _, metrics = load_checkpoint(out)
+    assert metrics["shipped"] == res.shipped and len(metrics["folds"]) == 3
+    if res.shipped == "start":
+        itq = make_hasher("itq", 32, 16).fit(x)
+        np.testing.assert_array_equal(binarize(predict(model, x)), itq.encode(x))
