@@ -96,7 +96,7 @@ def part_images(x, y, paths, bits_list, folds, seed, args, log):
     from hashindex.core.codes import pre_tanh
     from hashindex.core.preprocess import FACE_PREPROCESSING
     from hashindex.training.image_training import ImageOptions, _fit, _Run, encode_images, identity_folds, teacher_start
-    from hashindex.training.loop import TrainConfig
+    from hashindex.training.config import TrainConfig
 
     rows = []
     names = sorted(set(Path(p).parent.name for p in paths))

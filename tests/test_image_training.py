@@ -23,7 +23,8 @@ from hashindex.training.image_training import (  # noqa: E402
     identity_folds,
     train_images,
 )
-from hashindex.training.loop import TrainConfig, load_checkpoint  # noqa: E402
+from hashindex.training.checkpoints import load_checkpoint  # noqa: E402
+from hashindex.training.config import TrainConfig  # noqa: E402
 
 LFW = Path(__file__).resolve().parents[2] / "shared/data/lfw"
 FACES, TEACHER = LFW / "faces", LFW / "MobileFaceNet.onnx"
@@ -266,3 +267,37 @@ def test_recipe_judged_on_held_out_folds_falls_back_to_its_itq_start(tmp_path):
     if res.shipped == "start":
         itq = make_hasher("itq", 32, 16).fit(x)
         np.testing.assert_array_equal(binarize(predict(model, x)), itq.encode(x))
+
+
+def test_cli_train_eval_export_images(faces, tmp_path, capsys):
+    """`hashindex train --images`, `eval --images`, `export --head` on an image model directory."""
+    from hashindex.cli import main
+    from hashindex.serving.encoder import OnnxEncoder
+
+    out = tmp_path / "cli_model"
+    argv = ["train", "--images", str(faces), "--out", str(out), "--bits", "16", "--loss", "csq", "--epochs", "1",
+            "--p", "2", "--k", "2", "--width", "8", "--work-size", "32", "--folds", "0", "--val-fraction", "0",
+            "--threads", "1", "--device", "cpu", "--quiet"]
+    assert main(argv) == 0
+    assert "shipping the learned model" in capsys.readouterr().out
+    assert main(["eval", "--model", str(out), "--images", str(faces), "--radii", "0,1,2"]) == 0
+    report = capsys.readouterr().out
+    assert "Pair distances (Table 1)" in report and "Recall vs candidates" in report
+    onnx_path = tmp_path / "cli_model.onnx"
+    assert main(["export", "--head", str(out), "--out", str(onnx_path)]) == 0
+    enc = OnnxEncoder(onnx_path, providers="cpu")
+    assert enc.kind == "images" and enc.bits == 16 and enc.has_features
+
+
+def test_cli_image_errors_exit_2_naming_the_file(faces, tmp_path, capsys):
+    from hashindex.cli import main
+
+    bad = tmp_path / "bad"
+    shutil.copytree(faces, bad)
+    (sorted(bad.iterdir())[0] / "broken.png").write_bytes(b"garbage")
+    base = ["--bits", "16", "--epochs", "1", "--p", "2", "--k", "2", "--width", "8", "--quiet", "--folds", "0"]
+    capsys.readouterr()
+    assert main(["train", "--images", str(bad), "--out", str(tmp_path / "m"), *base]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "broken.png" in err[0]
+    assert not (tmp_path / "m").exists() and not (tmp_path / "m.partial").exists()

@@ -28,16 +28,13 @@ def add_image_train_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--teacher", help="ONNX face model [N,3,112,112] -> [N,D] (e.g. MobileFaceNet.onnx): similarity "
                    "distillation target and the exported model's reranking features")
     g.add_argument("--distill-weight", type=float, default=1.0)
-    g.add_argument("--folds", type=int, default=3,
-                   help="identity folds judging the learned model against its ITQ start on held-out people "
-                   "(the start ships unless training wins in every fold; 0: not judged)")
     g.add_argument("--workers", type=int, default=0, help="image-decoding worker processes")
     g.add_argument("--resume", action="store_true", help="continue an interrupted run in OUT.partial")
 
 
 def run_image_train(args: argparse.Namespace) -> int:
     from hashindex.training.image_training import ImageOptions, train_images
-    from hashindex.training.loop import TrainConfig
+    from hashindex.training.config import TrainConfig
 
     config = TrainConfig(
         bits=args.bits, loss=args.loss or "softmax", loss_params=dict(args.loss_param), epochs=args.epochs or 10,
@@ -99,7 +96,8 @@ def image_eval_codes(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray, 
         from hashindex.core.preprocess import ImagePreprocessing
         from hashindex.training.image_training import encode_images
         from hashindex.training.data.images import ImageFolderDataset
-        from hashindex.training.loop import load_checkpoint, predict
+        from hashindex.training.checkpoints import load_checkpoint
+        from hashindex.training.loop import predict
 
         model, config, metrics = load_checkpoint(args.model)
         teacher = getattr(args, "teacher", None) or metrics.get("teacher")

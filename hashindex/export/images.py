@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -27,14 +28,9 @@ import numpy as np
 
 from hashindex.core.codes import binarize
 from hashindex.core.errors import InputError
-from hashindex.core.onnx_contract import (
-    CODES,
-    EMBEDDING,
-    FEATURES,
+from hashindex.core.onnx_contract import CODES, EMBEDDING, FEATURES, BackboneInfo, ModelMetadata, TrainingInfo
+from hashindex.export.graph import (
     OPSET,
-    BackboneInfo,
-    ModelMetadata,
-    TrainingInfo,
     _rename_value,
     add_code_outputs,
     data_inputs,
@@ -43,7 +39,7 @@ from hashindex.core.onnx_contract import (
     require_onnx,
     to_common_version,
 )
-from hashindex.export.onnx import fuse_backbone_and_head, save_model, export_model
+from hashindex.export.onnx import export_model, fuse_backbone_and_head, save_model
 
 if TYPE_CHECKING:
     import onnx
@@ -71,10 +67,12 @@ def _student_graph(model, with_features: bool) -> "onnx.ModelProto":
     was = model.training
     model.eval()
     try:
-        torch.onnx.export(
-            module, (example,), buf, dynamo=False, opset_version=OPSET, input_names=["images"], output_names=outputs,
-            dynamic_axes={"images": {0: "N"}, **{o: {0: "N"} for o in outputs}},
-        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter is deprecated, still fine here
+            torch.onnx.export(
+                module, (example,), buf, dynamo=False, opset_version=OPSET, input_names=["images"],
+                output_names=outputs, dynamic_axes={"images": {0: "N"}, **{o: {0: "N"} for o in outputs}},
+            )
     finally:
         model.train(was)
     return require_onnx().load_from_string(buf.getvalue())
@@ -194,7 +192,7 @@ def export_image_model_dir(model_dir: str | os.PathLike, out_path: str | os.Path
     import tempfile
 
     from hashindex.core.preprocess import ImagePreprocessing
-    from hashindex.training.loop import load_checkpoint
+    from hashindex.training.checkpoints import load_checkpoint
 
     model, config, metrics = load_checkpoint(model_dir)
     teacher = metrics.get("teacher")

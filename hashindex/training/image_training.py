@@ -47,18 +47,12 @@ from hashindex.core.codes import binarize
 from hashindex.core.errors import HashIndexError, IndexFormatError, InputError
 from hashindex.core.preprocess import FACE_PREPROCESSING, ImagePreprocessing
 from hashindex.serving.hashers import make_hasher
-from hashindex.training.data import PKSampler, identity_split
+from hashindex.core.io import json_safe
+from hashindex.training.checkpoints import save_model_dir
+from hashindex.training.config import TrainConfig
+from hashindex.training.data import PKSampler, identity_split, training_rows
 from hashindex.training.data.images import IMAGE_EXTENSIONS, Augment, ImageFolderDataset
-from hashindex.training.loop import (
-    SELECTION,
-    TrainConfig,
-    _optimizer,
-    _scheduler,
-    _training_rows,
-    resolve_device,
-    save_model_dir,
-    selection_metrics,
-)
+from hashindex.training.loop import _better, _optimizer, _scheduler, resolve_device, selection_metrics
 from hashindex.training.models import HashHead, ImageHashNet
 from hashindex.training.models.image_net import load_backbone_weights
 
@@ -287,20 +281,15 @@ class _Run:
         """Selection metrics of continuous codes ``h`` of ``rows``."""
         if self.teacher_features is not None:
             return selection_metrics(binarize(h), self.teacher_features[rows], self.labels[rows])
-        from hashindex.evaluation import metrics as hm
+        from hashindex.evaluation.ranking import map_at_r
 
-        return {"map_at_r": hm.map_at_r(binarize(h), self.labels[rows])}
+        return {"map_at_r": map_at_r(binarize(h), self.labels[rows])}
 
     def new_model(self) -> ImageHashNet:
         o = self.options
         work = None if o.work_size is None else (int(o.work_size), int(o.work_size))
         return ImageHashNet.create(self.config.bits, preprocess=self.preprocess, width=o.width, work_size=work,
                                    pretrained_path=o.weights)
-
-
-def _better(a: dict, b: dict, criterion: str) -> bool:
-    x, y = a[criterion], b[criterion]
-    return bool(np.isfinite(x)) and (not np.isfinite(y) or SELECTION[criterion] * (x - y) > 0)
 
 
 def _save_resume(path: Path, stage: str, epoch: int, model, opt, sched, best_state, best, best_epoch, history) -> None:
@@ -338,7 +327,7 @@ def _fit(run: _Run, rows: np.ndarray, stage: str) -> tuple[ImageHashNet, dict, l
         train_rows, val_rows = rows[tr], rows[va]
     else:
         train_rows, val_rows = rows, None
-    keep, y = _training_rows(run.labels[train_rows], cfg.min_samples)
+    keep, y = training_rows(run.labels[train_rows], cfg.min_samples)
     train_rows = train_rows[keep]
     sampler = PKSampler(y, cfg.p, cfg.k, seed=cfg.seed, small=cfg.small, min_samples=1)
     train_ds = run.dataset(train_rows, augment=True)
@@ -579,17 +568,7 @@ def _judge(run: _Run) -> list[dict]:
 
 def _json(x: Any) -> Any:
     """Plain JSON types (numpy scalars -> Python, NaN / inf -> None)."""
-    if isinstance(x, dict):
-        return {k: _json(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_json(v) for v in x]
-    if isinstance(x, (bool, np.bool_)):
-        return bool(x)
-    if isinstance(x, (int, np.integer)):
-        return int(x)
-    if isinstance(x, (float, np.floating)):
-        return float(x) if np.isfinite(x) else None
-    return x
+    return json.loads(json.dumps(json_safe(x)))
 
 
 __all__ = ["ImageOptions", "ImageTrainResult", "check_image_folder", "encode_images", "identity_folds",

@@ -25,7 +25,9 @@ from hashindex.core.codes import binarize
 from hashindex.core.errors import InputError
 from hashindex.serving.hashers import make_hasher
 from hashindex.training.image_training import identity_folds
-from hashindex.training.loop import TrainResult, predict, save_model_dir, selection_metrics
+from hashindex.training.checkpoints import save_model_dir
+from hashindex.training.config import TrainResult
+from hashindex.training.loop import predict, selection_metrics
 from hashindex.training.models import HashHead
 
 CRITERION = "p95_candidates"
