@@ -169,12 +169,15 @@ def _encode(args: argparse.Namespace, data) -> tuple[np.ndarray, str]:
         from hashindex.training.checkpoints import load_checkpoint
         from hashindex.training.loop import predict
 
-        model, config, _ = load_checkpoint(args.model)
+        model, config, metrics = load_checkpoint(args.model)
         if model.kind != "hash_head":
-            raise InputError(f"{args.model}: eval over embeddings needs a hash head, this is a {model.kind}")
+            raise InputError(f"{args.model}: eval over embeddings needs a hash head, this is a {model.kind} "
+                             "(evaluate it on an image folder with --images)")
         if model.in_dim != data.dim:
             raise InputError(f"{args.model}: model takes {model.in_dim}-d features, {args.data} has {data.dim}-d")
         name = f"learned ({config.loss})" if config is not None else "learned"
+        if metrics.get("shipped") == "start":
+            name = "ITQ start (training did not beat it on held-out identities)"
         return binarize(predict(model, data.features)), name
     fit = load_rows(args.fit_data, "fit").features if args.fit_data else data.features
     hasher = fit_baseline(args.hasher, fit, args.bits)
