@@ -52,7 +52,7 @@ from hashindex.training.checkpoints import save_model_dir
 from hashindex.training.config import TrainConfig
 from hashindex.training.data import PKSampler, identity_split, training_rows
 from hashindex.training.data.images import IMAGE_EXTENSIONS, Augment, ImageFolderDataset
-from hashindex.training.loop import _better, _optimizer, _scheduler, resolve_device, selection_metrics
+from hashindex.training.loop import Selection, _better, _optimizer, _scheduler, resolve_device, selection_metrics
 from hashindex.training.models import HashHead, ImageHashNet
 from hashindex.training.models.image_net import load_backbone_weights
 
@@ -292,12 +292,12 @@ class _Run:
                                    pretrained_path=o.weights)
 
 
-def _save_resume(path: Path, stage: str, epoch: int, model, opt, sched, best_state, best, best_epoch, history) -> None:
+def _save_resume(path: Path, stage: str, epoch: int, model, opt, sched, keep: Selection, history) -> None:
     payload = {
         "format": RESUME_FORMAT, "stage": stage, "epoch": epoch,
         "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "optimizer": opt.state_dict(), "scheduler": None if sched is None else sched.state_dict(),
-        "best_state": best_state, "best": json.dumps(best), "best_epoch": best_epoch,
+        "best_state": keep.state, "best": json.dumps(keep.best), "best_epoch": keep.epoch, "stale": keep.stale,
         "history": json.dumps(history), "rng": torch.get_rng_state(),
     }
     tmp = path.with_name(path.name + ".tmp")
@@ -362,16 +362,17 @@ def _fit(run: _Run, rows: np.ndarray, stage: str) -> tuple[ImageHashNet, dict, l
         opt.load_state_dict(state["optimizer"])
         if sched is not None and state["scheduler"] is not None:
             sched.load_state_dict(state["scheduler"])
-        best_state, best, best_epoch = state["best_state"], json.loads(state["best"]), int(state["best_epoch"])
+        keep = Selection(run.select, cfg.patience, val_ds is not None, json.loads(state["best"]), state["best_state"],
+                         int(state["best_epoch"]), int(state["stale"]))
         history, first = json.loads(state["history"]), int(state["epoch"]) + 1
         torch.set_rng_state(state["rng"])
         _report(run, f"[{stage}] resumed after epoch {first - 1}")
     else:
         best = validate()
         history = [{"epoch": 0, "loss": None, **best}]
-        best_state, best_epoch, first = copy.deepcopy(model.state_dict()), 0, 1
+        keep = Selection(run.select, cfg.patience, val_ds is not None, best, copy.deepcopy(model.state_dict()))
+        first = 1
         _report(run, f"[{stage}] " + _line(history[-1]))
-    stale = sum(1 for h in history if h["epoch"] > best_epoch)
     for epoch in range(first, cfg.epochs + 1):
         t0 = time.perf_counter()
         frozen = epoch <= o.freeze_epochs
@@ -398,20 +399,17 @@ def _fit(run: _Run, rows: np.ndarray, stage: str) -> tuple[ImageHashNet, dict, l
         history.append({"epoch": epoch, "loss": total / max(n, 1), "frozen": frozen,
                         "seconds": time.perf_counter() - t0, **metrics})
         _report(run, f"[{stage}] " + _line(history[-1]))
-        if val_ds is None or _better(metrics, best, run.select):
-            best, best_epoch, best_state, stale = metrics, epoch, copy.deepcopy(model.state_dict()), 0
-        else:
-            stale += 1
+        keep.update(metrics, epoch, model)  # the loop's rule: epoch 0 (the start) competes
         if resume_path is not None:
-            _save_resume(resume_path, stage, epoch, model, opt, sched, best_state, best, best_epoch, history)
-        if cfg.patience is not None and stale >= cfg.patience:
-            _report(run, f"[{stage}] early stop: no improvement in {run.select} for {stale} epochs")
+            _save_resume(resume_path, stage, epoch, model, opt, sched, keep, history)
+        if keep.should_stop:
+            _report(run, f"[{stage}] early stop: no improvement in {run.select} for {keep.stale} epochs")
             break
-    model.load_state_dict(best_state)
+    model.load_state_dict(keep.state)
     model = model.cpu().eval()
     if resume_path is not None:
         resume_path.unlink(missing_ok=True)
-    return model, {"best_epoch": best_epoch, **best}, history, start_state
+    return model, {"best_epoch": keep.epoch, **keep.best}, history, start_state
 
 
 def _report(run: _Run, text: str) -> None:
