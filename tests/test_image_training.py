@@ -301,3 +301,11 @@ def test_cli_image_errors_exit_2_naming_the_file(faces, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "broken.png" in err[0]
     assert not (tmp_path / "m").exists() and not (tmp_path / "m.partial").exists()
+
+
+def test_folds_too_small_for_p_x_k_leave_nothing(faces, tmp_path):
+    """6 identities pass the folder check for p=4, but 3 folds leave 4 training identities, of
+    which the epoch-selection split keeps fewer than 4: a clear error, no directory."""
+    with pytest.raises(HashIndexError, match="p=4"):
+        train_images(faces, _config(p=4, val_fraction=0.3), _options(folds=3), out_dir=tmp_path / "m", progress=False)
+    assert not (tmp_path / "m").exists() and not (tmp_path / "m.partial").exists()

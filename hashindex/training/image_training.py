@@ -523,6 +523,12 @@ def train_images(
             note = ("training beat the start in every held-out fold: shipping the learned model" if folds else
                     "not judged on held-out folds (folds < 2): shipping the learned model")
         _report(run, note)
+    except HashIndexError:
+        # bad input found late (e.g. a fold too small for P x K): resuming cannot fix it, so
+        # leave no partial directory behind; interruptions and crashes keep theirs for --resume
+        if work is not None:
+            shutil.rmtree(work, ignore_errors=True)
+        raise
     finally:
         torch.set_num_threads(threads)
 
