@@ -26,6 +26,13 @@ def check_metric(metric: str) -> str:
     return metric
 
 
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """``float [N, D]`` -> a float32 copy with L2-normalised rows (FAISS's normalize_L2)."""
+    out = np.array(x, dtype=np.float32, order="C", copy=True)
+    faiss.normalize_L2(out)
+    return out
+
+
 class ExactTopK:
     """Exact top-``width`` gallery rows of fixed queries, the gallery added chunk by chunk.
 
@@ -45,10 +52,7 @@ class ExactTopK:
         self._heap = faiss.ResultHeap(self.queries.shape[0], self.width, keep_max=metric != "l2")
 
     def _prepare(self, x: np.ndarray) -> np.ndarray:
-        if self.metric == "cosine":
-            x = x.copy()
-            faiss.normalize_L2(x)
-        return x
+        return unit_rows(x) if self.metric == "cosine" else x
 
     def add(self, chunk: np.ndarray) -> None:
         """Merge the next gallery rows into every query's top list."""
