@@ -18,6 +18,11 @@ Ranking (``ranking=``): ``"hamming"`` orders items by Hamming distance between c
 ``"asymmetric"`` by ``<z, 2b - 1>``, the query's continuous projection ``z`` (before the sign)
 against each item's bits (serving/candidates/asymmetric.py). ``radius`` is a Hamming rule and
 always ranks by Hamming distance.
+
+Identity-aware search (serving/filters.py, serving/grouping.py): items may carry a label (the
+identity); ``filter_ids`` / ``filter_labels`` restrict the candidates before ranking;
+``group_by="label"`` returns the k best distinct labels; ``min_score`` drops results below an
+open-set threshold (calibrated by hashindex.evaluation.calibration).
 """
 
 from __future__ import annotations
@@ -49,7 +54,9 @@ from hashindex.serving.hashers import (
     fit_untrained,
     make_hasher,
 )
-from hashindex.serving.rerank import METRICS
+from hashindex.serving.filters import PLAIN, SearchOptions, check_labels, check_search_options
+from hashindex.serving.grouping import below_threshold
+from hashindex.serving.rerank import METRICS, higher_is_better
 
 RANKINGS = ("hamming", "asymmetric")
 # 128-bit codes + rerank beat HNSW at recall@1 0.95 on 1M face-like embeddings where 64-bit
@@ -68,12 +75,17 @@ class SearchResult:
         distance (lower is better) on the stored full-precision features.
     hamming: int32 ``[nq, k]``: Hamming distance of each result's code to the query's (-1 pad).
     n_candidates: int64 ``[nq]``: how many items were reranked for each query.
+    labels: int64 ``[nq, k]``: each result's label (-1 pad); None when the index has no labels.
+
+    With ``group_by="label"`` and ``group_size=g`` the arrays are ``[nq, k * g]``: label block j
+    in columns ``j*g .. j*g+g-1`` (``ids.reshape(nq, k, g)``: one row per label), best first.
     """
 
     ids: np.ndarray
     scores: np.ndarray
     hamming: np.ndarray
     n_candidates: np.ndarray
+    labels: np.ndarray | None = None
 
 
 def resolve_hasher(dim: int, hasher: Hasher | str | None, encoder: Hasher | None, bits: int | None) -> Hasher:
@@ -125,8 +137,9 @@ class IndexFront:
     """The public API of every hashindex index; subclasses store items and find candidates.
 
     Subclass hooks: ``__len__``, ``_present_mask``, ``_next_auto_id``, ``_insert``, ``_delete``,
-    ``_features_of``, ``_codes_of``, ``_search_encoded``, ``_range_encoded``, and optionally
-    ``_reading`` / ``_writing`` (lock contexts), ``_hasher_frozen`` and ``RANKINGS``.
+    ``_features_of``, ``_codes_of``, ``_labels_of``, ``_has_labels``, ``_search_encoded``,
+    ``_range_encoded``, and optionally ``_reading`` / ``_writing`` (lock contexts),
+    ``_hasher_frozen`` and ``RANKINGS``.
     """
 
     backend_name: ClassVar[str] = "index"
@@ -164,8 +177,16 @@ class IndexFront:
     def _next_auto_id(self) -> int:
         raise NotImplementedError
 
-    def _insert(self, codes: np.ndarray, features: np.ndarray, ids: np.ndarray) -> None:
-        """Store checked rows (called under ``_writing``)."""
+    def _insert(self, codes: np.ndarray, features: np.ndarray, ids: np.ndarray, labels: np.ndarray | None) -> None:
+        """Store checked rows, with labels exactly when the index is labelled (called under ``_writing``)."""
+        raise NotImplementedError
+
+    def _has_labels(self) -> bool | None:
+        """Whether items carry labels; None while the first insert has yet to decide."""
+        raise NotImplementedError
+
+    def _labels_of(self, ids: np.ndarray) -> np.ndarray:
+        """Labels of present ids (the index has labels)."""
         raise NotImplementedError
 
     def _delete(self, ids: np.ndarray) -> None:
@@ -178,7 +199,12 @@ class IndexFront:
     def _codes_of(self, ids: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
-    def _search_encoded(self, x, qcodes, z, k: int, radius: int | None, candidates: int | None) -> SearchResult:
+    def _search_encoded(
+        self, x, qcodes, z, k: int, radius: int | None, candidates: int | None, options: SearchOptions = PLAIN
+    ) -> SearchResult:
+        """Candidates (restricted by ``options.restriction``), then the exact rerank (grouped by
+        label when ``options.grouped``); ``labels`` filled in when the index has them. The front
+        applies ``options.min_score``."""
         raise NotImplementedError
 
     def _range_encoded(self, qcodes: np.ndarray, radius: int) -> CSR:
@@ -252,39 +278,56 @@ class IndexFront:
         return isinstance(self.hasher, LinearHasher) and not self.hasher.is_fitted and not self._hasher_frozen()
 
     # -- mutation -------------------------------------------------------------------------------
-    def add(self, features: np.ndarray, ids: np.ndarray | None = None) -> np.ndarray:
+    def add(self, features: np.ndarray, ids: np.ndarray | None = None, labels: np.ndarray | None = None) -> np.ndarray:
         """Encode and add ``features float [N, D]``; returns the int64 ids used.
 
+        ``labels``: int64 ``[N]``, each item's identity (>= 0). An index labels all its items or
+        none; its first insert decides.
         An unfitted default hasher is fitted on this first batch (needs >= 2 * bits rows).
         """
         x = self._prepare_features(features)
+        labels = None if labels is None else check_labels(labels, x.shape[0])
         if self._needs_first_fit():
             with self._writing():  # two first adds must not both fit
                 if self._needs_first_fit():
                     self._new_ids(ids, x.shape[0])  # reject bad ids before fitting changes anything
+                    self._check_label_state(labels)
                     if x.shape[0] < 2 * self.bits:
                         raise NotFittedError(
                             f"the {self.hasher.kind} hasher is fitted on the first batch, which needs at least "
                             f"{2 * self.bits} vectors (got {x.shape[0]}); call index.fit(sample) first"
                         )
                     self.hasher.fit(x)
-        return self._add_checked(self._encode(x), x, ids)
+        return self._add_checked(self._encode(x), x, ids, labels)
 
-    def add_codes(self, codes: np.ndarray, features: np.ndarray, ids: np.ndarray | None = None) -> np.ndarray:
-        """Add precomputed codes ``uint8 [N, bits/8]`` with their features; returns the ids."""
+    def add_codes(
+        self, codes: np.ndarray, features: np.ndarray, ids: np.ndarray | None = None, labels: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Add precomputed codes ``uint8 [N, bits/8]`` with their features (and labels); returns the ids."""
         codes = check_codes(codes, self._nbytes)
         x = self._prepare_features(features)
         if codes.shape[0] != x.shape[0]:
             raise InputError(f"{codes.shape[0]} codes but {x.shape[0]} feature rows")
-        return self._add_checked(codes, x, ids)
+        labels = None if labels is None else check_labels(labels, x.shape[0])
+        return self._add_checked(codes, x, ids, labels)
 
-    def _add_checked(self, codes: np.ndarray, x: np.ndarray, ids: np.ndarray | None) -> np.ndarray:
+    def _check_label_state(self, labels: np.ndarray | None) -> None:
+        state = self._has_labels()
+        if state is True and labels is None:
+            raise InputError("this index stores a label for every item: pass labels=")
+        if state is False and labels is not None:
+            raise InputError("this index has no labels (its first items came without them): build a new index to use labels")
+
+    def _add_checked(
+        self, codes: np.ndarray, x: np.ndarray, ids: np.ndarray | None, labels: np.ndarray | None = None
+    ) -> np.ndarray:
         if codes.shape[0] != x.shape[0]:
             raise ModelMismatchError(f"the hasher returned {codes.shape[0]} codes for {x.shape[0]} rows")
         with self._writing():
             new_ids = self._new_ids(ids, x.shape[0])
+            self._check_label_state(labels)
             if x.shape[0]:
-                self._insert(codes, x, new_ids)
+                self._insert(codes, x, new_ids, labels)
         return new_ids
 
     def remove(self, ids: np.ndarray) -> int:
@@ -307,6 +350,27 @@ class IndexFront:
         with self._reading():
             return self._codes_of(ids)
 
+    @property
+    def has_labels(self) -> bool:
+        """Whether the items carry labels."""
+        return bool(self._has_labels())
+
+    def get_labels(self, ids: np.ndarray) -> np.ndarray:
+        """Stored labels ``int64 [n]`` for ``ids``, in the order given."""
+        ids = check_id_list(ids)
+        with self._reading():
+            if not self._has_labels():
+                raise InputError("this index has no labels (add items with labels=...)")
+            return self._labels_of(ids)
+
+    def to_faiss(self):
+        """A plain ``faiss.IndexBinaryIDMap`` over an ``IndexBinaryFlat`` holding exactly this
+        index's codes and ids (for ``faiss.write_index_binary`` and FAISS-only consumers)."""
+        from hashindex.serving.interop import to_faiss_binary
+
+        with self._reading():
+            return to_faiss_binary(self.bits, self.ids, self.codes)
+
     # -- search ---------------------------------------------------------------------------------
     def search(
         self,
@@ -317,6 +381,11 @@ class IndexFront:
         *,
         ranking: str = "hamming",
         query_codes: np.ndarray | None = None,
+        filter_ids: np.ndarray | None = None,
+        filter_labels: np.ndarray | None = None,
+        group_by: str | None = None,
+        group_size: int | None = None,
+        min_score: float | None = None,
     ) -> SearchResult:
         """Candidates from the codes, then exact top-k on the stored features.
 
@@ -329,17 +398,43 @@ class IndexFront:
             ranking: "hamming" or "asymmetric" (the query's continuous projection against the
                 items' bits; needs a hasher with ``project``, and no ``radius``).
             query_codes: precomputed query codes (skips the hasher; Hamming ranking only).
+            filter_ids, filter_labels: allow-lists of ids / labels; an item must pass every
+                list given. Applied in the candidate stage, before ranking.
+            group_by: "label": the k best distinct labels, each with its best item (its
+                ``group_size`` best items; results are then ``[nq, k * group_size]``, see
+                :class:`SearchResult`). Candidates are widened until k labels are found (the
+                ``radius`` ball is a rule and is not widened).
+            min_score: open-set threshold: results with a score below it (l2: a distance
+                above it) become padding (id -1).
         """
         k, radius, candidates = check_search_args(k, radius, candidates)
         self._check_ranking(ranking, radius)
+        options = self._search_options(filter_ids, filter_labels, group_by, group_size, min_score)
         x = self._prepare_features(queries, name="queries")
         if ranking == "hamming":
             qcodes = self._encode(x) if query_codes is None else check_query_codes(query_codes, self._nbytes, x.shape[0])
-            return self._search_encoded(x, qcodes, None, k, radius, candidates)
+            return self._finish(self._search_encoded(x, qcodes, None, k, radius, candidates, options), options)
         if query_codes is not None:
             raise InputError("asymmetric ranking needs the query features' projection, not precomputed codes")
         z = self._project(x)
-        return self._search_encoded(x, binarize(z), z, k, radius, candidates)
+        return self._finish(self._search_encoded(x, binarize(z), z, k, radius, candidates, options), options)
+
+    def _search_options(self, filter_ids, filter_labels, group_by, group_size, min_score) -> SearchOptions:
+        return check_search_options(
+            filter_ids, filter_labels, group_by, group_size, min_score, has_labels=bool(self._has_labels())
+        )
+
+    def _finish(self, res: SearchResult, options: SearchOptions) -> SearchResult:
+        """The open-set threshold: results below ``min_score`` become padding."""
+        if options.min_score is None:
+            return res
+        drop = below_threshold(res.scores, options.min_score, self.metric) & (res.ids >= 0)
+        res.ids[drop] = -1
+        res.scores[drop] = -np.inf if higher_is_better(self.metric) else np.inf
+        res.hamming[drop] = -1
+        if res.labels is not None:
+            res.labels[drop] = -1
+        return res
 
     def range_search(self, queries: np.ndarray, radius: int) -> CSR:
         """All items within Hamming <= ``radius``, without reranking.
@@ -364,10 +459,15 @@ class IndexFront:
             )
         return self.hasher
 
-    def add_images(self, images: np.ndarray, ids: np.ndarray | None = None) -> np.ndarray:
+    def add_images(
+        self, images: np.ndarray, ids: np.ndarray | None = None, labels: np.ndarray | None = None
+    ) -> np.ndarray:
         """Add preprocessed images ``float32 [N, 3, H, W]``: one model run gives codes and features."""
-        out = self._image_encoder().run(images)
-        return self.add_codes(out.codes, out.features, ids)
+        encoder = self._image_encoder()
+        if labels is not None:
+            check_labels(labels, np.shape(images)[0] if np.ndim(images) else -1)  # before running the model
+        out = encoder.run(images)
+        return self.add_codes(out.codes, out.features, ids, labels)
 
     def search_images(
         self,
@@ -377,12 +477,18 @@ class IndexFront:
         candidates: int | None = None,
         *,
         ranking: str = "hamming",
+        filter_ids: np.ndarray | None = None,
+        filter_labels: np.ndarray | None = None,
+        group_by: str | None = None,
+        group_size: int | None = None,
+        min_score: float | None = None,
     ) -> SearchResult:
         """:meth:`search` with preprocessed query images ``float32 [nq, 3, H, W]``."""
         k, radius, candidates = check_search_args(k, radius, candidates)
         self._check_ranking(ranking, radius)
+        options = self._search_options(filter_ids, filter_labels, group_by, group_size, min_score)
         out = self._image_encoder().run(images)
         x = self._prepare_features(out.features, name="queries")
         z = pre_tanh(out.embedding) if ranking == "asymmetric" else None
-        return self._search_encoded(x, out.codes, z, k, radius, candidates)
+        return self._finish(self._search_encoded(x, out.codes, z, k, radius, candidates, options), options)
 

@@ -25,6 +25,7 @@ from hashindex.core.validation import check_positive_int
 from hashindex.serving import persist
 from hashindex.serving.candidates.asymmetric import AsymmetricCandidates
 from hashindex.serving.candidates.binary import FlatCandidates, HashCandidates, MultiHashCandidates
+from hashindex.serving.candidates.filtered import AllowedRows, asymmetric_knn_rows
 from hashindex.serving.candidates.modes import DEFAULT_CANDIDATES_PER_K, knn_to_csr, select_candidates
 from hashindex.serving.front import (
     DEFAULT_BITS,
@@ -35,6 +36,8 @@ from hashindex.serving.front import (
     empty_csr,
     resolve_hasher,
 )
+from hashindex.serving.filters import PLAIN, Restriction, SearchOptions
+from hashindex.serving.grouping import csr_scores, group_top, widen_for_labels
 from hashindex.serving.hashers import Hasher, LinearHasher
 from hashindex.serving.locks import ReadWriteLock
 from hashindex.serving.rerank import rerank
@@ -86,6 +89,8 @@ class HashIndex(IndexFront):
         self._codes = RowStore((self._nbytes,), np.uint8)
         self._ids = RowStore((), np.int64)
         self._features = RowStore((self.dim,), np.dtype(feature_dtype))
+        self._labels = RowStore((), np.int64)  # filled only when the index is labelled
+        self._labelled: bool | None = None  # decided by the first insert
         self._next_id = 0
         self._flat = FlatCandidates(self.bits)
         # built on first use, kept in step by add, dropped by remove
@@ -119,11 +124,14 @@ class HashIndex(IndexFront):
         """Bytes held per component (codes are held twice: the store and the FAISS flat index;
         a third time once an asymmetric search has built its scanner)."""
         asym = self._accel.get("asymmetric")
-        return {
+        usage = {
             "codes": self._codes.nbytes * 2 + (asym.nbytes if asym is not None else 0),
             "ids": self._ids.nbytes,
             "features": self._features.nbytes,
         }
+        if self._labelled:
+            usage["labels"] = self._labels.nbytes
+        return usage
 
     # -- storage hooks (under the front's locks) ---------------------------------------------
     def _reading(self):
@@ -135,11 +143,17 @@ class HashIndex(IndexFront):
     def _next_auto_id(self) -> int:
         return self._next_id
 
-    def _insert(self, codes: np.ndarray, x: np.ndarray, ids: np.ndarray) -> None:
+    def _has_labels(self) -> bool | None:
+        return self._labelled
+
+    def _insert(self, codes: np.ndarray, x: np.ndarray, ids: np.ndarray, labels: np.ndarray | None = None) -> None:
         # everything is validated; from here on nothing can fail on user input
         self._codes.append(codes)
         self._ids.append(ids)
         self._features.append(x)
+        self._labelled = labels is not None
+        if labels is not None:
+            self._labels.append(labels)
         self._flat.add(codes)
         for accel in self._accel.values():
             accel.add(codes)
@@ -150,7 +164,7 @@ class HashIndex(IndexFront):
         positions = self._positions_of(ids)
         keep = np.ones(len(self), dtype=bool)
         keep[positions] = False
-        for store in (self._codes, self._ids, self._features):
+        for store in (self._codes, self._ids, self._features) + ((self._labels,) if self._labelled else ()):
             store.keep(keep)
         self._flat.rebuild(self._codes.array)
         self._accel.clear()  # hash indexes have no remove_ids: rebuilt lazily on next use
@@ -161,6 +175,9 @@ class HashIndex(IndexFront):
 
     def _codes_of(self, ids: np.ndarray) -> np.ndarray:
         return self._codes.take(self._positions_of(ids))
+
+    def _labels_of(self, ids: np.ndarray) -> np.ndarray:
+        return np.asarray(self._labels.take(self._positions_of(ids)), dtype=np.int64)
 
     # -- id lookup ---------------------------------------------------------------------------
     def _lookup(self) -> tuple[np.ndarray, np.ndarray]:
@@ -222,42 +239,95 @@ class HashIndex(IndexFront):
             self._accel[name] = accel
         return accel
 
-    def _range(self, qcodes: np.ndarray, radius: int):
+    def _range(self, qcodes: np.ndarray, radius: int, allowed: AllowedRows | None = None):
+        if allowed is not None:  # only the flat index takes a selector (candidates/filtered.py)
+            return self._flat.range(qcodes, radius, allowed.params)
         generator = self._generator(self.backend_for(radius))
         if not generator.handles(radius):
             generator = self._flat  # exact too, and cheaper than probing this many buckets
         return generator.range(qcodes, radius)
 
-    def _knn(self, qcodes: np.ndarray, c: int):
-        return knn_to_csr(*self._flat.knn(qcodes, c))
+    def _knn(self, qcodes: np.ndarray, c: int, allowed: AllowedRows | None = None):
+        return knn_to_csr(*self._flat.knn(qcodes, c, None if allowed is None else allowed.params))
 
-    def _candidates(self, qcodes: np.ndarray, k: int, radius: int | None, candidates: int | None):
-        return select_candidates(qcodes, k, radius, candidates, len(self), self.bits, self._range, self._knn)
+    def _candidates(self, qcodes: np.ndarray, k: int, radius: int | None, candidates: int | None, allowed=None):
+        if allowed is None:
+            return select_candidates(qcodes, k, radius, candidates, len(self), self.bits, self._range, self._knn)
+        return select_candidates(
+            qcodes, k, radius, candidates, allowed.count, self.bits,
+            lambda q, r: self._range(q, r, allowed), lambda q, c: self._knn(q, c, allowed),
+        )  # fmt: skip
 
-    def _asymmetric_candidates(self, z: np.ndarray, k: int, candidates: int | None):
+    def _asymmetric_candidates(self, z: np.ndarray, k: int, candidates: int | None, allowed=None):
         """CSR candidates by asymmetric score; their Hamming column is 0 (filled in for the
         k results only, after the rerank)."""
-        c = min(candidates or DEFAULT_CANDIDATES_PER_K * k, len(self))
-        pos, _ = self._generator("asymmetric").knn(z, c)
+        if allowed is not None:
+            c = min(candidates or DEFAULT_CANDIDATES_PER_K * k, allowed.count)
+            pos = asymmetric_knn_rows(z, self._codes.array, allowed.positions, c)
+        else:
+            c = min(candidates or DEFAULT_CANDIDATES_PER_K * k, len(self))
+            pos, _ = self._generator("asymmetric").knn(z, c)
         return knn_to_csr(pos, np.zeros(pos.shape, np.int32))
 
+    def _allowed(self, restriction: Restriction | None) -> AllowedRows | None:
+        """The rows a filtered search may return (None: every row)."""
+        if restriction is None:
+            return None
+        n = len(self)
+        if restriction.ids is not None:
+            wanted = restriction.ids[self._present_mask(restriction.ids)]
+            mask = np.zeros(n, dtype=bool)
+            mask[self._positions_of(wanted)] = True
+        else:
+            mask = np.ones(n, dtype=bool)
+        if restriction.labels is not None:
+            mask &= np.isin(self._labels.array, restriction.labels)
+        return AllowedRows(mask)
+
     # -- search (the front has checked and encoded the queries) ------------------------------------
-    def _search_encoded(self, x, qcodes, z, k: int, radius: int | None, candidates: int | None) -> SearchResult:
+    def _search_encoded(
+        self, x, qcodes, z, k: int, radius: int | None, candidates: int | None, options: SearchOptions = PLAIN
+    ) -> SearchResult:
         """``qcodes`` always, ``z`` (the queries' projections) for asymmetric ranking."""
         with self._lock.read():
-            if len(self) == 0:
+            allowed = self._allowed(options.restriction)
+            if len(self) == 0 or (allowed is not None and allowed.count == 0):
                 lims, positions, hamming = empty_csr(x.shape[0])
             elif z is not None:
-                lims, positions, hamming = self._asymmetric_candidates(z, k, candidates)
+                lims, positions, hamming = self._asymmetric_candidates(z, k, candidates, allowed)
             else:
-                lims, positions, hamming = self._candidates(qcodes, k, radius, candidates)
-            pos, scores, ham = rerank(x, self._features.array, lims, positions, hamming, k, self.metric)
+                lims, positions, hamming = self._candidates(qcodes, k, radius, candidates, allowed)
+            if options.grouped:
+                lims, pos, scores, ham = self._grouped(x, qcodes, z, k, radius, allowed, (lims, positions, hamming), options)
+            else:
+                pos, scores, ham = rerank(x, self._features.array, lims, positions, hamming, k, self.metric)
             if z is not None:  # Hamming distances of the results only, not of every candidate
                 rows, cols = np.nonzero(pos >= 0)
                 ham[rows, cols] = hamming_pairs(qcodes[rows], self._codes.array[pos[rows, cols]])
             ids = np.full(pos.shape, -1, dtype=np.int64)
             ids[pos >= 0] = self._ids.array[pos[pos >= 0]]
-        return SearchResult(ids, scores, ham, np.diff(lims))
+            labels = None
+            if self._labelled:
+                labels = np.full(pos.shape, -1, dtype=np.int64)
+                labels[pos >= 0] = self._labels.array[pos[pos >= 0]]
+        return SearchResult(ids, scores, ham, np.diff(lims), labels)
+
+    def _grouped(self, x, qcodes, z, k, radius, allowed, csr, options: SearchOptions):
+        """group_by="label": widen the candidates to k labels, score them all, keep the best per label."""
+        n_allowed = len(self) if allowed is None else allowed.count
+        if radius is not None or n_allowed == 0:
+            refetch = None  # the radius ball is the rule
+        elif z is not None:
+            refetch = lambda qi, c: self._asymmetric_candidates(z[qi], k, c, allowed)  # noqa: E731
+        else:
+            refetch = lambda qi, c: self._knn(qcodes[qi], c, allowed)  # noqa: E731
+        labels = self._labels.array
+        lims, positions, hamming = widen_for_labels(csr, k, n_allowed, lambda p: labels[p], refetch)
+        scores = csr_scores(x, self._features.array, lims, positions, self.metric)
+        pos, scores, ham, _ = group_top(
+            lims, positions, hamming, scores, labels[positions], k, options.group_size, self.metric
+        )
+        return lims, pos, scores, ham
 
     def _range_encoded(self, qcodes: np.ndarray, radius: int):
         lims, positions, hamming = self._range(qcodes, radius)
@@ -265,7 +335,8 @@ class HashIndex(IndexFront):
 
     # -- persistence ------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:
-        """Write the index directory atomically (ARCHITECTURE.md §4)."""
+        """Write the index directory atomically (ARCHITECTURE.md §4); a labelled index adds
+        ``labels.npy`` (int64 [N], listed and checksummed in the manifest like the others)."""
         with self._lock.read():
             manifest = {
                 "bits": self.bits,
@@ -281,6 +352,10 @@ class HashIndex(IndexFront):
                 "ids.npy": lambda p: np.save(p, self._ids.array),
                 "features.npy": lambda p: np.save(p, self._features.array),
             }
+            if self._labelled is not None:
+                manifest["labelled"] = self._labelled
+            if self._labelled:
+                writers["labels.npy"] = lambda p: np.save(p, self._labels.array)
             if isinstance(self.hasher, LinearHasher):
                 if not self.hasher.is_fitted:
                     raise NotFittedError("cannot save an index whose hasher is not fitted")
@@ -305,7 +380,8 @@ class HashIndex(IndexFront):
     ) -> "HashIndex":
         """Load an index directory, checking every file's SHA-256 (``verify``).
 
-        ``mmap``: memory-map the feature store instead of reading it into memory.
+        ``mmap``: memory-map the feature and label stores instead of reading them into memory.
+        An index saved before labels existed (no ``labels.npy``) loads without labels.
         ``encoder``: use this ONNX encoder instead of the stored model copy; it must be the very
         model the index was built with (same SHA-256 and bits).
         """
@@ -346,6 +422,13 @@ class HashIndex(IndexFront):
         index._codes = RowStore((bits // 8,), np.uint8, codes)
         index._ids = RowStore((), np.int64, ids)
         index._features = RowStore((dim,), np.dtype(fdtype), features)
+        if "labels.npy" in m["files"]:
+            index._labels = RowStore((), np.int64, _load_array(root / "labels.npy", np.int64, (count,), mmap=mmap))
+            index._labelled = True
+        elif m.get("labelled") is True:
+            raise IndexFormatError(f"{root}: the manifest says the index is labelled but lists no labels.npy")
+        else:
+            index._labelled = False if (m.get("labelled") is False or count) else None
         index._flat.rebuild(codes)
         index._next_id = max(int(m.get("next_id", 0)), int(ids.max()) + 1 if count else 0)
         return index

@@ -1,0 +1,61 @@
+"""Candidate generation restricted to an allow-list of row positions (HashIndex filters).
+
+FAISS 1.15 takes an ``IDSelector`` in ``SearchParameters`` for ``IndexBinaryFlat`` k-NN and range
+searches (checked: the counting k-NN used by FlatCandidates honours it too); the selector here is
+an ``IDSelectorBitmap`` over row positions, which are the flat index's sequential ids. The
+hash / multi-hash indexes and fast-scan PQ refuse search parameters ("search params not
+supported for this index"), so a filtered Hamming search always runs on the flat index, and a
+filtered asymmetric search scores the allowed rows' bits exactly in numpy
+(:func:`asymmetric_knn_rows`) instead of fast-scan's 8-bit tables.
+"""
+
+from __future__ import annotations
+
+import faiss
+import numpy as np
+
+from hashindex.serving.candidates.asymmetric import code_signs
+
+_CHUNK = 65_536  # rows expanded to {-1, +1} floats at a time
+
+
+class AllowedRows:
+    """The row positions a filtered search may return: a boolean mask, as a FAISS selector."""
+
+    def __init__(self, mask: np.ndarray):
+        self.mask = np.asarray(mask, dtype=bool)
+        self.count = int(self.mask.sum())
+        self._bitmap = np.packbits(self.mask, bitorder="little")  # bit i of byte j: position 8j + i
+        self._selector = faiss.IDSelectorBitmap(self.mask.size, faiss.swig_ptr(self._bitmap))
+        self.params = faiss.SearchParameters(sel=self._selector)
+        self._positions: np.ndarray | None = None
+
+    @property
+    def positions(self) -> np.ndarray:
+        if self._positions is None:
+            self._positions = np.flatnonzero(self.mask)
+        return self._positions
+
+
+def asymmetric_knn_rows(z: np.ndarray, codes: np.ndarray, positions: np.ndarray, c: int) -> np.ndarray:
+    """The ``c`` best of ``positions`` by exact asymmetric score ``<z, 2b - 1>`` (best first, ties
+    by position): ``int64 [nq, c]``, -1 padded."""
+    nq = z.shape[0]
+    c = min(c, positions.size)
+    if c <= 0:
+        return np.full((nq, 0), -1, np.int64)
+    best_pos = np.full((nq, 0), -1, np.int64)
+    best_key = np.empty((nq, 0), np.float32)
+    for s in range(0, positions.size, _CHUNK):
+        chunk = positions[s : s + _CHUNK]
+        key = -(z @ code_signs(codes[chunk]).T)  # lower is better
+        key = np.concatenate([best_key, key.astype(np.float32)], axis=1)
+        pos = np.concatenate([best_pos, np.broadcast_to(chunk, (nq, chunk.size))], axis=1)
+        if key.shape[1] > c:
+            keep = np.argpartition(key, c - 1, axis=1)[:, :c]
+            key, pos = np.take_along_axis(key, keep, 1), np.take_along_axis(pos, keep, 1)
+        best_key, best_pos = key, pos
+    order = np.lexsort((best_pos, best_key), axis=1)
+    out = np.full((nq, max(c, 0)), -1, np.int64)
+    out[:, : best_pos.shape[1]] = np.take_along_axis(best_pos, order, 1)
+    return out
