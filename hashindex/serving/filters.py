@@ -125,5 +125,5 @@ def check_search_options(
     options = SearchOptions(restriction, group_size, min_score)
     if options.needs_labels and not has_labels:
         what = 'group_by="label"' if group_by is not None else "filter_labels"
-        raise InputError(f"{what} needs labels, and this index has none (add items with labels=...)")
+        raise InputError(f"{what}: this index has no labels (add items with labels=...)")
     return options
