@@ -528,3 +528,33 @@ def test_milvus_id_filter_longer_than_one_expression(tmp_path, oracle):
             cut = np.sort(ham[i])[24]
             got = res.ids[i]
             assert all(ham[i, np.flatnonzero(keep == g)[0]] <= cut for g in got.tolist())
+
+
+@pytest.mark.parametrize("subset_max_fraction", [0.0, 1.0])
+def test_faiss_selector_and_subset_scans_agree(monkeypatch, subset_max_fraction, oracle):
+    """Both exact ways HashIndex scans an allow-list (bitmap selector, copied subset) give brute force."""
+    import hashindex.serving.candidates.filtered as filtered
+
+    monkeypatch.setattr(filtered, "SUBSET_MAX_FRACTION", subset_max_fraction)
+    x, labels, ids = _labelled()
+    index = HashIndex(32, bits=32, backend="auto")
+    index.add(x, ids=ids, labels=labels)
+    q = _queries(x)
+    keep = ids[np.random.default_rng(4).random(ids.size) < 0.4]
+    allowed = np.isin(ids, keep)
+    ham = oracle.hamming(index.hasher.encode(q), index.get_codes(ids))
+    scores = oracle.scores(q, x, "cosine")
+    for kw in ({"radius": 9}, {}, {"candidates": 40}):
+        res = index.search(q, k=5, filter_ids=keep, **kw)
+        for i in range(len(q)):
+            if "radius" in kw:
+                cand = np.flatnonzero(allowed & (ham[i] <= 9))
+            elif "candidates" in kw:
+                cand = np.flatnonzero(allowed & (ham[i] <= np.sort(ham[i, allowed])[39]))
+                assert res.n_candidates[i] == 40
+            else:
+                cand = np.flatnonzero(allowed & (ham[i] <= np.sort(ham[i, allowed])[49]))
+            if "candidates" not in kw:
+                assert res.n_candidates[i] == cand.size
+                oracle.assert_topk(res.ids[i], res.scores[i], ids[cand], scores[i, cand], 5, "cosine")
+            assert np.isin(res.ids[i][res.ids[i] >= 0], ids[cand]).all()

@@ -240,15 +240,15 @@ class HashIndex(IndexFront):
         return accel
 
     def _range(self, qcodes: np.ndarray, radius: int, allowed: AllowedRows | None = None):
-        if allowed is not None:  # only the flat index takes a selector (candidates/filtered.py)
-            return self._flat.range(qcodes, radius, allowed.params)
+        if allowed is not None:  # exact flat scans only (candidates/filtered.py)
+            return allowed.range(self._flat, qcodes, radius)
         generator = self._generator(self.backend_for(radius))
         if not generator.handles(radius):
             generator = self._flat  # exact too, and cheaper than probing this many buckets
         return generator.range(qcodes, radius)
 
     def _knn(self, qcodes: np.ndarray, c: int, allowed: AllowedRows | None = None):
-        return knn_to_csr(*self._flat.knn(qcodes, c, None if allowed is None else allowed.params))
+        return knn_to_csr(*(self._flat.knn(qcodes, c) if allowed is None else allowed.knn(self._flat, qcodes, c)))
 
     def _candidates(self, qcodes: np.ndarray, k: int, radius: int | None, candidates: int | None, allowed=None):
         if allowed is None:
@@ -282,7 +282,7 @@ class HashIndex(IndexFront):
             mask = np.ones(n, dtype=bool)
         if restriction.labels is not None:
             mask &= np.isin(self._labels.array, restriction.labels)
-        return AllowedRows(mask)
+        return AllowedRows(mask, self._codes.array, self.bits)
 
     # -- search (the front has checked and encoded the queries) ------------------------------------
     def _search_encoded(

@@ -2,7 +2,9 @@
 
 FAISS 1.15 takes an ``IDSelector`` in ``SearchParameters`` for ``IndexBinaryFlat`` k-NN and range
 searches (checked: the counting k-NN used by FlatCandidates honours it too); the selector here is
-an ``IDSelectorBitmap`` over row positions, which are the flat index's sequential ids. The
+an ``IDSelectorBitmap`` over row positions, which are the flat index's sequential ids. A small
+allow-list is cheaper scanned on its own: its codes are copied into a flat index of their own
+(``SUBSET_MAX_FRACTION``), exact the same way. The
 hash / multi-hash indexes and fast-scan PQ refuse search parameters ("search params not
 supported for this index"), so a filtered Hamming search always runs on the flat index, and a
 filtered asymmetric search scores the allowed rows' bits exactly in numpy
@@ -19,22 +21,45 @@ from hashindex.serving.candidates.asymmetric import code_signs
 _CHUNK = 65_536  # rows expanded to {-1, +1} floats at a time
 
 
-class AllowedRows:
-    """The row positions a filtered search may return: a boolean mask, as a FAISS selector."""
+# An allow-list of at most this share of the rows is scanned as a copy of its own codes (a small
+# IndexBinaryFlat); a larger one in place, through the selector. Scanning with a selector still
+# visits every row, and a random mask costs branch mispredictions (benchmarks/identity.py).
+SUBSET_MAX_FRACTION = 0.25
 
-    def __init__(self, mask: np.ndarray):
+
+class AllowedRows:
+    """The row positions a filtered search may return: a boolean mask, scanned either as a
+    FAISS selector over the full flat index or as a flat index of the allowed codes alone."""
+
+    def __init__(self, mask: np.ndarray, codes: np.ndarray, bits: int):
         self.mask = np.asarray(mask, dtype=bool)
         self.count = int(self.mask.sum())
-        self._bitmap = np.packbits(self.mask, bitorder="little")  # bit i of byte j: position 8j + i
-        self._selector = faiss.IDSelectorBitmap(self.mask.size, faiss.swig_ptr(self._bitmap))
-        self.params = faiss.SearchParameters(sel=self._selector)
-        self._positions: np.ndarray | None = None
+        self.positions = np.flatnonzero(self.mask)
+        self.subset: faiss.IndexBinaryFlat | None = None
+        self.params: faiss.SearchParameters | None = None
+        if self.count <= SUBSET_MAX_FRACTION * self.mask.size:
+            self.subset = faiss.IndexBinaryFlat(bits)
+            self.subset.use_heap = False  # as FlatCandidates
+            if self.count:
+                self.subset.add(np.ascontiguousarray(codes[self.positions]))
+        else:
+            self._bitmap = np.packbits(self.mask, bitorder="little")  # bit i of byte j: position 8j + i
+            self._selector = faiss.IDSelectorBitmap(self.mask.size, faiss.swig_ptr(self._bitmap))
+            self.params = faiss.SearchParameters(sel=self._selector)
 
-    @property
-    def positions(self) -> np.ndarray:
-        if self._positions is None:
-            self._positions = np.flatnonzero(self.mask)
-        return self._positions
+    def range(self, flat, queries: np.ndarray, radius: int):
+        """Exact range search (Hamming <= radius) among the allowed rows; ``flat``: the full FlatCandidates."""
+        if self.subset is None:
+            return flat.range(queries, radius, self.params)
+        lims, dist, pos = self.subset.range_search(queries, radius + 1)
+        return lims.astype(np.int64), self.positions[pos], dist.astype(np.int32)
+
+    def knn(self, flat, queries: np.ndarray, c: int) -> tuple[np.ndarray, np.ndarray]:
+        """The c Hamming-nearest allowed positions ``[nq, c]`` (-1 padded) and distances."""
+        if self.subset is None:
+            return flat.knn(queries, c, self.params)
+        dist, pos = self.subset.search(queries, c)
+        return np.where(pos >= 0, self.positions[np.maximum(pos, 0)], -1), dist.astype(np.int32)
 
 
 def asymmetric_knn_rows(z: np.ndarray, codes: np.ndarray, positions: np.ndarray, c: int) -> np.ndarray:
