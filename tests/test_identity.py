@@ -536,6 +536,7 @@ def test_faiss_selector_and_subset_scans_agree(monkeypatch, subset_max_fraction,
     import hashindex.serving.candidates.filtered as filtered
 
     monkeypatch.setattr(filtered, "SUBSET_MAX_FRACTION", subset_max_fraction)
+    monkeypatch.setattr(filtered, "SUBSET_BATCH_FRACTION", subset_max_fraction)
     x, labels, ids = _labelled()
     index = HashIndex(32, bits=32, backend="auto")
     index.add(x, ids=ids, labels=labels)

@@ -269,7 +269,7 @@ class HashIndex(IndexFront):
             pos, _ = self._generator("asymmetric").knn(z, c)
         return knn_to_csr(pos, np.zeros(pos.shape, np.int32))
 
-    def _allowed(self, restriction: Restriction | None) -> AllowedRows | None:
+    def _allowed(self, restriction: Restriction | None, nq: int = 1) -> AllowedRows | None:
         """The rows a filtered search may return (None: every row)."""
         if restriction is None:
             return None
@@ -282,7 +282,7 @@ class HashIndex(IndexFront):
             mask = np.ones(n, dtype=bool)
         if restriction.labels is not None:
             mask &= np.isin(self._labels.array, restriction.labels)
-        return AllowedRows(mask, self._codes.array, self.bits)
+        return AllowedRows(mask, self._codes.array, self.bits, nq)
 
     # -- search (the front has checked and encoded the queries) ------------------------------------
     def _search_encoded(
@@ -290,7 +290,7 @@ class HashIndex(IndexFront):
     ) -> SearchResult:
         """``qcodes`` always, ``z`` (the queries' projections) for asymmetric ranking."""
         with self._lock.read():
-            allowed = self._allowed(options.restriction)
+            allowed = self._allowed(options.restriction, x.shape[0])
             if len(self) == 0 or (allowed is not None and allowed.count == 0):
                 lims, positions, hamming = empty_csr(x.shape[0])
             elif z is not None:

@@ -21,23 +21,29 @@ from hashindex.serving.candidates.asymmetric import code_signs
 _CHUNK = 65_536  # rows expanded to {-1, +1} floats at a time
 
 
-# An allow-list of at most this share of the rows is scanned as a copy of its own codes (a small
-# IndexBinaryFlat); a larger one in place, through the selector. Scanning with a selector still
-# visits every row, and a random mask costs branch mispredictions (benchmarks/identity.py).
+# When to scan a copy of the allowed codes (a flat index of their own) rather than every row
+# through the selector: the selector still visits every row and a random mask costs branch
+# mispredictions (1M codes, one thread: a 50% random mask scans 1.9x slower than no mask, 90%
+# 1.1x), while the copy costs one gather (~15 ms for 500k codes) per search call. So: always for
+# a list of at most SUBSET_MAX_FRACTION of the rows, and up to SUBSET_BATCH_FRACTION for a batch
+# of at least SUBSET_BATCH_QUERIES queries, over which the gather is shared.
 SUBSET_MAX_FRACTION = 0.25
+SUBSET_BATCH_FRACTION = 0.9
+SUBSET_BATCH_QUERIES = 8
 
 
 class AllowedRows:
     """The row positions a filtered search may return: a boolean mask, scanned either as a
     FAISS selector over the full flat index or as a flat index of the allowed codes alone."""
 
-    def __init__(self, mask: np.ndarray, codes: np.ndarray, bits: int):
+    def __init__(self, mask: np.ndarray, codes: np.ndarray, bits: int, nq: int = 1):
         self.mask = np.asarray(mask, dtype=bool)
         self.count = int(self.mask.sum())
         self.positions = np.flatnonzero(self.mask)
         self.subset: faiss.IndexBinaryFlat | None = None
         self.params: faiss.SearchParameters | None = None
-        if self.count <= SUBSET_MAX_FRACTION * self.mask.size:
+        n = self.mask.size
+        if self.count <= SUBSET_MAX_FRACTION * n or (nq >= SUBSET_BATCH_QUERIES and self.count <= SUBSET_BATCH_FRACTION * n):
             self.subset = faiss.IndexBinaryFlat(bits)
             self.subset.use_heap = False  # as FlatCandidates
             if self.count:
