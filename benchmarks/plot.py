@@ -22,12 +22,20 @@ X_AXES = {
 
 
 def curves(record: Mapping, x_key: str, y_key: str = "recall_at_1") -> dict[str, dict[str, tuple[list, list]]]:
-    """``{method: {curve: (x, y)}}`` in the run's order; points with ``x <= 0`` left out (log axis)."""
+    """``{method: {curve: (x, y)}}`` in the run's order; points with ``x <= 0`` left out (log axis).
+    A run measured at several thread counts gets a curve per count for queries/s, and its first
+    count only for other x axes (they do not depend on threads)."""
+    default = record["machine"]["threads"]
+    counts = sorted({row.get("threads", default) for m in record["methods"] for row in m["results"]}, key=str)
     out: dict[str, dict[str, tuple[list, list]]] = {}
     for method in record["methods"]:
         for row in method["results"]:
+            threads = row.get("threads", default)
+            if len(counts) > 1 and x_key != "qps" and threads != counts[0]:
+                continue
+            curve = f"{row['curve']} ({threads} thr)" if len(counts) > 1 and x_key == "qps" else row["curve"]
             if row[x_key] > 0:
-                xs, ys = out.setdefault(method["name"], {}).setdefault(row["curve"], ([], []))
+                xs, ys = out.setdefault(method["name"], {}).setdefault(curve, ([], []))
                 xs.append(float(row[x_key]))
                 ys.append(float(row[y_key]))
     return out

@@ -5,6 +5,10 @@ Methods (``--methods``), all on the same gallery, probes and thread count:
 * ``exact``: FAISS IndexFlatIP (brute force float search);
 * ``hnsw``: FAISS IndexHNSWFlat (M=32), efSearch sweep;
 * ``ivf``: FAISS IndexIVFFlat (nlist ~ 4 sqrt(N)), nprobe sweep;
+* anchors (opt-in, FAISS index_factory + exact float refine, swept through faiss.ParameterSpace):
+  ``ivfpq`` = ``IVF{nlist},PQ{dim/4}x4fs,RFlat`` (nprobe x k_factor), ``rabitq`` = ``RaBitQfs,RFlat``
+  (k_factor), ``ivfrabitq`` = ``IVF{nlist},RaBitQfs,RFlat`` (nprobe x k_factor). The PQ codes are
+  4 bits per 4 dimensions and RaBitQ 1 bit per dimension: 128 bits at D=128, like ITQ-128;
 * ``sign``: sign-binarised features + rerank with an oversampled candidate list (k x 1..10), which
   is how Qdrant, Weaviate, OpenSearch and Elasticsearch use binary quantization with rescoring;
 * ``pca`` / ``itq``: PCA-sign and ITQ codes (``--bits``) + rerank: candidate-budget sweep, the same
@@ -13,9 +17,19 @@ Methods (``--methods``), all on the same gallery, probes and thread count:
 * ``model``: a learned ONNX hash model (``--model PATH.onnx``, through OnnxEncoder) + rerank, with
   the same modes as ITQ. Skipped, with a note, when no model is given.
 
+Every hash method also measures ``HashIndex.search(q, k)`` with no options (the library's default
+mode). ``--partitions P`` adds, per code length, a second HashIndex built with
+``HashIndex(..., partitions=P)``: its default search, an ``nprobe x candidates`` sweep, and, where
+the library has them, ``search(q, k, recall=r)`` and ``tune(recall=r)`` then ``search(q, k)`` for
+each ``--recall-targets`` r. It is skipped, with a note, while HashIndex has no ``partitions=``.
+
+``--threads 1 2`` measures every setting at each thread count on the same built indexes (built
+with the largest count); rows carry ``threads`` and the summary is per thread count.
+
 Every method is measured the same way: recall@1 and recall@k against the exact float top-k,
-same-identity hit rate at rank 1, candidates compared per query (items reranked for hash methods,
-full-precision distance computations for HNSW / IVF, N for exact), queries per second at batch
+same-identity hit rate at rank 1, candidates compared per query (items reranked for hash methods
+and refine anchors, full-precision distance computations for HNSW / IVF, N for exact), codes or
+vectors scanned per query (``scanned_mean``; untimed second pass), queries per second at batch
 ``--batch`` (1000), single-query latency p50 / p99 (``--latency-queries``), build time (train +
 encode + add; generating the synthetic data is not counted) and bytes per item (index structure
 and full-precision feature store).
@@ -32,7 +46,12 @@ rest, and a probe never counts itself as a match.
         --feature-dtype float16 --exact-probes 200 --threads 16 --name synthetic_10M
 
 Writes ``<out-dir>/<name>.json`` (machine, exact command, configuration, every measurement) and the
-plots of benchmarks/plot.py (recall@1 vs queries per second, recall@1 vs candidates).
+plots of benchmarks/plot.py (recall@1 vs queries per second, recall@1 vs candidates), and prints
+benchmarks/summarize.py's tables: per recall target the fastest setting of each method and the
+best hashindex setting as a ratio to each other method.
+
+    python benchmarks/run.py --n 1000000 --bits 128 --methods exact hnsw ivfpq rabitq ivfrabitq itq \
+        --partitions auto --threads 1 2 --name anchors_1M
 """
 
 from __future__ import annotations
@@ -41,6 +60,8 @@ import argparse
 import dataclasses
 import gc
 import importlib.util
+import inspect
+import itertools
 import json
 import math
 import os
@@ -51,6 +72,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -68,7 +90,8 @@ from hashindex.evaluation.exact import ExactTopK, recall_at_k_vs_exact
 from hashindex.evaluation.exact import drop_excluded as drop_self  # each probe's own id moved last
 
 REPO = Path(__file__).resolve().parents[1]
-METHODS = ("exact", "hnsw", "ivf", "sign", "pca", "itq", "model")
+METHODS = ("exact", "hnsw", "ivf", "ivfpq", "rabitq", "ivfrabitq", "sign", "pca", "itq", "model")
+DEFAULT_METHODS = ("exact", "hnsw", "ivf", "sign", "pca", "itq", "model")  # the anchors are opt-in
 BACKENDS = ("flat", "hash", "multihash")
 RESULT_FORMAT = 1
 
@@ -88,12 +111,12 @@ class BenchConfig:
     probes: int = 1000
     exact_probes: int | None = None  # probes with exact ground truth (recall); None: all
     train_items: int | None = None  # synthetic training set size; None: max(20000, 40 nlist)
-    methods: tuple[str, ...] = METHODS
+    methods: tuple[str, ...] = DEFAULT_METHODS
     model: str | None = None
     train_recipe: str | None = None  # train this hashindex.training.recipes recipe on the training side, use it as --model
     bits: tuple[int, ...] = (64,)
     k: int = 10
-    threads: int = 1
+    threads: tuple[int, ...] = (1,)  # every setting is measured at each count
     batch: int = 1000
     repeat: int = 3  # throughput: best of this many passes over the probes
     latency_queries: int = 200
@@ -104,6 +127,14 @@ class BenchConfig:
     ef_search: tuple[int, ...] = (16, 32, 64, 128, 256)
     nlist: int | None = None  # None: 4 sqrt(N)
     nprobe: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+    anchor_nlist: int | None = None  # ivfpq / ivfrabitq lists; None: 1024 per 1M items, power of two
+    anchor_nprobe: tuple[int, ...] = (16, 32, 64, 128, 256, 512)
+    k_factor: tuple[int, ...] = (1, 2, 5, 10, 20, 50)  # refine anchors: items reranked = k * k_factor
+    partitions: str | None = None  # HashIndex(partitions=...) for a partitioned hash method; None: none
+    part_nprobe: tuple[int, ...] = (8, 16, 32, 64, 128, 256, 512)
+    spill: tuple[int, ...] = (1,)  # partitioned hash methods: one per partition_spill value
+    part_candidates: tuple[int, ...] = (20, 50, 100, 200, 500)
+    recall_targets: tuple[float, ...] = (0.95, 0.99)  # summary targets, and search(recall=) / tune(recall=)
     oversample: tuple[int, ...] = (1, 2, 3, 5, 10)  # sign: candidates = k * oversample
     candidates: tuple[int, ...] = (10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
     radii: tuple[int, ...] = (0, 1, 2, 3, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30, 32, 36, 40)
@@ -121,14 +152,20 @@ class BenchConfig:
         bad = set(self.backends) - set(BACKENDS)
         if bad:
             raise InputError(f"unknown backends {sorted(bad)}; choose from {', '.join(BACKENDS)}")
-        for name in ("n", "dim", "probes", "k", "threads", "batch", "repeat", "chunk", "hnsw_m", "max_candidates"):
+        for name in ("n", "dim", "probes", "k", "batch", "repeat", "chunk", "hnsw_m", "max_candidates"):
             if getattr(self, name) <= 0:
                 raise InputError(f"{name} must be positive, got {getattr(self, name)}")
+        if not self.threads or min(self.threads) <= 0:
+            raise InputError(f"threads must be positive counts, got {self.threads}")
         if self.latency_queries < 0:
             raise InputError(f"latency_queries must be >= 0, got {self.latency_queries}")
 
     def ivf_nlist(self, n_items: int) -> int:
         return self.nlist or max(1, int(round(4 * math.sqrt(n_items))))
+
+    def anchor_lists(self, n_items: int) -> int:
+        """IVF lists of the anchors: 1024 at 1M (the issue's anchor), ~N/1000 as a power of two."""
+        return self.anchor_nlist or int(2 ** max(4, round(math.log2(max(n_items, 1) / 1000))))
 
 
 # =========================================================================== data sources
@@ -330,6 +367,9 @@ class Method(Protocol):
     def search(self, q: np.ndarray, k: int, point: Point) -> tuple[np.ndarray, np.ndarray]:
         """``(ids int64 [nq, k], candidates float [nq])``."""
         ...
+    def scanned(self, q: np.ndarray, k: int, point: Point) -> np.ndarray:
+        """Codes or vectors scored per query, ``float [nq]`` (NaN: unknown); not timed."""
+        ...
     def memory(self) -> dict[str, int]:
         """``{"index": bytes of the search structure, "features": bytes of full-precision vectors}``."""
         ...
@@ -362,6 +402,9 @@ class ExactMethod:
     def search(self, q, k, point):
         _, ids = self.index.search(q, k)
         return ids, np.full(q.shape[0], float(self.index.ntotal))
+
+    def scanned(self, q, k, point):
+        return np.full(q.shape[0], float(self.index.ntotal))
 
     def memory(self) -> dict[str, int]:
         return {"index": 0, "features": self.index.ntotal * self.index.d * 4}
@@ -400,6 +443,9 @@ class HNSWMethod:
         faiss.cvar.hnsw_stats.reset()
         _, ids = self.index.search(q, k, params=params)
         return ids, np.full(q.shape[0], faiss.cvar.hnsw_stats.ndis / q.shape[0])
+
+    def scanned(self, q, k, point):
+        return self.search(q, k, point)[1]
 
     def memory(self) -> dict[str, int]:
         h = self.index.hnsw
@@ -441,6 +487,9 @@ class IVFMethod:
         _, ids = self.index.search(q, k, params=faiss.SearchParametersIVF(nprobe=point.params["nprobe"]))
         return ids, np.full(q.shape[0], faiss.cvar.indexIVF_stats.ndis / q.shape[0])
 
+    def scanned(self, q, k, point):
+        return self.search(q, k, point)[1]
+
     def memory(self) -> dict[str, int]:
         n, d = self.index.ntotal, self.index.d
         return {"index": n * 8 + self.nlist * d * 4, "features": n * d * 4}
@@ -449,11 +498,68 @@ class IVFMethod:
         return {"faiss": "IndexIVFFlat", "nlist": self.nlist, "quantizer": "IndexFlatIP"}
 
 
+class FactoryMethod:
+    """A FAISS ``index_factory`` anchor with an exact float refine stage (``...,RFlat``): every
+    combination of ``grid`` (``faiss.ParameterSpace`` names, e.g. ``nprobe``, ``k_factor_rf``)."""
+
+    candidates_kind = "items reranked"
+    max_probes = None
+
+    def __init__(self, family: str, key: str, dim: int, metric: int, grid: dict[str, Sequence[int]]):
+        self.family, self.name, self.key, self.metric = family, key, key, metric
+        self.index = faiss.index_factory(dim, key, metric)
+        self.base = faiss.downcast_index(faiss.downcast_index(self.index).base_index)
+        self.ivf = faiss.try_extract_index_ivf(self.base)
+        self.grid = {name: tuple(values) for name, values in grid.items()}
+        self.space = faiss.ParameterSpace()
+
+    def train(self, x: np.ndarray) -> None:
+        self.index.train(x)
+
+    def add(self, x: np.ndarray) -> None:
+        self.index.add(x)
+
+    def points(self) -> list[Point]:
+        names = list(self.grid)
+        return [Point(self.key, " ".join(f"{n}={v}" for n, v in zip(names, values)), dict(zip(names, values)))
+                for values in itertools.product(*self.grid.values())]  # fmt: skip
+
+    def prepare(self, point: Point) -> dict:
+        self.space.set_index_parameters(self.index, ",".join(f"{n}={v}" for n, v in point.params.items()))
+        return {}
+
+    def search(self, q, k, point):
+        _, ids = self.index.search(q, k)
+        return ids, np.full(q.shape[0], float(k * point.params.get("k_factor_rf", 1)))
+
+    def scanned(self, q, k, point):
+        if self.ivf is None:
+            return np.full(q.shape[0], float(self.index.ntotal))
+        _, lists = self.ivf.quantizer.search(q, self.ivf.nprobe)
+        sizes = np.array([self.ivf.invlists.list_size(i) for i in range(self.ivf.nlist)], dtype=np.float64)
+        return sizes[lists].sum(axis=1)
+
+    def memory(self) -> dict[str, int]:
+        n = self.index.ntotal
+        index = n * self.base.sa_code_size()
+        if self.ivf is not None:  # ids and centroids
+            index += n * 8 + self.ivf.nlist * self.ivf.d * 4
+        return {"index": int(index), "features": n * self.index.d * 4}
+
+    def describe(self) -> dict:
+        return {"faiss": self.key, "metric": "L2" if self.metric == faiss.METRIC_L2 else "inner product",
+                "base": type(self.base).__name__, "grid": self.grid}  # fmt: skip
+
+
 class HashMethod:
     """hashindex.HashIndex: binary codes for the Hamming stage, exact rerank on stored features.
 
-    Modes: ``candidates`` (the c Hamming-nearest), ``radius`` (Hamming <= r, per backend) and
-    ``multiprobe`` (the index's default: the smallest radius giving >= 10 k candidates).
+    Modes: ``default`` (``search(q, k)`` with no options: whatever the library does by
+    default), ``candidates`` (the c Hamming-nearest), ``asymmetric`` (the c best by the query's
+    projection against the codes, a flat fast-scan) and ``radius`` (Hamming <= r, per backend).
+    With ``partitions`` the index is built with ``HashIndex(..., partitions=partitions)`` and the
+    modes are the default search, the ``nprobe x candidates`` sweep (asymmetric ranking), and
+    ``search(q, k, recall=r)`` / ``tune(recall=r)`` then ``search(q, k)`` where the library has them.
     """
 
     family = "hash"
@@ -471,14 +577,25 @@ class HashMethod:
         radii: Sequence[int] = (),
         backends: Sequence[str] = (),
         accel_radii: Sequence[int] = (),
-        multiprobe: bool = False,
+        default: bool = False,
         asymmetric: Sequence[int] = (),
+        partitions: str | int | None = None,
+        spill: int = 1,
+        part_nprobe: Sequence[int] = (),
+        recall_targets: Sequence[float] = (),
     ):
         self.name, self.fit = name, fit
         self.asymmetric = tuple(asymmetric)  # candidate budgets ranked asymmetrically
-        self.index = HashIndex(dim, hasher, metric="cosine", backend="flat", feature_dtype=feature_dtype)
+        extra = {}
+        if "partitions" in inspect.signature(HashIndex).parameters:  # a flat method asks for none
+            extra["partitions"] = partitions
+        if spill != 1:
+            extra["partition_spill"] = spill
+        self.index = HashIndex(dim, hasher, metric="cosine", backend="flat", feature_dtype=feature_dtype, **extra)
+        self.partitions, self.spill = partitions, spill
+        self.part_nprobe, self.recall_targets = tuple(part_nprobe), tuple(recall_targets)
         self.candidates, self.radii = tuple(candidates), tuple(radii)
-        self.backends, self.accel_radii, self.multiprobe = tuple(backends), tuple(accel_radii), multiprobe
+        self.backends, self.accel_radii, self.default = tuple(backends), tuple(accel_radii), default
         self._built: set[str] = {"flat"}
 
     def train(self, x: np.ndarray) -> None:
@@ -488,19 +605,46 @@ class HashMethod:
     def add(self, x: np.ndarray) -> None:
         self.index.add(x)
 
+    def _nlist(self) -> int | None:
+        """Lists of the partition stage (built or to be built); None without one."""
+        plan = getattr(self.index, "_partition_plan", None)  # no public accessor yet
+        return plan()[0] if plan is not None else None
+
     def points(self) -> list[Point]:
-        pts = [Point(f"{self.name} top-c", f"c={c}", {"candidates": c}) for c in self.candidates]
+        pts = [Point(f"{self.name} default", "search(q, k)", {})] if self.default else []
+        if self.partitions is not None:
+            nlist = self._nlist()
+            nprobe = [p for p in self.part_nprobe if nlist is not None and p <= nlist]
+            asym = {"ranking": "asymmetric"}
+            pts += [Point(f"{self.name} nprobe={p}", f"nprobe={p} c={c}", {"nprobe": p, "candidates": c, **asym})
+                    for p in nprobe for c in self.asymmetric]  # fmt: skip
+            if "recall" in inspect.signature(self.index.search).parameters:  # tune(recall=r), then search(recall=r)
+                pts += [Point(f"{self.name} recall=", f"recall={r}", {"recall": r}) for r in self.recall_targets]
+                if self.default:  # the default search again, now that the index has tuned points
+                    pts.append(Point(f"{self.name} default", "search(q, k) tuned", {}))
+            return pts
+        ham = {"ranking": "hamming"}
+        pts += [Point(f"{self.name} top-c", f"c={c}", {"candidates": c, **ham}) for c in self.candidates]
         pts += [Point(f"{self.name} asym top-c", f"c={c} asym", {"candidates": c, "ranking": "asymmetric"})
                 for c in self.asymmetric]
         for backend in self.backends:
             radii = self.radii if backend == "flat" else [r for r in self.radii if r in self.accel_radii]
             curve = f"{self.name} radius {backend}"
             pts += [Point(curve, f"r={r} {backend}", {"radius": r, "backend": backend}) for r in radii]
-        if self.multiprobe:
-            pts.append(Point(f"{self.name} multi-probe", "auto", {"multiprobe": True}))
+        if self.default:  # Hamming ranking with neither radius nor candidates: multi-probe
+            pts.append(Point(f"{self.name} multi-probe", "multi-probe", ham))
         return pts
 
     def prepare(self, point: Point) -> dict:
+        if "recall" in point.params and hasattr(self.index, "tune"):
+            t = time.perf_counter()
+            self.index.tune(recall=point.params["recall"], k=10, progress=False)
+            return {"tune_s": time.perf_counter() - t}
+        if "nprobe" in point.params and "partitions" not in self._built:
+            t = time.perf_counter()  # the partition stage is trained and filled on first use
+            self.index.search(self.index.get_features(self.index.ids[:1]), 1, nprobe=1)
+            self._built.add("partitions")
+            return {"partition_build_s": time.perf_counter() - t}
         backend = point.params.get("backend", "flat")
         self.index.backend = backend
         if backend in self._built:
@@ -511,15 +655,35 @@ class HashMethod:
         self._built.add(backend)
         return {"backend_build_s": time.perf_counter() - t}
 
+    SEARCH_ARGS = ("radius", "candidates", "ranking", "nprobe", "recall")
+
+    def _search(self, q, k, point):
+        return self.index.search(q, k, **{a: v for a, v in point.params.items() if a in self.SEARCH_ARGS})
+
     def search(self, q, k, point):
-        p = point.params
-        res = self.index.search(q, k, radius=p.get("radius"), candidates=p.get("candidates"),
-                                ranking=p.get("ranking", "hamming"))
+        res = self._search(q, k, point)
         return res.ids, res.n_candidates.astype(np.float64)
 
+    def scanned(self, q, k, point):
+        """The result's ``n_scanned`` where the library reports it; otherwise every code for a flat
+        scan (Hamming top-c, asymmetric, radius on the flat backend), the candidates on the hash
+        tables, unknown (NaN) for partitioned modes."""
+        res = self._search(q, k, point)
+        if getattr(res, "n_scanned", None) is not None:
+            return np.asarray(res.n_scanned, dtype=np.float64)
+        if "radius" in point.params and point.params.get("backend", "flat") != "flat":
+            return res.n_candidates.astype(np.float64)
+        stage = getattr(self.index, "_part", None)  # no public accessor yet: the probed lists' sizes
+        if "nprobe" in point.params and stage is not None and stage.has_lists:
+            _, lists = stage.coarse.search(np.ascontiguousarray(q, dtype=np.float32), point.params["nprobe"])
+            return stage.list_sizes()[lists].sum(axis=1).astype(np.float64)
+        if "nprobe" in point.params or "recall" in point.params or not point.params:
+            return np.full(q.shape[0], np.nan)  # the library picks the setting
+        return np.full(q.shape[0], float(len(self.index)))  # a flat scan of every code
+
     def memory(self) -> dict[str, int]:
-        usage = self.index.memory_usage()
-        return {"index": usage["codes"] + usage["ids"], "features": usage["features"]}
+        usage = self.index.memory_usage()  # codes, ids (and partition lists where the library has them)
+        return {"index": sum(v for key, v in usage.items() if key != "features"), "features": usage["features"]}
 
     def describe(self) -> dict:
         h = self.index.hasher
@@ -528,6 +692,9 @@ class HashMethod:
             "hasher": getattr(h, "kind", type(h).__name__),
             "bits": self.index.bits,
             "feature_dtype": self.index.feature_dtype,
+            "partitions": self.partitions,
+            "partition_spill": self.spill,
+            "partition_lists": self._nlist() if self.partitions is not None else None,
             "model": str(getattr(h, "path", "")) or None,
             "model_sha256": getattr(h, "sha256", None),
         }
@@ -538,8 +705,22 @@ def make_methods(cfg: BenchConfig, dim: int, n_items: int, n_probes: int) -> tup
     makers, skipped = [], []
     exact_probes = min(cfg.exact_probes or n_probes, n_probes)
     hash_kw = dict(feature_dtype=cfg.feature_dtype, candidates=cfg.candidates, radii=cfg.radii,
-                   backends=cfg.backends, accel_radii=cfg.accel_radii, multiprobe=True,
+                   backends=cfg.backends, accel_radii=cfg.accel_radii, default=True,
                    asymmetric=cfg.candidates if cfg.asymmetric else ())  # fmt: skip
+    part_kw = dict(feature_dtype=cfg.feature_dtype, candidates=(), default=True, asymmetric=cfg.part_candidates,
+                   partitions=cfg.partitions, part_nprobe=cfg.part_nprobe, recall_targets=cfg.recall_targets)  # fmt: skip
+    has_partitions = "partitions" in inspect.signature(HashIndex).parameters
+    anchor_nlist = cfg.anchor_lists(n_items)
+    anchor_nprobe = tuple(p for p in cfg.anchor_nprobe if p <= anchor_nlist) or (anchor_nlist,)
+    anchors = {  # family: (index_factory key, metric, ParameterSpace grid)
+        "ivfpq": (f"IVF{anchor_nlist},PQ{dim // 4}x4fs,RFlat", faiss.METRIC_INNER_PRODUCT,
+                  {"nprobe": anchor_nprobe, "k_factor_rf": cfg.k_factor}),
+        # RaBitQ in L2 (same ranking on unit vectors): faiss 1.15.1's IVF-RaBitQ loses recall with
+        # METRIC_INNER_PRODUCT even when every list is probed
+        "rabitq": ("RaBitQfs,RFlat", faiss.METRIC_L2, {"k_factor_rf": cfg.k_factor}),
+        "ivfrabitq": (f"IVF{anchor_nlist},RaBitQfs,RFlat", faiss.METRIC_L2,
+                      {"nprobe": anchor_nprobe, "k_factor_rf": cfg.k_factor}),
+    }  # fmt: skip
     for family in cfg.methods:
         if family == "exact":
             makers.append(lambda: ExactMethod(dim, exact_probes))
@@ -547,6 +728,12 @@ def make_methods(cfg: BenchConfig, dim: int, n_items: int, n_probes: int) -> tup
             makers.append(lambda: HNSWMethod(dim, cfg.hnsw_m, cfg.ef_construction, cfg.ef_search))
         elif family == "ivf":
             makers.append(lambda: IVFMethod(dim, cfg.ivf_nlist(n_items), cfg.nprobe))
+        elif family in anchors:
+            if family == "ivfpq" and dim % 4:
+                skipped.append({"method": family, "reason": f"PQ{dim}/4 needs a dimension divisible by 4, got {dim}"})
+                continue
+            key, metric, grid = anchors[family]
+            makers.append(lambda a=(family, key, dim, metric, grid): FactoryMethod(*a))
         elif family == "sign":
             cands = tuple(cfg.k * o for o in cfg.oversample)
             makers.append(lambda: HashMethod(f"sign-{dim}", dim, SignHasher(dim), True, cfg.feature_dtype, cands))
@@ -558,13 +745,21 @@ def make_methods(cfg: BenchConfig, dim: int, n_items: int, n_probes: int) -> tup
                     continue
                 makers.append(lambda make=make, family=family, bits=bits: HashMethod(
                     f"{family}-{bits}", dim, make(dim, bits), True, **hash_kw))  # fmt: skip
+                if cfg.partitions is not None and not has_partitions:
+                    skipped.append({"method": f"{family}-{bits}-part",
+                                    "reason": "HashIndex has no partitions= argument in this checkout"})
+                elif cfg.partitions is not None:
+                    for spill in cfg.spill:
+                        makers.append(lambda make=make, family=family, bits=bits, spill=spill: HashMethod(
+                            f"{family}-{bits}-part" + (f"-spill{spill}" if spill > 1 else ""), dim, make(dim, bits),
+                            True, spill=spill, **part_kw))  # fmt: skip
         elif family == "model":
             if not cfg.model:
                 skipped.append({"method": "model", "reason": "no --model PATH.onnx given"})
                 continue
             from hashindex.serving.encoder import OnnxEncoder  # onnxruntime only when a model is benchmarked
 
-            enc = OnnxEncoder(cfg.model, providers="cpu", threads=cfg.threads)
+            enc = OnnxEncoder(cfg.model, providers="cpu", threads=max(cfg.threads))
             if enc.kind != "features" or enc.dim != dim:
                 skipped.append({"method": "model", "reason": f"{cfg.model} takes {enc.kind} {enc.input_shape}, "
                                 f"the benchmark has features of dimension {dim}"})  # fmt: skip
@@ -586,6 +781,19 @@ class Evaluation:
     repeat: int
     latency_queries: int
     max_candidates: int
+    threads: tuple[int, ...] = (1,)  # each setting is measured at each count
+
+
+@contextmanager
+def thread_count(n: int):
+    """FAISS (OpenMP) and BLAS limited to ``n`` threads inside the block."""
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(n)
+    try:
+        with threadpool_limits(limits=n):
+            yield
+    finally:
+        faiss.omp_set_num_threads(before)
 
 
 def rss_mib() -> tuple[float, float]:
@@ -595,8 +803,16 @@ def rss_mib() -> tuple[float, float]:
     return current / 2**20, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def measure(method: Method, point: Point, ev: Evaluation) -> dict:
-    """Search all probes at ``point`` in batches (throughput), then one at a time (latency)."""
+def measure(method: Method, point: Point, ev: Evaluation, threads: int) -> dict:
+    """Search all probes at ``point`` with ``threads`` threads in batches (throughput), then one at
+    a time (latency)."""
+    with thread_count(threads):
+        row = _measure(method, point, ev)
+    row["threads"] = threads
+    return row
+
+
+def _measure(method: Method, point: Point, ev: Evaluation) -> dict:
     nq = min(len(ev.probes), method.max_probes or len(ev.probes))
     q = ev.probes.features[:nq]
     self_ids = None if ev.probes.self_ids is None else ev.probes.self_ids[:nq]
@@ -661,17 +877,22 @@ def sweep(method: Method, ev: Evaluation, log) -> list[dict]:
             log(f"  {method.name}: radius sweep stops at r={radius} "
                 f"({warm[1].mean():.0f} candidates/query on the warm-up batch > {ev.max_candidates})")  # fmt: skip
             continue
-        row = measure(method, point, ev)
-        row.update(extra)
-        rows.append(row)
-        log(format_row(method.name, row, ev.k))
+        nq = min(len(ev.probes), method.max_probes or len(ev.probes))
+        scanned = method.scanned(ev.probes.features[:nq], ev.k, point)
+        for threads in ev.threads:
+            row = measure(method, point, ev, threads)
+            row.update(extra)
+            row["scanned_mean"] = None if np.isnan(scanned).all() else float(np.nanmean(scanned))
+            rows.append(row)
+            log(format_row(method.name, row, ev.k))
     return rows
 
 
 def format_row(name: str, row: dict, k: int) -> str:
     lat = f"{row['latency_ms_p50']:8.3f} {row['latency_ms_p99']:8.3f}" if row["latency_ms_p50"] is not None else " " * 17
-    return (f"{name:14s} {row['setting']:16s} {row['recall_at_1']:6.4f} {row[f'recall_at_{k}']:6.4f} "
-            f"{row['hit_at_1']:6.4f} {row['candidates_mean']:11.1f} {row['qps']:10.1f} {lat}")  # fmt: skip
+    return (f"{name:14s} {row['setting']:16s} {row['threads']:3d} {row['recall_at_1']:6.4f} "
+            f"{row[f'recall_at_{k}']:6.4f} {row['hit_at_1']:6.4f} {row['candidates_mean']:11.1f} {row['qps']:10.1f} "
+            f"{lat}")  # fmt: skip
 
 
 def build(method: Method, train: np.ndarray, chunks: Iterator[np.ndarray]) -> dict:
@@ -690,7 +911,7 @@ def build(method: Method, train: np.ndarray, chunks: Iterator[np.ndarray]) -> di
 
 
 # =========================================================================== run record
-def machine_info(threads: int) -> dict:
+def machine_info(threads: Sequence[int]) -> dict:
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
@@ -717,7 +938,7 @@ def machine_info(threads: int) -> dict:
         "python": platform.python_version(),
         "numpy": np.__version__,
         "faiss": faiss.__version__,
-        "threads": threads,
+        "threads": threads[0] if len(threads) == 1 else list(threads),
         "git_commit": commit,
     }
 
@@ -740,7 +961,7 @@ def train_model(cfg: BenchConfig, source) -> str:
     from hashindex.core.onnx_contract import TrainingInfo
     from hashindex.training.recipes import fit_recipe
 
-    torch.set_num_threads(cfg.threads)
+    torch.set_num_threads(max(cfg.threads))
     bits = cfg.bits[0]
     result = fit_recipe(cfg.train_recipe, source.train, source.train_labels, bits, seed=cfg.seed)
     path = Path(cfg.out_dir) / f"{cfg.name or 'run'}_{cfg.train_recipe}_{bits}.onnx"
@@ -751,9 +972,9 @@ def train_model(cfg: BenchConfig, source) -> str:
 
 
 def run(cfg: BenchConfig, argv: Sequence[str] | None = None, log=print) -> dict:
-    """Run the benchmark described by ``cfg``; returns (and writes) the result record."""
-    faiss.omp_set_num_threads(cfg.threads)
-    with threadpool_limits(limits=cfg.threads):
+    """Run the benchmark described by ``cfg``; returns (and writes) the result record. Builds use
+    the largest thread count; every setting is measured at each count."""
+    with thread_count(max(cfg.threads)):
         return _run(cfg, argv, log)
 
 
@@ -772,7 +993,7 @@ def _run(cfg: BenchConfig, argv, log) -> dict:
     truth_s = time.perf_counter() - t
     log(f"ground truth: exact top-{cfg.k} of {n_exact} probes in {truth_s:.1f} s")
     ev = Evaluation(probes, exact_ids, source.gallery_labels, cfg.k, cfg.batch, cfg.repeat,
-                    cfg.latency_queries, cfg.max_candidates)  # fmt: skip
+                    cfg.latency_queries, cfg.max_candidates, cfg.threads)  # fmt: skip
 
     model_train_s = None
     if cfg.train_recipe and not cfg.model:
@@ -783,7 +1004,7 @@ def _run(cfg: BenchConfig, argv, log) -> dict:
     makers, skipped = make_methods(cfg, source.dim, source.n_items, len(probes))
     for s in skipped:
         log(f"note: skipping {s['method']}: {s['reason']}")
-    log(f"{'method':14s} {'setting':16s} {'R@1':>6s} {f'R@{cfg.k}':>6s} {'hit@1':>6s} {'cand/query':>11s} "
+    log(f"{'method':14s} {'setting':16s} {'thr':>3s} {'R@1':>6s} {f'R@{cfg.k}':>6s} {'hit@1':>6s} {'cand/query':>11s} "
         f"{'q/s':>10s} {'p50 ms':>8s} {'p99 ms':>8s}")  # fmt: skip
     methods = []
     for make in makers:
@@ -824,6 +1045,8 @@ def _run(cfg: BenchConfig, argv, log) -> dict:
         "methods": methods,
         "skipped": skipped,
     }
+    record["summary"] = _sibling("summarize").summarize(record, list(cfg.recall_targets))
+    log(record["summary"])
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{record['name']}.json"
@@ -865,7 +1088,8 @@ def parse_args(argv: Sequence[str] | None = None) -> BenchConfig:
                     help="train this recipe (e.g. 'learned') on the training identities, export it and use it as --model")
     ap.add_argument("--bits", type=int, nargs="+", default=list(d.bits), help="PCA / ITQ code lengths")
     ap.add_argument("--k", type=int, default=d.k)
-    ap.add_argument("--threads", type=int, default=d.threads, help="FAISS / BLAS / onnxruntime threads")
+    ap.add_argument("--threads", type=int, nargs="+", default=list(d.threads),
+                    help="FAISS / BLAS threads; several counts: each setting measured at each")
     ap.add_argument("--batch", type=int, default=d.batch)
     ap.add_argument("--repeat", type=int, default=d.repeat, help="throughput: best of this many passes")
     ap.add_argument("--latency-queries", type=int, default=d.latency_queries)
@@ -876,6 +1100,16 @@ def parse_args(argv: Sequence[str] | None = None) -> BenchConfig:
     ap.add_argument("--ef-search", type=int, nargs="+", default=list(d.ef_search))
     ap.add_argument("--nlist", type=int, default=None, help="IVF lists (default 4 sqrt(N))")
     ap.add_argument("--nprobe", type=int, nargs="+", default=list(d.nprobe))
+    ap.add_argument("--anchor-nlist", type=int, default=None, help="ivfpq / ivfrabitq lists (default ~N/1000, 2^k)")
+    ap.add_argument("--anchor-nprobe", type=int, nargs="+", default=list(d.anchor_nprobe))
+    ap.add_argument("--k-factor", type=int, nargs="+", default=list(d.k_factor), help="refine anchors: k_factor_rf")
+    ap.add_argument("--partitions", default=None,
+                    help="also a HashIndex(..., partitions=P) per code length (an int: lists; else passed as given)")
+    ap.add_argument("--part-nprobe", type=int, nargs="+", default=list(d.part_nprobe))
+    ap.add_argument("--spill", type=int, nargs="+", default=list(d.spill),
+                    help="--partitions: one method per partition_spill value (lists each item is put in)")
+    ap.add_argument("--part-candidates", type=int, nargs="+", default=list(d.part_candidates))
+    ap.add_argument("--recall-targets", type=float, nargs="+", default=list(d.recall_targets))
     ap.add_argument("--oversample", type=int, nargs="+", default=list(d.oversample))
     ap.add_argument("--candidates", type=int, nargs="+", default=list(d.candidates))
     ap.add_argument("--radii", type=int, nargs="+", default=list(d.radii))
@@ -890,9 +1124,14 @@ def parse_args(argv: Sequence[str] | None = None) -> BenchConfig:
     return BenchConfig(
         name=a.name, n=a.n, dim=a.dim, per_identity=per, seed=a.seed, data=a.data, val_fraction=a.val_fraction,
         probes=a.probes, exact_probes=a.exact_probes, train_items=a.train_items, methods=tuple(a.methods),
-        model=a.model, train_recipe=a.train_recipe, bits=tuple(a.bits), k=a.k, threads=a.threads, batch=a.batch, repeat=a.repeat,
+        model=a.model, train_recipe=a.train_recipe, bits=tuple(a.bits), k=a.k, threads=tuple(a.threads), batch=a.batch,
+        repeat=a.repeat,
         latency_queries=a.latency_queries, feature_dtype=a.feature_dtype, chunk=a.chunk, hnsw_m=a.hnsw_m,
         ef_construction=a.ef_construction, ef_search=tuple(a.ef_search), nlist=a.nlist, nprobe=tuple(a.nprobe),
+        anchor_nlist=a.anchor_nlist, anchor_nprobe=tuple(a.anchor_nprobe), k_factor=tuple(a.k_factor),
+        partitions=None if a.partitions is None else (int(a.partitions) if a.partitions.isdigit() else a.partitions),
+        part_nprobe=tuple(a.part_nprobe), spill=tuple(a.spill), part_candidates=tuple(a.part_candidates),
+        recall_targets=tuple(a.recall_targets),
         oversample=tuple(a.oversample), candidates=tuple(a.candidates), radii=tuple(a.radii),
         backends=tuple(a.backends), accel_radii=tuple(a.accel_radii), max_candidates=a.max_candidates,
         out_dir=a.out_dir, plots=not a.no_plots, asymmetric=not a.no_asymmetric,

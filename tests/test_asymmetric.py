@@ -13,6 +13,7 @@ import pytest
 from hashindex import HashIndex, InputError, NotFittedError
 from hashindex.serving.candidates.asymmetric import AsymmetricCandidates
 from hashindex.core.codes import pre_tanh
+from hashindex.serving.front import default_candidates
 from hashindex.serving.hashers import ITQHasher
 
 
@@ -90,7 +91,7 @@ def test_search_reranks_the_asymmetric_top_c(itq_index, oracle, k, c):
     asym = score_oracle(z, index.codes)
     exact = oracle.scores(q, x, "cosine")
     ham = oracle.hamming(index.hasher.encode(qn), index.codes)
-    budget = min(c if c is not None else 10 * k, len(x))
+    budget = min(c if c is not None else default_candidates(k), len(x))  # untuned default: max(50k, 500)
     np.testing.assert_array_equal(res.n_candidates, budget)
     tol = lut_error_bound(z, 32)
     for i in range(len(q)):

@@ -17,14 +17,19 @@ from hashindex.training.data.synthetic import SyntheticGallery  # noqa: E402
 def test_demo_runs_the_whole_pipeline(tmp_path, capsys):
     out = tmp_path / "demo"
     argv = ["demo", "--identities", "300", "--per-identity", "4", "--queries", "100", "--epochs", "2",
-            "--out", str(out)]
+            "--out", str(out), "--scale-identities", "500"]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "recall@1" in printed and "budget 1000" in printed
+    # the default search beside exact search, and a plain word where it does not pay (1,200 items)
+    assert "default search on 1,200 items: recall@1" in printed and "does not pay at this size" in printed
+    assert "default search on 2,000 items: recall@1" in printed
 
     report = json.loads((out / "report.json").read_text())
     rows = {r["mode"]: r for r in report["rows"]}
     assert report["gallery_size"] == 1200 and report["bits"] == 64
+    assert rows["default (asymmetric)"]["candidates_mean"] == 500 and rows["default (asymmetric)"]["recall_at_1"] >= 0.95
+    assert report["scale"]["items"] == 2000 and report["scale"]["default"]["candidates_mean"] == 500
     assert rows["exact (IndexFlatIP)"]["recall_at_1"] == 1.0
     # a budget of 1000 of 1200 items must find nearly every exact neighbour; more budget never hurts
     assert rows["budget 1000"]["recall_at_1"] >= 0.95

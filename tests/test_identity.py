@@ -162,7 +162,7 @@ def test_filters_restrict_candidates_before_ranking(make_index, oracle, keep_fra
         assert res.n_candidates[i] == cand.size
         oracle.assert_topk(res.ids[i], res.scores[i], ids[cand], scores[i, cand], 5, "cosine")
 
-    res = index.search(q, k=3, filter_ids=filter_ids)  # multi-probe: smallest radius with 30 allowed
+    res = index.search(q, k=3, filter_ids=filter_ids, ranking="hamming")  # multi-probe: smallest radius with 30 allowed
     for i in range(len(q)):
         d = np.sort(ham[i, allowed])
         r = d[min(30, d.size) - 1] if d.size > 30 else index.bits
@@ -196,8 +196,8 @@ def test_candidates_mode_takes_the_nearest_allowed(make_index, oracle):
     allowed = _allowed_mask(ids, labels, None, np.unique(labels)[1:2])  # the 120-item label
     ham = oracle.hamming(index.hasher.encode(q), index.get_codes(ids))
     scores = oracle.scores(q, x, "cosine")
-    res = index.search(q, k=4, candidates=20, filter_labels=np.unique(labels)[1:2])
-    post = index.search(q, k=4, candidates=20)
+    res = index.search(q, k=4, candidates=20, filter_labels=np.unique(labels)[1:2], ranking="hamming")
+    post = index.search(q, k=4, candidates=20, ranking="hamming")
     assert (res.n_candidates == 20).all()
     for i in range(len(q)):
         a = np.flatnonzero(allowed)
@@ -232,6 +232,103 @@ def test_asymmetric_ranking_with_a_filter(make_index, oracle):
         oracle.assert_topk(res.ids[i], res.scores[i], keep[cand], scores[i, cand], 3, "cosine")
     group = index.search(q, k=3, ranking="asymmetric", filter_ids=keep, group_by="label")
     assert np.isin(group.ids[group.ids >= 0], keep).all()
+
+
+# -- filters with the partition stage and the default (asymmetric) search ---------------------------
+def _asym_oracle_topk(index, oracle, q, allowed_ids, c, k, res):
+    """res equals the exact top-k among the c allowed items of best asymmetric score
+    (<z, 2b - 1> in float64 over np.unpackbits), whatever lists they sit in."""
+    z = index.hasher.project(q).astype(np.float64)
+    signs = np.unpackbits(index.get_codes(allowed_ids), axis=1, bitorder="little").astype(np.float64) * 2 - 1
+    asym = z @ signs.T
+    scores = oracle.scores(q, index.get_features(allowed_ids), "cosine")
+    c = min(c, allowed_ids.size)
+    np.testing.assert_array_equal(res.n_candidates, c)
+    for i in range(len(q)):
+        cand = np.argsort(-asym[i], kind="stable")[:c]
+        oracle.assert_topk(res.ids[i], res.scores[i], allowed_ids[cand], scores[i, cand], k, "cosine")
+
+
+def _probed_rows(index, q, nprobe):
+    """Per query: the row positions in its nprobe nearest lists (numpy, from the stage's centroids)."""
+    sims = q.astype(np.float64) @ index._part.centroids.astype(np.float64).T
+    lists = np.argsort(-sims, axis=1)[:, :nprobe]
+    return [np.flatnonzero(np.isin(index._part_assign.array, row).any(axis=1)) for row in lists]
+
+
+@pytest.mark.parametrize("nprobe", [1, 4, 16])
+def test_filters_with_nprobe_find_allowed_items_outside_the_probed_lists(oracle, nprobe):
+    """A filtered search never probes the lists: nprobe= (checked as always) and the allowed
+    rows are scanned exactly, so an allowed item in an unprobed list is still found."""
+    x, labels, ids = _labelled()
+    index = HashIndex(32, bits=32, backend="flat", partitions=16)
+    index.add(x, ids=ids, labels=labels)
+    q = _queries(x)
+    unfiltered = index.search(q, k=3, nprobe=nprobe, candidates=40)  # builds the stage
+    assert index._part is not None and (unfiltered.n_candidates <= 40).all()
+    rng = np.random.default_rng(7)
+    one_label = np.unique(labels)[1:2]  # the 120-item label
+    for fi, fl in ((rng.choice(ids, 30, replace=False), None), (None, one_label), (ids[::10], one_label),
+                   (rng.choice(ids, 540, replace=False), None)):  # fmt: skip
+        allowed = _allowed_mask(ids, labels, fi, fl)
+        res = index.search(q, k=3, nprobe=nprobe, candidates=40, filter_ids=fi, filter_labels=fl)
+        assert np.isin(res.ids[res.ids >= 0], ids[allowed]).all()
+        _asym_oracle_topk(index, oracle, q, ids[allowed], 40, 3, res)
+    # the case that needs it: results from lists the query does not probe
+    fi = rng.choice(ids, 30, replace=False)
+    res = index.search(q, k=3, nprobe=1, candidates=40, filter_ids=fi)
+    probed = _probed_rows(index, q, 1)
+    pos = {v: j for j, v in enumerate(ids.tolist())}
+    outside = [g for i in range(len(q)) for g in res.ids[i].tolist() if g >= 0 and pos[g] not in set(probed[i].tolist())]
+    assert outside
+    with pytest.raises(InputError, match="exceeds"):
+        index.search(q, k=3, nprobe=17, filter_ids=fi)  # nprobe still checked against the stage
+
+
+def test_filters_with_the_default_search(oracle):
+    """ranking=None is asymmetric here: untuned it ranks default_candidates(k) of the allowed
+    items; with a tuned point that probes lists, that point's candidates over every allowed item."""
+    from hashindex.serving.front import default_candidates
+    from hashindex.serving.tuning import DEFAULT_RECALL, OperatingPoint
+
+    x, labels, ids = _labelled()
+    index = HashIndex(32, bits=32, backend="flat", partitions=16)
+    index.add(x, ids=ids, labels=labels)
+    assert index.default_ranking == "asymmetric"
+    q = _queries(x)
+    keep = ids[::3]
+    res = index.search(q, k=4, filter_ids=keep)
+    _asym_oracle_topk(index, oracle, q, keep, default_candidates(4), 4, res)
+
+    index._operating_points[(DEFAULT_RECALL, 4)] = OperatingPoint(
+        nprobe=2, candidates=30, recall=0.99, seconds_per_query=1e-4, target=DEFAULT_RECALL, k=4, nlist=16
+    )
+    plain = index.search(q, k=4)  # the point probes 2 of 16 lists
+    assert (plain.n_candidates <= 30).all()
+    for fi, fl in ((keep, None), (None, np.unique(labels)[:6])):
+        allowed = _allowed_mask(ids, labels, fi, fl)
+        res = index.search(q, k=4, filter_ids=fi, filter_labels=fl)
+        _asym_oracle_topk(index, oracle, q, ids[allowed], 30, 4, res)
+
+
+def test_group_by_with_nprobe_widens_past_the_probed_lists(oracle):
+    """group_by with nprobe: the probed lists hold fewer labels than k, so the candidates are
+    widened through the flat scan until k labels are found; with a filter, over the allowed items."""
+    x, labels, ids = _labelled()
+    index = HashIndex(32, bits=32, backend="flat", partitions=16)
+    index.add(x, ids=ids, labels=labels)
+    q = _queries(x, nq=6)
+    k = 40  # more labels than one list (~40 items, many of the 120-item label) holds
+    res = index.search(q, k=k, nprobe=1, group_by="label")
+    assert (res.ids >= 0).all()
+    for i in range(len(q)):
+        assert np.unique(res.labels[i]).size == k and (np.diff(res.scores[i]) <= 1e-6).all()
+    fl = np.unique(labels)[:3]  # three labels: widening reaches every allowed item, so exact
+    allowed = _allowed_mask(ids, labels, None, fl)
+    scores = oracle.scores(q, x, "cosine")
+    for kw in ({"nprobe": 1}, {}):
+        res = index.search(q, k=5, group_by="label", group_size=2, filter_labels=fl, **kw)
+        np.testing.assert_array_equal(res.ids, brute_group(scores[:, allowed], ids[allowed], labels[allowed], 5, 2))
 
 
 def test_filter_keeping_nothing_returns_padding(make_index):
@@ -375,6 +472,57 @@ def test_index_saved_without_labels_still_loads(tmp_path):
         loaded.search(x[:3], k=2, group_by="label")
     with pytest.raises(InputError, match="no labels"):
         loaded.add(x[:2], labels=[1, 2])
+
+
+def _rewrite_manifest(root: Path, mutate) -> None:
+    """Mutate the manifest, re-checksumming the files as they are and the manifest (a hostile writer)."""
+    m = json.loads((root / "manifest.json").read_text())
+    m.pop("manifest_sha256")
+    for name, info in m["files"].items():
+        data = (root / name).read_bytes()
+        info.update(sha256=hashlib.sha256(data).hexdigest(), bytes=len(data))
+    mutate(m)
+    m["manifest_sha256"] = hashlib.sha256(json.dumps(m, sort_keys=True).encode()).hexdigest()
+    (root / "manifest.json").write_text(json.dumps(m))
+
+
+def _set_key(key, value):
+    return lambda m: m.__setitem__(key, value)
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["labelled as string", "labelled as 1", "labelled false with labels.npy", "labelled true without labels.npy",
+     "labels.npy without labelled", "negative label", "labels of another length", "labels as float"],
+)  # fmt: skip
+def test_labelled_manifests_and_labels_are_checked(case, tmp_path):
+    """persist.INDEX_SCHEMA: ``labelled`` is a bool listed with labels.npy exactly when true;
+    labels.npy is an int64 [count] of labels >= 0 (IndexFormatError otherwise)."""
+    from hashindex import IndexFormatError
+    from hashindex.serving import persist
+
+    x, labels, ids = _labelled(n=120)
+    index = HashIndex(32, bits=32, backend="flat")
+    index.add(x, ids=ids, labels=labels)
+    root = tmp_path / "ix"
+    index.save(root)
+    arrays = {"negative label": np.where(np.arange(120) == 7, -2, labels),
+              "labels of another length": labels[:-1], "labels as float": labels.astype(np.float64)}  # fmt: skip
+    mutations = {
+        "labelled as string": _set_key("labelled", "yes"),
+        "labelled as 1": _set_key("labelled", 1),
+        "labelled false with labels.npy": _set_key("labelled", False),
+        "labelled true without labels.npy": lambda m: m["files"].pop("labels.npy"),
+        "labels.npy without labelled": lambda m: m.pop("labelled"),
+    }
+    if case in arrays:
+        np.save(root / "labels.npy", arrays[case])
+    _rewrite_manifest(root, mutations.get(case, lambda m: None))
+    with pytest.raises(IndexFormatError, match="label"):
+        HashIndex.load(root)
+    if case not in arrays:
+        with pytest.raises(IndexFormatError):
+            persist.read_manifest(root)
 
 
 def test_milvus_reopen_keeps_labels_and_old_collections_work(tmp_path):
@@ -546,7 +694,7 @@ def test_faiss_selector_and_subset_scans_agree(monkeypatch, subset_max_fraction,
     ham = oracle.hamming(index.hasher.encode(q), index.get_codes(ids))
     scores = oracle.scores(q, x, "cosine")
     for kw in ({"radius": 9}, {}, {"candidates": 40}):
-        res = index.search(q, k=5, filter_ids=keep, **kw)
+        res = index.search(q, k=5, filter_ids=keep, ranking="hamming", **kw)  # the Hamming scans
         for i in range(len(q)):
             if "radius" in kw:
                 cand = np.flatnonzero(allowed & (ham[i] <= 9))

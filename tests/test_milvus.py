@@ -66,10 +66,11 @@ def test_range_search_matches_faiss_and_oracle(pair, oracle, radius):
 @pytest.mark.parametrize("mode", [{"radius": 0}, {"radius": 1}, {"radius": 2}, {"radius": 3}, {}], ids=str)
 def test_search_matches_hashindex(pair, mode, rerank):
     g, ref, mil = pair
-    a = ref.search(g.qfeatures, k=7, query_codes=g.qcodes, **mode)
+    a = ref.search(g.qfeatures, k=7, query_codes=g.qcodes, ranking="hamming", **mode)  # {}: multi-probe
     mil.rerank_mode = rerank
     try:
         b = mil.search(g.qfeatures, k=7, query_codes=g.qcodes, **mode)
+        assert mil.default_ranking == "hamming"  # Milvus scores binary vectors by Hamming distance only
     finally:
         mil.rerank_mode = "milvus"
     np.testing.assert_array_equal(b.n_candidates, a.n_candidates)

@@ -112,6 +112,9 @@ def test_manifest_records_every_file_checksum(tmp_path):
     assert (m["format"], m["count"], m["bits"], m["dim"], m["metric"]) == (
         persist.FORMAT_VERSION, len(index), BITS, DIM, "cosine"
     )
+    # the directory's kind is part of the on-disk format (indexes written by 0.1 carry it), not
+    # a module path: it must not follow the package's module moves
+    assert m["kind"] == "hashindex.index"
     for name in ("codes.npy", "ids.npy", "features.npy"):
         with open(root / name, "rb") as f:
             assert f.read(6) == b"\x93NUMPY"  # plain .npy: loadable with allow_pickle=False

@@ -13,6 +13,18 @@ from hashindex.cli.identity_commands import add_search_options, read_labels, sea
 from hashindex.core.io import atomic_write
 from hashindex.serving.hashers import HASHER_KINDS
 from hashindex.serving.index import DEFAULT_BITS
+from hashindex.serving.tuning import DEFAULT_RECALL
+
+
+def recall_target(text: str) -> float:
+    """argparse type: a recall@1 target in (0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}") from None
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"a recall target is in (0, 1] (a fraction, not a percentage), got {text}")
+    return value
 
 CHUNK = 65_536
 
@@ -44,6 +56,14 @@ def cmd_build(args: argparse.Namespace) -> int:
     ids = data.ids if data.ids is not None else np.arange(len(data), dtype=np.int64)
     for lo, hi in tqdm(_chunks(len(data)), desc="adding", unit="chunk", disable=args.quiet):
         index.add(data.features[lo:hi], ids[lo:hi], None if labels is None else labels[lo:hi])
+    if args.tune and index.default_ranking == "asymmetric" and len(index) >= 2:
+        t = time.perf_counter()
+        point = index.tune(recall=args.recall, k=args.k, progress=not args.quiet)
+        where = "flat scan" if point.nprobe is None else f"nprobe {point.nprobe} of {point.nlist} lists"
+        print(
+            f"tuned for recall@1 >= {args.recall:g} (k={args.k}) in {time.perf_counter() - t:.1f}s: {where}, "
+            f"{point.candidates} candidates, measured recall@1 {point.recall:.3f}, {point.seconds_per_query * 1e3:.3f} ms/query"
+        )
     index.save(out)
     with_labels = f", {np.unique(labels).size:,} labels" if labels is not None else ""
     print(f"built {out}: {len(index):,} items{with_labels}, {index.bits} bits, metric {index.metric}")
@@ -61,7 +81,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     t = time.perf_counter()
     for lo, hi in tqdm(_chunks(len(queries), 4096), desc="searching", unit="chunk", disable=args.quiet):
         parts.append(index.search(queries[lo:hi], k=args.k, radius=args.radius, candidates=args.candidates,
-                                  ranking=args.ranking, **identity))  # fmt: skip
+                                  ranking=args.ranking, nprobe=args.nprobe, recall=args.recall, **identity))  # fmt: skip
     elapsed = time.perf_counter() - t
     fields = ("ids", "scores", "hamming", "n_candidates") + (("labels",) if index.has_labels else ())
     result = {f: np.concatenate([getattr(p, f) for p in parts]) for f in fields}
@@ -105,6 +125,10 @@ def add_parsers(sub) -> None:
     p.add_argument("--labels-key", metavar="KEY", help="store each item's label (identity) from this array of "
                    "--features (e.g. labels): enables --group-by / --filter-labels at search time")  # fmt: skip
     p.add_argument("--out", required=True, help="index directory to write")
+    p.add_argument("--recall", type=recall_target, default=DEFAULT_RECALL,
+                   help="tune the default search for this recall@1 on the index's own items (saved with it)")
+    p.add_argument("-k", type=positive_int, default=10, help="results per query the tuning is for")
+    p.add_argument("--no-tune", dest="tune", action="store_false", help="skip tuning (search uses untuned defaults)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_build)
 
@@ -114,9 +138,13 @@ def add_parsers(sub) -> None:
     p.add_argument("-k", type=positive_int, default=10)
     p.add_argument("--radius", type=non_negative_int, help="Hamming radius (inclusive) for candidates")
     p.add_argument("--candidates", type=positive_int, help="rerank this many best-ranked items")
-    p.add_argument("--ranking", choices=["hamming", "asymmetric"], default="hamming",
+    p.add_argument("--ranking", choices=["hamming", "asymmetric"], default=None,
                    help="order candidates by Hamming distance, or by the query's continuous projection "
-                   "against the items' bits (fewer candidates for the same recall; no --radius)")
+                   "against the items' bits (fewer candidates for the same recall; no --radius); default: "
+                   "asymmetric when the hasher allows it, Hamming with --radius")
+    p.add_argument("--nprobe", type=positive_int, help="scan only this many partition lists (asymmetric)")
+    p.add_argument("--recall", type=recall_target,
+                   help="use (or tune) the index's operating point for this recall@1 (default: the saved 0.99 one)")
     add_search_options(p)
     p.add_argument("--out", help="write ids / scores / hamming / n_candidates (/ labels) to this .npz")
     p.add_argument("--show", type=non_negative_int, default=5, help="queries to print when --out is not given")

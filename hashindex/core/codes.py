@@ -52,7 +52,10 @@ def pre_tanh(embedding: np.ndarray) -> np.ndarray:
 
 def check_codes(codes: np.ndarray, nbytes: int | None = None) -> np.ndarray:
     """Validate packed codes (uint8, 2-D, ``nbytes`` wide when given); return them contiguous."""
-    codes = np.asarray(codes)
+    try:
+        codes = np.asarray(codes)
+    except (ValueError, TypeError) as e:
+        raise InputError(f"codes are not a rectangular array ({e})") from None
     if codes.dtype != np.uint8:
         raise InputError(f"codes must be uint8 packed bits, got dtype {codes.dtype}")
     if codes.ndim != 2:

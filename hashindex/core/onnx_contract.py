@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from hashindex.core.bits import check_bits
@@ -153,17 +154,24 @@ class ModelMetadata:
 
     @classmethod
     def from_props(cls, props: Mapping[str, str], source: str = "model") -> "ModelMetadata":
-        """Parse ``metadata_props``; IndexFormatError when missing, malformed or from the future."""
+        """Parse ``metadata_props``; IndexFormatError when missing, malformed or from the future.
+
+        Any malformed value (wrong JSON type, deep nesting, non-finite or out-of-range numbers,
+        oversized strings) is an IndexFormatError naming the key, never another exception.
+        """
+        if not isinstance(props, Mapping):
+            raise IndexFormatError(f"{source}: metadata_props is not a mapping")
         missing = [k for k in (KEY_FORMAT, KEY_BITS, KEY_INPUT, KEY_TRAINING) if k not in props]
         if missing:
             raise IndexFormatError(
                 f"{source}: not a hashindex model (metadata_props lack {', '.join(missing)}); "
                 "export it with hashindex.export.onnx"
             )
-        try:
-            version = int(props[KEY_FORMAT])
-        except ValueError as e:
-            raise IndexFormatError(f"{source}: {KEY_FORMAT} is not an integer: {props[KEY_FORMAT]!r}") from e
+        for key in (KEY_FORMAT, KEY_BITS, KEY_INPUT, KEY_TRAINING, KEY_BACKBONE):
+            value = props.get(key)
+            if value is not None and (not isinstance(value, str) or len(value) > MAX_PROP_CHARS):
+                raise IndexFormatError(f"{source}: {key} must be a string of at most {MAX_PROP_CHARS} characters")
+        version = _small_int(props[KEY_FORMAT], KEY_FORMAT, source)
         if version > FORMAT_VERSION:
             raise IndexFormatError(
                 f"{source}: model format {version} is newer than this hashindex understands "
@@ -171,14 +179,64 @@ class ModelMetadata:
             )
         if version < 1:
             raise IndexFormatError(f"{source}: invalid model format version {version}")
+        bits = _small_int(props[KEY_BITS], KEY_BITS, source)
+        if not 0 < bits <= MAX_BITS:
+            raise IndexFormatError(f"{source}: {KEY_BITS} must be in [8, {MAX_BITS}], got {bits}")
+        key = KEY_INPUT
         try:
+            input_d = _json_object(props[KEY_INPUT], KEY_INPUT, source)
+            prep = input_d.get("preprocessing")
+            if prep is not None and not isinstance(prep, (str, Mapping)):
+                raise IndexFormatError(f"{source}: {KEY_INPUT} preprocessing must be an object, a string or null")
+            shape = input_d.get("shape")
+            if not isinstance(shape, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in shape[1:]):
+                raise IndexFormatError(f"{source}: {KEY_INPUT} shape must be a list [\"N\", int, ...], got {shape!r:.80}")
+            spec = InputSpec.from_dict(input_d)
+            key = KEY_TRAINING
+            training = TrainingInfo.from_dict(_json_object(props[KEY_TRAINING], KEY_TRAINING, source))
+            key = KEY_BACKBONE
             backbone = props.get(KEY_BACKBONE)
-            return cls(
-                bits=int(props[KEY_BITS]),
-                input=InputSpec.from_dict(json.loads(props[KEY_INPUT])),
-                training=TrainingInfo.from_dict(json.loads(props[KEY_TRAINING])),
-                backbone=BackboneInfo.from_dict(json.loads(backbone)) if backbone else None,
-                format=version,
-            )
-        except (ValueError, KeyError, TypeError, IndexError) as e:  # InputError is a ValueError
-            raise IndexFormatError(f"{source}: malformed hashindex metadata: {e}") from e
+            backbone = BackboneInfo.from_dict(_json_object(backbone, KEY_BACKBONE, source)) if backbone else None
+            return cls(bits=bits, input=spec, training=training, backbone=backbone, format=version)
+        except IndexFormatError:
+            raise
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError, OverflowError, RecursionError) as e:
+            # InputError is a ValueError
+            raise IndexFormatError(f"{source}: malformed hashindex metadata in {key}: {type(e).__name__}: {e}") from None
+
+
+MAX_PROP_CHARS = 1 << 16
+"""Longest metadata value parsed (real ones are a few hundred characters)."""
+MAX_BITS = 1 << 16
+
+
+def _small_int(value: str, key: str, source: str) -> int:
+    """A decimal integer of at most 9 digits (no huge-int parsing, no floats, no bools)."""
+    text = value.strip()
+    if not (text.isascii() and text.lstrip("-").isdigit() and len(text.lstrip("-")) <= 9):
+        raise IndexFormatError(f"{source}: {key} is not an integer: {value[:40]!r}")
+    return int(text)
+
+
+def _json_object(text: str, key: str, source: str) -> dict:
+    """``json.loads`` of a metadata value that must be an object with finite numbers."""
+    try:
+        value = json.loads(text, parse_constant=_no_constant, parse_float=_finite_float)
+    except RecursionError:
+        raise IndexFormatError(f"{source}: {key} is nested too deeply") from None
+    except ValueError as e:
+        raise IndexFormatError(f"{source}: malformed hashindex metadata: {key} is not JSON ({e})") from None
+    if not isinstance(value, dict):
+        raise IndexFormatError(f"{source}: {key} must be a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a finite number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text[:40]} is not a finite float32-range number")
+    return value

@@ -4,6 +4,12 @@ The model file is read once; its SHA-256 is taken from exactly the bytes handed 
 onnxruntime, so an index can pin the model it was built with (ARCHITECTURE.md §4). Bits and
 the input description come from the ``hashindex.*`` metadata (§3), never from guesses.
 
+Every run is checked against the contract (§3) before its output is used: each output has one
+row per input, ``embedding`` is finite (no NaN), and ``codes == packbits(embedding > 0)`` in
+FAISS bit order (a few cheap integer operations per row). A model that breaks any of these
+raises :class:`~hashindex.core.errors.ModelMismatchError`, so it can never put wrong or
+misaligned codes into an index.
+
 One ``InferenceSession`` serves every call: onnxruntime documents ``run`` as safe to call
 concurrently, and the encoder keeps no other mutable state, so one encoder can be shared by
 threads.
@@ -20,8 +26,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from hashindex.core.codes import pre_tanh
-from hashindex.core.errors import IndexFormatError, InputError
+from hashindex.core.codes import pack_bits, pre_tanh
+from hashindex.core.errors import IndexFormatError, InputError, ModelMismatchError
 from hashindex.core.onnx_contract import CODES, EMBEDDING, FEATURES, ModelMetadata
 from hashindex.core.preprocess import ImagePreprocessing, load_images
 from hashindex.core.validation import check_features, check_positive_int
@@ -88,6 +94,8 @@ class OnnxEncoder:
         batch_size: inputs per ``session.run``; larger inputs are split (bounded memory).
         threads: onnxruntime intra-op threads (None: onnxruntime's default).
         progress: show a tqdm bar over batches.
+        model_bytes: the model file's content, already read (e.g. from an index directory
+            opened once); ``path`` then only names it.
 
     Satisfies the :class:`hashindex.serving.hashers.Hasher` protocol (``bits`` and ``encode``).
     """
@@ -99,14 +107,19 @@ class OnnxEncoder:
         batch_size: int = 4096,
         threads: int | None = None,
         progress: bool = False,
+        *,
+        model_bytes: bytes | None = None,
     ) -> None:
         self.path = Path(path)
         self.batch_size = check_positive_int(batch_size, "batch_size")
         self.progress = progress
-        try:
-            raw = self.path.read_bytes()
-        except OSError as e:
-            raise IndexFormatError(f"{self.path}: cannot read model file ({e})") from e
+        if model_bytes is not None:
+            raw = bytes(model_bytes)
+        else:
+            try:
+                raw = self.path.read_bytes()
+            except OSError as e:
+                raise IndexFormatError(f"{self.path}: cannot read model file ({e})") from e
         self.sha256 = hashlib.sha256(raw).hexdigest()
         options = ort.SessionOptions()
         if threads is not None:
@@ -209,9 +222,40 @@ class OnnxEncoder:
             from tqdm.auto import tqdm
 
             starts = tqdm(starts, desc="encode", unit="batch")
-        parts = [self._session.run(names, {self.input_name: x[s : s + self.batch_size]}) for s in starts]
+        parts = []
+        for s in starts:
+            batch = x[s : s + self.batch_size]
+            parts.append(self._check_outputs(self._session.run(names, {self.input_name: batch}), batch.shape[0]))
         merged = [np.concatenate(p) if len(parts) > 1 else p[0] for p in zip(*parts)]
         return EncoderOutput(*merged)
+
+    def _check_outputs(self, outputs: list, n: int) -> list:
+        """One run's outputs against the contract: rows, widths, dtypes, finite embedding, and
+        codes that are exactly the packed signs of the embedding (ModelMismatchError otherwise)."""
+        codes, embedding = outputs[0], outputs[1]
+        widths = [(CODES, np.uint8, self.bits // 8), (EMBEDDING, np.float32, self.bits)]
+        if self.has_features:
+            widths.append((FEATURES, np.float32, self._feature_dim))
+        for (name, dtype, width), out in zip(widths, outputs):
+            out = np.asarray(out)
+            if out.shape != (n, width) or out.dtype != dtype:
+                raise ModelMismatchError(
+                    f"{self.path}: output '{name}' is {out.dtype} {out.shape} for {n} inputs, "
+                    f"the contract is {np.dtype(dtype)} {(n, width)} (one row per input)"
+                )
+        if np.isnan(embedding).any():
+            rows = np.flatnonzero(np.isnan(embedding).any(axis=1))
+            raise ModelMismatchError(f"{self.path}: output '{EMBEDDING}' holds NaN (rows {rows[:5].tolist()} of the batch)")
+        if self.has_features and not np.isfinite(outputs[2]).all():
+            rows = np.flatnonzero(~np.isfinite(outputs[2]).all(axis=1))
+            raise ModelMismatchError(f"{self.path}: output '{FEATURES}' holds NaN or inf (rows {rows[:5].tolist()} of the batch)")
+        wrong = (codes != pack_bits(embedding > 0)).any(axis=1)
+        if wrong.any():
+            raise ModelMismatchError(
+                f"{self.path}: output '{CODES}' is not packbits(embedding > 0) in FAISS bit order "
+                f"(rows {np.flatnonzero(wrong)[:5].tolist()} of the batch): the model breaks the code contract"
+            )
+        return outputs
 
     def encode(self, x: np.ndarray) -> np.ndarray:
         """Packed codes ``uint8 [N, bits/8]`` (the Hasher protocol)."""

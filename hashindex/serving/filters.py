@@ -10,6 +10,17 @@ an open-set threshold.
   the candidate stage itself -- the Hamming k-NN / range search and the asymmetric scan run over
   the allowed items only -- so a filter never loses a neighbour the way post-filtering a top-k
   does. Ids or labels absent from the index are allowed and simply match nothing.
+* **Filters and the partition stage** (HashIndex): a filtered asymmetric search never probes
+  the k-means lists, whether ``nprobe`` is given or comes from a tuned operating point; it
+  scores every allowed row exactly (candidates/filtered.py) and takes the setting's candidate
+  count. The rule is the simple one that stays exact: masking the probe's top-c to the allowed
+  rows is exact only when every allowed item lies in the probed lists *and* that top-c still
+  holds c allowed items. A spread-out allow-list fails the first test for almost any
+  ``nprobe`` below ``nlist``, and a narrow one (a few identities) costs less to scan than to
+  probe, so the fallback would be the common path anyway. ``nprobe`` is still checked (an index
+  without a partition stage refuses it, filter or not). ``group_by`` widens its candidates
+  through the flat scan (restricted to the allowed rows), never the lists, which can hold
+  fewer than k labels.
 * **Grouping** (``group_by="label"``): the k best distinct labels, each with its ``group_size``
   best items (hashindex.serving.grouping).
 * **Open-set threshold** (``min_score=t``): results scoring below ``t`` (for l2: at a distance
@@ -26,7 +37,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from hashindex.core.errors import InputError
-from hashindex.core.validation import check_positive_int
+from hashindex.core.validation import as_array, check_positive_int
 
 GROUP_BY = ("label",)
 _INT64_MAX = np.iinfo(np.int64).max
@@ -34,7 +45,7 @@ _INT64_MAX = np.iinfo(np.int64).max
 
 def _as_int64(values, name: str, n: int | None = None) -> np.ndarray:
     """1-D non-negative integers that fit int64 -> int64 (a scalar counts as one entry)."""
-    a = np.asarray(values)
+    a = as_array(values, name)  # ragged lists -> InputError
     if n is None:
         a = np.atleast_1d(a)
     if a.ndim != 1 or (n is not None and a.shape[0] != n):

@@ -7,22 +7,31 @@ supplies storage and candidate generation through a handful of hooks (``_insert`
 so a check added to the front holds for every backend; an option a backend cannot honour raises
 :class:`~hashindex.core.errors.UnsupportedError` naming the backend.
 
-Search modes (``radius`` is inclusive, ARCHITECTURE.md §2):
-- ``radius=r``: every item within Hamming <= r is a candidate;
-- ``candidates=c``: the c best-ranked items;
-- neither: for Hamming ranking, the smallest radius giving each query at least ``10 * k``
-  candidates (multi-probe); for asymmetric ranking, ``10 * k`` candidates.
-Candidates are reranked by exact similarity on the stored features, best first.
-
 Ranking (``ranking=``): ``"hamming"`` orders items by Hamming distance between codes;
 ``"asymmetric"`` by ``<z, 2b - 1>``, the query's continuous projection ``z`` (before the sign)
 against each item's bits (serving/candidates/asymmetric.py). ``radius`` is a Hamming rule and
-always ranks by Hamming distance.
+always ranks by Hamming distance. The default (``ranking=None``) is asymmetric when the hasher
+has ``project()`` and the backend scores it, else Hamming (always Hamming with ``radius`` or
+``query_codes``).
+
+Search modes (``radius`` is inclusive, ARCHITECTURE.md §2):
+- ``radius=r``: every item within Hamming <= r is a candidate (Hamming ranking);
+- ``candidates=c``: the c best-ranked items;
+- ``nprobe=p`` (asymmetric, backends with a partition stage): rank only the items of the p
+  k-means lists nearest to the query (serving/candidates/partitions.py);
+- ``recall=r``: the index's tuned operating point for recall@1 >= r (serving/tuning.py;
+  tuned on the spot if the index has none for that target);
+- none of these: Hamming ranking takes the smallest radius giving each query at least
+  ``10 * k`` candidates (multi-probe); asymmetric ranking takes the operating point tuned for
+  :data:`DEFAULT_RECALL` if the index has one, else the flat scan with
+  :func:`default_candidates` (``max(50 * k, 500)``) candidates.
+Candidates are reranked by exact similarity on the stored features, best first.
 
 Identity-aware search (serving/filters.py, serving/grouping.py): items may carry a label (the
 identity); ``filter_ids`` / ``filter_labels`` restrict the candidates before ranking;
 ``group_by="label"`` returns the k best distinct labels; ``min_score`` drops results below an
-open-set threshold (calibrated by hashindex.evaluation.calibration).
+open-set threshold (calibrated by hashindex.evaluation.calibration). A filtered search never
+probes the partition stage: the allowed rows are scanned exactly (serving/filters.py says why).
 """
 
 from __future__ import annotations
@@ -37,11 +46,17 @@ from hashindex.core.codes import binarize, check_codes, pre_tanh
 from hashindex.core.errors import DuplicateIdError, InputError, ModelMismatchError, NotFittedError, UnsupportedError
 from hashindex.core.bits import check_bits
 from hashindex.core.validation import (
+    MAX_K,
+    as_array,
+    auto_ids,
+    check_recall,
+    check_tuning_args,
     check_id_list,
     check_new_ids,
     check_positive_int,
     check_query_codes,
     check_radius,
+    check_result_size,
     check_search_args,
     prepare_features,
 )
@@ -57,6 +72,7 @@ from hashindex.serving.hashers import (
 from hashindex.serving.filters import PLAIN, SearchOptions, check_labels, check_search_options
 from hashindex.serving.grouping import below_threshold
 from hashindex.serving.rerank import METRICS, higher_is_better
+from hashindex.serving.tuning import DEFAULT_RECALL, OperatingPoint
 
 RANKINGS = ("hamming", "asymmetric")
 # 128-bit codes + rerank beat HNSW at recall@1 0.95 on 1M face-like embeddings where 64-bit
@@ -64,6 +80,17 @@ RANKINGS = ("hamming", "asymmetric")
 DEFAULT_BITS = 128
 
 CSR = tuple[np.ndarray, np.ndarray, np.ndarray]  # lims [nq+1], ids or positions [M], hamming [M]
+
+
+def default_candidates(k: int) -> int:
+    """Candidates of an untuned asymmetric search: ``max(50 * k, 500)``.
+
+    On the 1M face-like benchmark gallery (k = 10) 500 was the smallest measured count whose
+    recall@1 reached 0.99, and the scan, not the rerank, dominates the cost there, so a few
+    hundred extra candidates are nearly free; 50 per result keeps the margin for larger k
+    (benchmarks/README.md, "Partition stage").
+    """
+    return max(50 * k, 500)
 
 
 @dataclass
@@ -133,6 +160,33 @@ def empty_csr(nq: int) -> CSR:
     return np.zeros(nq + 1, np.int64), np.empty(0, np.int64), np.empty(0, np.int32)
 
 
+def no_queries_result(k: int, labelled: bool = False) -> SearchResult:
+    """The result of a search with zero queries (answered here: no backend is asked); ``k``
+    columns (``k * group_size`` when grouping), labels too when the index has them."""
+    return SearchResult(
+        np.full((0, k), -1, np.int64), np.empty((0, k), np.float32), np.full((0, k), -1, np.int32), np.empty(0, np.int64),
+        np.full((0, k), -1, np.int64) if labelled else None,
+    )
+
+
+@dataclass(frozen=True)
+class _SearchArgs:
+    """A search's checked arguments (IndexFront._search_args)."""
+
+    k: int
+    radius: int | None
+    candidates: int | None
+    ranking: str
+    nprobe: int | None
+    recall: float | None
+    options: SearchOptions
+
+    @property
+    def width(self) -> int:
+        """Result columns per query: ``k``, or ``k * group_size`` when grouping by label."""
+        return self.k * (self.options.group_size or 1)
+
+
 class IndexFront:
     """The public API of every hashindex index; subclasses store items and find candidates.
 
@@ -156,6 +210,8 @@ class IndexFront:
         self.bits = int(hasher.bits)
         self.metric = check_metric(metric)
         self._nbytes = self.bits // 8
+        # (recall target, k) -> tuned setting; see tune() and serving/tuning.py
+        self._operating_points: dict[tuple[float, int], OperatingPoint] = {}
 
     # -- hooks --------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -200,12 +256,32 @@ class IndexFront:
         raise NotImplementedError
 
     def _search_encoded(
-        self, x, qcodes, z, k: int, radius: int | None, candidates: int | None, options: SearchOptions = PLAIN
+        self,
+        x,
+        qcodes,
+        z,
+        k: int,
+        radius: int | None,
+        candidates: int | None,
+        nprobe: int | None = None,
+        options: SearchOptions = PLAIN,
     ) -> SearchResult:
-        """Candidates (restricted by ``options.restriction``), then the exact rerank (grouped by
-        label when ``options.grouped``); ``labels`` filled in when the index has them. The front
-        applies ``options.min_score``."""
+        """Candidates for checked queries (``nprobe`` only with ``z``: asymmetric; restricted by
+        ``options.restriction``), then the exact rerank (grouped by label when ``options.grouped``);
+        ``labels`` filled in when the index has them. The front applies ``options.min_score``."""
         raise NotImplementedError
+
+    def _check_nprobe(self, nprobe: int) -> None:
+        """Raise unless this index can scan ``nprobe`` partition lists now."""
+        raise UnsupportedError(f"nprobe= scans partition lists, which the {self.backend_name} backend does not have")
+
+    def _tuning_partitions(self) -> tuple[int | None, list[int]]:
+        """(nlist, nprobe values to try) for the tuner; (None, []) without a partition stage."""
+        return None, []
+
+    def _exact_knn(self, x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Exact top-k over every stored item: (ids int64 [nq, k], scores float32 [nq, k])."""
+        raise UnsupportedError(f"the {self.backend_name} backend has no exact search to tune against")
 
     def _range_encoded(self, qcodes: np.ndarray, radius: int) -> CSR:
         """All items within Hamming <= radius: ``(lims, ids, hamming)`` (the index is not empty)."""
@@ -250,8 +326,7 @@ class IndexFront:
     def _new_ids(self, ids: np.ndarray | None, n: int) -> np.ndarray:
         """Ids for ``n`` new rows: the next auto ids, or the given ones checked (not yet stored)."""
         if ids is None:
-            start = self._next_auto_id()
-            return np.arange(start, start + n, dtype=np.int64)
+            return auto_ids(self._next_auto_id(), n)  # InputError rather than overflow past 2**63 - 2
         ids = check_new_ids(ids, n)
         present = self._present_mask(ids)
         if present.any():
@@ -379,7 +454,9 @@ class IndexFront:
         radius: int | None = None,
         candidates: int | None = None,
         *,
-        ranking: str = "hamming",
+        ranking: str | None = None,
+        nprobe: int | None = None,
+        recall: float | None = None,
         query_codes: np.ndarray | None = None,
         filter_ids: np.ndarray | None = None,
         filter_labels: np.ndarray | None = None,
@@ -391,12 +468,19 @@ class IndexFront:
 
         Args:
             queries: float ``[nq, D]``.
-            k: results per query.
-            radius: take every item within Hamming <= radius.
-            candidates: take the ``candidates`` best-ranked items (default: multi-probe
-                for Hamming ranking, ``10 * k`` for asymmetric ranking).
-            ranking: "hamming" or "asymmetric" (the query's continuous projection against the
-                items' bits; needs a hasher with ``project``, and no ``radius``).
+            k: results per query, at most ``core.validation.MAX_K`` (and ``len(queries) * k``
+                at most ``MAX_RESULT_CELLS``); larger is refused before anything is allocated.
+            radius: take every item within Hamming <= radius (a radius beyond ``bits`` is
+                ``bits``: every item).
+            candidates: take the ``candidates`` best-ranked items (default: multi-probe for
+                Hamming ranking; the tuned or default setting for asymmetric ranking, see the
+                module docstring).
+            ranking: "hamming", "asymmetric" (the query's continuous projection against the
+                items' bits; needs a hasher with ``project``, and no ``radius``), or None: the
+                backend's default (:attr:`default_ranking`).
+            nprobe: scan only the ``nprobe`` nearest partition lists (asymmetric ranking on an
+                index with partitions).
+            recall: use (or tune, see :meth:`tune`) the operating point for recall@1 >= recall.
             query_codes: precomputed query codes (skips the hasher; Hamming ranking only).
             filter_ids, filter_labels: allow-lists of ids / labels; an item must pass every
                 list given. Applied in the candidate stage, before ranking.
@@ -407,22 +491,44 @@ class IndexFront:
             min_score: open-set threshold: results with a score below it (l2: a distance
                 above it) become padding (id -1).
         """
-        k, radius, candidates = check_search_args(k, radius, candidates)
-        self._check_ranking(ranking, radius)
-        options = self._search_options(filter_ids, filter_labels, group_by, group_size, min_score)
+        a = self._search_args(k, radius, candidates, ranking, nprobe, recall, query_codes is not None,
+                              filter_ids, filter_labels, group_by, group_size, min_score)  # fmt: skip
         x = self._prepare_features(queries, name="queries")
-        if ranking == "hamming":
+        check_result_size(x.shape[0], a.width)
+        if a.ranking == "hamming":
             qcodes = self._encode(x) if query_codes is None else check_query_codes(query_codes, self._nbytes, x.shape[0])
-            return self._finish(self._search_encoded(x, qcodes, None, k, radius, candidates, options), options)
+            return self._run_search(x, qcodes, None, a)
         if query_codes is not None:
             raise InputError("asymmetric ranking needs the query features' projection, not precomputed codes")
         z = self._project(x)
-        return self._finish(self._search_encoded(x, binarize(z), z, k, radius, candidates, options), options)
+        return self._run_search(x, binarize(z), z, a)
 
-    def _search_options(self, filter_ids, filter_labels, group_by, group_size, min_score) -> SearchOptions:
-        return check_search_options(
+    def _search_args(
+        self, k, radius, candidates, ranking, nprobe, recall, has_query_codes: bool,
+        filter_ids, filter_labels, group_by, group_size, min_score,
+    ) -> _SearchArgs:  # fmt: skip
+        """Every search argument checked, before any query is encoded."""
+        k, radius, candidates = check_search_args(k, radius, candidates, self.bits)  # radius > bits: every item
+        nprobe, recall = check_tuning_args(nprobe, recall, radius, candidates)
+        ranking = self._resolve_ranking(ranking, radius, nprobe, recall, has_query_codes)
+        options = check_search_options(
             filter_ids, filter_labels, group_by, group_size, min_score, has_labels=bool(self._has_labels())
         )
+        a = _SearchArgs(k, radius, candidates, ranking, nprobe, recall, options)
+        if a.width > MAX_K:
+            raise InputError(f"k * group_size = {a.width:,} results per query, more than the {MAX_K:,} a search returns")
+        return a
+
+    def _run_search(self, x, qcodes, z, a: _SearchArgs) -> SearchResult:
+        """Encoded queries -> results: zero queries answered here, asymmetric settings resolved,
+        then the backend and the open-set threshold."""
+        if x.shape[0] == 0:
+            return no_queries_result(a.width, labelled=bool(self._has_labels()))
+        candidates, nprobe = a.candidates, None
+        if z is not None:
+            candidates, nprobe = self._asymmetric_settings(a.k, a.candidates, a.nprobe, a.recall)
+        res = self._search_encoded(x, qcodes, z, a.k, a.radius, candidates, nprobe, a.options)
+        return self._finish(res, a.options)
 
     def _finish(self, res: SearchResult, options: SearchOptions) -> SearchResult:
         """The open-set threshold: results below ``min_score`` become padding."""
@@ -436,17 +542,96 @@ class IndexFront:
             res.labels[drop] = -1
         return res
 
+    @property
+    def default_ranking(self) -> str:
+        """What ``search`` ranks by when ``ranking`` is not given (and no radius or query codes are):
+        "asymmetric" when the backend scores it and the hasher has ``project()``, else "hamming"."""
+        if "asymmetric" in self.RANKINGS and callable(getattr(self.hasher, "project", None)):
+            return "asymmetric"
+        return "hamming"
+
+    def _resolve_ranking(self, ranking, radius, nprobe, recall, has_query_codes: bool) -> str:
+        if ranking is None:
+            if nprobe is not None or recall is not None:
+                ranking = "asymmetric"  # only the asymmetric stage has these knobs
+            elif radius is not None or has_query_codes:
+                ranking = "hamming"  # Hamming rules: a radius, codes without features' projection
+            else:
+                ranking = self.default_ranking
+        self._check_ranking(ranking, radius)
+        if ranking == "hamming" and (nprobe is not None or recall is not None):
+            raise InputError("nprobe= and recall= set the asymmetric stage; Hamming ranking takes radius= or candidates=")
+        return ranking
+
+    def _asymmetric_settings(self, k, candidates, nprobe, recall) -> tuple[int, int | None]:
+        """(candidates, nprobe) for an asymmetric search: as given; else the operating point for
+        ``recall`` (tuned now if missing) or for DEFAULT_RECALL (if tuned); else the default."""
+        if nprobe is not None:
+            self._check_nprobe(nprobe)
+        if candidates is not None or nprobe is not None:
+            return (candidates if candidates is not None else default_candidates(k)), nprobe
+        point = self.operating_point(DEFAULT_RECALL if recall is None else recall, k)
+        if point is None:
+            if recall is None:
+                return default_candidates(k), None
+            point = self.tune(recall=recall, k=k)
+        if point.nprobe is not None:
+            self._check_nprobe(point.nprobe)
+        return max(point.candidates, k), point.nprobe
+
+    # -- recall targets ---------------------------------------------------------------------------
+    @property
+    def operating_points(self) -> dict[tuple[float, int], OperatingPoint]:
+        """Tuned settings keyed by (recall target, k) (a copy)."""
+        return dict(self._operating_points)
+
+    def operating_point(self, recall: float = DEFAULT_RECALL, k: int = 10) -> OperatingPoint | None:
+        """The tuned setting for ``recall`` and ``k``, else the one for the same target and the
+        smallest larger k (it ranks at least as many candidates), else None."""
+        recall, k = check_recall(recall), check_positive_int(k, "k")
+        points = self._operating_points
+        if (recall, k) in points:
+            return points[(recall, k)]
+        larger = sorted(kk for (r, kk) in points if r == recall and kk > k)
+        return points[(recall, larger[0])] if larger else None
+
+    def tune(
+        self, recall: float = DEFAULT_RECALL, k: int = 10, sample: int = 1000, seed: int = 0, *, progress: bool = True
+    ) -> OperatingPoint:
+        """Find and keep the cheapest asymmetric setting reaching recall@1 >= ``recall``.
+
+        Measured on ``sample`` of the index's own items (each query is a stored item's feature,
+        its own match excluded): the flat scan at a few candidate counts and, where the index
+        has or can build partitions, nprobe x candidates (serving/tuning.py). The point is kept
+        under (recall, k), saved in the index manifest, and used by ``search`` when asked for
+        that recall (and by default for :data:`DEFAULT_RECALL`). If no setting reaches the
+        target, the most accurate one measured is kept, with a warning.
+        """
+        from hashindex.serving import tuning
+
+        recall, k = check_recall(recall), check_positive_int(k, "k")
+        sample = check_positive_int(sample, "sample")
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+            raise InputError(f"seed must be an integer, got {seed!r}")
+        if "asymmetric" not in self.RANKINGS:
+            raise UnsupportedError(f"tune() sets asymmetric search, which the {self.backend_name} backend does not do")
+        self._project(np.zeros((0, self.dim), np.float32))  # a hasher without project(): say so before measuring
+        point = tuning.tune(self, recall, k, sample, int(seed), progress)
+        with self._writing():
+            self._operating_points[(recall, k)] = point
+        return point
+
     def range_search(self, queries: np.ndarray, radius: int) -> CSR:
         """All items within Hamming <= ``radius``, without reranking.
 
         ``queries`` are features (float ``[nq, D]``, encoded with the hasher) or packed codes
         (uint8 ``[nq, bits/8]``). Returns CSR ``(lims [nq+1], ids [M], hamming [M])``.
         """
-        radius = check_radius(radius)
-        q = np.asarray(queries)
+        radius = check_radius(radius, self.bits)
+        q = as_array(queries, "queries")
         qcodes = check_codes(q, self._nbytes) if q.dtype == np.uint8 else self._encode(self._prepare_features(q, "queries"))
         with self._reading():
-            if len(self) == 0:
+            if len(self) == 0 or qcodes.shape[0] == 0:
                 return empty_csr(qcodes.shape[0])
             return self._range_encoded(qcodes, radius)
 
@@ -476,7 +661,9 @@ class IndexFront:
         radius: int | None = None,
         candidates: int | None = None,
         *,
-        ranking: str = "hamming",
+        ranking: str | None = None,
+        nprobe: int | None = None,
+        recall: float | None = None,
         filter_ids: np.ndarray | None = None,
         filter_labels: np.ndarray | None = None,
         group_by: str | None = None,
@@ -484,11 +671,11 @@ class IndexFront:
         min_score: float | None = None,
     ) -> SearchResult:
         """:meth:`search` with preprocessed query images ``float32 [nq, 3, H, W]``."""
-        k, radius, candidates = check_search_args(k, radius, candidates)
-        self._check_ranking(ranking, radius)
-        options = self._search_options(filter_ids, filter_labels, group_by, group_size, min_score)
+        a = self._search_args(k, radius, candidates, ranking, nprobe, recall, False,
+                              filter_ids, filter_labels, group_by, group_size, min_score)  # fmt: skip
         out = self._image_encoder().run(images)
         x = self._prepare_features(out.features, name="queries")
-        z = pre_tanh(out.embedding) if ranking == "asymmetric" else None
-        return self._finish(self._search_encoded(x, out.codes, z, k, radius, candidates, options), options)
+        check_result_size(x.shape[0], a.width)
+        z = pre_tanh(out.embedding) if a.ranking == "asymmetric" else None
+        return self._run_search(x, out.codes, z, a)
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import BinaryIO, Protocol, runtime_checkable
 
 import faiss
 import numpy as np
@@ -92,22 +92,35 @@ class LinearHasher:
             np.savez(f, meta=np.array(json.dumps(meta)), weight=self.weight, bias=self.bias)
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "LinearHasher":
+    def load(cls, source: str | os.PathLike | BinaryIO, where: str | os.PathLike | None = None) -> "LinearHasher":
+        """Read a hasher written by :meth:`save` from a path or an open binary file (``where``
+        names it in messages). Anything malformed raises IndexFormatError."""
+        where = where if where is not None else getattr(source, "name", source)
         try:
-            with np.load(path, allow_pickle=False) as z:
+            with np.load(source, allow_pickle=False) as z:
                 meta = json.loads(str(z["meta"]))
                 weight = np.asarray(z["weight"], dtype=np.float32)
                 bias = np.asarray(z["bias"], dtype=np.float32)
-        except (OSError, ValueError, KeyError) as e:
-            raise IndexFormatError(f"{path}: not a readable hasher file ({e})") from e
-        if meta.get("format", 0) > HASHER_FORMAT:
+        except (OSError, ValueError, KeyError, TypeError, RecursionError, EOFError) as e:
+            raise IndexFormatError(f"{where}: not a readable hasher file ({type(e).__name__}: {e})") from None
+        if not isinstance(meta, dict):
+            raise IndexFormatError(f"{where}: hasher metadata is not an object")
+        version, kind, bits, dim = meta.get("format", 0), meta.get("kind"), meta.get("bits"), meta.get("dim")
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in (version, bits, dim)) or not isinstance(kind, str):
+            raise IndexFormatError(f"{where}: malformed hasher metadata {json.dumps(meta)[:200]}")
+        if version > HASHER_FORMAT:
             raise IndexFormatError(
-                f"{path}: hasher format {meta['format']} is newer than this hashindex "
+                f"{where}: hasher format {version} is newer than this hashindex "
                 f"understands ({HASHER_FORMAT}); upgrade hashindex"
             )
-        if weight.shape != (meta["bits"], meta["dim"]) or bias.shape != (meta["bits"],):
-            raise IndexFormatError(f"{path}: hasher arrays do not match bits/dim in its metadata")
-        return cls(meta["kind"], meta["bits"], meta["dim"], weight, bias)
+        if weight.shape != (bits, dim) or bias.shape != (bits,):
+            raise IndexFormatError(f"{where}: hasher arrays do not match bits/dim in its metadata")
+        if not (np.isfinite(weight).all() and np.isfinite(bias).all()):
+            raise IndexFormatError(f"{where}: hasher weights contain NaN or inf")
+        try:
+            return cls(kind, bits, dim, weight, bias)
+        except InputError as e:
+            raise IndexFormatError(f"{where}: invalid hasher ({e})") from None
 
     def to_dict(self) -> dict:
         return {"kind": self.kind, "bits": self.bits, "dim": self.dim}

@@ -7,7 +7,10 @@ row arrays and finds candidates with FAISS.
 Backends for the Hamming stage: ``flat`` (IndexBinaryFlat, exact for everything and the source
 of truth), ``hash`` (IndexBinaryHash) and ``multihash`` (IndexBinaryMultiHash), both exact for
 range queries by the nflip / nhash rules, and ``auto`` (see :meth:`HashIndex.backend_for`).
-Asymmetric ranking scans the same codes with FAISS fast-scan PQ (candidates/asymmetric.py).
+Asymmetric ranking scans the same codes with FAISS fast-scan PQ (candidates/asymmetric.py),
+either all of them (the flat scan) or, with ``nprobe``, only the k-means lists nearest to the
+query (the partition stage, candidates/partitions.py; see ``partitions=``). A filtered search
+scans the allowed rows exactly instead, never the lists (serving/filters.py).
 """
 
 from __future__ import annotations
@@ -15,24 +18,29 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import threading
+import warnings
 from pathlib import Path
 
+import faiss
 import numpy as np
 
 from hashindex.core.codes import hamming_pairs
 from hashindex.core.errors import IndexFormatError, InputError, ModelMismatchError, NotFittedError, UnknownIdError
-from hashindex.core.validation import check_positive_int
+from hashindex.core.validation import MAX_ID, check_positive_int
 from hashindex.serving import persist
 from hashindex.serving.candidates.asymmetric import AsymmetricCandidates
 from hashindex.serving.candidates.binary import FlatCandidates, HashCandidates, MultiHashCandidates
 from hashindex.serving.candidates.filtered import AllowedRows, asymmetric_knn_rows
-from hashindex.serving.candidates.modes import DEFAULT_CANDIDATES_PER_K, knn_to_csr, select_candidates
+from hashindex.serving.candidates.modes import knn_to_csr, select_candidates
+from hashindex.serving.candidates.partitions import PartitionStage, nlist_for
 from hashindex.serving.front import (
     DEFAULT_BITS,
     RANKINGS,
     IndexFront,
     SearchResult,
     check_ranking,
+    default_candidates,
     empty_csr,
     resolve_hasher,
 )
@@ -42,6 +50,7 @@ from hashindex.serving.hashers import Hasher, LinearHasher
 from hashindex.serving.locks import ReadWriteLock
 from hashindex.serving.rerank import rerank
 from hashindex.serving.store import RowStore
+from hashindex.serving.tuning import nprobe_grid, points_from_manifest, points_to_manifest
 
 __all__ = ["HashIndex", "SearchResult", "DEFAULT_BITS", "RANKINGS", "check_ranking", "describe"]
 
@@ -50,6 +59,15 @@ FEATURE_DTYPES = ("float32", "float16")
 # auto: accelerators pay off only on large galleries and small radii (benchmarks/backends.py).
 AUTO_MIN_ITEMS = 100_000
 AUTO_MAX_RADIUS = 3
+_EXACT_BLOCK = 1 << 18  # gallery rows per exact-search block (float16 stores are converted per block)
+# partitions="auto" builds a partition stage from this many items. The flat asymmetric scan
+# costs ~1.4 ms per 1M items per query and the partition stage a fixed ~0.1-0.2 ms (coarse
+# search, per-list overhead) plus the lists it scans, so it can only win where the flat scan
+# costs well above that: ~100k items and up (an estimate from the 1M measurements in benchmarks/README.md);
+# below it k-means would also train on fewer than 64 points per list of 2*sqrt(N) lists.
+PARTITION_MIN_ITEMS = 100_000
+PARTITION_MODES = ("auto",)
+_PARTITION_FILES = ("partition_centroids.npy", "partition_assign.npy")
 
 
 class HashIndex(IndexFront):
@@ -65,6 +83,15 @@ class HashIndex(IndexFront):
         metric: "cosine" (features L2-normalised on the way in), "ip" or "l2".
         backend: "flat", "hash", "multihash" or "auto".
         feature_dtype: "float32" or "float16" for the feature store.
+        partitions: the partition stage searched with ``nprobe`` (asymmetric ranking):
+            ``"auto"`` (default) builds ``nlist_for(N)`` (~2 sqrt(N), a power of two) lists once
+            the index holds ``PARTITION_MIN_ITEMS`` items; an int builds that many lists (the
+            index must hold at least that many items); ``None`` never builds one. It is built
+            on first use (``nprobe=``, or :meth:`tune`), kept in step by ``add``, rebuilt after
+            ``remove`` and saved with the index. Without one, searches scan every code (the
+            flat scan) and :meth:`tune` measures only that.
+        partition_spill: lists each item is put in (1; 2 is "spilling": higher recall per
+            probed list at twice the list memory).
     """
 
     def __init__(
@@ -77,8 +104,15 @@ class HashIndex(IndexFront):
         metric: str = "cosine",
         backend: str = "auto",
         feature_dtype: str = "float32",
+        partitions: str | int | None = "auto",
+        partition_spill: int = 1,
     ):
         dim = check_positive_int(dim, "dim")
+        if partitions is not None and partitions not in PARTITION_MODES:
+            if isinstance(partitions, str):
+                raise InputError(f"partitions must be 'auto', a number of lists or None, got {partitions!r}")
+            partitions = check_positive_int(partitions, "partitions (number of lists)")
+        partition_spill = check_positive_int(partition_spill, "partition_spill")
         if backend not in BACKENDS:
             raise InputError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
         if feature_dtype not in FEATURE_DTYPES:
@@ -97,6 +131,13 @@ class HashIndex(IndexFront):
         self._accel: dict[str, HashCandidates | MultiHashCandidates | AsymmetricCandidates] = {}
         self._id_lookup: tuple[np.ndarray, np.ndarray] | None = None  # (sorted ids, positions)
         self._lock = ReadWriteLock()
+        self.partitions = partitions
+        self.partition_spill = partition_spill
+        # the partition stage, once trained: its coarse quantizer (+ lists, built lazily) and the
+        # assignment int32 [N, spill], a row array beside the codes (compacts and saves with them)
+        self._part: PartitionStage | None = None
+        self._part_assign: RowStore | None = None
+        self._build_lock = threading.Lock()  # searches build lazily under the read lock: one at a time
 
     # -- basic facts -----------------------------------------------------------------------
     def __len__(self) -> int:
@@ -105,7 +146,7 @@ class HashIndex(IndexFront):
     def __repr__(self) -> str:
         return (
             f"HashIndex(dim={self.dim}, bits={self.bits}, n={len(self)}, metric={self.metric!r}, "
-            f"backend={self.backend!r}, feature_dtype={self.feature_dtype!r})"
+            f"backend={self.backend!r}, feature_dtype={self.feature_dtype!r}, partitions={self.partitions!r})"
         )
 
     @property
@@ -122,10 +163,14 @@ class HashIndex(IndexFront):
 
     def memory_usage(self) -> dict[str, int]:
         """Bytes held per component (codes are held twice: the store and the FAISS flat index;
-        a third time once an asymmetric search has built its scanner)."""
+        a third time once an asymmetric search has built its scanner, and "codes" also counts
+        the partition stage: its lists of codes and ids, assignment and centroids)."""
         asym = self._accel.get("asymmetric")
+        part = 0
+        if self._part is not None:
+            part = self._part.nbytes + self._part_assign.nbytes
         usage = {
-            "codes": self._codes.nbytes * 2 + (asym.nbytes if asym is not None else 0),
+            "codes": self._codes.nbytes * 2 + (asym.nbytes if asym is not None else 0) + part,
             "ids": self._ids.nbytes,
             "features": self._features.nbytes,
         }
@@ -148,6 +193,10 @@ class HashIndex(IndexFront):
 
     def _insert(self, codes: np.ndarray, x: np.ndarray, ids: np.ndarray, labels: np.ndarray | None = None) -> None:
         # everything is validated; from here on nothing can fail on user input
+        if self._part is not None:  # new items join their nearest lists
+            assign = self._part.assign(x)
+            self._part.append(codes, len(self), assign)
+            self._part_assign.append(assign)
         self._codes.append(codes)
         self._ids.append(ids)
         self._features.append(x)
@@ -168,6 +217,10 @@ class HashIndex(IndexFront):
             store.keep(keep)
         self._flat.rebuild(self._codes.array)
         self._accel.clear()  # hash indexes have no remove_ids: rebuilt lazily on next use
+        if self._part is not None:
+            # positions compact: keep the assignment's rows, rebuild the lists from it on next use
+            self._part_assign.keep(keep)
+            self._part.drop_lists()
         self._id_lookup = None
 
     def _features_of(self, ids: np.ndarray) -> np.ndarray:
@@ -251,23 +304,96 @@ class HashIndex(IndexFront):
         return knn_to_csr(*(self._flat.knn(qcodes, c) if allowed is None else allowed.knn(self._flat, qcodes, c)))
 
     def _candidates(self, qcodes: np.ndarray, k: int, radius: int | None, candidates: int | None, allowed=None):
-        if allowed is None:
-            return select_candidates(qcodes, k, radius, candidates, len(self), self.bits, self._range, self._knn)
         return select_candidates(
-            qcodes, k, radius, candidates, allowed.count, self.bits,
+            qcodes, k, radius, candidates, len(self) if allowed is None else allowed.count, self.bits,
             lambda q, r: self._range(q, r, allowed), lambda q, c: self._knn(q, c, allowed),
         )  # fmt: skip
 
-    def _asymmetric_candidates(self, z: np.ndarray, k: int, candidates: int | None, allowed=None):
-        """CSR candidates by asymmetric score; their Hamming column is 0 (filled in for the
-        k results only, after the rerank)."""
+    def _asymmetric_candidates(
+        self, x: np.ndarray, z: np.ndarray, k: int, candidates: int | None, nprobe: int | None,
+        allowed: AllowedRows | None = None,
+    ):  # fmt: skip
+        """CSR candidates by asymmetric score, from every code, (``nprobe``) the nearest lists, or
+        (``allowed``) the allowed rows, scored exactly; their Hamming column is 0 (filled in for the
+        k results only, after the rerank). A filtered search never probes the lists, ``nprobe``
+        or not: the allowed rows hold every item the probe could find (serving/filters.py)."""
+        c = min(candidates or default_candidates(k), len(self) if allowed is None else allowed.count)
         if allowed is not None:
-            c = min(candidates or DEFAULT_CANDIDATES_PER_K * k, allowed.count)
             pos = asymmetric_knn_rows(z, self._codes.array, allowed.positions, c)
-        else:
-            c = min(candidates or DEFAULT_CANDIDATES_PER_K * k, len(self))
+        elif nprobe is None:
             pos, _ = self._generator("asymmetric").knn(z, c)
+        else:
+            pos, _ = self._partitioned().knn(x, z, c, nprobe)
         return knn_to_csr(pos, np.zeros(pos.shape, np.int32))
+
+    # -- partition stage -------------------------------------------------------------------------
+    def _partition_plan(self) -> tuple[int | None, str]:
+        """(lists the stage has or would be built with now, or None; why not, if None)."""
+        if self._part is not None:
+            return self._part.nlist, ""
+        n = len(self)
+        if self.partitions is None:
+            return None, "this index has no partition stage (partitions=None)"
+        if self.partitions == "auto":
+            if n < PARTITION_MIN_ITEMS:
+                return None, (
+                    f"partitions='auto' builds a partition stage from {PARTITION_MIN_ITEMS:,} items and this index "
+                    f"holds {n:,}: below that the flat scan (no nprobe) is as fast; to force one, build the index "
+                    f"with partitions=<number of lists>"
+                )
+            return nlist_for(n), ""
+        if self.partitions > n:
+            return None, (
+                f"more lists than items: partitions={self.partitions} but the index holds {n:,} items, too few to "
+                f"train {self.partitions} k-means lists (use fewer lists, or partitions='auto')"
+            )
+        return self.partitions, ""
+
+    def _check_nprobe(self, nprobe: int) -> None:
+        with self._lock.read():
+            nlist, why = self._partition_plan()
+        if nlist is None:
+            raise InputError(f"nprobe={nprobe} needs a partition stage: {why}")
+        if nprobe > nlist:
+            raise InputError(f"nprobe={nprobe} exceeds the partition stage's {nlist} lists")
+
+    def _partitioned(self) -> PartitionStage:
+        """The partition stage with its lists, trained and built on first use (under the read lock)."""
+        with self._build_lock:
+            if self._part is None:
+                nlist, why = self._partition_plan()
+                if nlist is None:
+                    raise InputError(why)
+                stage = PartitionStage.train(self.bits, self._features.array, nlist, self.metric, self.partition_spill)
+                self._part_assign = RowStore((stage.spill,), np.int32, stage.assign(self._features.array))
+                self._part = stage
+            if not self._part.has_lists:
+                self._part.build(self._codes.array, self._part_assign.array)
+            return self._part
+
+    def _tuning_partitions(self) -> tuple[int | None, list[int]]:
+        with self._lock.read():
+            nlist, why = self._partition_plan()
+        if nlist is None:
+            if isinstance(self.partitions, int):  # asked for, but cannot be trained: say so
+                warnings.warn(f"tuning the flat scan only: {why}", stacklevel=4)
+            return None, []
+        return nlist, nprobe_grid(nlist)
+
+    def _exact_knn(self, x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Exact top-k over every stored item (the tuner's ground truth), in blocks of rows."""
+        metric = faiss.METRIC_L2 if self.metric == "l2" else faiss.METRIC_INNER_PRODUCT
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        with self._lock.read():
+            features, n = self._features.array, len(self)
+            k = min(k, n)
+            heap = faiss.ResultHeap(x.shape[0], k, keep_max=metric == faiss.METRIC_INNER_PRODUCT)
+            for lo in range(0, n, _EXACT_BLOCK):
+                block = np.ascontiguousarray(features[lo : lo + _EXACT_BLOCK], dtype=np.float32)
+                d, i = faiss.knn(x, block, k, metric=metric)
+                heap.add_result(d, np.where(i >= 0, i + lo, -1))
+            heap.finalize()
+            return self._ids.array[heap.I], heap.D
 
     def _allowed(self, restriction: Restriction | None, nq: int = 1) -> AllowedRows | None:
         """The rows a filtered search may return (None: every row)."""
@@ -286,7 +412,15 @@ class HashIndex(IndexFront):
 
     # -- search (the front has checked and encoded the queries) ------------------------------------
     def _search_encoded(
-        self, x, qcodes, z, k: int, radius: int | None, candidates: int | None, options: SearchOptions = PLAIN
+        self,
+        x,
+        qcodes,
+        z,
+        k: int,
+        radius: int | None,
+        candidates: int | None,
+        nprobe: int | None = None,
+        options: SearchOptions = PLAIN,
     ) -> SearchResult:
         """``qcodes`` always, ``z`` (the queries' projections) for asymmetric ranking."""
         with self._lock.read():
@@ -294,7 +428,7 @@ class HashIndex(IndexFront):
             if len(self) == 0 or (allowed is not None and allowed.count == 0):
                 lims, positions, hamming = empty_csr(x.shape[0])
             elif z is not None:
-                lims, positions, hamming = self._asymmetric_candidates(z, k, candidates, allowed)
+                lims, positions, hamming = self._asymmetric_candidates(x, z, k, candidates, nprobe, allowed)
             else:
                 lims, positions, hamming = self._candidates(qcodes, k, radius, candidates, allowed)
             if options.grouped:
@@ -317,8 +451,8 @@ class HashIndex(IndexFront):
         n_allowed = len(self) if allowed is None else allowed.count
         if radius is not None or n_allowed == 0:
             refetch = None  # the radius ball is the rule
-        elif z is not None:
-            refetch = lambda qi, c: self._asymmetric_candidates(z[qi], k, c, allowed)  # noqa: E731
+        elif z is not None:  # the flat scan (never the lists: they may hold fewer than k labels)
+            refetch = lambda qi, c: self._asymmetric_candidates(x[qi], z[qi], k, c, None, allowed)  # noqa: E731
         else:
             refetch = lambda qi, c: self._knn(qcodes[qi], c, allowed)  # noqa: E731
         labels = self._labels.array
@@ -346,6 +480,8 @@ class HashIndex(IndexFront):
                 "feature_dtype": self.feature_dtype,
                 "count": len(self),
                 "next_id": self._next_id,
+                "partitions": self.partitions,
+                "partition_spill": self.partition_spill,
             }
             writers = {
                 "codes.npy": lambda p: np.save(p, self._codes.array),
@@ -356,6 +492,13 @@ class HashIndex(IndexFront):
                 manifest["labelled"] = self._labelled
             if self._labelled:
                 writers["labels.npy"] = lambda p: np.save(p, self._labels.array)
+            if self._part is not None:  # centroids + assignment; the lists are rebuilt from codes.npy
+                manifest["partition_nlist"] = self._part.nlist
+                part, assign = self._part, self._part_assign
+                writers["partition_centroids.npy"] = lambda p: np.save(p, part.centroids)
+                writers["partition_assign.npy"] = lambda p: np.save(p, assign.array)
+            if self._operating_points:
+                manifest["operating_points"] = points_to_manifest(self._operating_points)
             if isinstance(self.hasher, LinearHasher):
                 if not self.hasher.is_fitted:
                     raise NotFittedError("cannot save an index whose hasher is not fitted")
@@ -380,74 +523,116 @@ class HashIndex(IndexFront):
     ) -> "HashIndex":
         """Load an index directory, checking every file's SHA-256 (``verify``).
 
-        ``mmap``: memory-map the feature and label stores instead of reading them into memory.
-        An index saved before labels existed (no ``labels.npy``) loads without labels.
+        ``mmap``: memory-map the feature and label stores (and the partition assignment) instead
+        of reading them into memory. A saved partition stage comes back with its centroids and
+        assignment; its lists are rebuilt from the codes on first use. An index saved before
+        labels existed (no ``labels.npy``) loads without labels.
         ``encoder``: use this ONNX encoder instead of the stored model copy; it must be the very
         model the index was built with (same SHA-256 and bits).
+
+        The load is snapshot-consistent (:func:`~hashindex.serving.persist.open_index_dir`):
+        every file comes from one version of the directory even while another process saves
+        over it, and the manifest is schema-checked before any field is used.
         """
-        root = persist.resolve_index_dir(path)
-        m = persist.read_manifest(root, verify=verify)
-        try:
-            bits, dim, count = int(m["bits"]), int(m["dim"]), int(m["count"])
-            hasher_info = m["hasher"]
-            metric, backend, fdtype = m["metric"], m["backend"], m["feature_dtype"]
-        except (KeyError, TypeError, ValueError) as e:
-            raise IndexFormatError(f"{root}: manifest lacks a required field ({e})") from None
+        with persist.open_index_dir(path, verify=verify) as d:
+            return cls._from_snapshot(d, mmap, encoder)
 
-        if hasher_info.get("type") == "linear":
-            hasher = LinearHasher.load(root / "hasher.npz")
-        elif hasher_info.get("type") == "onnx":
-            from hashindex.serving.encoder import OnnxEncoder  # onnxruntime only when an ONNX model is used
+    @classmethod
+    def _from_snapshot(cls, d: persist.IndexDir, mmap: bool, encoder: Hasher | None) -> "HashIndex":
+        root, m = d.root, d.manifest  # fields typed and ranged by persist.INDEX_SCHEMA
+        bits, dim, count = m["bits"], m["dim"], m["count"]
+        metric, backend, fdtype = m["metric"], m["backend"], m["feature_dtype"]
 
-            hasher = encoder if encoder is not None else OnnxEncoder(root / "model.onnx")
-            if getattr(hasher, "sha256", None) != m.get("model_sha256"):
+        if m["hasher"]["type"] == "linear":
+            hasher = LinearHasher.load(d.file("hasher.npz"), where=d.path_of("hasher.npz"))
+        else:
+            if encoder is not None:
+                hasher = encoder
+            else:
+                from hashindex.serving.encoder import OnnxEncoder  # onnxruntime only when an ONNX model is used
+
+                hasher = OnnxEncoder(d.path_of("model.onnx"), model_bytes=d.read_bytes("model.onnx"))
+            if getattr(hasher, "sha256", None) != m["model_sha256"]:
                 raise ModelMismatchError(
                     f"model SHA-256 {getattr(hasher, 'sha256', None)} differs from the index's "
-                    f"{m.get('model_sha256')}: this index was built with another model"
+                    f"{m['model_sha256']}: this index was built with another model"
                 )
-        else:
-            raise IndexFormatError(f"{root}: unknown hasher type {hasher_info.get('type')!r}")
         if hasher.bits != bits:
             raise ModelMismatchError(f"hasher gives {hasher.bits} bits, index was built with {bits}")
 
         try:
-            index = cls(dim, hasher, metric=metric, backend=backend, feature_dtype=fdtype)
+            index = cls(
+                dim, hasher, metric=metric, backend=backend, feature_dtype=fdtype,
+                partitions=m.get("partitions", "auto"), partition_spill=m.get("partition_spill", 1),
+            )  # fmt: skip
         except InputError as e:
             raise IndexFormatError(f"{root}: invalid manifest ({e})") from None
-        codes = _load_array(root / "codes.npy", np.uint8, (count, bits // 8), mmap=False)
-        ids = _load_array(root / "ids.npy", np.int64, (count,), mmap=False)
-        features = _load_array(root / "features.npy", np.dtype(fdtype), (count, dim), mmap=mmap)
+        codes = d.load_array("codes.npy", np.uint8, (count, bits // 8))
+        ids = d.load_array("ids.npy", np.int64, (count,))
+        features = d.load_array("features.npy", np.dtype(fdtype), (count, dim), mmap=mmap)
+        if count and (ids.min() < 0 or ids.max() > MAX_ID):
+            bad = ids[(ids < 0) | (ids > MAX_ID)]
+            raise IndexFormatError(f"{d.path_of('ids.npy')}: ids outside [0, 2**63 - 2]: {bad[:5].tolist()}")
         if np.unique(ids).size != ids.size:
-            raise IndexFormatError(f"{root}/ids.npy: repeated ids")
+            raise IndexFormatError(f"{d.path_of('ids.npy')}: repeated ids")
         index._codes = RowStore((bits // 8,), np.uint8, codes)
         index._ids = RowStore((), np.int64, ids)
         index._features = RowStore((dim,), np.dtype(fdtype), features)
-        if "labels.npy" in m["files"]:
-            index._labels = RowStore((), np.int64, _load_array(root / "labels.npy", np.int64, (count,), mmap=mmap))
-            index._labelled = True
-        elif m.get("labelled") is True:
-            raise IndexFormatError(f"{root}: the manifest says the index is labelled but lists no labels.npy")
-        else:
-            index._labelled = False if (m.get("labelled") is False or count) else None
+        index._load_labels(d, m, mmap)
         index._flat.rebuild(codes)
-        index._next_id = max(int(m.get("next_id", 0)), int(ids.max()) + 1 if count else 0)
+        index._next_id = max(m["next_id"], int(ids.max()) + 1 if count else 0)
+        index._load_partitions(d, m, mmap)
         return index
 
+    def _load_labels(self, d: persist.IndexDir, m: dict, mmap: bool) -> None:
+        """``labels.npy`` when the index is labelled (the schema ties the file to ``labelled``);
+        an index saved before labels existed has neither and is label-less once it has items."""
+        if "labels.npy" not in m["files"]:
+            self._labelled = m.get("labelled", False if len(self) else None)
+            return
+        labels = d.load_array("labels.npy", np.int64, (len(self),), mmap=mmap)
+        if labels.size and labels.min() < 0:
+            raise IndexFormatError(f"{d.path_of('labels.npy')}: negative labels: {labels[labels < 0][:5].tolist()}")
+        self._labels = RowStore((), np.int64, labels)
+        self._labelled = True
 
-def _load_array(path: Path, dtype: np.dtype, shape: tuple[int, ...], mmap: bool) -> np.ndarray:
-    try:
-        arr = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
-    except (OSError, ValueError) as e:
-        raise IndexFormatError(f"{path}: unreadable array ({e})") from None
-    if arr.dtype != dtype or arr.shape != shape:
-        raise IndexFormatError(f"{path}: expected {np.dtype(dtype)} {shape}, found {arr.dtype} {arr.shape}")
-    return arr
+    def _load_partitions(self, d: persist.IndexDir, m: dict, mmap: bool) -> None:
+        """The saved partition stage and operating points, checked against each other: a point
+        this index cannot honour (nprobe without the stage, or over its lists) is refused."""
+        root = d.root
+        present = [name for name in _PARTITION_FILES if name in m["files"]]
+        if present and len(present) != len(_PARTITION_FILES):
+            raise IndexFormatError(f"{root}: partition stage incomplete (has {present}, needs {list(_PARTITION_FILES)})")
+        if present:
+            nlist = m.get("partition_nlist")
+            if isinstance(nlist, bool) or not isinstance(nlist, int) or nlist <= 0:
+                raise IndexFormatError(f"{root}: manifest has partition files but partition_nlist={nlist!r}")
+            centroids = d.load_array("partition_centroids.npy", np.float32, (nlist, self.dim))
+            assign = d.load_array("partition_assign.npy", np.int32, (len(self), self.partition_spill), mmap=mmap)
+            if assign.size and (int(assign.min()) < 0 or int(assign.max()) >= nlist):
+                raise IndexFormatError(f"{d.path_of('partition_assign.npy')}: list numbers outside 0..{nlist - 1}")
+            self._part = PartitionStage(self.bits, centroids, self.metric, self.partition_spill)
+            self._part_assign = RowStore((self.partition_spill,), np.int32, assign)
+        try:
+            points = points_from_manifest(m.get("operating_points", {}))
+        except InputError as e:
+            raise IndexFormatError(f"{root}: bad operating_points in the manifest ({e})") from None
+        for (target, k), point in points.items():
+            if point.nprobe is None:
+                continue
+            if self._part is None or point.nlist != self._part.nlist:
+                have = "no partition stage" if self._part is None else f"{self._part.nlist} lists"
+                raise IndexFormatError(
+                    f"{root}: the operating point for recall {target:g}, k={k} scans {point.nprobe} of "
+                    f"{point.nlist} partition lists but the saved index has {have}: it cannot honour it"
+                )
+        self._operating_points = points
 
 
 def describe(path: str | os.PathLike) -> str:
     """Human-readable summary of an index directory (for ``hashindex info``)."""
-    root = persist.resolve_index_dir(path)
-    m = persist.read_manifest(root, verify=True)
+    with persist.open_index_dir(path, verify=True) as d:
+        root, m = d.root, d.manifest
     size = sum(f["bytes"] for f in m["files"].values())
     lines = [f"{root}: hashindex format {m['format']}, all checksums OK"]
     for key in ("count", "dim", "bits", "metric", "backend", "feature_dtype", "model_sha256"):

@@ -44,6 +44,8 @@ from __future__ import annotations
 
 import base64
 import json
+import pathlib
+import re
 import threading
 import uuid
 from dataclasses import dataclass
@@ -86,15 +88,34 @@ class MilvusLimits:
     fetch_rows: ids per query returning vectors: milvus-lite 2.5 slows down superlinearly with
         the number of vector rows per query (0.03 ms/row at 512, 0.1 ms/row at 2048, 0.36 at 4700).
     search_hits: queries per search call are chosen so that ``nq * limit`` stays below this.
+    delete_ids: ids per delete request. A ``remove`` of up to this many ids is one Milvus delete
+        request (a client killed during it leaves all or none of them removed); a larger one is
+        sent in chunks of this size, in order, and a crash between chunks leaves a prefix
+        removed (remove the rest again: ``[i for i in ids if i in index]``). 100,000 ids of up
+        to 19 digits stay under milvus-lite's 4 MiB request limit.
     nprobe: clusters probed by BIN_IVF_FLAT; nlist: clusters it builds.
     """
 
     insert_bytes: int = 2 << 20
+    delete_ids: int = 100_000
     fetch_ids: int = 8_192
     fetch_rows: int = 512
     search_hits: int = 1 << 20
     nprobe: int = 64
     nlist: int = 1_024
+
+
+_COLLECTION_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,254}")
+# local milvus-lite files opened by MilvusHashIndex objects of this process (resolved path -> count)
+_LOCAL_USERS: dict[str, int] = {}
+_LOCAL_LOCK = threading.Lock()
+
+
+def _local_db_path(uri: str) -> str | None:
+    """The resolved path of a local milvus-lite file (pymilvus's rule: a path ending in .db), else None."""
+    if any(uri.startswith(p) for p in ("http://", "https://", "tcp://", "grpc://", "unix:")) or not uri.endswith(".db"):
+        return None
+    return str(pathlib.Path(uri).absolute().resolve())
 
 
 # -- header in the collection description --------------------------------------------------------
@@ -210,19 +231,41 @@ class MilvusHashIndex(IndexFront):
             raise InputError(f"unknown rerank {rerank!r}; choose one of {', '.join(RERANK_MODES)}")
         if index_type not in INDEX_TYPES:
             raise InputError(f"unknown index_type {index_type!r}; choose one of {', '.join(INDEX_TYPES)}")
-        if not isinstance(collection, str) or not collection:
-            raise InputError(f"collection must be a non-empty string, got {collection!r}")
+        if not isinstance(collection, str) or not _COLLECTION_NAME.fullmatch(collection):
+            raise InputError(
+                f"collection must be a Milvus collection name (a letter or _, then letters, digits or _, "
+                f"at most 255 characters), got {collection!r}"
+            )
         self.uri, self.collection = str(uri), collection
         self.rerank_mode, self.index_type, self.limits = rerank, index_type, limits
         # a private connection alias: pymilvus shares one per uri, and close() would cut the others
         self.dim = dim
-        self._client = MilvusClient(uri=self.uri, token=token or "", alias=f"hashindex-{uuid.uuid4().hex}")
+        self._local_db = _local_db_path(self.uri)
+        try:
+            self._client = MilvusClient(uri=self.uri, token=token or "", alias=f"hashindex-{uuid.uuid4().hex}")
+        except MilvusException as e:
+            raise IndexFormatError(f"cannot open Milvus at {self.uri}: {e.message}") from None
+        self._closed = False
+        if self._local_db is not None:
+            with _LOCAL_LOCK:
+                _LOCAL_USERS[self._local_db] = _LOCAL_USERS.get(self._local_db, 0) + 1
+        try:
+            self._attach(dim, collection, given, bits, metric)
+        except BaseException:
+            self.close()
+            raise
+
+    def _attach(self, dim: int, collection: str, given: Hasher | None, bits: int | None, metric: str | None) -> None:
         self._write_lock = threading.Lock()
         self._next_id: int | None = None
         self._labelled = False
 
         where = f"Milvus collection {collection!r} at {self.uri}"
-        if self._client.has_collection(collection):
+        try:
+            exists = self._client.has_collection(collection)
+        except MilvusException as e:
+            raise InputError(f"{where}: Milvus refused the collection name ({e.message})") from None
+        if exists:
             header = self._read_header(where)
             if header["dim"] != dim:
                 raise IndexFormatError(f"{where} has feature dimension {header['dim']}, not dim={dim}")
@@ -289,8 +332,30 @@ class MilvusHashIndex(IndexFront):
         self._created, self._labelled = True, labelled
 
     def close(self) -> None:
-        """Close this index's connection (other indexes on the same uri keep theirs)."""
+        """Close this index's connection (other indexes on the same uri keep theirs).
+
+        On a local milvus-lite file, closing the last MilvusHashIndex of this process on that
+        file also stops the embedded milvus-lite server, which releases the file's lock so
+        another process can open it. (A pymilvus client the caller opened on the same file
+        in this process loses its server too.) Closing twice is harmless.
+        """
+        if getattr(self, "_closed", True):
+            return
+        self._closed = True
         self._client.close()
+        if self._local_db is None:
+            return
+        with _LOCAL_LOCK:
+            left = _LOCAL_USERS.get(self._local_db, 1) - 1
+            if left > 0:
+                _LOCAL_USERS[self._local_db] = left
+                return
+            _LOCAL_USERS.pop(self._local_db, None)
+            try:
+                from milvus_lite.server_manager import server_manager_instance
+            except ImportError:  # pragma: no cover - a local .db always runs through milvus-lite
+                return
+            server_manager_instance.release_server(self._local_db)
 
     def __enter__(self) -> "MilvusHashIndex":
         return self
@@ -354,8 +419,9 @@ class MilvusHashIndex(IndexFront):
         present = self._present_mask(ids)
         if not present.all():
             raise UnknownIdError(f"ids not in the index: {ids[~present][:5].tolist()}")
-        for s in range(0, ids.size, self.limits.fetch_ids):
-            self._client.delete(self.collection, ids=ids[s : s + self.limits.fetch_ids].tolist())
+        step = self.limits.delete_ids  # one request up to this many ids (MilvusLimits.delete_ids)
+        for s in range(0, ids.size, step):
+            self._client.delete(self.collection, ids=ids[s : s + step].tolist())
 
     def _features_of(self, ids: np.ndarray) -> np.ndarray:
         uniq, values = self._rows_by_id(ids, _FEATURE)
@@ -499,7 +565,15 @@ class MilvusHashIndex(IndexFront):
 
     # -- search (the front has checked and encoded the queries) ------------------------------------
     def _search_encoded(
-        self, x, qcodes, z, k: int, radius: int | None, candidates: int | None, options: SearchOptions = PLAIN
+        self,
+        x,
+        qcodes,
+        z,
+        k: int,
+        radius: int | None,
+        candidates: int | None,
+        nprobe: int | None = None,
+        options: SearchOptions = PLAIN,
     ) -> SearchResult:
         exprs = self._filter_exprs(options.restriction) if self._created else None
         n = self._count_allowed(exprs) if self._created else 0

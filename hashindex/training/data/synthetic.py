@@ -27,9 +27,11 @@ by ``benchmarks/derive_synthetic_params.py`` from the LFW development embeddings
 Streaming and determinism (:class:`SyntheticGallery`): every random number is keyed on a fixed
 block, never on the chunk being produced. Identity offsets come from identity blocks of
 ``IDENTITY_BLOCK`` identities (seeded by ``(seed, block)``), image noise from item blocks of
-``ITEM_BLOCK`` images. So the same seed gives bit-identical data for every ``chunk_size``,
-galleries share identities across sizes (identity ``i`` has the same offset in a 1k and a 10M
-gallery with the same seed), probes regenerate any identity's offset without holding the
+``ITEM_BLOCK`` images, and every matrix product has a fixed shape (``COMPOSE_ROWS`` rows,
+zero-padded), since BLAS may round differently for another shape. So the same seed gives
+bit-identical data for every ``chunk_size`` and every gallery size (a smaller gallery is a prefix
+of a larger one), galleries share identities across sizes (identity ``i`` has the same offset in
+a 1k and a 10M gallery with the same seed), probes regenerate any identity's offset without holding the
 others, and memory is bounded by the chunk plus one block (plus 16 bytes per identity for the
 counts and their prefix sums).
 
@@ -54,6 +56,8 @@ DEFAULT_PARAMS_PATH = Path(__file__).resolve().parent / "synthetic_lfw128.npz"
 
 IDENTITY_BLOCK = 256  # identities per offset seed: small, so probes regenerate little
 ITEM_BLOCK = 8192  # images per noise seed: large enough for efficient matmuls
+COMPOSE_ROWS = 1024  # rows per matrix product: fixed, so results never depend on the gallery size
+assert ITEM_BLOCK % COMPOSE_ROWS == 0
 
 # Independent random streams, combined with (seed, block) into a numpy SeedSequence.
 _COUNTS_STREAM, _OFFSET_STREAM, _NOISE_STREAM, _LIFT_STREAM, _PROBE_STREAM, _CALIB_STREAM = range(6)
@@ -582,11 +586,22 @@ class SyntheticGallery:
         start = block * ITEM_BLOCK
         stop = min(start + ITEM_BLOCK, self.n_items)
         labels = self._labels(start, stop)
+        n = stop - start
         rng = _rng(self.seed, _NOISE_STREAM, block)
         # always the full block's draws, so a block's values never depend on the gallery size
-        z = rng.standard_normal((ITEM_BLOCK, self._within.shape[0]), dtype=np.float32)[: stop - start]
-        g = rng.standard_normal(ITEM_BLOCK)[: stop - start]
-        return self._compose(self._range_offsets(labels), z, g), labels
+        z = rng.standard_normal((ITEM_BLOCK, self._within.shape[0]), dtype=np.float32)
+        g = rng.standard_normal(ITEM_BLOCK)
+        offsets = self._range_offsets(labels)
+        # Matrix products in fixed COMPOSE_ROWS-row pieces (the last one zero-padded): BLAS may
+        # sum in a different order for a different shape, so a product over "the rows this
+        # gallery has" would change the last bits with the gallery size. Same shape, same bits.
+        out = np.empty((n, self.dim), dtype=np.float32)
+        for lo in range(0, n, COMPOSE_ROWS):
+            hi = min(lo + COMPOSE_ROWS, n)
+            piece = np.zeros((COMPOSE_ROWS, offsets.shape[1]), dtype=np.float32)
+            piece[: hi - lo] = offsets[lo:hi]
+            out[lo:hi] = self._compose(piece, z[lo : lo + COMPOSE_ROWS], g[lo : lo + COMPOSE_ROWS])[: hi - lo]
+        return out, labels
 
     def _range_offsets(self, labels: np.ndarray) -> np.ndarray:
         """Offsets ``[n, D]`` of sorted, contiguous ``labels`` (an item block): blocks generated in order."""

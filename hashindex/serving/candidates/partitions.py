@@ -1,0 +1,335 @@
+"""Partitioned asymmetric candidates: k-means lists over the float features, scanned in code space.
+
+An item's score is the flat asymmetric one (candidates/asymmetric.py), ``<z, 2b - 1>`` for a
+query projection ``z`` (before the sign) and the item's bits ``b``, but only the items in the
+``nprobe`` lists whose centroids are nearest to the query's *features* are scored. The coarse
+quantizer lives in feature space (an ``IndexFlatIP`` / ``IndexFlatL2`` over spherical k-means
+centroids, dimension D) and the lists in code space (K bits), so FAISS cannot hold both in one
+index: the lists are a ``faiss.IndexIVFPQFastScan(K, nlist, M=K/4, 4 bits, IP)`` with
+``by_residual=False`` and the fixed {-1, +1} codebooks of the flat scanner, whose PQ code of an
+item is byte for byte our packed code. Its own quantizer is an empty placeholder of dimension K
+(FAISS wants ``quantizer.d == d``); we always choose the lists ourselves:
+
+- when adding, :func:`append_to_lists` packs our codes straight into FAISS's 32-vector
+  fast-scan blocks (no float expansion, no PQ encode);
+- when searching, :func:`probe` asks the coarse index for the lists and hands them to
+  ``search_preassigned``, with ``nprobe`` in per-call ``SearchParametersIVF`` (never a field of
+  the shared index, which concurrent searches would race on).
+
+An item may sit in ``s`` lists (assignment ``int32 [N, s]``, ``s = 1`` by default; ``s = 2``
+is "spilling", which raises the recall a given ``nprobe`` can reach at twice the list memory);
+:func:`probe` then drops repeated positions before the rerank.
+
+Whether it pays depends on the recall target: on face-like embeddings high targets need a large
+share of the lists probed, where the flat scan is as fast (benchmarks/README.md, "Partition
+stage"), so the tuner (serving/tuning.py) decides per index.
+
+This module is numpy + faiss only: a small functional core (layout, k-means, assignment,
+packing, probing) and :class:`PartitionStage`, which holds one coarse quantizer and its lists.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import faiss
+import numpy as np
+
+from hashindex.serving.candidates.asymmetric import SUB_BITS, sign_patterns
+
+# faiss.Kmeans samples at most this many points per centroid; 64 keeps k-means at 1M items and
+# 2048 lists to ~10-30 s on one core with recall indistinguishable from 256 (benchmarks/README.md).
+TRAIN_POINTS_PER_LIST = 64
+# FAISS warns below 39 training points per centroid; we refuse fewer than one (see
+# check_trainable) and leave the warning to FAISS's own threshold.
+KMEANS_NITER = 20
+KMEANS_SEED = 1234
+
+
+def nlist_for(n: int) -> int:
+    """Lists for ``n`` items: about ``2 * sqrt(n)`` rounded to a power of two, at least 16.
+
+    1024 and 2048 lists behaved alike at 1M at equal probed fraction, 2048 slightly better at
+    <= 12.5% probed; 4096 quadruples k-means time (benchmarks/README.md).
+    """
+    return int(max(16, 2 ** round(np.log2(2 * np.sqrt(max(n, 1))))))
+
+
+# -- fast-scan block layout ---------------------------------------------------------------------
+def _nibbles(codes: np.ndarray) -> np.ndarray:
+    """uint8 ``[n, K/8]`` -> uint8 ``[n, K/4]`` sub-quantizer values (low nibble first, as FAISS's
+    PQ with 4-bit codes packs them)."""
+    out = np.empty((codes.shape[0], codes.shape[1] * 2), dtype=np.uint8)
+    out[:, 0::2] = codes & 15
+    out[:, 1::2] = codes >> 4
+    return out
+
+
+class BlockLayout:
+    """Where nibble (vector i, sub-quantizer m) of a fast-scan block lands, for one M.
+
+    Read once from FAISS's own ``CodePacker`` by packing probe codes (values 1..15 at 15
+    slots at a time) and seeing where they land, so the layout cannot drift from FAISS's.
+    ``lo_src[j]`` / ``hi_src[j]``: the flat slot ``i * M + m`` feeding the low / high nibble of
+    block byte j.
+    """
+
+    _cache: dict[int, "BlockLayout"] = {}
+    _cache_lock = threading.Lock()
+
+    def __init__(self, ivf: faiss.IndexIVFPQFastScan):
+        packer = ivf.get_CodePacker()
+        self.nvec, self.block_size, self.code_size = packer.nvec, packer.block_size, packer.code_size
+        m = ivf.M
+        if ivf.M2 != m:  # M odd: FAISS pads a sub-quantizer; never the case for whole bytes
+            raise ValueError(f"bits/4 must be even, got M={m}")
+        lo = np.full(self.block_size, -1, dtype=np.int64)
+        hi = np.full(self.block_size, -1, dtype=np.int64)
+        flat = np.zeros((self.nvec, self.code_size), dtype=np.uint8)
+        block = np.zeros(self.block_size, dtype=np.uint8)
+        slots = [(i, j) for i in range(self.nvec) for j in range(m)]
+        for start in range(0, len(slots), 15):
+            flat[:] = 0
+            batch = slots[start : start + 15]
+            for v, (i, j) in enumerate(batch, 1):
+                flat[i, j // 2] |= v << (4 * (j % 2))
+            packer.pack_all(faiss.swig_ptr(flat), faiss.swig_ptr(block))
+            for v, (i, j) in enumerate(batch, 1):
+                at_lo, at_hi = np.flatnonzero((block & 15) == v), np.flatnonzero((block >> 4) == v)
+                if at_lo.size + at_hi.size != 1:
+                    raise RuntimeError("unexpected FAISS fast-scan block layout")
+                if at_lo.size:
+                    lo[at_lo[0]] = i * m + j
+                else:
+                    hi[at_hi[0]] = i * m + j
+        if (lo < 0).any() or (hi < 0).any():
+            raise RuntimeError("unexpected FAISS fast-scan block layout")
+        self.lo_src, self.hi_src = lo, hi
+        # inverse, for unpack: slot -> (byte, shift)
+        self.slot_byte = np.empty(self.nvec * m, dtype=np.int64)
+        self.slot_shift = np.empty(self.nvec * m, dtype=np.uint8)
+        self.slot_byte[lo], self.slot_shift[lo] = np.arange(self.block_size), 0
+        self.slot_byte[hi], self.slot_shift[hi] = np.arange(self.block_size), 4
+
+    @classmethod
+    def of(cls, ivf: faiss.IndexIVFPQFastScan) -> "BlockLayout":
+        with cls._cache_lock:
+            if ivf.M not in cls._cache:
+                cls._cache[ivf.M] = cls(ivf)
+            return cls._cache[ivf.M]
+
+    def nbytes_for(self, n: int) -> int:
+        return -(-n // self.nvec) * self.block_size
+
+    def pack(self, codes: np.ndarray) -> np.ndarray:
+        """uint8 ``[n, K/8]`` -> uint8 ``[ceil(n/32) * block_size]`` blocks (zero padded)."""
+        n = codes.shape[0]
+        nib = np.zeros((-(-n // self.nvec) * self.nvec, self.code_size * 2), dtype=np.uint8)
+        nib[:n] = _nibbles(codes)
+        nib = nib.reshape(-1, self.nvec * self.code_size * 2)
+        return (nib[:, self.lo_src] | (nib[:, self.hi_src] << 4)).reshape(-1)
+
+    def unpack(self, blocks: np.ndarray, n: int) -> np.ndarray:
+        """Inverse of :meth:`pack`: uint8 ``[n, K/8]``."""
+        b = blocks.reshape(-1, self.block_size)
+        nib = ((b[:, self.slot_byte] >> self.slot_shift) & 15).reshape(-1, self.code_size * 2)[:n]
+        return (nib[:, 0::2] | (nib[:, 1::2] << 4)).astype(np.uint8)
+
+
+# -- functional core ------------------------------------------------------------------------------
+def make_lists(bits: int, nlist: int) -> tuple[faiss.IndexIVFPQFastScan, faiss.Index]:
+    """Empty lists for ``bits``-bit codes: (the IVF fast-scan index, its placeholder quantizer,
+    which must outlive it: the IVF index does not own it)."""
+    m = bits // SUB_BITS
+    placeholder = faiss.IndexFlatIP(bits)  # never searched: lists are always preassigned
+    ivf = faiss.IndexIVFPQFastScan(placeholder, bits, nlist, m, SUB_BITS, faiss.METRIC_INNER_PRODUCT)
+    ivf.by_residual = False  # score the code itself, not code minus a K-dim centroid
+    codebooks = np.broadcast_to(sign_patterns(), (m, 2**SUB_BITS, SUB_BITS))
+    faiss.copy_array_to_vector(np.ascontiguousarray(codebooks).ravel(), ivf.pq.centroids)
+    ivf.is_trained = True
+    return ivf, placeholder
+
+
+def train_centroids(features: np.ndarray, nlist: int, spherical: bool, seed: int = KMEANS_SEED) -> np.ndarray:
+    """k-means centroids ``float32 [nlist, D]`` from ``features [N, D]`` (N >= nlist).
+
+    At most ``TRAIN_POINTS_PER_LIST * nlist`` rows, drawn with ``seed``, are clustered; spherical
+    (unit centroids, for cosine / inner product) unless ``spherical`` is false (l2).
+    """
+    n = features.shape[0]
+    take = min(n, TRAIN_POINTS_PER_LIST * nlist)
+    rows = np.sort(np.random.default_rng(seed).choice(n, take, replace=False)) if take < n else slice(None)
+    x = np.ascontiguousarray(features[rows], dtype=np.float32)
+    km = faiss.Kmeans(
+        x.shape[1], nlist, niter=KMEANS_NITER, seed=seed, spherical=spherical,
+        max_points_per_centroid=TRAIN_POINTS_PER_LIST, verbose=False,
+    )  # fmt: skip
+    km.train(x)
+    return np.ascontiguousarray(km.centroids, dtype=np.float32)
+
+
+def nearest_lists(coarse: faiss.Index, features: np.ndarray, spill: int, chunk: int = 65536) -> np.ndarray:
+    """int32 ``[n, spill]``: each row's ``spill`` nearest lists, nearest first."""
+    out = np.empty((features.shape[0], spill), dtype=np.int32)
+    for lo in range(0, features.shape[0], chunk):
+        _, lists = coarse.search(np.ascontiguousarray(features[lo : lo + chunk], dtype=np.float32), spill)
+        out[lo : lo + chunk] = lists
+    return out
+
+
+def append_to_lists(
+    ivf: faiss.IndexIVFPQFastScan, layout: BlockLayout, codes: np.ndarray, positions: np.ndarray, assign: np.ndarray
+) -> None:
+    """Append items to their lists: ``codes uint8 [n, K/8]``, ``positions int64 [n]`` (the ids
+    the lists return), ``assign int32 [n, s]`` (every column's list gets the item).
+
+    Never through ``BlockInvertedLists.add_entries``: in FAISS 1.15.1 its whole-block path,
+    taken when a list already holds a nonzero multiple of 512 entries, copies all of the list's
+    blocks past the old end (heap overflow). Instead each list is grown with ``resize`` and its
+    last partial block plus the new blocks are rewritten in place.
+    """
+    if codes.shape[0] == 0:
+        return
+    spill = assign.shape[1]
+    lists = assign.reshape(-1)  # item i's j-th list at i * spill + j
+    rows = np.repeat(np.arange(codes.shape[0]), spill)
+    order = np.argsort(lists, kind="stable")  # keeps position order within each list
+    uniq, starts = np.unique(lists[order], return_index=True)
+    bounds = np.append(starts, order.size)
+    invlists = faiss.downcast_InvertedLists(ivf.invlists)
+    for lst, lo, hi in zip(uniq.tolist(), bounds[:-1], bounds[1:]):
+        members = rows[order[lo:hi]]
+        old = invlists.list_size(lst)
+        first = old // layout.nvec  # the block holding the old tail
+        tail = old - first * layout.nvec
+        if tail:
+            blocks = faiss.rev_swig_ptr(invlists.get_codes(lst), layout.nbytes_for(old))
+            tail_codes = layout.unpack(blocks[first * layout.block_size :].copy(), tail)
+            new_codes = np.concatenate([tail_codes, codes[members]])
+        else:
+            new_codes = codes[members]
+        total = old + members.size
+        invlists.resize(lst, total)
+        blocks = faiss.rev_swig_ptr(invlists.get_codes(lst), layout.nbytes_for(total))
+        blocks[first * layout.block_size :] = layout.pack(new_codes)
+        faiss.rev_swig_ptr(invlists.get_ids(lst), total)[old:] = positions[members]
+    ivf.ntotal += int(rows.size)
+
+
+def dedupe(positions: np.ndarray) -> np.ndarray:
+    """``int64 [nq, c]`` with repeats of a position (an item found through two of its lists)
+    replaced by -1, keeping the first (best-scored) occurrence."""
+    order = np.argsort(positions, axis=1, kind="stable")
+    s = np.take_along_axis(positions, order, 1)
+    repeat = np.zeros(s.shape, dtype=bool)
+    repeat[:, 1:] = (s[:, 1:] == s[:, :-1]) & (s[:, 1:] >= 0)
+    out = positions.copy()
+    np.put_along_axis(out, order, np.where(repeat, -1, s), 1)
+    return out
+
+
+def probe(
+    coarse: faiss.Index, ivf: faiss.IndexIVFPQFastScan, x: np.ndarray, z: np.ndarray, c: int, nprobe: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``c`` positions ``int64 [nq, c]`` (-1 padded; repeats -1 when items spill) and their
+    approximate scores ``float32 [nq, c]`` among the ``nprobe`` lists nearest to the features
+    ``x [nq, D]``, scored by the projections ``z [nq, K]``."""
+    _, lists = coarse.search(np.ascontiguousarray(x, dtype=np.float32), nprobe)
+    zeros = np.zeros(lists.shape, dtype=np.float32)  # coarse distances: unused without residuals
+    z = np.ascontiguousarray(z, dtype=np.float32)
+    scores = np.empty((z.shape[0], c), dtype=np.float32)
+    pos = np.empty((z.shape[0], c), dtype=np.int64)
+    # the C++ call: FAISS's Python wrapper refuses params, and ivf.nprobe is shared state
+    params = faiss.SearchParametersIVF(nprobe=nprobe)
+    ivf.search_preassigned_c(
+        z.shape[0], faiss.swig_ptr(z), c, faiss.swig_ptr(lists), faiss.swig_ptr(zeros),
+        faiss.swig_ptr(scores), faiss.swig_ptr(pos), False, params,
+    )  # fmt: skip
+    return pos, scores
+
+
+# -- the stage ------------------------------------------------------------------------------------
+class PartitionStage:
+    """A trained coarse quantizer and (once built) its lists of packed codes.
+
+    The assignment ``int32 [N, spill]`` belongs to the caller (a row array beside its codes, so
+    it compacts and persists with them); the lists are derived data, rebuilt from the caller's
+    code store and that assignment by :meth:`build`. Positions in the lists are row positions.
+
+    Not thread-safe for mutation: the index calls ``build`` / ``append`` / ``drop_lists`` under
+    its write lock (or its build lock), ``knn`` under its read lock.
+    """
+
+    name = "partitioned"
+
+    def __init__(self, bits: int, centroids: np.ndarray, metric: str, spill: int = 1):
+        centroids = np.ascontiguousarray(centroids, dtype=np.float32)
+        self.bits, self.nlist, self.dim = int(bits), int(centroids.shape[0]), int(centroids.shape[1])
+        self.metric, self.spill = metric, int(spill)
+        self.coarse = faiss.IndexFlatL2(self.dim) if metric == "l2" else faiss.IndexFlatIP(self.dim)
+        self.coarse.add(centroids)
+        self.ivf: faiss.IndexIVFPQFastScan | None = None
+        self._placeholder: faiss.Index | None = None
+
+    @classmethod
+    def train(cls, bits: int, features: np.ndarray, nlist: int, metric: str, spill: int = 1) -> "PartitionStage":
+        return cls(bits, train_centroids(features, nlist, spherical=metric != "l2"), metric, spill)
+
+    @property
+    def centroids(self) -> np.ndarray:
+        """float32 ``[nlist, D]``."""
+        return self.coarse.reconstruct_n(0, self.nlist)
+
+    @property
+    def has_lists(self) -> bool:
+        return self.ivf is not None
+
+    def assign(self, features: np.ndarray) -> np.ndarray:
+        """int32 ``[n, spill]`` lists for new items."""
+        return nearest_lists(self.coarse, features, self.spill)
+
+    def build(self, codes: np.ndarray, assign: np.ndarray) -> None:
+        """Lists from scratch for positions ``0 .. N-1`` (``codes [N, K/8]``, ``assign [N, s]``)."""
+        ivf, placeholder = make_lists(self.bits, self.nlist)
+        append_to_lists(ivf, BlockLayout.of(ivf), np.ascontiguousarray(codes), np.arange(len(codes), dtype=np.int64),
+                        np.asarray(assign, dtype=np.int32))  # fmt: skip
+        self.ivf, self._placeholder = ivf, placeholder
+
+    def append(self, codes: np.ndarray, start: int, assign: np.ndarray) -> None:
+        """Add items at positions ``start ..`` to built lists (no-op until :meth:`build`)."""
+        if self.ivf is not None:
+            positions = np.arange(start, start + len(codes), dtype=np.int64)
+            append_to_lists(self.ivf, BlockLayout.of(self.ivf), np.ascontiguousarray(codes), positions, assign)
+
+    def drop_lists(self) -> None:
+        """Forget the lists (positions changed); the next :meth:`build` makes them again."""
+        self.ivf, self._placeholder = None, None
+
+    def knn(self, x: np.ndarray, z: np.ndarray, c: int, nprobe: int) -> tuple[np.ndarray, np.ndarray]:
+        """See :func:`probe`; repeated positions are dropped when items spill."""
+        pos, scores = probe(self.coarse, self.ivf, x, z, c, min(nprobe, self.nlist))
+        return (dedupe(pos) if self.spill > 1 else pos), scores
+
+    # -- introspection (tests, memory_usage) --------------------------------------------------
+    def list_sizes(self) -> np.ndarray:
+        inv = self.ivf.invlists
+        return np.array([inv.list_size(i) for i in range(self.nlist)], dtype=np.int64)
+
+    def list_contents(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per list: (positions int64 ``[n]``, codes uint8 ``[n, K/8]``) read back from FAISS."""
+        layout, inv, out = BlockLayout.of(self.ivf), self.ivf.invlists, []
+        for i in range(self.nlist):
+            n = inv.list_size(i)
+            ids = faiss.rev_swig_ptr(inv.get_ids(i), n).copy() if n else np.empty(0, np.int64)
+            blocks = faiss.rev_swig_ptr(inv.get_codes(i), layout.nbytes_for(n)).copy() if n else np.empty(0, np.uint8)
+            out.append((ids, layout.unpack(blocks, n) if n else np.empty((0, self.bits // 8), np.uint8)))
+        return out
+
+    @property
+    def nbytes(self) -> int:
+        """Centroids, plus the lists' blocks (padded to 32 per list) and 8-byte ids once built."""
+        total = 4 * self.nlist * self.dim
+        if self.ivf is not None:
+            layout = BlockLayout.of(self.ivf)
+            total += int(sum(layout.nbytes_for(int(n)) for n in self.list_sizes())) + 8 * int(self.ivf.ntotal)
+        return total

@@ -1,0 +1,402 @@
+"""The partition stage (candidates/partitions.py, ``HashIndex(partitions=...)``, ``nprobe=``)
+against numpy brute-force oracles.
+
+The oracles share no code with the stage: list membership is the argmax of numpy float64
+similarities to the stage's centroids, probed lists the top-nprobe of the query's, scores
+``<z, 2b - 1>`` from ``np.unpackbits``. Fast-scan scores are approximate (8-bit lookup tables),
+so they are compared within the rounding bound of test_asymmetric.py and no more.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import faiss
+import numpy as np
+import pytest
+
+from hashindex import HashIndex, HashIndexError, IndexFormatError, InputError
+from hashindex.serving import persist
+from hashindex.serving.candidates.asymmetric import sign_patterns
+from hashindex.serving.candidates.partitions import BlockLayout, PartitionStage, dedupe, nlist_for
+from hashindex.serving.hashers import ITQHasher
+
+DIM, BITS = 64, 64
+
+
+def _unit(x):
+    x = np.asarray(x, np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def _clustered(n, seed, n_centres=40, noise=0.35):
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((n_centres, DIM))
+    return _unit(centres[rng.integers(0, n_centres, n)] + noise * rng.standard_normal((n, DIM)))
+
+
+@pytest.fixture(scope="module")
+def data():
+    x = _clustered(4000, 0)
+    q = _unit(x[::97][:40] + 0.05 * np.random.default_rng(1).standard_normal((40, DIM)))
+    hasher = ITQHasher(DIM, BITS).fit(x)
+    return x, q, hasher
+
+
+def _index(data, n=None, nlist=16, spill=1, **kw):
+    x, _, hasher = data
+    index = HashIndex(DIM, hasher, partitions=nlist, partition_spill=spill, **kw)
+    index.add(x[:n], ids=np.arange(len(x[:n])) * 3 + 1)
+    return index
+
+
+def _signs(codes):
+    return 2 * np.unpackbits(codes, axis=1, bitorder="little").astype(np.float64) - 1
+
+
+def _lut_bound(z, bits):
+    ranges = 2 * np.abs(z.reshape(len(z), bits // 4, 4)).sum(axis=2)
+    return (bits // 4) * ranges.max(axis=1) / 255.0
+
+
+def _oracle_lists(index, q, nprobe):
+    """Per query: the positions in its nprobe nearest lists (numpy), or None where a near-tie at
+    the cut-off makes the probed set ambiguous between float32 and float64."""
+    cents = index._part.centroids.astype(np.float64)
+    assign = index._part_assign.array
+    sims = q.astype(np.float64) @ cents.T
+    order = np.argsort(-sims, axis=1)
+    out = []
+    for i in range(len(q)):
+        s = sims[i, order[i]]
+        if nprobe < len(s) and s[nprobe - 1] - s[nprobe] < 1e-5:
+            out.append(None)
+            continue
+        out.append(np.flatnonzero(np.isin(assign, order[i, :nprobe]).any(axis=1)))
+    return out
+
+
+def _check_assignment(index, x_stored):
+    """Stored assignment = numpy nearest centroid (where not a near-tie)."""
+    sims = x_stored.astype(np.float64) @ index._part.centroids.astype(np.float64).T
+    top2 = np.sort(sims, axis=1)[:, -2:]
+    clear = top2[:, 1] - top2[:, 0] > 1e-5
+    np.testing.assert_array_equal(index._part_assign.array[clear, 0], sims.argmax(1)[clear])
+
+
+def _check_against_oracle(index, q, nprobe, oracle, k=5):
+    """Candidate sets, scores and reranked results of nprobe searches, against numpy."""
+    stage = index._partitioned()
+    stored_x, stored_ids, codes = index.get_features(index.ids), index.ids, index.codes
+    _check_assignment(index, stored_x)
+    members = _oracle_lists(index, q, nprobe)
+    assert sum(m is not None for m in members) >= len(q) - 2  # the oracle is not vacuous
+    z = index.hasher.project(q)
+    n = len(index)
+    pos, approx = stage.knn(q, z, n, nprobe)
+    exact = z.astype(np.float64) @ _signs(codes).T
+    bound = _lut_bound(z, index.bits)
+    res = index.search(q, k=k, nprobe=nprobe, candidates=n)  # every member is a candidate
+    sims = oracle.scores(q, stored_x, index.metric)
+    for i, m in enumerate(members):
+        if m is None:
+            continue
+        valid = pos[i] >= 0
+        got = pos[i][valid]
+        assert sorted(got.tolist()) == m.tolist(), "candidate set != members of the probed lists"
+        assert np.abs(approx[i][valid] - exact[i, got]).max() <= bound[i]
+        assert res.n_candidates[i] == m.size
+        oracle.assert_topk(res.ids[i], res.scores[i], stored_ids[m], sims[i, m], k, index.metric)
+    # fewer candidates than members: the stage's top-c by approximate score, reranked exactly
+    c = 30
+    pos, _ = stage.knn(q, z, c, nprobe)
+    res = index.search(q, k=k, nprobe=nprobe, candidates=c)
+    for i, m in enumerate(members):
+        if m is None:
+            continue
+        cand = pos[i][pos[i] >= 0]
+        assert set(cand.tolist()) <= set(m.tolist())
+        if m.size > c:
+            cth = np.sort(exact[i, m])[::-1][c - 1]
+            assert (exact[i, cand] >= cth - 2 * bound[i]).all(), "not the top-c of the probed lists"
+        oracle.assert_topk(res.ids[i], res.scores[i], stored_ids[cand], sims[i, cand], k, index.metric)
+
+
+@pytest.mark.parametrize("nprobe", [1, 4, 16])
+def test_nprobe_search_matches_the_numpy_oracle(data, oracle, nprobe):
+    index = _index(data)
+    _check_against_oracle(index, data[1], nprobe, oracle)
+
+
+def test_all_lists_probed_is_the_flat_scan(data):
+    index = _index(data)
+    n = len(index)
+    a = index.search(data[1], k=5, nprobe=16, candidates=n)
+    b = index.search(data[1], k=5, ranking="asymmetric", candidates=n)
+    np.testing.assert_array_equal(a.ids, b.ids)
+    np.testing.assert_array_equal(a.n_candidates, b.n_candidates)
+
+
+def test_spilled_items_sit_in_two_lists_and_come_back_once(data, oracle):
+    index = _index(data, spill=2)
+    _check_against_oracle(index, data[1], 3, oracle)
+    stage = index._partitioned()
+    assert stage.list_sizes().sum() == 2 * len(index)
+    pos, _ = stage.knn(data[1], index.hasher.project(data[1]), len(index), 8)
+    for row in pos:
+        got = row[row >= 0]
+        assert np.unique(got).size == got.size
+
+
+def test_dedupe_keeps_the_first_occurrence():
+    pos = np.array([[5, 3, 5, -1, 3, 7], [1, 2, 3, 4, -1, -1]])
+    np.testing.assert_array_equal(dedupe(pos), [[5, 3, -1, -1, -1, 7], [1, 2, 3, 4, -1, -1]])
+
+
+# -- FAISS layout and the 512-entry append --------------------------------------------------------
+@pytest.mark.parametrize("bits,nlist", [(128, 16), (64, 8)])
+def test_lists_are_byte_for_byte_what_faiss_add_writes(bits, nlist):
+    """dim == K, features = the codes' {-1, +1} vectors: FAISS's own add_with_ids (its quantizer =
+    our centroids, its PQ encoder) must write the same ids and blocks as our packing."""
+    rng = np.random.default_rng(bits)
+    codes = rng.integers(0, 256, size=(3000, bits // 8), dtype=np.uint8)
+    x = _signs(codes).astype(np.float32)
+    stage = PartitionStage.train(bits, x, nlist, "ip")
+    stage.build(codes, stage.assign(x))
+    quantizer = faiss.IndexFlatIP(bits)
+    quantizer.add(stage.centroids)
+    ref = faiss.IndexIVFPQFastScan(quantizer, bits, nlist, bits // 4, 4, faiss.METRIC_INNER_PRODUCT)
+    ref.by_residual = False
+    cb = np.broadcast_to(sign_patterns(), (bits // 4, 16, 4))
+    faiss.copy_array_to_vector(np.ascontiguousarray(cb).ravel(), ref.pq.centroids)
+    ref.is_trained = True
+    ref.add_with_ids(x, np.arange(len(x), dtype=np.int64))
+    layout = BlockLayout.of(stage.ivf)
+    for i in range(nlist):
+        a, b = stage.ivf.invlists, ref.invlists
+        m = a.list_size(i)
+        assert m == b.list_size(i)
+        if m:
+            nb = layout.nbytes_for(m)
+            np.testing.assert_array_equal(faiss.rev_swig_ptr(a.get_ids(i), m), faiss.rev_swig_ptr(b.get_ids(i), m))
+            np.testing.assert_array_equal(faiss.rev_swig_ptr(a.get_codes(i), nb), faiss.rev_swig_ptr(b.get_codes(i), nb))
+    for ids, c in stage.list_contents():
+        np.testing.assert_array_equal(c, codes[ids])
+
+
+def test_appends_across_block_and_512_entry_boundaries(data):
+    """FAISS 1.15.1's BlockInvertedLists.add_entries overflows the heap when appending to a list
+    of exactly 512 * j entries; index.add must go around it. One list, appends leaving it at
+    31, 32, 512, 513, 1024, 1536 ... entries, each checked against the codes."""
+    x, q, hasher = data
+    index = HashIndex(DIM, hasher, partitions=1)
+    index.add(x[:31])
+    index.search(q, k=3, nprobe=1)  # builds the stage: later adds append to its one list
+    for lo, hi in [(31, 32), (32, 512), (512, 513), (513, 1024), (1024, 1536), (1536, 1537), (1537, 2600)]:
+        index.add(x[lo:hi])
+        ((ids, codes),) = index._part.list_contents()
+        np.testing.assert_array_equal(ids, np.arange(hi))
+        np.testing.assert_array_equal(codes, index.codes)
+    res = index.search(q, k=3, nprobe=1, candidates=len(index))
+    ref = index.search(q, k=3, ranking="asymmetric", candidates=len(index))
+    np.testing.assert_array_equal(res.ids, ref.ids)
+
+
+# -- mutation, persistence, concurrency --------------------------------------------------------------
+def _same(a, b):
+    for field in ("ids", "scores", "hamming", "n_candidates"):
+        np.testing.assert_array_equal(getattr(a, field), getattr(b, field), err_msg=field)
+
+
+def test_add_remove_keep_the_stage_in_step(data, oracle):
+    x, q, _ = data
+    index = _index(data, n=2500)
+    index.search(q, k=5, nprobe=4)  # built on 2500 items
+    centroids = index._part.centroids
+    for lo, hi in [(2500, 2501), (2501, 3100), (3100, 4000)]:
+        index.add(x[lo:hi], ids=np.arange(lo, hi) * 3 + 1)
+    np.testing.assert_array_equal(index._part.centroids, centroids)  # adds assign, never retrain
+    _check_against_oracle(index, q, 4, oracle)
+    gone = np.arange(0, 4000, 7) * 3 + 1
+    index.remove(gone)
+    assert not index._part.has_lists  # positions compacted: lists rebuilt on next use
+    assert index._part_assign.array.shape == (len(index), 1)
+    _check_against_oracle(index, q, 4, oracle)
+    # rebuilt from the stored assignment = a fresh stage on the same centroids and survivors
+    fresh = PartitionStage(index.bits, centroids, index.metric)
+    fresh.build(index.codes, fresh.assign(index.get_features(index.ids)))
+    for (a_ids, a_codes), (b_ids, b_codes) in zip(index._part.list_contents(), fresh.list_contents()):
+        np.testing.assert_array_equal(a_ids, b_ids)
+        np.testing.assert_array_equal(a_codes, b_codes)
+
+
+@pytest.mark.parametrize("mmap", [True, False])
+def test_save_load_round_trips(data, tmp_path, mmap):
+    x, q, _ = data
+    index = _index(data, n=3000)
+    before = index.search(q, k=6, nprobe=3, candidates=40)
+    index.save(tmp_path / "ix")
+    files = json.loads((tmp_path / "ix" / "manifest.json").read_text())["files"]
+    assert {"partition_centroids.npy", "partition_assign.npy"} <= set(files)
+    loaded = HashIndex.load(tmp_path / "ix", mmap=mmap)
+    assert loaded.partitions == 16 and loaded._part.nlist == 16 and not loaded._part.has_lists
+    assert loaded._part_assign.is_mmap == mmap
+    np.testing.assert_array_equal(loaded._part.centroids, index._part.centroids)
+    _same(loaded.search(q, k=6, nprobe=3, candidates=40), before)
+    # the same mutations on both give the same results; and again after another save / load
+    for ix in (index, loaded):
+        ix.add(x[3000:3600], ids=np.arange(3000, 3600) * 3 + 1)
+        ix.remove(np.arange(0, 3000, 5) * 3 + 1)
+    _same(loaded.search(q, k=6, nprobe=3, candidates=40), index.search(q, k=6, nprobe=3, candidates=40))
+    loaded.save(tmp_path / "ix")
+    again = HashIndex.load(tmp_path / "ix", mmap=mmap)
+    _same(again.search(q, k=6, nprobe=3, candidates=40), index.search(q, k=6, nprobe=3, candidates=40))
+
+
+def test_an_unbuilt_stage_is_not_saved_and_is_built_after_load(data, tmp_path):
+    index = _index(data, n=1000)
+    index.save(tmp_path / "ix")
+    assert not (tmp_path / "ix" / "partition_assign.npy").exists()
+    loaded = HashIndex.load(tmp_path / "ix")
+    assert loaded._part is None
+    res = loaded.search(data[1], k=3, nprobe=2)
+    assert (res.ids[:, 0] >= 0).all() and loaded._part.nlist == 16
+
+
+def test_corrupt_or_inconsistent_partition_files_are_refused(data, tmp_path):
+    index = _index(data, n=1000)
+    index.search(data[1], k=3, nprobe=2)
+    index.save(tmp_path / "ix")
+    path = tmp_path / "ix" / "partition_assign.npy"
+    arr = np.load(path)
+    arr[3, 0] = 99  # list 99 of 16
+    np.save(path, arr)
+    with pytest.raises(IndexFormatError, match="partition_assign"):
+        HashIndex.load(tmp_path / "ix")  # checksum
+    _rewrite_manifest(tmp_path / "ix", lambda m: m)  # re-checksum the modified file
+    with pytest.raises(IndexFormatError, match="outside"):
+        HashIndex.load(tmp_path / "ix", verify=False)
+
+
+def _rewrite_manifest(root, edit):
+    """Apply ``edit`` to the manifest and re-checksum it and its files (a consistent but wrong index)."""
+    m = json.loads((root / "manifest.json").read_text())
+    m.pop("manifest_sha256")
+    m = edit(m)
+    for name in list(m["files"]):
+        m["files"][name] = {"sha256": persist.sha256_file(root / name), "bytes": (root / name).stat().st_size}
+    import hashlib
+
+    m["manifest_sha256"] = hashlib.sha256(json.dumps(m, sort_keys=True).encode()).hexdigest()
+    (root / "manifest.json").write_text(json.dumps(m))
+
+
+def test_concurrent_nprobe_searches_during_add_and_remove(data, oracle):
+    """No exception, and every result is an item that existed with its true score; afterwards
+    the stage agrees with the numpy oracle."""
+    x, q, hasher = data
+    index = HashIndex(DIM, hasher, partitions=8)
+    index.add(x[:1500], ids=np.arange(1500))
+    index.search(q, k=5, nprobe=2)
+    feat_of = dict(enumerate(x))
+    ever = set(range(1500))
+    count = [0]
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def writer():
+        rng = np.random.default_rng(0)
+        for lo in range(1500, 4000, 100):
+            if stop.is_set():
+                return
+            ever.update(range(lo, lo + 100))
+            index.add(x[lo : lo + 100], ids=np.arange(lo, lo + 100))
+            index.remove(rng.choice(index.ids, size=50, replace=False))
+
+    def reader(seed):
+        rng = np.random.default_rng(seed)
+        while not stop.is_set():
+            qi = rng.integers(0, len(q), 4)
+            res = index.search(q[qi], k=5, nprobe=int(rng.integers(1, 9)), candidates=int(rng.integers(5, 60)))
+            for row, i in enumerate(qi):
+                for item, score in zip(res.ids[row], res.scores[row]):
+                    if item >= 0:
+                        assert int(item) in ever
+                        assert abs(score - float(feat_of[int(item)] @ q[i])) < 1e-4
+            count[0] += 1
+
+    def guard(fn, *a):
+        def run():
+            try:
+                fn(*a)
+            except BaseException as e:  # noqa: BLE001 - reported below
+                errors.append(e)
+                stop.set()
+
+        return run
+
+    threads = [threading.Thread(target=guard(writer))] + [threading.Thread(target=guard(reader, s)) for s in (1, 2)]
+    for t in threads:
+        t.start()
+    threads[0].join(60)
+    time.sleep(0.2)
+    stop.set()
+    for t in threads:
+        t.join(30)
+        assert not t.is_alive()
+    if errors:
+        raise errors[0]
+    assert count[0] > 5
+    _check_against_oracle(index, q, 3, oracle)
+
+
+# -- settings and bad input ----------------------------------------------------------------------------
+def test_nlist_rule():
+    assert nlist_for(1_000_000) == 2048 and nlist_for(100_000) == 512 and nlist_for(10) == 16
+
+
+def test_auto_builds_from_the_threshold(data, monkeypatch):
+    import hashindex.serving.index as hindex
+
+    x, q, hasher = data
+    index = HashIndex(DIM, hasher)  # partitions="auto"
+    index.add(x)
+    with pytest.raises(InputError, match="partitions='auto' builds a partition stage from 100,000 items"):
+        index.search(q, k=3, nprobe=2)
+    assert index._part is None
+    assert index.search(q, k=3).n_candidates[0] == min(len(x), 500)  # the default: the flat scan
+    monkeypatch.setattr(hindex, "PARTITION_MIN_ITEMS", 1000)
+    index.search(q, k=3, nprobe=2)
+    assert index._part.nlist == nlist_for(len(x)) == 128
+
+
+@pytest.mark.parametrize(
+    "make,call,match",
+    [
+        (lambda d: _index(d, nlist=None), lambda ix, q: ix.search(q, k=3, nprobe=2), "partitions=None"),
+        (lambda d: _index(d, n=500, nlist=1000), lambda ix, q: ix.search(q, k=3, nprobe=2), "more lists than items"),
+        (lambda d: _index(d), lambda ix, q: ix.search(q, k=3, nprobe=17), "exceeds the partition stage's 16 lists"),
+        (lambda d: _index(d), lambda ix, q: ix.search(q, k=3, nprobe=0), "nprobe must be a positive integer"),
+        (lambda d: _index(d), lambda ix, q: ix.search(q, k=3, nprobe=2.0), "nprobe must be a positive integer"),
+        (lambda d: _index(d), lambda ix, q: ix.search(q, k=3, nprobe=2, radius=1), "radius"),
+        (lambda d: _index(d), lambda ix, q: ix.search(q, k=3, nprobe=2, ranking="hamming"), "Hamming ranking"),
+        (lambda d: _index(d), lambda ix, q: ix.search(q, k=3, nprobe=2, query_codes=ix.codes[:1]), "projection"),
+    ],
+    ids=["no-partitions", "more-lists-than-items", "nprobe>nlist", "nprobe=0", "nprobe-float", "with-radius",
+         "hamming", "query-codes"],  # fmt: skip
+)
+def test_bad_nprobe_is_refused_and_changes_nothing(data, make, call, match):
+    index = make(data)
+    before = (len(index), index._part is not None)
+    with pytest.raises(HashIndexError, match=match):
+        call(index, data[1][:1])
+    assert (len(index), index._part is not None) == before
+
+
+@pytest.mark.parametrize("bad", ["fast", 0, -3, 2.5, True])
+def test_bad_partitions_argument(bad):
+    with pytest.raises(InputError, match="partitions"):
+        HashIndex(DIM, partitions=bad)
+

@@ -1,0 +1,291 @@
+"""Recall-targeted search: index.tune(), operating points, the default search settings.
+
+The tuner's promise is checked with an independent numpy oracle on a *fresh* sample of the
+index's items (another seed): recall@1, self-matches excluded, must meet the target within
+sampling tolerance.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import warnings
+
+import numpy as np
+import pytest
+
+from hashindex import HashIndex, HashIndexError, IndexFormatError, InputError
+from hashindex.serving import tuning
+from hashindex.serving.front import default_candidates
+from hashindex.serving.hashers import ITQHasher
+from hashindex.serving.tuning import DEFAULT_RECALL, OperatingPoint, candidate_grid, drop_self, recall_at_1
+
+DIM, BITS = 64, 64
+
+
+def _unit(x):
+    x = np.asarray(x, np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+@pytest.fixture(scope="module")
+def gallery():
+    """Identities (centres) with a few noisy samples each: the nearest other item is usually
+    a sample of the same identity, as in a face gallery."""
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((1500, DIM))
+    x = _unit(centres[rng.integers(0, 1500, 6000)] + 0.45 * rng.standard_normal((6000, DIM)))
+    return x, ITQHasher(DIM, BITS).fit(x)
+
+
+def _index(gallery, **kw):
+    x, hasher = gallery
+    index = HashIndex(DIM, hasher, **kw)
+    index.add(x, ids=np.arange(len(x)) * 2 + 1)
+    return index
+
+
+def _oracle_recall(index, point, seed, n=600):
+    """recall@1 of ``point``'s settings on n stored items drawn with ``seed``, self excluded,
+    against float64 numpy brute force."""
+    ids = index.ids
+    x = index.get_features(ids).astype(np.float64)
+    rng = np.random.default_rng(seed)
+    qi = rng.choice(len(ids), n, replace=False)
+    sims = x[qi] @ x.T
+    sims[np.arange(n), qi] = -np.inf  # not itself
+    truth = sims.max(axis=1)
+    res = index.search(x[qi].astype(np.float32), k=2, candidates=point.candidates, nprobe=point.nprobe)
+    top = np.where(res.ids[:, 0] == ids[qi], 1, 0)  # the item itself comes first (or ties)
+    got = res.scores[np.arange(n), top]
+    return float(np.mean(got >= truth - 1e-5))
+
+
+@pytest.mark.parametrize("target,partitions", [(0.9, 16), (0.99, None)])
+def test_tuned_point_meets_the_target_on_a_fresh_sample(gallery, target, partitions):
+    index = _index(gallery, partitions=partitions)
+    point = index.tune(recall=target, k=5, sample=600, seed=0, progress=False)
+    assert point.recall >= target and point.target == target and point.k == 5 and point.items == len(index)
+    assert index.operating_points == {(target, 5): point}
+    fresh = _oracle_recall(index, point, seed=123)
+    sigma = math.sqrt(target * (1 - target) / 600)
+    assert fresh >= target - 3 * sigma - 0.005, (fresh, point)
+
+
+def test_the_tuner_explores_partitions_and_keeps_the_cheapest(gallery, monkeypatch):
+    index = _index(gallery, partitions=16)
+    seen = []
+    search = index.search
+
+    def spy(*a, **kw):
+        res = search(*a, **kw)
+        seen.append((kw.get("nprobe"), kw.get("candidates")))
+        return res
+
+    monkeypatch.setattr(index, "search", spy)
+    point = index.tune(recall=0.8, k=5, sample=300, progress=False)
+    nprobes = {p for p, _ in seen}
+    assert None in nprobes and nprobes - {None} <= {1, 2, 4, 8} and len(nprobes) > 1
+    assert len(set(seen)) < len(candidate_grid(5, len(index))) * 5  # the frontier pruned some settings
+    assert (point.nprobe, point.candidates) in seen
+    assert point.nlist == (16 if point.nprobe is not None else None)
+
+
+def test_default_search_is_asymmetric_with_the_untuned_budget(gallery):
+    x, hasher = gallery
+    index = _index(gallery)
+    assert index.default_ranking == "asymmetric" and not index.operating_points
+    res = index.search(x[:20], k=10)
+    np.testing.assert_array_equal(res.n_candidates, default_candidates(10))
+    assert default_candidates(10) == 500 and default_candidates(20) == 1000
+    ref = index.search(x[:20], k=10, ranking="asymmetric", candidates=500)
+    np.testing.assert_array_equal(res.ids, ref.ids)
+    # Hamming stays the default where the hasher has no projection
+    hamming_only = HashIndex(DIM, _EncodeOnly(hasher))
+    hamming_only.add(x[:1000])
+    assert hamming_only.default_ranking == "hamming"
+    ref = hamming_only.search(x[:5], k=3, ranking="hamming")
+    np.testing.assert_array_equal(hamming_only.search(x[:5], k=3).ids, ref.ids)
+
+
+class _EncodeOnly:
+    def __init__(self, hasher):
+        self.bits, self.dim, self._h = hasher.bits, hasher.dim, hasher
+
+    def encode(self, x):
+        return self._h.encode(x)
+
+
+def test_default_search_uses_the_tuned_point_and_it_survives_save_load(gallery, tmp_path):
+    x, _ = gallery
+    index = _index(gallery, partitions=16)
+    point = index.tune(k=10, sample=300, progress=False)  # DEFAULT_RECALL
+    assert point.target == DEFAULT_RECALL
+    res = index.search(x[:30], k=10)
+    ref = index.search(x[:30], k=10, candidates=point.candidates, nprobe=point.nprobe)
+    np.testing.assert_array_equal(res.ids, ref.ids)
+    np.testing.assert_array_equal(res.n_candidates, ref.n_candidates)
+    # a smaller k uses the point tuned for a larger one; a larger k does not
+    assert index.operating_point(k=5) == point and index.operating_point(k=20) is None
+    index.save(tmp_path / "ix")
+    manifest = json.loads((tmp_path / "ix" / "manifest.json").read_text())
+    assert manifest["operating_points"] == {repr(DEFAULT_RECALL): {"10": point.to_dict()}}
+    loaded = HashIndex.load(tmp_path / "ix")
+    assert loaded.operating_points == {(DEFAULT_RECALL, 10): point}
+    np.testing.assert_array_equal(loaded.search(x[:30], k=10).ids, res.ids)
+
+
+def test_search_with_recall_tunes_once_then_reuses(gallery, monkeypatch):
+    x, _ = gallery
+    index = _index(gallery)
+    calls = []
+    real = tuning.tune
+
+    def counting(*a, **kw):
+        calls.append(a[1:3])
+        return real(*a[:5], False)
+
+    monkeypatch.setattr(tuning, "tune", counting)
+    first = index.search(x[:10], k=4, recall=0.9)
+    second = index.search(x[:10], k=4, recall=0.9)
+    assert calls == [(0.9, 4)]
+    np.testing.assert_array_equal(first.ids, second.ids)
+    point = index.operating_points[(0.9, 4)]
+    np.testing.assert_array_equal(first.n_candidates, min(point.candidates, len(index)))
+
+
+@pytest.mark.parametrize("bad", [0, 0.0, -0.1, 1.01, 99, float("nan"), True, "0.99", None])
+def test_bad_recall_targets_are_refused(gallery, bad):
+    index = _index(gallery)
+    with pytest.raises(InputError, match="recall"):
+        index.tune(recall=bad, progress=False)
+    if bad is not None:
+        with pytest.raises(InputError, match="recall"):
+            index.search(gallery[0][:2], k=3, recall=bad)
+    assert not index.operating_points and len(index) == len(gallery[0])
+
+
+@pytest.mark.parametrize(
+    "call,match",
+    [
+        (lambda ix, q: ix.search(q, k=3, recall=0.9, candidates=10), "not both"),
+        (lambda ix, q: ix.search(q, k=3, recall=0.9, nprobe=2), "not both"),
+        (lambda ix, q: ix.search(q, k=3, recall=0.9, radius=2), "radius"),
+        (lambda ix, q: ix.search(q, k=3, recall=0.9, ranking="hamming"), "Hamming ranking"),
+        (lambda ix, q: ix.tune(sample=0, progress=False), "sample"),
+        (lambda ix, q: ix.tune(k=0, progress=False), "k must"),
+        (lambda ix, q: ix.tune(seed=1.5, progress=False), "seed"),
+    ],
+)
+def test_bad_tuning_arguments_change_nothing(gallery, call, match):
+    index = _index(gallery)
+    with pytest.raises(HashIndexError, match=match):
+        call(index, gallery[0][:2])
+    assert not index.operating_points and index._part is None
+
+
+def test_tiny_indexes(gallery):
+    x, hasher = gallery
+    one = HashIndex(DIM, hasher)
+    one.add(x[:1])
+    with pytest.raises(InputError, match="at least 2 items"):
+        one.tune(progress=False)
+    # partitions asked for but too few items to train them: the tuner says so and tunes the flat scan
+    small = HashIndex(DIM, hasher, partitions=64)
+    small.add(x[:40])
+    with pytest.warns(UserWarning, match="flat scan only: more lists than items"):
+        point = small.tune(recall=0.9, k=3, progress=False)
+    assert point.nprobe is None and point.nlist is None
+
+
+def test_unreachable_targets_keep_the_best_point_with_a_warning(gallery, monkeypatch):
+    index = _index(gallery)
+    monkeypatch.setattr(tuning, "CANDIDATE_GRID", (5, 10))  # far too few candidates for 0.999
+    with pytest.warns(UserWarning, match="no setting reached recall@1 0.999"):
+        point = index.tune(recall=0.999, k=3, sample=200, progress=False)
+    assert point.recall < 0.999 and point.candidates in (5, 10)
+
+
+def test_saved_points_the_loaded_index_cannot_honour_are_refused(gallery, tmp_path):
+    index = _index(gallery, partitions=16)  # stage never built: nothing of it is saved
+    index._operating_points[(0.95, 10)] = OperatingPoint(nprobe=4, candidates=50, recall=0.96,
+                                                         seconds_per_query=1e-4, target=0.95, k=10, nlist=16)  # fmt: skip
+    index.save(tmp_path / "ix")
+    with pytest.raises(IndexFormatError, match="scans 4 of 16 partition lists but the saved index has no partition stage"):
+        HashIndex.load(tmp_path / "ix")
+    index.search(gallery[0][:2], k=3, nprobe=2)  # now built: 16 lists, saved
+    index.save(tmp_path / "ix")
+    assert HashIndex.load(tmp_path / "ix").operating_points[(0.95, 10)].nprobe == 4
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [[1, 2], {"0.9": {"10": {"candidates": 0, "recall": 1, "seconds_per_query": 0, "target": 0.9, "k": 10}}},
+     {"0.9": {"10": {"candidates": 10, "recall": 1, "seconds_per_query": 0, "target": 1.5, "k": 10}}},
+     {"0.9": {"10": {"candidates": 10, "recall": 1, "seconds_per_query": 0, "target": 0.9, "k": 10, "nprobe": 3}}},
+     {"0.9": {"10": {"recall": 1}}}],
+    ids=["list", "candidates=0", "target>1", "nprobe-without-nlist", "missing-fields"],
+)  # fmt: skip
+def test_malformed_operating_points_in_the_manifest(gallery, tmp_path, entry):
+    index = _index(gallery)
+    index.save(tmp_path / "ix")
+
+    def edit(m):
+        m["operating_points"] = entry
+        return m
+
+    _rewrite_manifest(tmp_path / "ix", edit)
+    with pytest.raises(IndexFormatError, match="operating"):
+        HashIndex.load(tmp_path / "ix")
+
+
+def _rewrite_manifest(root, edit):
+    """Apply ``edit`` to the manifest and re-checksum it (a consistent but wrong index)."""
+    m = json.loads((root / "manifest.json").read_text())
+    m.pop("manifest_sha256")
+    m = edit(m)
+    m["manifest_sha256"] = hashlib.sha256(json.dumps(m, sort_keys=True).encode()).hexdigest()
+    (root / "manifest.json").write_text(json.dumps(m))
+
+
+def test_self_exclusion_and_recall_helpers():
+    ids = np.array([[7, 3, 9], [4, 5, 6], [5, 1, 2]])
+    scores = np.array([[1.0, 0.9, 0.8], [0.9, 0.8, 0.7], [1.0, 1.0, 0.5]], np.float32)
+    got_ids, got_scores = drop_self(ids, scores, np.array([7, 9, 1]), 2)
+    np.testing.assert_array_equal(got_ids, [[3, 9], [4, 5], [5, 2]])
+    np.testing.assert_allclose(got_scores, [[0.9, 0.8], [0.9, 0.8], [1.0, 0.5]])
+    # a tie with the true neighbour's score counts as a hit; -1 never does
+    assert recall_at_1(np.array([[3], [8], [-1]]), np.array([[0.9], [0.9], [0.9]]),
+                       np.array([[3], [4], [5]]), np.array([[0.9], [0.9], [0.9]])) == pytest.approx(2 / 3)  # fmt: skip
+    assert candidate_grid(10, 10**6) == [20, 50, 100, 200, 500, 1000]
+    assert candidate_grid(30, 400) == [60, 150, 300, 400] and candidate_grid(1, 30) == [20, 30]
+
+
+def test_no_warning_for_auto_partitions_below_the_threshold(gallery):
+    index = _index(gallery)  # partitions="auto", 6000 items: the flat scan is the documented choice
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        point = index.tune(recall=0.8, k=3, sample=200, progress=False)
+    assert point.nprobe is None
+
+
+def test_cli_build_tunes_by_default_and_search_takes_recall_and_nprobe(gallery, tmp_path, capsys):
+    from hashindex.cli import main
+    from hashindex.training.data import EmbeddingSet, save_embeddings
+
+    x, _ = gallery
+    save_embeddings(tmp_path / "g.npz", EmbeddingSet(x[:3000]))
+    assert main(["build", "--features", str(tmp_path / "g.npz"), "--bits", "64", "--recall", "0.9", "-k", "5",
+                 "--out", str(tmp_path / "tuned"), "--quiet"]) == 0  # fmt: skip
+    assert "tuned for recall@1 >= 0.9 (k=5)" in capsys.readouterr().out
+    assert set(HashIndex.load(tmp_path / "tuned").operating_points) == {(0.9, 5)}
+    assert main(["build", "--features", str(tmp_path / "g.npz"), "--bits", "64", "--no-tune",
+                 "--out", str(tmp_path / "plain"), "--quiet"]) == 0  # fmt: skip
+    assert not HashIndex.load(tmp_path / "plain").operating_points
+    search = ["search", "--index", str(tmp_path / "tuned"), "--queries", str(tmp_path / "g.npz"), "--quiet", "-k", "5"]
+    assert main([*search, "--recall", "0.9"]) == 0
+    assert main([*search, "--nprobe", "2"]) == 2  # 3,000 items: no partition stage under partitions='auto'
+    assert "needs a partition stage" in capsys.readouterr().err
+    assert main([*search, "--recall", "1.5"]) == 2
+    assert "a recall target is in (0, 1]" in capsys.readouterr().err
