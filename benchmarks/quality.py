@@ -10,7 +10,7 @@ Protocol (one run = one seed of the identity split):
 * per method and bit width:
   (a) ``nn``: share of the gallery to rerank so that the exact float (cosine) nearest
       neighbour is among the Hamming-nearest candidates -- median, p95, p99, expected over
-      the order inside tied distances (:mod:`hashindex.evaluation.ranks`);
+      the order inside tied distances (:mod:`hashindex.evaluation.target_ranks`);
   (b) ``identity``: the same for "any other image of the same person";
   (c) ``pairs``: the paper's Table 1 on validation identities (share of positive / negative
       pairs at Hamming distance = 0, <= 1, <= 2);
@@ -56,7 +56,7 @@ from hashindex.training.data import identity_split, load_embeddings  # noqa: E40
 from hashindex.core.errors import InputError  # noqa: E402
 from hashindex.serving.hashers import make_hasher  # noqa: E402
 from hashindex.evaluation.exact import exact_search  # noqa: E402
-from hashindex.evaluation.ranks import TargetRanks, sign_matrix, target_ranks  # noqa: E402
+from hashindex.evaluation.target_ranks import TargetRanks, sign_matrix, target_ranks  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / "shared/data/lfw/lfw_mfn128_dev.npz"
 QUANTILES = (0.5, 0.95, 0.99)

@@ -31,7 +31,7 @@ MOVED = {
     "hashindex.backends.faiss_asymmetric": "hashindex.serving.candidates.asymmetric",
     "hashindex.backends.milvus": "hashindex.serving.milvus",
     "hashindex.metrics": "hashindex.evaluation.metrics",
-    "hashindex.rank_eval": "hashindex.evaluation.ranks",
+    "hashindex.rank_eval": "hashindex.evaluation.target_ranks",
     "hashindex.plots": "hashindex.evaluation.plots",
     "hashindex.train": "hashindex.training.loop",
     "hashindex.recipes": "hashindex.training.recipes",

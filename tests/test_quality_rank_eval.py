@@ -1,4 +1,4 @@
-"""hashindex.evaluation.ranks and benchmarks/quality.py figures against independent oracles."""
+"""hashindex.evaluation.target_ranks and benchmarks/quality.py figures against independent oracles."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 from hashindex.evaluation import metrics as hm
 from hashindex.core.codes import binarize
 from hashindex.core.errors import InputError
-from hashindex.evaluation.ranks import TargetRanks, sign_matrix, target_ranks
+from hashindex.evaluation.target_ranks import TargetRanks, sign_matrix, target_ranks
 
 REPO = Path(__file__).resolve().parents[1]
 

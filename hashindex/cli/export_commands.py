@@ -23,7 +23,8 @@ def add_export_parser(subparsers) -> argparse.ArgumentParser:
         "image model: backbone -> L2-normalised features -> hash head, in one graph.",
     )
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--head", help="model directory from `hashindex train`, or a head .onnx (with --backbone)")
+    src.add_argument("--head", help="model directory from `hashindex train` (--data or --images), or a head .onnx "
+                     "(with --backbone)")
     src.add_argument("--hasher", choices=HASHER_KINDS, help="an untrained hasher, fitted on --data")
     p.add_argument("--data", help=".npz to fit --hasher on (and recorded as training data)")
     p.add_argument("--bits", type=positive_int, default=DEFAULT_BITS)
@@ -56,6 +57,17 @@ def run_export(args: argparse.Namespace) -> int:
     from hashindex.export import onnx as onnx_export
 
     out = out_file(args.out)
+    from hashindex.cli.image_commands import is_image_model_dir
+
+    if args.head and is_image_model_dir(args.head):
+        from hashindex.export.images import export_image_model_dir
+
+        if args.backbone:
+            raise InputError(f"{args.head} is an image model: it records its own teacher; drop --backbone")
+        meta = export_image_model_dir(args.head, out, data=args.data)
+        print(f"wrote {out}: {meta.bits} bits, input {meta.input.name} {list(meta.input.shape)}, "
+              f"features from {meta.backbone.name if meta.backbone else 'the model'}")
+        return 0
     if args.backbone:
         with tempfile.TemporaryDirectory() as tmp:
             head = Path(tmp) / "head.onnx"

@@ -12,6 +12,7 @@ import argparse
 
 import numpy as np
 
+from hashindex.cli.image_commands import add_image_train_options, image_eval_codes, run_image_train, run_recipe_judged
 from hashindex.cli.common import (
     fit_baseline,
     int_list,
@@ -29,9 +30,12 @@ from hashindex.serving.index import DEFAULT_BITS
 
 
 def add_train_parser(subparsers) -> argparse.ArgumentParser:
-    """``hashindex train --data F.npz --bits 128 [--recipe learned | --loss csq] --out DIR [options]``."""
-    p = subparsers.add_parser("train", help="train a hash head on labelled embeddings (needs torch)")
-    p.add_argument("--data", required=True, help=".npz with 'embeddings' and 'labels'")
+    """``hashindex train (--data F.npz | --images DIR) --bits 128 [--recipe learned | --loss csq] --out DIR [options]``."""
+    p = subparsers.add_parser("train", help="train a hash head on labelled embeddings, or an image network on "
+                              "an image folder (needs torch)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--data", help=".npz with 'embeddings' and 'labels'")
+    src.add_argument("--images", help="image folder, one sub-folder per identity: trains ResNet-18 + FC + tanh end to end")
     p.add_argument("--val-data", help="identity-disjoint validation .npz (default: split --data by identity)")
     p.add_argument("--out", required=True, help="model directory: model.pt, config.json, metrics.json")
     p.add_argument("--bits", type=positive_int, default=DEFAULT_BITS)
@@ -55,10 +59,14 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--patience", type=non_negative_int, default=5, help="early-stopping patience in epochs (0: never stop)")
     p.add_argument("--select", choices=("p95_candidates", "map_at_r"), default="p95_candidates",
                    help="model-selection criterion on validation")
+    p.add_argument("--folds", type=non_negative_int, default=3,
+                   help="identity folds judging the recipe (or image model) against its ITQ start on held-out people: "
+                   "the start ships unless training beats it in every fold (0: not judged)")
     p.add_argument("--seed", type=non_negative_int, default=0)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_image_train_options(p)
     p.set_defaults(func=run_train)
     return p
 
@@ -71,7 +79,12 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     src.add_argument("--hasher", choices=HASHER_KINDS, help="an untrained baseline hasher (fitted on L2-normalised features)")
     p.add_argument("--bits", type=positive_int, default=DEFAULT_BITS, help="code length for --hasher (sign: the feature dimension)")
     p.add_argument("--fit-data", help="--hasher: fit on this .npz (default: on --data itself)")
-    p.add_argument("--data", required=True, help=".npz with 'embeddings' (and 'labels' for identity metrics)")
+    data = p.add_mutually_exclusive_group(required=True)
+    data.add_argument("--data", help=".npz with 'embeddings' (and 'labels' for identity metrics)")
+    data.add_argument("--images", help="image folder (one sub-folder per identity) for an image model, or for "
+                      "--hasher over --teacher features")
+    p.add_argument("--teacher", help="with --images: ONNX face model whose features are hashed (--hasher) or define the "
+                   "exact neighbours (default: the model directory's teacher, else the model's own features)")
     p.add_argument("--radii", type=radius_list, default=(0, 1, 2), help="Hamming radii for the tables")
     p.add_argument("--max-items", type=positive_int, default=None, help="evaluate on a seeded random subset of this size")
     p.add_argument("--seed", type=non_negative_int, default=0)
@@ -91,6 +104,10 @@ def run_train(args: argparse.Namespace) -> int:
     from hashindex.training.loop import train_hasher
 
     out_dir(args.out)
+    if args.images:
+        if args.val_data:
+            raise InputError("--val-data is for --data; image training validates on --val-fraction of the folder's identities")
+        return run_image_train(args)
     data = load_rows(args.data, "training")
     val = load_rows(args.val_data, "validation") if args.val_data else None
     if args.loss is None:
@@ -130,6 +147,8 @@ def _run_recipe(args: argparse.Namespace, data, val) -> int:
                      device=args.device, num_threads=args.threads)
     if args.epochs:
         overrides["epochs"] = args.epochs
+    if args.folds >= 2:
+        return run_recipe_judged(args, data, overrides)
     result = fit_recipe(args.recipe, data.features, data.labels, args.bits, seed=args.seed,
                         progress=not args.quiet, out_dir=args.out, **overrides)
     _print_kept(result, f"recipe {args.recipe}: ")
@@ -150,12 +169,15 @@ def _encode(args: argparse.Namespace, data) -> tuple[np.ndarray, str]:
         from hashindex.training.checkpoints import load_checkpoint
         from hashindex.training.loop import predict
 
-        model, config, _ = load_checkpoint(args.model)
+        model, config, metrics = load_checkpoint(args.model)
         if model.kind != "hash_head":
-            raise InputError(f"{args.model}: eval over embeddings needs a hash head, this is a {model.kind}")
+            raise InputError(f"{args.model}: eval over embeddings needs a hash head, this is a {model.kind} "
+                             "(evaluate it on an image folder with --images)")
         if model.in_dim != data.dim:
             raise InputError(f"{args.model}: model takes {model.in_dim}-d features, {args.data} has {data.dim}-d")
         name = f"learned ({config.loss})" if config is not None else "learned"
+        if metrics.get("shipped") == "start":
+            name = "ITQ start (training did not beat it on held-out identities)"
         return binarize(predict(model, data.features)), name
     fit = load_rows(args.fit_data, "fit").features if args.fit_data else data.features
     hasher = fit_baseline(args.hasher, fit, args.bits)
@@ -166,6 +188,13 @@ def run_eval(args: argparse.Namespace) -> int:
     from hashindex.evaluation.report import evaluate_codes, write_report
 
     report_dir = out_dir(args.out) if args.out else None
+    if args.images:
+        codes, features, labels, name = image_eval_codes(args)
+        report = evaluate_codes(codes, features, labels, name, tuple(args.radii))
+        print(report.format())
+        if report_dir is not None:
+            print("wrote " + ", ".join(str(p) for p in write_report(report, report_dir)))
+        return 0
     data = load_rows(args.data)
     if args.max_items and args.max_items < len(data):
         rng = np.random.default_rng(args.seed)

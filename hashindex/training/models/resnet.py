@@ -43,21 +43,21 @@ class BasicBlock(nn.Module):
 class ResNet(nn.Module):
     """``[N, 3, H, W]`` -> ``[N, num_classes]`` (``fc`` may be replaced by ``nn.Identity``)."""
 
-    def __init__(self, layers: tuple[int, int, int, int] = (2, 2, 2, 2), num_classes: int = 1000) -> None:
+    def __init__(self, layers: tuple[int, int, int, int] = (2, 2, 2, 2), num_classes: int = 1000, width: int = 64) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(3, 64, kernel_size=7, stride=2, padding=3, bias=False)
-        self.bn1 = nn.BatchNorm2d(64)
+        self.conv1 = nn.Conv2d(3, width, kernel_size=7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
-        widths = (64, 128, 256, 512)
-        cin = 64
+        widths = (width, 2 * width, 4 * width, 8 * width)
+        cin = width
         for i, (width, blocks) in enumerate(zip(widths, layers)):
             stride = 1 if i == 0 else 2
             stage = [BasicBlock(cin, width, stride)] + [BasicBlock(width, width) for _ in range(blocks - 1)]
             setattr(self, f"layer{i + 1}", nn.Sequential(*stage))
             cin = width
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
-        self.fc = nn.Linear(512, num_classes)
+        self.fc = nn.Linear(cin, num_classes)
         # torchvision's initialisation
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
@@ -72,6 +72,10 @@ class ResNet(nn.Module):
         return self.fc(torch.flatten(self.avgpool(x), 1))
 
 
-def resnet18(num_classes: int = 1000) -> ResNet:
-    """ResNet-18 with torchvision's module layout (randomly initialised)."""
-    return ResNet((2, 2, 2, 2), num_classes)
+def resnet18(num_classes: int = 1000, width: int = 64) -> ResNet:
+    """ResNet-18 with torchvision's module layout (randomly initialised).
+
+    ``width`` is the first stage's channel count (torchvision's is 64; the stages have
+    ``width * (1, 2, 4, 8)``): a narrower network for small data or a CPU budget.
+    """
+    return ResNet((2, 2, 2, 2), num_classes, width)
