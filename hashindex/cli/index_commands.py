@@ -9,6 +9,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from hashindex.cli.common import load_rows, non_negative_int, out_dir, out_file, positive_int
+from hashindex.cli.identity_commands import add_search_options, read_labels, search_options
 from hashindex.core.io import atomic_write
 from hashindex.serving.hashers import HASHER_KINDS
 from hashindex.serving.index import DEFAULT_BITS
@@ -38,6 +39,7 @@ def cmd_build(args: argparse.Namespace) -> int:
 
     out = out_dir(args.out)
     data = load_rows(args.features, "features")
+    labels = read_labels(args.features, args.labels_key, len(data)) if args.labels_key else None
     if args.model:
         from hashindex.serving.encoder import OnnxEncoder
 
@@ -53,7 +55,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         print(f"fitted {args.hasher} hasher ({index.bits} bits) on {sample.size} vectors in {time.perf_counter() - t:.1f}s")
     ids = data.ids if data.ids is not None else np.arange(len(data), dtype=np.int64)
     for lo, hi in tqdm(_chunks(len(data)), desc="adding", unit="chunk", disable=args.quiet):
-        index.add(data.features[lo:hi], ids[lo:hi])
+        index.add(data.features[lo:hi], ids[lo:hi], None if labels is None else labels[lo:hi])
     if args.tune and index.default_ranking == "asymmetric" and len(index) >= 2:
         t = time.perf_counter()
         point = index.tune(recall=args.recall, k=args.k, progress=not args.quiet)
@@ -63,7 +65,8 @@ def cmd_build(args: argparse.Namespace) -> int:
             f"{point.candidates} candidates, measured recall@1 {point.recall:.3f}, {point.seconds_per_query * 1e3:.3f} ms/query"
         )
     index.save(out)
-    print(f"built {out}: {len(index):,} items, {index.bits} bits, metric {index.metric}")
+    with_labels = f", {np.unique(labels).size:,} labels" if labels is not None else ""
+    print(f"built {out}: {len(index):,} items{with_labels}, {index.bits} bits, metric {index.metric}")
     return 0
 
 
@@ -73,13 +76,15 @@ def cmd_search(args: argparse.Namespace) -> int:
     out = out_file(args.out) if args.out else None
     index = HashIndex.load(args.index, mmap=True)
     queries = load_rows(args.queries, "queries").features
+    identity = search_options(args, index.has_labels)
     parts = []
     t = time.perf_counter()
     for lo, hi in tqdm(_chunks(len(queries), 4096), desc="searching", unit="chunk", disable=args.quiet):
         parts.append(index.search(queries[lo:hi], k=args.k, radius=args.radius, candidates=args.candidates,
-                                  ranking=args.ranking, nprobe=args.nprobe, recall=args.recall))  # fmt: skip
+                                  ranking=args.ranking, nprobe=args.nprobe, recall=args.recall, **identity))  # fmt: skip
     elapsed = time.perf_counter() - t
-    result = {f: np.concatenate([getattr(p, f) for p in parts]) for f in ("ids", "scores", "hamming", "n_candidates")}
+    fields = ("ids", "scores", "hamming", "n_candidates") + (("labels",) if index.has_labels else ())
+    result = {f: np.concatenate([getattr(p, f) for p in parts]) for f in fields}
     print(
         f"{len(queries):,} queries in {elapsed:.2f}s ({len(queries) / max(elapsed, 1e-9):,.0f} q/s), "
         f"candidates per query: median {np.median(result['n_candidates']):.0f}, "
@@ -90,9 +95,11 @@ def cmd_search(args: argparse.Namespace) -> int:
         print(f"wrote {out}")
     else:
         for q in range(min(len(queries), args.show)):
+            labels = result["labels"][q] if "labels" in result else [None] * len(result["ids"][q])
             hits = ", ".join(
-                f"{i}({s:.3f}, h={h})" for i, s, h in zip(result["ids"][q], result["scores"][q], result["hamming"][q]) if i >= 0
-            )
+                f"{i}({s:.3f}, h={h}{'' if lab is None else f', label={lab}'})"
+                for i, s, h, lab in zip(result["ids"][q], result["scores"][q], result["hamming"][q], labels) if i >= 0
+            ) or ("unknown (nothing above --min-score)" if args.min_score is not None else "")
             print(f"query {q}: {hits}")
     return 0
 
@@ -115,6 +122,8 @@ def add_parsers(sub) -> None:
     p.add_argument("--feature-dtype", choices=("float32", "float16"), default="float32")
     p.add_argument("--fit-sample", type=positive_int, default=100_000, help="vectors used to fit the hasher")
     p.add_argument("--seed", type=non_negative_int, default=0)
+    p.add_argument("--labels-key", metavar="KEY", help="store each item's label (identity) from this array of "
+                   "--features (e.g. labels): enables --group-by / --filter-labels at search time")  # fmt: skip
     p.add_argument("--out", required=True, help="index directory to write")
     p.add_argument("--recall", type=recall_target, default=DEFAULT_RECALL,
                    help="tune the default search for this recall@1 on the index's own items (saved with it)")
@@ -136,7 +145,8 @@ def add_parsers(sub) -> None:
     p.add_argument("--nprobe", type=positive_int, help="scan only this many partition lists (asymmetric)")
     p.add_argument("--recall", type=recall_target,
                    help="use (or tune) the index's operating point for this recall@1 (default: the saved 0.99 one)")
-    p.add_argument("--out", help="write ids / scores / hamming / n_candidates to this .npz")
+    add_search_options(p)
+    p.add_argument("--out", help="write ids / scores / hamming / n_candidates (/ labels) to this .npz")
     p.add_argument("--show", type=non_negative_int, default=5, help="queries to print when --out is not given")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_search)

@@ -12,6 +12,7 @@ import sys
 
 from hashindex.cli.demo import add_parsers as add_demo
 from hashindex.cli.export_commands import add_parsers as add_export
+from hashindex.cli.identity_commands import add_parsers as add_identity
 from hashindex.cli.index_commands import add_parsers as add_index
 from hashindex.cli.train_commands import add_parsers as add_train
 from hashindex.core.errors import HashIndexError
@@ -29,7 +30,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="hashindex", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (add_index, add_demo, add_train, add_export):  # the order of --help
+    for add in (add_index, add_identity, add_demo, add_train, add_export):  # the order of --help
         add(sub)
     return parser
 

@@ -26,6 +26,12 @@ Search modes (``radius`` is inclusive, ARCHITECTURE.md §2):
   :data:`DEFAULT_RECALL` if the index has one, else the flat scan with
   :func:`default_candidates` (``max(50 * k, 500)``) candidates.
 Candidates are reranked by exact similarity on the stored features, best first.
+
+Identity-aware search (serving/filters.py, serving/grouping.py): items may carry a label (the
+identity); ``filter_ids`` / ``filter_labels`` restrict the candidates before ranking;
+``group_by="label"`` returns the k best distinct labels; ``min_score`` drops results below an
+open-set threshold (calibrated by hashindex.evaluation.calibration). A filtered search never
+probes the partition stage: the allowed rows are scanned exactly (serving/filters.py says why).
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ from hashindex.core.codes import binarize, check_codes, pre_tanh
 from hashindex.core.errors import DuplicateIdError, InputError, ModelMismatchError, NotFittedError, UnsupportedError
 from hashindex.core.bits import check_bits
 from hashindex.core.validation import (
+    MAX_K,
     as_array,
     auto_ids,
     check_recall,
@@ -62,7 +69,9 @@ from hashindex.serving.hashers import (
     fit_untrained,
     make_hasher,
 )
-from hashindex.serving.rerank import METRICS
+from hashindex.serving.filters import PLAIN, SearchOptions, check_labels, check_search_options
+from hashindex.serving.grouping import below_threshold
+from hashindex.serving.rerank import METRICS, higher_is_better
 from hashindex.serving.tuning import DEFAULT_RECALL, OperatingPoint
 
 RANKINGS = ("hamming", "asymmetric")
@@ -93,12 +102,17 @@ class SearchResult:
         distance (lower is better) on the stored full-precision features.
     hamming: int32 ``[nq, k]``: Hamming distance of each result's code to the query's (-1 pad).
     n_candidates: int64 ``[nq]``: how many items were reranked for each query.
+    labels: int64 ``[nq, k]``: each result's label (-1 pad); None when the index has no labels.
+
+    With ``group_by="label"`` and ``group_size=g`` the arrays are ``[nq, k * g]``: label block j
+    in columns ``j*g .. j*g+g-1`` (``ids.reshape(nq, k, g)``: one row per label), best first.
     """
 
     ids: np.ndarray
     scores: np.ndarray
     hamming: np.ndarray
     n_candidates: np.ndarray
+    labels: np.ndarray | None = None
 
 
 def resolve_hasher(dim: int, hasher: Hasher | str | None, encoder: Hasher | None, bits: int | None) -> Hasher:
@@ -146,19 +160,40 @@ def empty_csr(nq: int) -> CSR:
     return np.zeros(nq + 1, np.int64), np.empty(0, np.int64), np.empty(0, np.int32)
 
 
-def no_queries_result(k: int) -> SearchResult:
-    """The result of a search with zero queries (answered here: no backend is asked)."""
+def no_queries_result(k: int, labelled: bool = False) -> SearchResult:
+    """The result of a search with zero queries (answered here: no backend is asked); ``k``
+    columns (``k * group_size`` when grouping), labels too when the index has them."""
     return SearchResult(
-        np.full((0, k), -1, np.int64), np.empty((0, k), np.float32), np.full((0, k), -1, np.int32), np.empty(0, np.int64)
+        np.full((0, k), -1, np.int64), np.empty((0, k), np.float32), np.full((0, k), -1, np.int32), np.empty(0, np.int64),
+        np.full((0, k), -1, np.int64) if labelled else None,
     )
+
+
+@dataclass(frozen=True)
+class _SearchArgs:
+    """A search's checked arguments (IndexFront._search_args)."""
+
+    k: int
+    radius: int | None
+    candidates: int | None
+    ranking: str
+    nprobe: int | None
+    recall: float | None
+    options: SearchOptions
+
+    @property
+    def width(self) -> int:
+        """Result columns per query: ``k``, or ``k * group_size`` when grouping by label."""
+        return self.k * (self.options.group_size or 1)
 
 
 class IndexFront:
     """The public API of every hashindex index; subclasses store items and find candidates.
 
     Subclass hooks: ``__len__``, ``_present_mask``, ``_next_auto_id``, ``_insert``, ``_delete``,
-    ``_features_of``, ``_codes_of``, ``_search_encoded``, ``_range_encoded``, and optionally
-    ``_reading`` / ``_writing`` (lock contexts), ``_hasher_frozen`` and ``RANKINGS``.
+    ``_features_of``, ``_codes_of``, ``_labels_of``, ``_has_labels``, ``_search_encoded``,
+    ``_range_encoded``, and optionally ``_reading`` / ``_writing`` (lock contexts),
+    ``_hasher_frozen`` and ``RANKINGS``.
     """
 
     backend_name: ClassVar[str] = "index"
@@ -198,8 +233,16 @@ class IndexFront:
     def _next_auto_id(self) -> int:
         raise NotImplementedError
 
-    def _insert(self, codes: np.ndarray, features: np.ndarray, ids: np.ndarray) -> None:
-        """Store checked rows (called under ``_writing``)."""
+    def _insert(self, codes: np.ndarray, features: np.ndarray, ids: np.ndarray, labels: np.ndarray | None) -> None:
+        """Store checked rows, with labels exactly when the index is labelled (called under ``_writing``)."""
+        raise NotImplementedError
+
+    def _has_labels(self) -> bool | None:
+        """Whether items carry labels; None while the first insert has yet to decide."""
+        raise NotImplementedError
+
+    def _labels_of(self, ids: np.ndarray) -> np.ndarray:
+        """Labels of present ids (the index has labels)."""
         raise NotImplementedError
 
     def _delete(self, ids: np.ndarray) -> None:
@@ -213,9 +256,19 @@ class IndexFront:
         raise NotImplementedError
 
     def _search_encoded(
-        self, x, qcodes, z, k: int, radius: int | None, candidates: int | None, nprobe: int | None = None
+        self,
+        x,
+        qcodes,
+        z,
+        k: int,
+        radius: int | None,
+        candidates: int | None,
+        nprobe: int | None = None,
+        options: SearchOptions = PLAIN,
     ) -> SearchResult:
-        """Candidates and rerank for checked queries; ``nprobe`` only with ``z`` (asymmetric)."""
+        """Candidates for checked queries (``nprobe`` only with ``z``: asymmetric; restricted by
+        ``options.restriction``), then the exact rerank (grouped by label when ``options.grouped``);
+        ``labels`` filled in when the index has them. The front applies ``options.min_score``."""
         raise NotImplementedError
 
     def _check_nprobe(self, nprobe: int) -> None:
@@ -300,39 +353,56 @@ class IndexFront:
         return isinstance(self.hasher, LinearHasher) and not self.hasher.is_fitted and not self._hasher_frozen()
 
     # -- mutation -------------------------------------------------------------------------------
-    def add(self, features: np.ndarray, ids: np.ndarray | None = None) -> np.ndarray:
+    def add(self, features: np.ndarray, ids: np.ndarray | None = None, labels: np.ndarray | None = None) -> np.ndarray:
         """Encode and add ``features float [N, D]``; returns the int64 ids used.
 
+        ``labels``: int64 ``[N]``, each item's identity (>= 0). An index labels all its items or
+        none; its first insert decides.
         An unfitted default hasher is fitted on this first batch (needs >= 2 * bits rows).
         """
         x = self._prepare_features(features)
+        labels = None if labels is None else check_labels(labels, x.shape[0])
         if self._needs_first_fit():
             with self._writing():  # two first adds must not both fit
                 if self._needs_first_fit():
                     self._new_ids(ids, x.shape[0])  # reject bad ids before fitting changes anything
+                    self._check_label_state(labels)
                     if x.shape[0] < 2 * self.bits:
                         raise NotFittedError(
                             f"the {self.hasher.kind} hasher is fitted on the first batch, which needs at least "
                             f"{2 * self.bits} vectors (got {x.shape[0]}); call index.fit(sample) first"
                         )
                     self.hasher.fit(x)
-        return self._add_checked(self._encode(x), x, ids)
+        return self._add_checked(self._encode(x), x, ids, labels)
 
-    def add_codes(self, codes: np.ndarray, features: np.ndarray, ids: np.ndarray | None = None) -> np.ndarray:
-        """Add precomputed codes ``uint8 [N, bits/8]`` with their features; returns the ids."""
+    def add_codes(
+        self, codes: np.ndarray, features: np.ndarray, ids: np.ndarray | None = None, labels: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Add precomputed codes ``uint8 [N, bits/8]`` with their features (and labels); returns the ids."""
         codes = check_codes(codes, self._nbytes)
         x = self._prepare_features(features)
         if codes.shape[0] != x.shape[0]:
             raise InputError(f"{codes.shape[0]} codes but {x.shape[0]} feature rows")
-        return self._add_checked(codes, x, ids)
+        labels = None if labels is None else check_labels(labels, x.shape[0])
+        return self._add_checked(codes, x, ids, labels)
 
-    def _add_checked(self, codes: np.ndarray, x: np.ndarray, ids: np.ndarray | None) -> np.ndarray:
+    def _check_label_state(self, labels: np.ndarray | None) -> None:
+        state = self._has_labels()
+        if state is True and labels is None:
+            raise InputError("this index stores a label for every item: pass labels=")
+        if state is False and labels is not None:
+            raise InputError("this index has no labels (its first items came without them): build a new index to use labels")
+
+    def _add_checked(
+        self, codes: np.ndarray, x: np.ndarray, ids: np.ndarray | None, labels: np.ndarray | None = None
+    ) -> np.ndarray:
         if codes.shape[0] != x.shape[0]:
             raise ModelMismatchError(f"the hasher returned {codes.shape[0]} codes for {x.shape[0]} rows")
         with self._writing():
             new_ids = self._new_ids(ids, x.shape[0])
+            self._check_label_state(labels)
             if x.shape[0]:
-                self._insert(codes, x, new_ids)
+                self._insert(codes, x, new_ids, labels)
         return new_ids
 
     def remove(self, ids: np.ndarray) -> int:
@@ -355,6 +425,27 @@ class IndexFront:
         with self._reading():
             return self._codes_of(ids)
 
+    @property
+    def has_labels(self) -> bool:
+        """Whether the items carry labels."""
+        return bool(self._has_labels())
+
+    def get_labels(self, ids: np.ndarray) -> np.ndarray:
+        """Stored labels ``int64 [n]`` for ``ids``, in the order given."""
+        ids = check_id_list(ids)
+        with self._reading():
+            if not self._has_labels():
+                raise InputError("this index has no labels (add items with labels=...)")
+            return self._labels_of(ids)
+
+    def to_faiss(self):
+        """A plain ``faiss.IndexBinaryIDMap`` over an ``IndexBinaryFlat`` holding exactly this
+        index's codes and ids (for ``faiss.write_index_binary`` and FAISS-only consumers)."""
+        from hashindex.serving.interop import to_faiss_binary
+
+        with self._reading():
+            return to_faiss_binary(self.bits, self.ids, self.codes)
+
     # -- search ---------------------------------------------------------------------------------
     def search(
         self,
@@ -367,6 +458,11 @@ class IndexFront:
         nprobe: int | None = None,
         recall: float | None = None,
         query_codes: np.ndarray | None = None,
+        filter_ids: np.ndarray | None = None,
+        filter_labels: np.ndarray | None = None,
+        group_by: str | None = None,
+        group_size: int | None = None,
+        min_score: float | None = None,
     ) -> SearchResult:
         """Candidates from the codes, then exact top-k on the stored features.
 
@@ -386,24 +482,65 @@ class IndexFront:
                 index with partitions).
             recall: use (or tune, see :meth:`tune`) the operating point for recall@1 >= recall.
             query_codes: precomputed query codes (skips the hasher; Hamming ranking only).
+            filter_ids, filter_labels: allow-lists of ids / labels; an item must pass every
+                list given. Applied in the candidate stage, before ranking.
+            group_by: "label": the k best distinct labels, each with its best item (its
+                ``group_size`` best items; results are then ``[nq, k * group_size]``, see
+                :class:`SearchResult`). Candidates are widened until k labels are found (the
+                ``radius`` ball is a rule and is not widened).
+            min_score: open-set threshold: results with a score below it (l2: a distance
+                above it) become padding (id -1).
         """
-        k, radius, candidates = check_search_args(k, radius, candidates, self.bits)  # radius > bits: every item
-        nprobe, recall = check_tuning_args(nprobe, recall, radius, candidates)
-        ranking = self._resolve_ranking(ranking, radius, nprobe, recall, query_codes is not None)
+        a = self._search_args(k, radius, candidates, ranking, nprobe, recall, query_codes is not None,
+                              filter_ids, filter_labels, group_by, group_size, min_score)  # fmt: skip
         x = self._prepare_features(queries, name="queries")
-        check_result_size(x.shape[0], k)
-        if ranking == "hamming":
+        check_result_size(x.shape[0], a.width)
+        if a.ranking == "hamming":
             qcodes = self._encode(x) if query_codes is None else check_query_codes(query_codes, self._nbytes, x.shape[0])
-            if x.shape[0] == 0:
-                return no_queries_result(k)
-            return self._search_encoded(x, qcodes, None, k, radius, candidates)
+            return self._run_search(x, qcodes, None, a)
         if query_codes is not None:
             raise InputError("asymmetric ranking needs the query features' projection, not precomputed codes")
         z = self._project(x)
+        return self._run_search(x, binarize(z), z, a)
+
+    def _search_args(
+        self, k, radius, candidates, ranking, nprobe, recall, has_query_codes: bool,
+        filter_ids, filter_labels, group_by, group_size, min_score,
+    ) -> _SearchArgs:  # fmt: skip
+        """Every search argument checked, before any query is encoded."""
+        k, radius, candidates = check_search_args(k, radius, candidates, self.bits)  # radius > bits: every item
+        nprobe, recall = check_tuning_args(nprobe, recall, radius, candidates)
+        ranking = self._resolve_ranking(ranking, radius, nprobe, recall, has_query_codes)
+        options = check_search_options(
+            filter_ids, filter_labels, group_by, group_size, min_score, has_labels=bool(self._has_labels())
+        )
+        a = _SearchArgs(k, radius, candidates, ranking, nprobe, recall, options)
+        if a.width > MAX_K:
+            raise InputError(f"k * group_size = {a.width:,} results per query, more than the {MAX_K:,} a search returns")
+        return a
+
+    def _run_search(self, x, qcodes, z, a: _SearchArgs) -> SearchResult:
+        """Encoded queries -> results: zero queries answered here, asymmetric settings resolved,
+        then the backend and the open-set threshold."""
         if x.shape[0] == 0:
-            return no_queries_result(k)
-        candidates, nprobe = self._asymmetric_settings(k, candidates, nprobe, recall)
-        return self._search_encoded(x, binarize(z), z, k, radius, candidates, nprobe)
+            return no_queries_result(a.width, labelled=bool(self._has_labels()))
+        candidates, nprobe = a.candidates, None
+        if z is not None:
+            candidates, nprobe = self._asymmetric_settings(a.k, a.candidates, a.nprobe, a.recall)
+        res = self._search_encoded(x, qcodes, z, a.k, a.radius, candidates, nprobe, a.options)
+        return self._finish(res, a.options)
+
+    def _finish(self, res: SearchResult, options: SearchOptions) -> SearchResult:
+        """The open-set threshold: results below ``min_score`` become padding."""
+        if options.min_score is None:
+            return res
+        drop = below_threshold(res.scores, options.min_score, self.metric) & (res.ids >= 0)
+        res.ids[drop] = -1
+        res.scores[drop] = -np.inf if higher_is_better(self.metric) else np.inf
+        res.hamming[drop] = -1
+        if res.labels is not None:
+            res.labels[drop] = -1
+        return res
 
     @property
     def default_ranking(self) -> str:
@@ -507,10 +644,15 @@ class IndexFront:
             )
         return self.hasher
 
-    def add_images(self, images: np.ndarray, ids: np.ndarray | None = None) -> np.ndarray:
+    def add_images(
+        self, images: np.ndarray, ids: np.ndarray | None = None, labels: np.ndarray | None = None
+    ) -> np.ndarray:
         """Add preprocessed images ``float32 [N, 3, H, W]``: one model run gives codes and features."""
-        out = self._image_encoder().run(images)
-        return self.add_codes(out.codes, out.features, ids)
+        encoder = self._image_encoder()
+        if labels is not None:
+            check_labels(labels, np.shape(images)[0] if np.ndim(images) else -1)  # before running the model
+        out = encoder.run(images)
+        return self.add_codes(out.codes, out.features, ids, labels)
 
     def search_images(
         self,
@@ -522,18 +664,18 @@ class IndexFront:
         ranking: str | None = None,
         nprobe: int | None = None,
         recall: float | None = None,
+        filter_ids: np.ndarray | None = None,
+        filter_labels: np.ndarray | None = None,
+        group_by: str | None = None,
+        group_size: int | None = None,
+        min_score: float | None = None,
     ) -> SearchResult:
         """:meth:`search` with preprocessed query images ``float32 [nq, 3, H, W]``."""
-        k, radius, candidates = check_search_args(k, radius, candidates, self.bits)
-        nprobe, recall = check_tuning_args(nprobe, recall, radius, candidates)
-        ranking = self._resolve_ranking(ranking, radius, nprobe, recall, False)
+        a = self._search_args(k, radius, candidates, ranking, nprobe, recall, False,
+                              filter_ids, filter_labels, group_by, group_size, min_score)  # fmt: skip
         out = self._image_encoder().run(images)
         x = self._prepare_features(out.features, name="queries")
-        check_result_size(x.shape[0], k)
-        if x.shape[0] == 0:
-            return no_queries_result(k)
-        if ranking == "hamming":
-            return self._search_encoded(x, out.codes, None, k, radius, candidates)
-        candidates, nprobe = self._asymmetric_settings(k, candidates, nprobe, recall)
-        return self._search_encoded(x, out.codes, pre_tanh(out.embedding), k, radius, candidates, nprobe)
+        check_result_size(x.shape[0], a.width)
+        z = pre_tanh(out.embedding) if a.ranking == "asymmetric" else None
+        return self._run_search(x, out.codes, z, a)
 

@@ -9,7 +9,8 @@ of truth), ``hash`` (IndexBinaryHash) and ``multihash`` (IndexBinaryMultiHash), 
 range queries by the nflip / nhash rules, and ``auto`` (see :meth:`HashIndex.backend_for`).
 Asymmetric ranking scans the same codes with FAISS fast-scan PQ (candidates/asymmetric.py),
 either all of them (the flat scan) or, with ``nprobe``, only the k-means lists nearest to the
-query (the partition stage, candidates/partitions.py; see ``partitions=``).
+query (the partition stage, candidates/partitions.py; see ``partitions=``). A filtered search
+scans the allowed rows exactly instead, never the lists (serving/filters.py).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from hashindex.core.validation import MAX_ID, check_positive_int
 from hashindex.serving import persist
 from hashindex.serving.candidates.asymmetric import AsymmetricCandidates
 from hashindex.serving.candidates.binary import FlatCandidates, HashCandidates, MultiHashCandidates
+from hashindex.serving.candidates.filtered import AllowedRows, asymmetric_knn_rows
 from hashindex.serving.candidates.modes import knn_to_csr, select_candidates
 from hashindex.serving.candidates.partitions import PartitionStage, nlist_for
 from hashindex.serving.front import (
@@ -42,6 +44,8 @@ from hashindex.serving.front import (
     empty_csr,
     resolve_hasher,
 )
+from hashindex.serving.filters import PLAIN, Restriction, SearchOptions
+from hashindex.serving.grouping import csr_scores, group_top, widen_for_labels
 from hashindex.serving.hashers import Hasher, LinearHasher
 from hashindex.serving.locks import ReadWriteLock
 from hashindex.serving.rerank import rerank
@@ -119,6 +123,8 @@ class HashIndex(IndexFront):
         self._codes = RowStore((self._nbytes,), np.uint8)
         self._ids = RowStore((), np.int64)
         self._features = RowStore((self.dim,), np.dtype(feature_dtype))
+        self._labels = RowStore((), np.int64)  # filled only when the index is labelled
+        self._labelled: bool | None = None  # decided by the first insert
         self._next_id = 0
         self._flat = FlatCandidates(self.bits)
         # built on first use, kept in step by add, dropped by remove
@@ -163,11 +169,14 @@ class HashIndex(IndexFront):
         part = 0
         if self._part is not None:
             part = self._part.nbytes + self._part_assign.nbytes
-        return {
+        usage = {
             "codes": self._codes.nbytes * 2 + (asym.nbytes if asym is not None else 0) + part,
             "ids": self._ids.nbytes,
             "features": self._features.nbytes,
         }
+        if self._labelled:
+            usage["labels"] = self._labels.nbytes
+        return usage
 
     # -- storage hooks (under the front's locks) ---------------------------------------------
     def _reading(self):
@@ -179,7 +188,10 @@ class HashIndex(IndexFront):
     def _next_auto_id(self) -> int:
         return self._next_id
 
-    def _insert(self, codes: np.ndarray, x: np.ndarray, ids: np.ndarray) -> None:
+    def _has_labels(self) -> bool | None:
+        return self._labelled
+
+    def _insert(self, codes: np.ndarray, x: np.ndarray, ids: np.ndarray, labels: np.ndarray | None = None) -> None:
         # everything is validated; from here on nothing can fail on user input
         if self._part is not None:  # new items join their nearest lists
             assign = self._part.assign(x)
@@ -188,6 +200,9 @@ class HashIndex(IndexFront):
         self._codes.append(codes)
         self._ids.append(ids)
         self._features.append(x)
+        self._labelled = labels is not None
+        if labels is not None:
+            self._labels.append(labels)
         self._flat.add(codes)
         for accel in self._accel.values():
             accel.add(codes)
@@ -198,7 +213,7 @@ class HashIndex(IndexFront):
         positions = self._positions_of(ids)
         keep = np.ones(len(self), dtype=bool)
         keep[positions] = False
-        for store in (self._codes, self._ids, self._features):
+        for store in (self._codes, self._ids, self._features) + ((self._labels,) if self._labelled else ()):
             store.keep(keep)
         self._flat.rebuild(self._codes.array)
         self._accel.clear()  # hash indexes have no remove_ids: rebuilt lazily on next use
@@ -213,6 +228,9 @@ class HashIndex(IndexFront):
 
     def _codes_of(self, ids: np.ndarray) -> np.ndarray:
         return self._codes.take(self._positions_of(ids))
+
+    def _labels_of(self, ids: np.ndarray) -> np.ndarray:
+        return np.asarray(self._labels.take(self._positions_of(ids)), dtype=np.int64)
 
     # -- id lookup ---------------------------------------------------------------------------
     def _lookup(self) -> tuple[np.ndarray, np.ndarray]:
@@ -274,23 +292,35 @@ class HashIndex(IndexFront):
             self._accel[name] = accel
         return accel
 
-    def _range(self, qcodes: np.ndarray, radius: int):
+    def _range(self, qcodes: np.ndarray, radius: int, allowed: AllowedRows | None = None):
+        if allowed is not None:  # exact flat scans only (candidates/filtered.py)
+            return allowed.range(self._flat, qcodes, radius)
         generator = self._generator(self.backend_for(radius))
         if not generator.handles(radius):
             generator = self._flat  # exact too, and cheaper than probing this many buckets
         return generator.range(qcodes, radius)
 
-    def _knn(self, qcodes: np.ndarray, c: int):
-        return knn_to_csr(*self._flat.knn(qcodes, c))
+    def _knn(self, qcodes: np.ndarray, c: int, allowed: AllowedRows | None = None):
+        return knn_to_csr(*(self._flat.knn(qcodes, c) if allowed is None else allowed.knn(self._flat, qcodes, c)))
 
-    def _candidates(self, qcodes: np.ndarray, k: int, radius: int | None, candidates: int | None):
-        return select_candidates(qcodes, k, radius, candidates, len(self), self.bits, self._range, self._knn)
+    def _candidates(self, qcodes: np.ndarray, k: int, radius: int | None, candidates: int | None, allowed=None):
+        return select_candidates(
+            qcodes, k, radius, candidates, len(self) if allowed is None else allowed.count, self.bits,
+            lambda q, r: self._range(q, r, allowed), lambda q, c: self._knn(q, c, allowed),
+        )  # fmt: skip
 
-    def _asymmetric_candidates(self, x: np.ndarray, z: np.ndarray, k: int, candidates: int | None, nprobe: int | None):
-        """CSR candidates by asymmetric score, from every code or (``nprobe``) the nearest lists;
-        their Hamming column is 0 (filled in for the k results only, after the rerank)."""
-        c = min(candidates or default_candidates(k), len(self))
-        if nprobe is None:
+    def _asymmetric_candidates(
+        self, x: np.ndarray, z: np.ndarray, k: int, candidates: int | None, nprobe: int | None,
+        allowed: AllowedRows | None = None,
+    ):  # fmt: skip
+        """CSR candidates by asymmetric score, from every code, (``nprobe``) the nearest lists, or
+        (``allowed``) the allowed rows, scored exactly; their Hamming column is 0 (filled in for the
+        k results only, after the rerank). A filtered search never probes the lists, ``nprobe``
+        or not: the allowed rows hold every item the probe could find (serving/filters.py)."""
+        c = min(candidates or default_candidates(k), len(self) if allowed is None else allowed.count)
+        if allowed is not None:
+            pos = asymmetric_knn_rows(z, self._codes.array, allowed.positions, c)
+        elif nprobe is None:
             pos, _ = self._generator("asymmetric").knn(z, c)
         else:
             pos, _ = self._partitioned().knn(x, z, c, nprobe)
@@ -365,25 +395,73 @@ class HashIndex(IndexFront):
             heap.finalize()
             return self._ids.array[heap.I], heap.D
 
+    def _allowed(self, restriction: Restriction | None, nq: int = 1) -> AllowedRows | None:
+        """The rows a filtered search may return (None: every row)."""
+        if restriction is None:
+            return None
+        n = len(self)
+        if restriction.ids is not None:
+            wanted = restriction.ids[self._present_mask(restriction.ids)]
+            mask = np.zeros(n, dtype=bool)
+            mask[self._positions_of(wanted)] = True
+        else:
+            mask = np.ones(n, dtype=bool)
+        if restriction.labels is not None:
+            mask &= np.isin(self._labels.array, restriction.labels)
+        return AllowedRows(mask, self._codes.array, self.bits, nq)
+
     # -- search (the front has checked and encoded the queries) ------------------------------------
     def _search_encoded(
-        self, x, qcodes, z, k: int, radius: int | None, candidates: int | None, nprobe: int | None = None
+        self,
+        x,
+        qcodes,
+        z,
+        k: int,
+        radius: int | None,
+        candidates: int | None,
+        nprobe: int | None = None,
+        options: SearchOptions = PLAIN,
     ) -> SearchResult:
         """``qcodes`` always, ``z`` (the queries' projections) for asymmetric ranking."""
         with self._lock.read():
-            if len(self) == 0:
+            allowed = self._allowed(options.restriction, x.shape[0])
+            if len(self) == 0 or (allowed is not None and allowed.count == 0):
                 lims, positions, hamming = empty_csr(x.shape[0])
             elif z is not None:
-                lims, positions, hamming = self._asymmetric_candidates(x, z, k, candidates, nprobe)
+                lims, positions, hamming = self._asymmetric_candidates(x, z, k, candidates, nprobe, allowed)
             else:
-                lims, positions, hamming = self._candidates(qcodes, k, radius, candidates)
-            pos, scores, ham = rerank(x, self._features.array, lims, positions, hamming, k, self.metric)
+                lims, positions, hamming = self._candidates(qcodes, k, radius, candidates, allowed)
+            if options.grouped:
+                lims, pos, scores, ham = self._grouped(x, qcodes, z, k, radius, allowed, (lims, positions, hamming), options)
+            else:
+                pos, scores, ham = rerank(x, self._features.array, lims, positions, hamming, k, self.metric)
             if z is not None:  # Hamming distances of the results only, not of every candidate
                 rows, cols = np.nonzero(pos >= 0)
                 ham[rows, cols] = hamming_pairs(qcodes[rows], self._codes.array[pos[rows, cols]])
             ids = np.full(pos.shape, -1, dtype=np.int64)
             ids[pos >= 0] = self._ids.array[pos[pos >= 0]]
-        return SearchResult(ids, scores, ham, np.diff(lims))
+            labels = None
+            if self._labelled:
+                labels = np.full(pos.shape, -1, dtype=np.int64)
+                labels[pos >= 0] = self._labels.array[pos[pos >= 0]]
+        return SearchResult(ids, scores, ham, np.diff(lims), labels)
+
+    def _grouped(self, x, qcodes, z, k, radius, allowed, csr, options: SearchOptions):
+        """group_by="label": widen the candidates to k labels, score them all, keep the best per label."""
+        n_allowed = len(self) if allowed is None else allowed.count
+        if radius is not None or n_allowed == 0:
+            refetch = None  # the radius ball is the rule
+        elif z is not None:  # the flat scan (never the lists: they may hold fewer than k labels)
+            refetch = lambda qi, c: self._asymmetric_candidates(x[qi], z[qi], k, c, None, allowed)  # noqa: E731
+        else:
+            refetch = lambda qi, c: self._knn(qcodes[qi], c, allowed)  # noqa: E731
+        labels = self._labels.array
+        lims, positions, hamming = widen_for_labels(csr, k, n_allowed, lambda p: labels[p], refetch)
+        scores = csr_scores(x, self._features.array, lims, positions, self.metric)
+        pos, scores, ham, _ = group_top(
+            lims, positions, hamming, scores, labels[positions], k, options.group_size, self.metric
+        )
+        return lims, pos, scores, ham
 
     def _range_encoded(self, qcodes: np.ndarray, radius: int):
         lims, positions, hamming = self._range(qcodes, radius)
@@ -391,7 +469,8 @@ class HashIndex(IndexFront):
 
     # -- persistence ------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:
-        """Write the index directory atomically (ARCHITECTURE.md §4)."""
+        """Write the index directory atomically (ARCHITECTURE.md §4); a labelled index adds
+        ``labels.npy`` (int64 [N], listed and checksummed in the manifest like the others)."""
         with self._lock.read():
             manifest = {
                 "bits": self.bits,
@@ -409,6 +488,10 @@ class HashIndex(IndexFront):
                 "ids.npy": lambda p: np.save(p, self._ids.array),
                 "features.npy": lambda p: np.save(p, self._features.array),
             }
+            if self._labelled is not None:
+                manifest["labelled"] = self._labelled
+            if self._labelled:
+                writers["labels.npy"] = lambda p: np.save(p, self._labels.array)
             if self._part is not None:  # centroids + assignment; the lists are rebuilt from codes.npy
                 manifest["partition_nlist"] = self._part.nlist
                 part, assign = self._part, self._part_assign
@@ -440,9 +523,10 @@ class HashIndex(IndexFront):
     ) -> "HashIndex":
         """Load an index directory, checking every file's SHA-256 (``verify``).
 
-        ``mmap``: memory-map the feature store (and the partition assignment) instead of reading
-        them into memory. A saved partition stage comes back with its centroids and assignment;
-        its lists are rebuilt from the codes on first use.
+        ``mmap``: memory-map the feature and label stores (and the partition assignment) instead
+        of reading them into memory. A saved partition stage comes back with its centroids and
+        assignment; its lists are rebuilt from the codes on first use. An index saved before
+        labels existed (no ``labels.npy``) loads without labels.
         ``encoder``: use this ONNX encoder instead of the stored model copy; it must be the very
         model the index was built with (same SHA-256 and bits).
 
@@ -494,10 +578,23 @@ class HashIndex(IndexFront):
         index._codes = RowStore((bits // 8,), np.uint8, codes)
         index._ids = RowStore((), np.int64, ids)
         index._features = RowStore((dim,), np.dtype(fdtype), features)
+        index._load_labels(d, m, mmap)
         index._flat.rebuild(codes)
         index._next_id = max(m["next_id"], int(ids.max()) + 1 if count else 0)
         index._load_partitions(d, m, mmap)
         return index
+
+    def _load_labels(self, d: persist.IndexDir, m: dict, mmap: bool) -> None:
+        """``labels.npy`` when the index is labelled (the schema ties the file to ``labelled``);
+        an index saved before labels existed has neither and is label-less once it has items."""
+        if "labels.npy" not in m["files"]:
+            self._labelled = m.get("labelled", False if len(self) else None)
+            return
+        labels = d.load_array("labels.npy", np.int64, (len(self),), mmap=mmap)
+        if labels.size and labels.min() < 0:
+            raise IndexFormatError(f"{d.path_of('labels.npy')}: negative labels: {labels[labels < 0][:5].tolist()}")
+        self._labels = RowStore((), np.int64, labels)
+        self._labelled = True
 
     def _load_partitions(self, d: persist.IndexDir, m: dict, mmap: bool) -> None:
         """The saved partition stage and operating points, checked against each other: a point

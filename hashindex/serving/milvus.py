@@ -5,6 +5,12 @@ One Milvus collection per index::
     id       INT64 primary key (the hashindex id)
     code     BINARY_VECTOR, dim = bits, index BIN_FLAT (or BIN_IVF_FLAT on a server), metric HAMMING
     feature  FLOAT_VECTOR,  dim = D,    index FLAT, metric IP (cosine / ip) or L2
+    label    INT64 (only in a labelled index: its first insert came with labels=)
+
+A collection made before labels existed has no ``label`` field and keeps working, without labels.
+Filters become Milvus boolean expressions on the Hamming search (``id in [...]`` in chunks of
+``MilvusLimits.fetch_ids`` ids, one search per chunk, merged; ``label in [...]``), so they restrict
+the candidates before ranking. ``group_by`` scores every candidate on the client.
 
 Search semantics are HashIndex's (hashindex/index.py): ``radius=r`` is inclusive, ``candidates=c``
 takes the c Hamming-nearest, the default takes per query the smallest radius giving ``10 * k``
@@ -57,7 +63,9 @@ from hashindex.core.errors import IndexFormatError, InputError, ModelMismatchErr
 from hashindex.core.validation import check_positive_int
 from hashindex.serving.candidates.binary import RangeResult
 from hashindex.serving.candidates.modes import select_candidates
+from hashindex.serving.filters import PLAIN, Restriction, SearchOptions
 from hashindex.serving.front import IndexFront, SearchResult, check_metric, empty_csr, resolve_hasher
+from hashindex.serving.grouping import csr_scores, group_top, widen_for_labels
 from hashindex.serving.hashers import Hasher, LinearHasher
 from hashindex.serving.rerank import METRICS, higher_is_better, rerank
 
@@ -66,7 +74,7 @@ MILVUS_MAX_TOPK = 16_384
 INDEX_TYPES = ("BIN_FLAT", "BIN_IVF_FLAT")
 RERANK_MODES = ("client", "milvus")
 _FEATURE_METRIC = {"cosine": "IP", "ip": "IP", "l2": "L2"}  # Milvus's L2 is squared, as exact_scores
-_ID, _CODE, _FEATURE = "id", "code", "feature"
+_ID, _CODE, _FEATURE, _LABEL = "id", "code", "feature", "label"
 
 
 @dataclass(frozen=True)
@@ -250,6 +258,7 @@ class MilvusHashIndex(IndexFront):
     def _attach(self, dim: int, collection: str, given: Hasher | None, bits: int | None, metric: str | None) -> None:
         self._write_lock = threading.Lock()
         self._next_id: int | None = None
+        self._labelled = False
 
         where = f"Milvus collection {collection!r} at {self.uri}"
         try:
@@ -293,9 +302,13 @@ class MilvusHashIndex(IndexFront):
             f = fields.get(name)
             if f is None or f["type"] != dtype or (vdim is not None and int(f["params"].get("dim", -1)) != vdim):
                 raise IndexFormatError(f"{where}: field {name!r} is missing or not {dtype.name}[{vdim}]")
+        label = fields.get(_LABEL)
+        if label is not None and label["type"] != DataType.INT64:
+            raise IndexFormatError(f"{where}: field {_LABEL!r} is not INT64")
+        self._labelled = label is not None
         return header
 
-    def _ensure_collection(self) -> None:
+    def _ensure_collection(self, labelled: bool = False) -> None:
         if self._created:
             return
         header = {"hashindex": FORMAT, "dim": self.dim, "bits": self.bits, "metric": self.metric,
@@ -304,6 +317,8 @@ class MilvusHashIndex(IndexFront):
         schema.add_field(_ID, DataType.INT64, is_primary=True)
         schema.add_field(_CODE, DataType.BINARY_VECTOR, dim=self.bits)
         schema.add_field(_FEATURE, DataType.FLOAT_VECTOR, dim=self.dim)
+        if labelled:
+            schema.add_field(_LABEL, DataType.INT64)
         params = self._client.prepare_index_params()
         code_params = {"nlist": self.limits.nlist} if self.index_type == "BIN_IVF_FLAT" else {}
         params.add_index(_CODE, index_type=self.index_type, metric_type="HAMMING", params=code_params)
@@ -314,7 +329,7 @@ class MilvusHashIndex(IndexFront):
             )
         except MilvusException as e:
             raise InputError(f"Milvus refused the collection (index_type={self.index_type}): {e.message}") from None
-        self._created = True
+        self._created, self._labelled = True, labelled
 
     def close(self) -> None:
         """Close this index's connection (other indexes on the same uri keep theirs).
@@ -352,7 +367,7 @@ class MilvusHashIndex(IndexFront):
         """Delete the collection and everything in it."""
         if self._client.has_collection(self.collection):
             self._client.drop_collection(self.collection)
-        self._created, self._next_id = False, None
+        self._created, self._next_id, self._labelled = False, None, False
 
     # -- basic facts ------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -382,15 +397,21 @@ class MilvusHashIndex(IndexFront):
             self._next_id = self._max_id() + 1
         return self._next_id
 
-    def _insert(self, codes: np.ndarray, x: np.ndarray, ids: np.ndarray) -> None:
-        self._ensure_collection()
-        row_bytes = 8 + self._nbytes + 4 * self.dim
+    def _has_labels(self) -> bool | None:
+        return self._labelled if self._created else None
+
+    def _insert(self, codes: np.ndarray, x: np.ndarray, ids: np.ndarray, labels: np.ndarray | None = None) -> None:
+        self._ensure_collection(labelled=labels is not None)
+        row_bytes = 16 + self._nbytes + 4 * self.dim
         step = max(1, self.limits.insert_bytes // row_bytes)
         for s in range(0, ids.size, step):
             rows = [
                 {_ID: int(i), _CODE: c.tobytes(), _FEATURE: f}
                 for i, c, f in zip(ids[s : s + step], codes[s : s + step], x[s : s + step])
             ]
+            if labels is not None:
+                for row, lab in zip(rows, labels[s : s + step].tolist()):
+                    row[_LABEL] = lab
             self._client.insert(self.collection, rows)
         self._next_id = max(self._next_auto_id(), int(ids.max()) + 1)
 
@@ -410,6 +431,10 @@ class MilvusHashIndex(IndexFront):
     def _codes_of(self, ids: np.ndarray) -> np.ndarray:
         uniq, values = self._rows_by_id(ids, _CODE)
         return _codes_table(values, self._nbytes)[np.searchsorted(uniq, ids)]
+
+    def _labels_of(self, ids: np.ndarray) -> np.ndarray:
+        uniq, values = self._rows_by_id(ids, _LABEL, step=self.limits.fetch_ids)
+        return np.asarray(values, dtype=np.int64).reshape(uniq.size)[np.searchsorted(uniq, ids)]
 
     # -- whole-collection views ---------------------------------------------------------------------
     def _scan(self, fields: list[str]) -> list[dict]:
@@ -442,12 +467,12 @@ class MilvusHashIndex(IndexFront):
         raise UnsupportedError("memory_usage is not supported by the Milvus backend: the data lives in the Milvus server")
 
     # -- id lookup --------------------------------------------------------------------------------
-    def _fetch(self, ids: np.ndarray, fields: list[str]) -> list[dict]:
+    def _fetch(self, ids: np.ndarray, fields: list[str], step: int | None = None) -> list[dict]:
         """Rows for distinct ``ids`` (any order; absent ids are simply missing)."""
         if not self._created or ids.size == 0:
             return []
         rows: list[dict] = []
-        step = self.limits.fetch_ids if fields == [_ID] else self.limits.fetch_rows
+        step = step or (self.limits.fetch_ids if fields == [_ID] else self.limits.fetch_rows)
         for start in range(0, ids.size, step):
             chunk = ids[start : start + step]
             rows += self._client.query(self.collection, filter=f"{_ID} in {chunk.tolist()}", output_fields=fields)
@@ -457,16 +482,18 @@ class MilvusHashIndex(IndexFront):
         found = np.array([r[_ID] for r in self._fetch(np.unique(ids), [_ID])], dtype=np.int64)
         return np.isin(ids, found)
 
-    def _rows_by_id(self, ids: np.ndarray, field: str) -> tuple[np.ndarray, list]:
-        """``(sorted distinct ids, their values of field)`` for ``ids``; UnknownIdError if any is absent."""
+    def _rows_by_id(self, ids: np.ndarray, field: str | list[str], step: int | None = None) -> tuple[np.ndarray, list]:
+        """``(sorted distinct ids, their values of field)`` for ``ids``; UnknownIdError if any is absent.
+        With a list of fields, each value is the row (a dict)."""
         uniq = np.unique(ids)
-        rows = self._fetch(uniq, [_ID, field])
+        fields = field if isinstance(field, list) else [field]
+        rows = self._fetch(uniq, [_ID, *fields], step)
         got = np.array([r[_ID] for r in rows], dtype=np.int64)
         if got.size != uniq.size:
             missing = np.setdiff1d(uniq, got)
             raise UnknownIdError(f"ids not in the index: {missing[:5].tolist()}")
         order = np.argsort(got)
-        return got[order], [rows[i][field] for i in order]
+        return got[order], [rows[i] if isinstance(field, list) else rows[i][field] for i in order]
 
     def _max_id(self) -> int:
         """Largest stored id (-1 when empty): one pass over the ids, done once per object."""
@@ -475,9 +502,35 @@ class MilvusHashIndex(IndexFront):
         return max((r[_ID] for r in self._scan([_ID])), default=-1)
 
     # -- Hamming stage (in Milvus) ----------------------------------------------------------------
-    def _hamming_search(self, qcodes: np.ndarray, limit: int, radius: int | None) -> RangeResult:
-        """k-NN (radius None) or range search (Hamming <= radius) -> CSR ``(lims, ids, hamming)``."""
+    def _filter_exprs(self, restriction: Restriction | None) -> list[str] | None:
+        """Milvus boolean expressions whose union is the allow-list (None: no filter)."""
+        if restriction is None:
+            return None
+        label = None if restriction.labels is None else f"{_LABEL} in {restriction.labels.tolist()}"
+        if restriction.ids is None:
+            return [label]
+        step = self.limits.fetch_ids
+        exprs = [f"{_ID} in {restriction.ids[s : s + step].tolist()}" for s in range(0, restriction.ids.size, step)]
+        return [e if label is None else f"{e} and {label}" for e in exprs]
+
+    def _count_allowed(self, exprs: list[str] | None) -> int:
+        if exprs is None:
+            return len(self)
+        return sum(
+            int(self._client.query(self.collection, filter=e, output_fields=["count(*)"])[0]["count(*)"]) for e in exprs
+        )
+
+    def _hamming_search(self, qcodes: np.ndarray, limit: int, radius: int | None, exprs: list[str] | None = None) -> RangeResult:
+        """k-NN (radius None) or range search (Hamming <= radius) -> CSR ``(lims, ids, hamming)``,
+        among the items matching one of ``exprs`` (their union; None: every item)."""
+        if exprs is not None and len(exprs) > 1:  # one search per id chunk; the best `limit` of their union
+            parts = [self._hamming_search(qcodes, limit, radius, [e]) for e in exprs]
+            lims, ids, ham = parts[0]
+            for p in parts[1:]:
+                lims, ids, ham = _union_csr((lims, ids, ham), p, None if radius is not None else limit)
+            return lims, ids, ham
         params: dict[str, Any] = {"metric_type": "HAMMING", "params": {}}
+        extra = {} if not exprs else {"filter": exprs[0]}
         if self.index_type == "BIN_IVF_FLAT":
             params["params"]["nprobe"] = self.limits.nprobe
         if radius is not None:
@@ -486,7 +539,9 @@ class MilvusHashIndex(IndexFront):
         parts = []
         for s in range(0, qcodes.shape[0], step):
             data = [c.tobytes() for c in qcodes[s : s + step]]
-            res = self._client.search(self.collection, data=data, anns_field=_CODE, limit=limit, search_params=params)
+            res = self._client.search(
+                self.collection, data=data, anns_field=_CODE, limit=limit, search_params=params, **extra
+            )
             parts.append(hits_to_csr(res))
         lims = np.concatenate([[0], np.cumsum(np.concatenate([np.diff(p[0]) for p in parts]))]).astype(np.int64)
         ids = np.concatenate([p[1] for p in parts])
@@ -500,28 +555,65 @@ class MilvusHashIndex(IndexFront):
                 )
         return lims, ids, hamming
 
-    def _range(self, qcodes: np.ndarray, radius: int):
-        return self._hamming_search(qcodes, MILVUS_MAX_TOPK, radius)
+    def _range(self, qcodes: np.ndarray, radius: int, exprs: list[str] | None = None):
+        return self._hamming_search(qcodes, MILVUS_MAX_TOPK, radius, exprs)
 
-    def _knn(self, qcodes: np.ndarray, c: int):
+    def _knn(self, qcodes: np.ndarray, c: int, exprs: list[str] | None = None):
         if c > MILVUS_MAX_TOPK:
             raise InputError(f"{c} Hamming-nearest candidates asked, Milvus returns at most {MILVUS_MAX_TOPK}")
-        return self._hamming_search(qcodes, c, None)
+        return self._hamming_search(qcodes, c, None, exprs)
 
     # -- search (the front has checked and encoded the queries) ------------------------------------
     def _search_encoded(
-        self, x, qcodes, z, k: int, radius: int | None, candidates: int | None, nprobe: int | None = None
+        self,
+        x,
+        qcodes,
+        z,
+        k: int,
+        radius: int | None,
+        candidates: int | None,
+        nprobe: int | None = None,
+        options: SearchOptions = PLAIN,
     ) -> SearchResult:
-        n = len(self)
+        exprs = self._filter_exprs(options.restriction) if self._created else None
+        n = self._count_allowed(exprs) if self._created else 0
         if n == 0:
             lims, cand, hamming = empty_csr(x.shape[0])
         else:
-            lims, cand, hamming = select_candidates(qcodes, k, radius, candidates, n, self.bits, self._range, self._knn)
-        if self.rerank_mode == "milvus" and cand.size:
+            lims, cand, hamming = select_candidates(
+                qcodes, k, radius, candidates, n, self.bits,
+                lambda q, r: self._range(q, r, exprs), lambda q, c: self._knn(q, c, exprs),
+            )  # fmt: skip
+        labels = None
+        if options.grouped:
+            refetch = None if radius is not None else (lambda qi, c: self._knn(qcodes[qi], c, exprs))
+            lims, cand, hamming = widen_for_labels(
+                (lims, cand, hamming), k, n, self._labels_of, refetch, max_candidates=MILVUS_MAX_TOPK
+            )
+            ids, scores, ham, labels = self._group_client(x, lims, cand, hamming, k, options.group_size)
+        elif self.rerank_mode == "milvus" and cand.size:
             ids, scores, ham = self._rerank_milvus(x, lims, cand, hamming, k)
         else:
             ids, scores, ham = self._rerank_client(x, lims, cand, hamming, k)
-        return SearchResult(ids, scores, ham, np.diff(lims))
+        if self._labelled and labels is None:
+            labels = np.full(ids.shape, -1, np.int64)
+            if (ids >= 0).any():
+                labels[ids >= 0] = self._labels_of(ids[ids >= 0])
+        return SearchResult(ids, scores, ham, np.diff(lims), labels)
+
+    def _group_client(self, x, lims, cand, hamming, k, group_size):
+        """group_by="label": fetch every candidate's feature and label once, score all, group."""
+        if cand.size:
+            uniq, rows = self._rows_by_id(cand, [_FEATURE, _LABEL])
+            table = np.asarray([r[_FEATURE] for r in rows], dtype=np.float32).reshape(uniq.size, self.dim)
+            table_labels = np.array([r[_LABEL] for r in rows], dtype=np.int64)
+        else:
+            uniq, table, table_labels = np.empty(0, np.int64), np.empty((0, self.dim), np.float32), np.empty(0, np.int64)
+        pos = np.searchsorted(uniq, cand)  # positions into the sorted table: ties go by id
+        scores = csr_scores(x, table, lims, pos, self.metric)
+        pos, scores, ham, labels = group_top(lims, pos, hamming, scores, table_labels[pos], k, group_size, self.metric)
+        ids = np.where(pos >= 0, uniq[np.maximum(pos, 0)] if uniq.size else -1, -1)
+        return ids, scores, ham, labels
 
     def _range_encoded(self, qcodes: np.ndarray, radius: int) -> RangeResult:
         return self._range(qcodes, radius)
@@ -560,6 +652,22 @@ class MilvusHashIndex(IndexFront):
             out_scores[q, : got.size] = score
             out_ham[q, : got.size] = hamming[lo:hi][order][np.searchsorted(qids[order], got)]
         return out_ids, out_scores, out_ham
+
+
+def _union_csr(a: RangeResult, b: RangeResult, limit: int | None) -> RangeResult:
+    """Per query, the hits of two CSR results over disjoint items; with ``limit``, only the
+    ``limit`` Hamming-nearest of them (ties by id)."""
+    nq = len(a[0]) - 1
+    q = np.concatenate([np.repeat(np.arange(nq), np.diff(a[0])), np.repeat(np.arange(nq), np.diff(b[0]))])
+    ids, ham = np.concatenate([a[1], b[1]]), np.concatenate([a[2], b[2]])
+    order = np.lexsort((ids, ham, q))
+    q, ids, ham = q[order], ids[order], ham[order]
+    if limit is not None:
+        starts = np.searchsorted(q, np.arange(nq))
+        keep = (np.arange(q.size) - starts[q]) < limit
+        q, ids, ham = q[keep], ids[keep], ham[keep]
+    lims = np.concatenate([[0], np.cumsum(np.bincount(q, minlength=nq))]).astype(np.int64)
+    return lims, ids, ham
 
 
 def _codes_table(values: list, nbytes: int) -> np.ndarray:

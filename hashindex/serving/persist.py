@@ -8,6 +8,7 @@ Layout of an index directory::
     features.npy    float32 or float16 [N, D]
     hasher.npz      a LinearHasher, or
     model.onnx      the ONNX model the codes were made with (its SHA-256 is in the manifest)
+    labels.npy      int64 [N], each item's label (only in a labelled index: ``labelled: true``)
 
 Saving writes a complete temporary sibling directory, fsyncs it, then swaps it into place.
 On Linux the swap is one ``renameat2(RENAME_EXCHANGE)`` call, so the path always names a whole
@@ -304,6 +305,8 @@ INDEX_SCHEMA: dict[str, Field] = {
     "partition_spill": Field(int, lambda v: 1 <= v <= 16, "an integer in [1, 16]", required=False),
     "partition_nlist": Field(int, lambda v: 1 <= v <= MAX_COUNT, "a positive integer", required=False),
     "operating_points": Field(dict, lambda v: True, "an object", required=False),
+    # identity-aware search: whether every item has a label (labels.npy), decided by the first insert
+    "labelled": Field(bool, lambda v: True, "true or false", required=False),
 }
 """Top-level fields of a HashIndex manifest (other keys are ignored); ``hasher`` and ``files``
 are checked by :func:`check_manifest` (their shape depends on the hasher type)."""
@@ -315,7 +318,7 @@ LINEAR_HASHER_SCHEMA: dict[str, Field] = {
     "dim": _int_in(1, MAX_DIM),
 }
 # files an index has only with some features; each group is listed whole or not at all
-OPTIONAL_FILE_GROUPS = (("partition_centroids.npy", "partition_assign.npy"),)
+OPTIONAL_FILE_GROUPS = (("partition_centroids.npy", "partition_assign.npy"), ("labels.npy",))
 ONNX_HASHER_SCHEMA: dict[str, Field] = {"type": _one_of("onnx")}
 FILE_SCHEMA: dict[str, Field] = {"sha256": _sha(), "bytes": _int_in(0, 1 << 50)}
 
@@ -327,7 +330,8 @@ def _check_fields(obj: dict, schema: dict[str, Field], where: str) -> None:
                 raise IndexFormatError(f"{where}: required field {key!r} is missing")
             continue
         value = obj[key]
-        if isinstance(value, bool) or not isinstance(value, spec.kind) or not spec.check(value):
+        kinds = spec.kind if isinstance(spec.kind, tuple) else (spec.kind,)
+        if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds) or not spec.check(value):
             raise IndexFormatError(f"{where}: field {key!r} must be {spec.means or spec.kind.__name__}, got {value!r:.80}")
 
 
@@ -336,7 +340,8 @@ def check_manifest(manifest: Any, where: str) -> dict:
 
     Beyond field types and ranges: the hasher record matches its type, ``model_sha256`` is
     present exactly for ONNX hashers, and ``files`` lists exactly the data files plus the
-    hasher's file (no more, no fewer), each with a SHA-256 and a size.
+    hasher's file and any whole :data:`OPTIONAL_FILE_GROUPS` (no more, no fewer), each with a
+    SHA-256 and a size; ``labels.npy`` is listed exactly when ``labelled`` is true.
     """
     if not isinstance(manifest, dict):
         raise IndexFormatError(f"{where}: the manifest is not a JSON object")
@@ -360,6 +365,8 @@ def check_manifest(manifest: Any, where: str) -> dict:
             + (f"; missing {missing}" if missing else "")
             + (f"; unexpected {[str(e)[:40] for e in extra[:5]]}" if extra else "")
         )
+    if ("labels.npy" in files) != (manifest.get("labelled") is True):
+        raise IndexFormatError(f"{where}: labels.npy belongs with labelled: true, and only there")
     for name, info in files.items():
         if not isinstance(info, dict):
             raise IndexFormatError(f"{where}: the entry of {name} is not an object")

@@ -58,13 +58,14 @@ class FlatCandidates(_BinaryCandidates):
         # 100k-1M codes, on par at k = 10; results are sorted by distance either way
         self.index.use_heap = False
 
-    def range(self, queries: np.ndarray, radius: int) -> RangeResult:
-        lims, dist, pos = self.index.range_search(queries, radius + 1)
+    def range(self, queries: np.ndarray, radius: int, params: faiss.SearchParameters | None = None) -> RangeResult:
+        """``params``: a selector restricting the positions (candidates/filtered.py)."""
+        lims, dist, pos = self.index.range_search(queries, radius + 1, params=params)
         return _as_range_result(lims, dist, pos)
 
-    def knn(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def knn(self, queries: np.ndarray, k: int, params: faiss.SearchParameters | None = None) -> tuple[np.ndarray, np.ndarray]:
         """The k Hamming-nearest positions ``int64 [nq, k]`` (-1 padded) and distances."""
-        dist, pos = self.index.search(queries, k)
+        dist, pos = self.index.search(queries, k, params=params)
         return pos, dist.astype(np.int32)
 
 
