@@ -33,7 +33,7 @@ from hashindex.evaluation.calibration import calibrate
 from hashindex.training.data.embeddings import load_embeddings
 from hashindex.training.data.synthetic import SyntheticGallery
 
-LFW = Path("/work/shared/data/lfw/lfw_mfn128_dev.npz")
+LFW = Path(__file__).resolve().parents[2] / "shared" / "data" / "lfw" / "lfw_mfn128_dev.npz"
 
 
 def per_query_ms(fn, nq: int, repeat: int = 3) -> float:

@@ -9,8 +9,10 @@ They are exposed as fixtures (``oracle``, ``make_gallery``) so test modules neve
 from __future__ import annotations
 
 import multiprocessing
+import warnings
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import faiss
 import numpy as np
@@ -215,3 +217,62 @@ def torch_one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+# -- every index backend, one fixture ------------------------------------------------------------
+INDEX_BACKENDS = ["faiss", "milvus"]
+
+
+def _milvus_index_class():
+    """MilvusHashIndex, or a failure: the Milvus backend is part of the suite, never skipped."""
+    try:
+        with warnings.catch_warnings():  # milvus-lite 2.5 imports the deprecated pkg_resources
+            warnings.simplefilter("ignore")
+            import milvus_lite  # noqa: F401  (the embedded server the tests run)
+
+            from hashindex.serving.milvus import MilvusHashIndex
+    except ImportError:
+        pytest.fail("the Milvus backend is part of the suite: install hashindex[milvus]")
+    return MilvusHashIndex
+
+
+@pytest.fixture(params=INDEX_BACKENDS)
+def make_index(request, tmp_path):
+    """Factory ``make_index(dim, *hasher, name=None, **kw)`` for HashIndex (flat backend) and
+    MilvusHashIndex; on Milvus each call gets a collection of its own unless ``name`` repeats one.
+    ``factory.backend`` names the backend; everything opened is closed afterwards."""
+    from hashindex import HashIndex
+
+    opened = []
+
+    def factory(dim: int, *hasher, name: str | None = None, **kw):
+        if request.param == "faiss":
+            kw.setdefault("backend", "flat")
+            return HashIndex(dim, *hasher, **kw)
+        name = name or f"ix{len(opened)}"
+        index = _milvus_index_class()(dim, *hasher, uri=str(tmp_path / f"{name}.db"), collection=name, **kw)
+        opened.append(index)
+        return index
+
+    factory.backend = request.param
+    yield factory
+    for index in opened:
+        index.close()
+
+
+@pytest.fixture
+def milvus_class():
+    """``MilvusHashIndex`` (a failure, not a skip, when the milvus extra is missing)."""
+    return _milvus_index_class()
+
+
+# -- the real data beside the repository (../shared, as in CI) ----------------------------------
+LFW_DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "lfw" / "lfw_mfn128_dev.npz"
+
+
+@pytest.fixture(scope="session")
+def lfw_dev_path() -> Path:
+    """``../shared/data/lfw/lfw_mfn128_dev.npz``; a failure, not a skip, when it is missing."""
+    if not LFW_DEV.exists():
+        pytest.fail(f"LFW dev embeddings not found at {LFW_DEV}: clone the repository beside ../shared")
+    return LFW_DEV

@@ -6,7 +6,6 @@ The oracle builds the full pair-score matrix with numpy and counts accepted pair
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,7 +13,6 @@ import pytest
 from hashindex.core.errors import InputError
 from hashindex.evaluation.calibration import calibrate
 
-LFW = Path("/work/shared/data/lfw/lfw_mfn128_dev.npz")
 
 
 def brute_pairs(x, labels, metric):
@@ -46,12 +44,10 @@ def check_against_brute_force(cal, genuine, impostor, far, metric):
 
 
 @pytest.fixture(scope="module")
-def lfw_subset():
-    if not LFW.exists():
-        pytest.skip(f"LFW dev embeddings not found at {LFW} (see /work/shared/data/lfw/README.md)")
+def lfw_subset(lfw_dev_path):
     from hashindex.training.data.embeddings import load_embeddings
 
-    data = load_embeddings(LFW)
+    data = load_embeddings(lfw_dev_path)
     return data.features[:2500], data.labels[:2500].astype(np.int64)
 
 

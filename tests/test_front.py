@@ -7,14 +7,12 @@ force: Hamming distances by popcount of XOR, scores in float64 (conftest.py orac
 from __future__ import annotations
 
 import threading
-import warnings
 
 import numpy as np
 import pytest
 
 from hashindex import HashIndex, make_hasher
 from hashindex.core.errors import (
-    DuplicateIdError,
     HashIndexError,
     InputError,
     NotFittedError,
@@ -22,42 +20,6 @@ from hashindex.core.errors import (
     UnsupportedError,
 )
 from hashindex.serving.front import DEFAULT_BITS, IndexFront
-
-BACKENDS = ["faiss", "milvus"]
-
-
-def _milvus_available() -> bool:
-    try:
-        with warnings.catch_warnings():  # milvus-lite 2.5 imports the deprecated pkg_resources
-            warnings.simplefilter("ignore")
-            import milvus_lite  # noqa: F401
-            import pymilvus  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-@pytest.fixture(params=BACKENDS)
-def make_index(request, tmp_path):
-    """Factory ``make_index(dim, **kw)`` for the parametrised backend; closes what it opened."""
-    opened = []
-
-    def factory(dim: int, **kw):
-        if request.param == "faiss":
-            kw.setdefault("backend", "flat")
-            return HashIndex(dim, **kw)
-        if not _milvus_available():
-            pytest.fail("the Milvus backend is part of the suite: install hashindex[milvus]")
-        from hashindex.serving.milvus import MilvusHashIndex
-
-        index = MilvusHashIndex(dim, uri=str(tmp_path / f"m{len(opened)}.db"), collection="front", **kw)
-        opened.append(index)
-        return index
-
-    yield factory
-    for index in opened:
-        index.close()
-
 
 def _data(n=600, dim=32, seed=0):
     rng = np.random.default_rng(seed)

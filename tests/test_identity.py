@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import hashlib
-import warnings
 from pathlib import Path
 
 import faiss
@@ -18,46 +17,6 @@ import pytest
 
 from hashindex import HashIndex
 from hashindex.core.errors import HashIndexError, InputError, UnsupportedError
-
-BACKENDS = ["faiss", "milvus"]
-LFW = Path(__file__).resolve().parents[2] / "shared" / "data" / "lfw" / "lfw_mfn128_dev.npz"
-if not LFW.exists():
-    LFW = Path("/work/shared/data/lfw/lfw_mfn128_dev.npz")
-
-
-def _milvus_available() -> bool:
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            import milvus_lite  # noqa: F401
-            import pymilvus  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-@pytest.fixture(params=BACKENDS)
-def make_index(request, tmp_path):
-    """``make_index(dim, name="a", **kw)``; for Milvus the same name reopens the same collection."""
-    opened = []
-
-    def factory(dim: int, name: str = "a", **kw):
-        if request.param == "faiss":
-            kw.setdefault("backend", "flat")
-            return HashIndex(dim, **kw)
-        if not _milvus_available():
-            pytest.fail("the Milvus backend is part of the suite: install hashindex[milvus]")
-        from hashindex.serving.milvus import MilvusHashIndex
-
-        index = MilvusHashIndex(dim, uri=str(tmp_path / f"{name}.db"), collection=name, **kw)
-        opened.append(index)
-        return index
-
-    factory.backend = request.param
-    yield factory
-    for index in opened:
-        index.close()
-
 
 # -- data and oracles ----------------------------------------------------------------------------
 def _labelled(n=600, dim=32, seed=0):
@@ -525,10 +484,8 @@ def test_labelled_manifests_and_labels_are_checked(case, tmp_path):
             persist.read_manifest(root)
 
 
-def test_milvus_reopen_keeps_labels_and_old_collections_work(tmp_path):
-    if not _milvus_available():
-        pytest.fail("the Milvus backend is part of the suite: install hashindex[milvus]")
-    from hashindex.serving.milvus import MilvusHashIndex
+def test_milvus_reopen_keeps_labels_and_old_collections_work(tmp_path, milvus_class):
+    MilvusHashIndex = milvus_class
 
     x, labels, ids = _labelled()
     uri = str(tmp_path / "m.db")
@@ -620,12 +577,10 @@ def test_bad_identity_input_is_refused_and_changes_nothing(make_index):
 
 # -- LFW: real identities ----------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def lfw():
-    if not LFW.exists():
-        pytest.skip(f"LFW dev embeddings not found at {LFW} (see /work/shared/data/lfw/README.md)")
+def lfw(lfw_dev_path):
     from hashindex.training.data.embeddings import load_embeddings
 
-    return load_embeddings(LFW)
+    return load_embeddings(lfw_dev_path)
 
 
 def test_lfw_group_by_and_filter_against_brute_force(make_index, oracle, lfw):
@@ -649,11 +604,11 @@ def test_lfw_group_by_and_filter_against_brute_force(make_index, oracle, lfw):
         oracle.assert_topk(res.ids[i], res.scores[i], ids[cand], scores[i, cand], 3, "cosine")
 
 
-def test_milvus_id_filter_longer_than_one_expression(tmp_path, oracle):
+def test_milvus_id_filter_longer_than_one_expression(tmp_path, oracle, milvus_class):
     """An id allow-list split into several ``id in [...]`` searches gives the union's best."""
-    if not _milvus_available():
-        pytest.fail("the Milvus backend is part of the suite: install hashindex[milvus]")
-    from hashindex.serving.milvus import MilvusHashIndex, MilvusLimits
+    from hashindex.serving.milvus import MilvusLimits
+
+    MilvusHashIndex = milvus_class
 
     x, labels, ids = _labelled()
     keep = ids[::2]

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from hashindex import HashIndex, make_hasher
+from hashindex import make_hasher
 from hashindex.core.errors import HashIndexError, InputError
 from hashindex.core.validation import MAX_ID, MAX_K
 
@@ -22,34 +21,14 @@ REPO = Path(__file__).resolve().parents[1]
 DIM, BITS = 16, 16
 
 
-def _milvus():
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            from hashindex.serving.milvus import MilvusHashIndex
-    except ImportError:
-        pytest.fail("the Milvus backend is part of the suite: install hashindex[milvus]")
-    return MilvusHashIndex
-
-
 def _hasher():
     return make_hasher("itq", DIM, BITS).fit(np.random.default_rng(9).standard_normal((400, DIM)).astype(np.float32))
 
 
-@pytest.fixture(params=["faiss", "milvus"])
-def make_index(request, tmp_path):
-    opened = []
-
-    def factory(**kw):
-        if request.param == "faiss":
-            return HashIndex(DIM, _hasher(), backend="flat", **kw)
-        index = _milvus()(DIM, _hasher(), uri=str(tmp_path / f"m{len(opened)}.db"), collection="limits", **kw)
-        opened.append(index)
-        return index
-
-    yield factory
-    for index in opened:
-        index.close()
+@pytest.fixture
+def limits_index(make_index):
+    """``limits_index(**kw)``: a fitted 16-bit index of dimension 16 on the parametrised backend."""
+    return lambda **kw: make_index(DIM, _hasher(), **kw)
 
 
 def _x(n, seed=0):
@@ -63,8 +42,8 @@ def _state(index):
 # -- item 5: ids --------------------------------------------------------------------------------
 
 
-def test_the_largest_id_is_refused_when_no_next_auto_id_would_exist(make_index):
-    index = make_index()
+def test_the_largest_id_is_refused_when_no_next_auto_id_would_exist(limits_index):
+    index = limits_index()
     with pytest.raises(InputError, match="2\\*\\*63 - 2"):
         index.add(_x(1), ids=[2**63 - 1])
     assert _state(index) == (0, [])
@@ -74,8 +53,8 @@ def test_the_largest_id_is_refused_when_no_next_auto_id_would_exist(make_index):
     assert _state(index) == (1, [MAX_ID])
 
 
-def test_unsigned_ids_at_or_above_2_63_are_refused_not_wrapped(make_index):
-    index = make_index()
+def test_unsigned_ids_at_or_above_2_63_are_refused_not_wrapped(limits_index):
+    index = limits_index()
     with pytest.raises(InputError, match="int64"):
         index.add(_x(2), ids=np.array([1, 2**63], dtype=np.uint64))
     with pytest.raises(InputError, match="int64"):
@@ -87,8 +66,8 @@ def test_unsigned_ids_at_or_above_2_63_are_refused_not_wrapped(make_index):
 # -- item 6: k and radius ---------------------------------------------------------------------------
 
 
-def test_k_beyond_the_cap_is_refused_before_allocating(make_index):
-    index = make_index()
+def test_k_beyond_the_cap_is_refused_before_allocating(limits_index):
+    index = limits_index()
     index.add(_x(40))
     for k in (MAX_K + 1, 2**40):
         with pytest.raises(InputError, match="radius=bits"):
@@ -98,8 +77,8 @@ def test_k_beyond_the_cap_is_refused_before_allocating(make_index):
 
 
 @pytest.mark.parametrize("radius", [BITS, BITS + 1, 2**31 - 2, 2**31 - 1, 10**6, 2**40])
-def test_a_radius_beyond_the_code_length_means_every_item(make_index, radius):
-    index = make_index()
+def test_a_radius_beyond_the_code_length_means_every_item(limits_index, radius):
+    index = limits_index()
     ids = index.add(_x(40))
     q = _x(3, seed=4)
     res = index.search(q, k=50, radius=radius)
@@ -114,8 +93,8 @@ def test_a_radius_beyond_the_code_length_means_every_item(make_index, radius):
 # -- item 7: huge finite rows ---------------------------------------------------------------------
 
 
-def test_rows_near_float32_max_are_normalised_not_zeroed(make_index):
-    index = make_index()
+def test_rows_near_float32_max_are_normalised_not_zeroed(limits_index):
+    index = limits_index()
     x = _x(30)
     x[:10] *= 1e20  # |x|^2 overflows float32
     x[10:20] *= 1e-25  # |x|^2 underflows
@@ -130,8 +109,8 @@ def test_rows_near_float32_max_are_normalised_not_zeroed(make_index):
 # -- item 10 / 11: empty and ragged input ----------------------------------------------------------
 
 
-def test_empty_query_arrays_give_empty_results(make_index):
-    index = make_index()
+def test_empty_query_arrays_give_empty_results(limits_index):
+    index = limits_index()
     index.add(_x(20))
     empty = np.empty((0, DIM), np.float32)
     for kw in ({}, {"radius": 2}, {"candidates": 5}):
@@ -154,8 +133,8 @@ def test_empty_query_arrays_give_empty_results(make_index):
     ],
     ids=["add", "search", "range_search", "remove", "ids"],
 )
-def test_ragged_lists_are_input_errors(make_index, call):
-    index = make_index()
+def test_ragged_lists_are_input_errors(limits_index, call):
+    index = limits_index()
     index.add(_x(10))
     before = _state(index)
     with pytest.raises(InputError):
@@ -167,16 +146,16 @@ def test_ragged_lists_are_input_errors(make_index, call):
 
 
 @pytest.mark.parametrize("name", ["has space", "1starts-with-digit", "dash-ed", "x" * 256, "é"])
-def test_invalid_collection_names_are_input_errors(name, tmp_path):
+def test_invalid_collection_names_are_input_errors(name, tmp_path, milvus_class):
     with pytest.raises(InputError, match="collection"):
-        _milvus()(DIM, _hasher(), uri=str(tmp_path / "m.db"), collection=name)
+        milvus_class(DIM, _hasher(), uri=str(tmp_path / "m.db"), collection=name)
 
 
-def test_after_close_another_process_can_open_the_file(tmp_path):
+def test_after_close_another_process_can_open_the_file(tmp_path, milvus_class):
     uri = str(tmp_path / "m.db")
-    first = _milvus()(DIM, _hasher(), uri=uri, collection="c")
+    first = milvus_class(DIM, _hasher(), uri=uri, collection="c")
     first.add(_x(25))
-    second = _milvus()(DIM, uri=uri, collection="c")  # same file, same process
+    second = milvus_class(DIM, uri=uri, collection="c")  # same file, same process
     first.close()
     assert len(second) == 25  # closing one index leaves the other's server running
     second.close()
@@ -191,10 +170,10 @@ def test_after_close_another_process_can_open_the_file(tmp_path):
     assert out.stdout.strip().splitlines()[-1] == "25"
 
 
-def test_remove_is_one_delete_request_up_to_the_documented_size(tmp_path, monkeypatch):
+def test_remove_is_one_delete_request_up_to_the_documented_size(tmp_path, monkeypatch, milvus_class):
     from hashindex.serving.milvus import MilvusLimits
 
-    index = _milvus()(DIM, _hasher(), uri=str(tmp_path / "m.db"), collection="c")
+    index = milvus_class(DIM, _hasher(), uri=str(tmp_path / "m.db"), collection="c")
     try:
         index.add(_x(20_000))
         calls = []
@@ -205,7 +184,7 @@ def test_remove_is_one_delete_request_up_to_the_documented_size(tmp_path, monkey
         assert MilvusLimits().delete_ids == 100_000
     finally:
         index.close()
-    small = _milvus()(DIM, uri=str(tmp_path / "m.db"), collection="c", limits=MilvusLimits(delete_ids=3_000))
+    small = milvus_class(DIM, uri=str(tmp_path / "m.db"), collection="c", limits=MilvusLimits(delete_ids=3_000))
     try:
         calls = []
         real = small._client.delete
@@ -216,7 +195,7 @@ def test_remove_is_one_delete_request_up_to_the_documented_size(tmp_path, monkey
         small.close()
 
 
-def test_errors_are_hashindex_errors_on_a_closed_or_foreign_file(tmp_path):
+def test_errors_are_hashindex_errors_on_a_closed_or_foreign_file(tmp_path, milvus_class):
     (tmp_path / "not-a-db.db").write_text("hello")
     with pytest.raises(HashIndexError):
-        _milvus()(DIM, _hasher(), uri=str(tmp_path / "missing-dir" / "m.db"), collection="c")
+        milvus_class(DIM, _hasher(), uri=str(tmp_path / "missing-dir" / "m.db"), collection="c")

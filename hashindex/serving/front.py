@@ -187,6 +187,21 @@ class _SearchArgs:
         return self.k * (self.options.group_size or 1)
 
 
+@dataclass(frozen=True)
+class SearchPlan:
+    """What a backend executes: the checked arguments with the asymmetric settings resolved.
+
+    ``nprobe`` only with asymmetric ranking (``z`` given); ``options`` restrict the candidates
+    (filters) and shape the results (grouping); the front applies ``options.min_score``.
+    """
+
+    k: int
+    radius: int | None
+    candidates: int | None
+    nprobe: int | None = None
+    options: SearchOptions = PLAIN
+
+
 class IndexFront:
     """The public API of every hashindex index; subclasses store items and find candidates.
 
@@ -255,20 +270,10 @@ class IndexFront:
     def _codes_of(self, ids: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
-    def _search_encoded(
-        self,
-        x,
-        qcodes,
-        z,
-        k: int,
-        radius: int | None,
-        candidates: int | None,
-        nprobe: int | None = None,
-        options: SearchOptions = PLAIN,
-    ) -> SearchResult:
-        """Candidates for checked queries (``nprobe`` only with ``z``: asymmetric; restricted by
-        ``options.restriction``), then the exact rerank (grouped by label when ``options.grouped``);
-        ``labels`` filled in when the index has them. The front applies ``options.min_score``."""
+    def _search_encoded(self, x: np.ndarray, qcodes: np.ndarray, z: np.ndarray | None, plan: SearchPlan) -> SearchResult:
+        """Candidates for checked queries ``x`` (their codes ``qcodes``; ``z``, their projections,
+        for asymmetric ranking), restricted by ``plan.options.restriction``, then the exact rerank
+        (grouped by label when ``plan.options.grouped``); ``labels`` filled in when the index has them."""
         raise NotImplementedError
 
     def _check_nprobe(self, nprobe: int) -> None:
@@ -527,7 +532,7 @@ class IndexFront:
         candidates, nprobe = a.candidates, None
         if z is not None:
             candidates, nprobe = self._asymmetric_settings(a.k, a.candidates, a.nprobe, a.recall)
-        res = self._search_encoded(x, qcodes, z, a.k, a.radius, candidates, nprobe, a.options)
+        res = self._search_encoded(x, qcodes, z, SearchPlan(a.k, a.radius, candidates, nprobe, a.options))
         return self._finish(res, a.options)
 
     def _finish(self, res: SearchResult, options: SearchOptions) -> SearchResult:

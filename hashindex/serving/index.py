@@ -38,13 +38,14 @@ from hashindex.serving.front import (
     DEFAULT_BITS,
     RANKINGS,
     IndexFront,
+    SearchPlan,
     SearchResult,
     check_ranking,
     default_candidates,
     empty_csr,
     resolve_hasher,
 )
-from hashindex.serving.filters import PLAIN, Restriction, SearchOptions
+from hashindex.serving.filters import Restriction, SearchOptions
 from hashindex.serving.grouping import csr_scores, group_top, widen_for_labels
 from hashindex.serving.hashers import Hasher, LinearHasher
 from hashindex.serving.locks import ReadWriteLock
@@ -411,18 +412,9 @@ class HashIndex(IndexFront):
         return AllowedRows(mask, self._codes.array, self.bits, nq)
 
     # -- search (the front has checked and encoded the queries) ------------------------------------
-    def _search_encoded(
-        self,
-        x,
-        qcodes,
-        z,
-        k: int,
-        radius: int | None,
-        candidates: int | None,
-        nprobe: int | None = None,
-        options: SearchOptions = PLAIN,
-    ) -> SearchResult:
+    def _search_encoded(self, x: np.ndarray, qcodes: np.ndarray, z: np.ndarray | None, plan: SearchPlan) -> SearchResult:
         """``qcodes`` always, ``z`` (the queries' projections) for asymmetric ranking."""
+        k, radius, candidates, nprobe, options = plan.k, plan.radius, plan.candidates, plan.nprobe, plan.options
         with self._lock.read():
             allowed = self._allowed(options.restriction, x.shape[0])
             if len(self) == 0 or (allowed is not None and allowed.count == 0):

@@ -63,8 +63,15 @@ from hashindex.core.errors import IndexFormatError, InputError, ModelMismatchErr
 from hashindex.core.validation import check_positive_int
 from hashindex.serving.candidates.binary import RangeResult
 from hashindex.serving.candidates.modes import select_candidates
-from hashindex.serving.filters import PLAIN, Restriction, SearchOptions
-from hashindex.serving.front import IndexFront, SearchResult, check_metric, empty_csr, resolve_hasher
+from hashindex.serving.filters import Restriction
+from hashindex.serving.front import (
+    IndexFront,
+    SearchPlan,
+    SearchResult,
+    check_metric,
+    empty_csr,
+    resolve_hasher,
+)
 from hashindex.serving.grouping import csr_scores, group_top, widen_for_labels
 from hashindex.serving.hashers import Hasher, LinearHasher
 from hashindex.serving.rerank import METRICS, higher_is_better, rerank
@@ -564,17 +571,8 @@ class MilvusHashIndex(IndexFront):
         return self._hamming_search(qcodes, c, None, exprs)
 
     # -- search (the front has checked and encoded the queries) ------------------------------------
-    def _search_encoded(
-        self,
-        x,
-        qcodes,
-        z,
-        k: int,
-        radius: int | None,
-        candidates: int | None,
-        nprobe: int | None = None,
-        options: SearchOptions = PLAIN,
-    ) -> SearchResult:
+    def _search_encoded(self, x: np.ndarray, qcodes: np.ndarray, z: np.ndarray | None, plan: SearchPlan) -> SearchResult:
+        k, radius, candidates, options = plan.k, plan.radius, plan.candidates, plan.options  # no nprobe: no partitions
         exprs = self._filter_exprs(options.restriction) if self._created else None
         n = self._count_allowed(exprs) if self._created else 0
         if n == 0:

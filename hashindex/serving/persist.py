@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
-import io
 import json
 import os
 import re
