@@ -91,8 +91,9 @@ class HashIndex(IndexFront):
             on first use (``nprobe=``, or :meth:`tune`), kept in step by ``add``, rebuilt after
             ``remove`` and saved with the index. Without one, searches scan every code (the
             flat scan) and :meth:`tune` measures only that.
-        partition_spill: lists each item is put in (1; 2 is "spilling": higher recall per
-            probed list at twice the list memory).
+        partition_spill: lists each item is put in: 2 (default) is its nearest list plus the one
+            SOAR's rule picks, which about halves the lists a 0.99 recall target must probe on
+            face-like data, for 24 more bytes per item (benchmarks/README.md); 1: nearest only.
     """
 
     def __init__(
@@ -106,7 +107,7 @@ class HashIndex(IndexFront):
         backend: str = "auto",
         feature_dtype: str = "float32",
         partitions: str | int | None = "auto",
-        partition_spill: int = 1,
+        partition_spill: int = 2,
     ):
         dim = check_positive_int(dim, "dim")
         if partitions is not None and partitions not in PARTITION_MODES:
@@ -600,11 +601,12 @@ class HashIndex(IndexFront):
             if isinstance(nlist, bool) or not isinstance(nlist, int) or nlist <= 0:
                 raise IndexFormatError(f"{root}: manifest has partition files but partition_nlist={nlist!r}")
             centroids = d.load_array("partition_centroids.npy", np.float32, (nlist, self.dim))
-            assign = d.load_array("partition_assign.npy", np.int32, (len(self), self.partition_spill), mmap=mmap)
+            stage = PartitionStage(self.bits, centroids, self.metric, self.partition_spill)
+            assign = d.load_array("partition_assign.npy", np.int32, (len(self), stage.spill), mmap=mmap)
             if assign.size and (int(assign.min()) < 0 or int(assign.max()) >= nlist):
                 raise IndexFormatError(f"{d.path_of('partition_assign.npy')}: list numbers outside 0..{nlist - 1}")
-            self._part = PartitionStage(self.bits, centroids, self.metric, self.partition_spill)
-            self._part_assign = RowStore((self.partition_spill,), np.int32, assign)
+            self._part = stage
+            self._part_assign = RowStore((stage.spill,), np.int32, assign)
         try:
             points = points_from_manifest(m.get("operating_points", {}))
         except InputError as e:

@@ -16,8 +16,9 @@ item is byte for byte our packed code. Its own quantizer is an empty placeholder
   ``search_preassigned``, with ``nprobe`` in per-call ``SearchParametersIVF`` (never a field of
   the shared index, which concurrent searches would race on).
 
-An item may sit in ``s`` lists (assignment ``int32 [N, s]``, ``s = 1`` by default; ``s = 2``
-is "spilling", which raises the recall a given ``nprobe`` can reach at twice the list memory);
+An item may sit in ``s`` lists (assignment ``int32 [N, s]``; ``s = 2`` is "spilling": the
+nearest list plus one chosen by SOAR's orthogonality rule (:func:`soar_lists`), which raises the
+recall a given ``nprobe`` can reach at twice the list memory, see benchmarks/README.md);
 :func:`probe` then drops repeated positions before the rerank.
 
 Whether it pays depends on the recall target: on face-like embeddings high targets need a large
@@ -177,6 +178,38 @@ def nearest_lists(coarse: faiss.Index, features: np.ndarray, spill: int, chunk: 
     return out
 
 
+# SOAR (Sun et al., "SOAR: improved indexing for approximate nearest neighbor search", NeurIPS
+# 2023): an item's further lists are chosen among its SOAR_CANDIDATES nearest centroids to have
+# residuals orthogonal to the primary one, so a query that misses the primary list (its residual
+# points the same way) still finds the item in another. lambda = 1 as in the paper.
+SOAR_CANDIDATES = 16
+SOAR_LAMBDA = 1.0
+
+
+def soar_lists(
+    coarse: faiss.Index, centroids: np.ndarray, features: np.ndarray, spill: int, chunk: int = 16384
+) -> np.ndarray:
+    """int32 ``[n, spill]``: each row's nearest list, then ``spill - 1`` more lists by SOAR's loss.
+
+    Among the ``SOAR_CANDIDATES`` nearest centroids ``c'`` other than the primary ``c1``, the
+    lists with the smallest ``||x - c'||^2 + lambda * <x - c', r>^2``, ``r`` the unit primary
+    residual ``(x - c1) / ||x - c1||``, best first.
+    """
+    out = np.empty((features.shape[0], spill), dtype=np.int32)
+    width = min(max(SOAR_CANDIDATES, spill), centroids.shape[0])
+    for lo in range(0, features.shape[0], chunk):
+        x = np.ascontiguousarray(features[lo : lo + chunk], dtype=np.float32)
+        _, near = coarse.search(x, width)
+        r = x - centroids[near[:, 0]]
+        r /= np.linalg.norm(r, axis=1, keepdims=True) + 1e-12
+        others = x[:, None, :] - centroids[near[:, 1:]]  # [n, width - 1, D]
+        loss = (others**2).sum(-1) + SOAR_LAMBDA * np.einsum("nld,nd->nl", others, r) ** 2
+        best = np.argsort(loss, axis=1, kind="stable")[:, : spill - 1]
+        out[lo : lo + chunk, 0] = near[:, 0]
+        out[lo : lo + chunk, 1:] = np.take_along_axis(near[:, 1:], best, axis=1)
+    return out
+
+
 def append_to_lists(
     ivf: faiss.IndexIVFPQFastScan, layout: BlockLayout, codes: np.ndarray, positions: np.ndarray, assign: np.ndarray
 ) -> None:
@@ -265,7 +298,7 @@ class PartitionStage:
     def __init__(self, bits: int, centroids: np.ndarray, metric: str, spill: int = 1):
         centroids = np.ascontiguousarray(centroids, dtype=np.float32)
         self.bits, self.nlist, self.dim = int(bits), int(centroids.shape[0]), int(centroids.shape[1])
-        self.metric, self.spill = metric, int(spill)
+        self.metric, self.spill = metric, min(int(spill), self.nlist)  # no more lists than there are
         self.coarse = faiss.IndexFlatL2(self.dim) if metric == "l2" else faiss.IndexFlatIP(self.dim)
         self.coarse.add(centroids)
         self.ivf: faiss.IndexIVFPQFastScan | None = None
@@ -285,8 +318,10 @@ class PartitionStage:
         return self.ivf is not None
 
     def assign(self, features: np.ndarray) -> np.ndarray:
-        """int32 ``[n, spill]`` lists for new items."""
-        return nearest_lists(self.coarse, features, self.spill)
+        """int32 ``[n, spill]`` lists for new items: the nearest, then SOAR's picks (spilling)."""
+        if self.spill == 1:
+            return nearest_lists(self.coarse, features, 1)
+        return soar_lists(self.coarse, self.centroids, features, self.spill)
 
     def build(self, codes: np.ndarray, assign: np.ndarray) -> None:
         """Lists from scratch for positions ``0 .. N-1`` (``codes [N, K/8]``, ``assign [N, s]``)."""
