@@ -677,8 +677,8 @@ class HashMethod:
         if "nprobe" in point.params and stage is not None and stage.has_lists:
             _, lists = stage.coarse.search(np.ascontiguousarray(q, dtype=np.float32), point.params["nprobe"])
             return stage.list_sizes()[lists].sum(axis=1).astype(np.float64)
-        if "nprobe" in point.params or "recall" in point.params or not point.params:
-            return np.full(q.shape[0], np.nan)  # the library picks the setting
+        if self.partitions is not None:
+            return np.full(q.shape[0], np.nan)  # the library picks the setting (flat or partitioned)
         return np.full(q.shape[0], float(len(self.index)))  # a flat scan of every code
 
     def memory(self) -> dict[str, int]:
@@ -1015,6 +1015,7 @@ def _run(cfg: BenchConfig, argv, log) -> dict:
             f"{mem['index'] / source.n_items:.1f} + {mem['features'] / source.n_items:.1f} bytes/item, "
             f"RSS {stats['rss_after_build_mib']:.0f} MiB")  # fmt: skip
         rows = sweep(method, ev, log)
+        mem = method.memory()  # again: some structures (asymmetric scanner, partition lists) are built on first use
         methods.append({
             "name": method.name,
             "family": method.family,
