@@ -148,6 +148,11 @@ def test_spilled_items_sit_in_two_lists_and_come_back_once(data, oracle):
     for row in pos:
         got = row[row >= 0]
         assert np.unique(got).size == got.size
+    # repeats are dropped before the top c: c distinct candidates, best-scored first
+    z = index.hasher.project(data[1])
+    few, few_scores = stage.knn(data[1], z, 10, 8)
+    assert (few >= 0).all() and all(np.unique(row).size == 10 for row in few)
+    assert (np.diff(few_scores, axis=1) <= 0).all()
 
 
 def test_spilled_lists_follow_soar_against_a_numpy_oracle(data):

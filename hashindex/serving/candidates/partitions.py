@@ -341,9 +341,15 @@ class PartitionStage:
         self.ivf, self._placeholder = None, None
 
     def knn(self, x: np.ndarray, z: np.ndarray, c: int, nprobe: int) -> tuple[np.ndarray, np.ndarray]:
-        """See :func:`probe`; repeated positions are dropped when items spill."""
-        pos, scores = probe(self.coarse, self.ivf, x, z, c, min(nprobe, self.nlist))
-        return (dedupe(pos) if self.spill > 1 else pos), scores
+        """See :func:`probe`. When items spill, ``spill * c`` are scanned for and repeats dropped
+        before the top ``c`` are kept, so a twice-found item does not take a candidate's slot."""
+        nprobe = min(nprobe, self.nlist)
+        if self.spill == 1:
+            return probe(self.coarse, self.ivf, x, z, c, nprobe)
+        pos, scores = probe(self.coarse, self.ivf, x, z, self.spill * c, nprobe)
+        pos = dedupe(pos)
+        keep = np.argsort(pos < 0, axis=1, kind="stable")[:, :c]  # distinct ones first, in score order
+        return np.take_along_axis(pos, keep, 1), np.take_along_axis(scores, keep, 1)
 
     # -- introspection (tests, memory_usage) --------------------------------------------------
     def list_sizes(self) -> np.ndarray:
