@@ -276,3 +276,26 @@ def lfw_dev_path() -> Path:
     if not LFW_DEV.exists():
         pytest.fail(f"LFW dev embeddings not found at {LFW_DEV}: clone the repository beside ../shared")
     return LFW_DEV
+
+
+# -- hostile index directories --------------------------------------------------------------------
+def _rewrite_manifest(root, mutate) -> None:
+    """Apply ``mutate`` to an index directory's manifest, then re-checksum the files as they are
+    and the manifest itself: what a hostile (not a careless) writer leaves behind."""
+    import hashlib
+    import json
+
+    m = json.loads((root / "manifest.json").read_text())
+    m.pop("manifest_sha256")
+    for name, info in m["files"].items():
+        data = (root / name).read_bytes()
+        info.update(sha256=hashlib.sha256(data).hexdigest(), bytes=len(data))
+    mutate(m)
+    m["manifest_sha256"] = hashlib.sha256(json.dumps(m, sort_keys=True).encode()).hexdigest()
+    (root / "manifest.json").write_text(json.dumps(m))
+
+
+@pytest.fixture(scope="session")
+def rewrite_manifest():
+    """``rewrite_manifest(root: Path, mutate)`` (see :func:`_rewrite_manifest`)."""
+    return _rewrite_manifest

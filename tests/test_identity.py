@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import hashlib
-from pathlib import Path
 
 import faiss
 import numpy as np
@@ -433,18 +432,6 @@ def test_index_saved_without_labels_still_loads(tmp_path):
         loaded.add(x[:2], labels=[1, 2])
 
 
-def _rewrite_manifest(root: Path, mutate) -> None:
-    """Mutate the manifest, re-checksumming the files as they are and the manifest (a hostile writer)."""
-    m = json.loads((root / "manifest.json").read_text())
-    m.pop("manifest_sha256")
-    for name, info in m["files"].items():
-        data = (root / name).read_bytes()
-        info.update(sha256=hashlib.sha256(data).hexdigest(), bytes=len(data))
-    mutate(m)
-    m["manifest_sha256"] = hashlib.sha256(json.dumps(m, sort_keys=True).encode()).hexdigest()
-    (root / "manifest.json").write_text(json.dumps(m))
-
-
 def _set_key(key, value):
     return lambda m: m.__setitem__(key, value)
 
@@ -454,7 +441,7 @@ def _set_key(key, value):
     ["labelled as string", "labelled as 1", "labelled false with labels.npy", "labelled true without labels.npy",
      "labels.npy without labelled", "negative label", "labels of another length", "labels as float"],
 )  # fmt: skip
-def test_labelled_manifests_and_labels_are_checked(case, tmp_path):
+def test_labelled_manifests_and_labels_are_checked(case, tmp_path, rewrite_manifest):
     """persist.INDEX_SCHEMA: ``labelled`` is a bool listed with labels.npy exactly when true;
     labels.npy is an int64 [count] of labels >= 0 (IndexFormatError otherwise)."""
     from hashindex import IndexFormatError
@@ -476,7 +463,7 @@ def test_labelled_manifests_and_labels_are_checked(case, tmp_path):
     }
     if case in arrays:
         np.save(root / "labels.npy", arrays[case])
-    _rewrite_manifest(root, mutations.get(case, lambda m: None))
+    rewrite_manifest(root, mutations.get(case, lambda m: None))
     with pytest.raises(IndexFormatError, match="label"):
         HashIndex.load(root)
     if case not in arrays:

@@ -3,7 +3,6 @@ are schema-checked (issue 12, items 1, 2, 8, 11)."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
@@ -169,18 +168,6 @@ def _copy(src: Path, dst: Path) -> Path:
     return dst
 
 
-def _rewrite(root: Path, mutate) -> None:
-    """Apply ``mutate`` to the manifest, then re-checksum files and manifest (a hostile writer)."""
-    m = json.loads((root / "manifest.json").read_text())
-    m.pop("manifest_sha256")
-    for name, info in m["files"].items():  # the files as they are now, then the mutation
-        data = (root / name).read_bytes()
-        info.update(sha256=hashlib.sha256(data).hexdigest(), bytes=len(data))
-    mutate(m)
-    m["manifest_sha256"] = hashlib.sha256(json.dumps(m, sort_keys=True).encode()).hexdigest()
-    (root / "manifest.json").write_text(json.dumps(m))
-
-
 def _set(key, value):
     def mutate(m):
         m[key] = value
@@ -229,42 +216,42 @@ BAD_MANIFESTS = {
 
 
 @pytest.mark.parametrize("case", sorted(BAD_MANIFESTS))
-def test_hostile_but_checksummed_manifests_are_refused(case, saved, tmp_path):
+def test_hostile_but_checksummed_manifests_are_refused(case, saved, tmp_path, rewrite_manifest):
     root = _copy(saved, tmp_path / "ix")
-    _rewrite(root, BAD_MANIFESTS[case])
+    rewrite_manifest(root, BAD_MANIFESTS[case])
     with pytest.raises(IndexFormatError):
         HashIndex.load(root)
     with pytest.raises(IndexFormatError):
         persist.read_manifest(root)
 
 
-def test_unlisted_codes_file_cannot_be_swapped_in(saved, tmp_path):
+def test_unlisted_codes_file_cannot_be_swapped_in(saved, tmp_path, rewrite_manifest):
     """The reported attack: drop codes.npy from the file list (re-checksummed) and replace it."""
     root = _copy(saved, tmp_path / "ix")
     codes = np.load(root / "codes.npy")
     np.save(root / "codes.npy", codes ^ 0xFF)
-    _rewrite(root, lambda m: m["files"].pop("codes.npy"))
+    rewrite_manifest(root, lambda m: m["files"].pop("codes.npy"))
     with pytest.raises(IndexFormatError, match="codes.npy"):
         HashIndex.load(root, verify=True)
 
 
 @pytest.mark.parametrize("bad_id", [-1, -(2**63), 2**63 - 1])
-def test_ids_outside_the_id_range_are_refused(bad_id, saved, tmp_path):
+def test_ids_outside_the_id_range_are_refused(bad_id, saved, tmp_path, rewrite_manifest):
     root = _copy(saved, tmp_path / "ix")
     ids = np.load(root / "ids.npy")
     ids[3] = bad_id
     np.save(root / "ids.npy", ids)
-    _rewrite(root, lambda m: None)  # checksums match the hostile file
+    rewrite_manifest(root, lambda m: None)  # checksums match the hostile file
     with pytest.raises(IndexFormatError, match="ids outside"):
         HashIndex.load(root)
 
 
-def test_repeated_ids_are_refused(saved, tmp_path):
+def test_repeated_ids_are_refused(saved, tmp_path, rewrite_manifest):
     root = _copy(saved, tmp_path / "ix")
     ids = np.load(root / "ids.npy")
     ids[1] = ids[0]
     np.save(root / "ids.npy", ids)
-    _rewrite(root, lambda m: None)
+    rewrite_manifest(root, lambda m: None)
     with pytest.raises(IndexFormatError, match="repeated"):
         HashIndex.load(root)
 
@@ -277,9 +264,9 @@ def test_deeply_nested_manifest_is_refused_cleanly(depth, saved, tmp_path):
         HashIndex.load(root)
 
 
-def test_oversized_manifest_is_refused_without_parsing(saved, tmp_path):
+def test_oversized_manifest_is_refused_without_parsing(saved, tmp_path, rewrite_manifest):
     root = _copy(saved, tmp_path / "ix")
-    _rewrite(root, _set("padding", "x" * (persist.MAX_MANIFEST_BYTES + 10)))
+    rewrite_manifest(root, _set("padding", "x" * (persist.MAX_MANIFEST_BYTES + 10)))
     with pytest.raises(IndexFormatError, match="larger"):
         HashIndex.load(root)
 
