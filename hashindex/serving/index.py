@@ -329,6 +329,13 @@ class HashIndex(IndexFront):
         return knn_to_csr(pos, np.zeros(pos.shape, np.int32))
 
     # -- partition stage -------------------------------------------------------------------------
+    @property
+    def partition_lists(self) -> int | None:
+        """Lists of the partition stage (as built, or as it would be built now); None when the
+        index has none and cannot build one (the valid ``nprobe`` values are 1 .. this)."""
+        with self._lock.read():
+            return self._partition_plan()[0]
+
     def _partition_plan(self) -> tuple[int | None, str]:
         """(lists the stage has or would be built with now, or None; why not, if None)."""
         if self._part is not None:
