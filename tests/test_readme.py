@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -28,7 +29,12 @@ def test_readme_gives_two_fresh_machine_commands_and_ci_runs_the_test_one():
 
 def test_readme_python_examples_run(tmp_path):
     # ```python blocks are complete programs and must run; ```py marks fragments that need
-    # files the reader brings (a face model, images)
+    # files the reader brings (a face model, images). The LFW example reads LFW_DEV.
+    lfw = ROOT.parent / "shared" / "data" / "lfw" / "lfw_mfn128_dev.npz"
+    assert lfw.exists(), f"{lfw} missing: clone the repository beside ../shared"
+    env = {**os.environ, "LFW_DEV": str(lfw)}
     for code in _blocks("python"):
-        proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        proc = subprocess.run(
+            [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env
+        )
         assert proc.returncode == 0, proc.stderr
