@@ -170,10 +170,10 @@ def _baseline(kind: str) -> Callable:
 
 def _learned(recipe: str) -> Callable:
     def fit(x: np.ndarray, y: np.ndarray, bits: int, seed: int) -> Encoder:
-        from hashindex.training.recipes import train_recipe
         from hashindex.training.loop import predict
+        from hashindex.training.recipes import fit_recipe
 
-        model = train_recipe(recipe, x, y, bits=bits, seed=seed)
+        model = fit_recipe(recipe, x, y, bits=bits, seed=seed).model
         # the pre-tanh output, as served (OnnxEncoder.project): same bits, better asymmetric ranking
         return lambda f: pre_tanh(predict(model, f))
 

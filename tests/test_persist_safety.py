@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +18,6 @@ from hashindex.serving import persist
 from hashindex.serving.hashers import LinearHasher
 from hashindex.serving.index import HashIndex
 
-REPO = Path(__file__).resolve().parents[1]
 DIM, BITS = 16, 16
 
 
@@ -161,13 +161,6 @@ def saved(tmp_path_factory) -> Path:
     return root
 
 
-def _copy(src: Path, dst: Path) -> Path:
-    dst.mkdir()
-    for p in src.iterdir():
-        (dst / p.name).write_bytes(p.read_bytes())
-    return dst
-
-
 def _set(key, value):
     def mutate(m):
         m[key] = value
@@ -217,7 +210,7 @@ BAD_MANIFESTS = {
 
 @pytest.mark.parametrize("case", sorted(BAD_MANIFESTS))
 def test_hostile_but_checksummed_manifests_are_refused(case, saved, tmp_path, rewrite_manifest):
-    root = _copy(saved, tmp_path / "ix")
+    root = shutil.copytree(saved, tmp_path / "ix")
     rewrite_manifest(root, BAD_MANIFESTS[case])
     with pytest.raises(IndexFormatError):
         HashIndex.load(root)
@@ -227,7 +220,7 @@ def test_hostile_but_checksummed_manifests_are_refused(case, saved, tmp_path, re
 
 def test_unlisted_codes_file_cannot_be_swapped_in(saved, tmp_path, rewrite_manifest):
     """The reported attack: drop codes.npy from the file list (re-checksummed) and replace it."""
-    root = _copy(saved, tmp_path / "ix")
+    root = shutil.copytree(saved, tmp_path / "ix")
     codes = np.load(root / "codes.npy")
     np.save(root / "codes.npy", codes ^ 0xFF)
     rewrite_manifest(root, lambda m: m["files"].pop("codes.npy"))
@@ -237,7 +230,7 @@ def test_unlisted_codes_file_cannot_be_swapped_in(saved, tmp_path, rewrite_manif
 
 @pytest.mark.parametrize("bad_id", [-1, -(2**63), 2**63 - 1])
 def test_ids_outside_the_id_range_are_refused(bad_id, saved, tmp_path, rewrite_manifest):
-    root = _copy(saved, tmp_path / "ix")
+    root = shutil.copytree(saved, tmp_path / "ix")
     ids = np.load(root / "ids.npy")
     ids[3] = bad_id
     np.save(root / "ids.npy", ids)
@@ -247,7 +240,7 @@ def test_ids_outside_the_id_range_are_refused(bad_id, saved, tmp_path, rewrite_m
 
 
 def test_repeated_ids_are_refused(saved, tmp_path, rewrite_manifest):
-    root = _copy(saved, tmp_path / "ix")
+    root = shutil.copytree(saved, tmp_path / "ix")
     ids = np.load(root / "ids.npy")
     ids[1] = ids[0]
     np.save(root / "ids.npy", ids)
@@ -258,14 +251,14 @@ def test_repeated_ids_are_refused(saved, tmp_path, rewrite_manifest):
 
 @pytest.mark.parametrize("depth", [50, 5_000, 200_000])
 def test_deeply_nested_manifest_is_refused_cleanly(depth, saved, tmp_path):
-    root = _copy(saved, tmp_path / "ix")
+    root = shutil.copytree(saved, tmp_path / "ix")
     (root / "manifest.json").write_text('{"kind": "hashindex.index", "x": ' + "[" * depth + "]" * depth + "}")
     with pytest.raises(IndexFormatError):
         HashIndex.load(root)
 
 
 def test_oversized_manifest_is_refused_without_parsing(saved, tmp_path, rewrite_manifest):
-    root = _copy(saved, tmp_path / "ix")
+    root = shutil.copytree(saved, tmp_path / "ix")
     rewrite_manifest(root, _set("padding", "x" * (persist.MAX_MANIFEST_BYTES + 10)))
     with pytest.raises(IndexFormatError, match="larger"):
         HashIndex.load(root)
@@ -273,35 +266,8 @@ def test_oversized_manifest_is_refused_without_parsing(saved, tmp_path, rewrite_
 
 # -- item 2: snapshot-consistent loads while another process saves ------------------------------
 
-_WRITER = """
-import sys
-import numpy as np
-sys.path.insert(0, {repo!r})
-from hashindex.serving.hashers import LinearHasher
-from hashindex.serving.index import HashIndex
-
-def build(version):
-    rng = np.random.default_rng(200 + version)
-    n, dim, bits = 6000 + 3000 * version, 32, 32
-    hasher = LinearHasher("linear", bits, dim, rng.standard_normal((bits, dim)).astype(np.float32),
-                          np.zeros(bits, np.float32))
-    index = HashIndex(dim, hasher, metric="ip", backend="flat")
-    index.add_codes(rng.integers(0, 256, (n, bits // 8), dtype=np.uint8),
-                    rng.standard_normal((n, dim)).astype(np.float32),
-                    rng.permutation(4 * n)[:n])
-    return index
-
-if __name__ == "__main__":
-    path, stop = sys.argv[1], sys.argv[2]
-    import os
-    versions = [build(0), build(1)]
-    i = 0
-    while not os.path.exists(stop):
-        versions[i % 2].save(path)
-        if i == 1:
-            print("saved", flush=True)
-        i += 1
-"""
+SAVER = Path(__file__).resolve().parent / "alternating_saver.py"
+WRITER_ARGS = ["--seed", "200", "--n", "6000", "--dim", "32", "--ready-after", "1"]
 
 
 def _which_version(ids, codes, features, versions) -> list[int]:
@@ -315,14 +281,14 @@ def _which_version(ids, codes, features, versions) -> list[int]:
 def _concurrent_loads(tmp_path, load, min_loads=60, min_each=5, max_loads=3000):
     """Load ``min_loads`` times (and until each version was seen ``min_each`` times) while a writer
     process saves the two versions alternately; return (versions seen, failures)."""
-    script = tmp_path / "writer.py"
-    script.write_text(_WRITER.format(repo=str(REPO)))
     import runpy
 
-    build = runpy.run_path(str(script))["build"]
-    versions = [build(0), build(1)]
+    build = runpy.run_path(str(SAVER))["build"]
+    versions = [build(v, seed=200, n=6000, dim=32) for v in (0, 1)]
     target, stop = tmp_path / "ix", tmp_path / "stop"
-    proc = subprocess.Popen([sys.executable, str(script), str(target), str(stop)], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(SAVER), str(target), "--stop", str(stop), *WRITER_ARGS], stdout=subprocess.PIPE, text=True
+    )
     seen, failures = [], []
     try:
         assert proc.stdout.readline().strip() == "saved", "writer died before its second save"

@@ -12,6 +12,7 @@ import json
 import os
 import runpy
 import signal
+import shutil
 import subprocess
 import sys
 import time
@@ -25,7 +26,6 @@ from hashindex.core.errors import IndexFormatError, NotFittedError
 from hashindex.serving.hashers import ITQHasher
 from hashindex.serving.index import HashIndex
 
-REPO = Path(__file__).resolve().parents[1]
 DIM, BITS = 32, 32
 
 
@@ -147,37 +147,7 @@ def test_empty_and_unfitted_indexes(tmp_path):
 
 
 # -- crash safety ------------------------------------------------------------------------------
-_SAVER = """
-import sys
-import numpy as np
-sys.path.insert(0, {repo!r})
-from hashindex.serving.hashers import LinearHasher
-from hashindex.serving.index import HashIndex
-
-def build(version):
-    rng = np.random.default_rng(100 + version)
-    n, dim, bits = 24000 + 6000 * version, 64, 64
-    hasher = LinearHasher("linear", bits, dim, rng.standard_normal((bits, dim)).astype(np.float32),
-                          np.zeros(bits, np.float32))
-    index = HashIndex(dim, hasher, metric="ip", backend="flat")
-    index.add_codes(rng.integers(0, 256, (n, bits // 8), dtype=np.uint8),
-                    rng.standard_normal((n, dim)).astype(np.float32),
-                    rng.permutation(4 * n)[:n])
-    return index
-
-if __name__ == "__main__":
-    path = sys.argv[1]
-    if sys.argv[2] == "rename":  # the portable path: rename the old index aside, then swap in
-        import hashindex.serving.persist
-        hashindex.serving.persist._exchange = lambda a, b: False
-    versions = [build(0), build(1)]
-    i = 0
-    while True:
-        versions[i % 2].save(path)
-        if i == 0:
-            print("saved", flush=True)
-        i += 1
-"""
+SAVER = Path(__file__).resolve().parent / "alternating_saver.py"
 
 
 @pytest.mark.parametrize("swap", ["exchange", "rename"])
@@ -185,15 +155,14 @@ def test_sigkill_during_save_leaves_a_whole_index(swap, tmp_path):
     """A saver process alternately writes versions 0 and 1 to one path and is SIGKILLed at
     random moments; every time, the path must load (checksums verified) as exactly one version.
     ``swap="rename"`` forces the fallback used where renameat2(RENAME_EXCHANGE) is missing."""
-    script = tmp_path / "saver.py"
-    script.write_text(_SAVER.format(repo=str(REPO)))
-    build = runpy.run_path(str(script))["build"]
+    build = runpy.run_path(str(SAVER))["build"]
     versions = [build(0), build(1)]
     target = tmp_path / "ix"
     rng = np.random.default_rng(0)
     seen = []
     for attempt in range(4):
-        proc = subprocess.Popen([sys.executable, str(script), str(target), swap], stdout=subprocess.PIPE, text=True)
+        args = [str(target)] + (["--rename"] if swap == "rename" else [])
+        proc = subprocess.Popen([sys.executable, str(SAVER), *args], stdout=subprocess.PIPE, text=True)
         try:
             assert proc.stdout.readline().strip() == "saved", "saver died before its first save"
             time.sleep(rng.uniform(0.02, 0.4))  # a save takes ~0.1 s: kills land in every phase
@@ -251,13 +220,6 @@ def small_saved(tmp_path_factory):
     return root
 
 
-def _copy(src: Path, dst: Path) -> Path:
-    dst.mkdir()
-    for p in src.iterdir():
-        (dst / p.name).write_bytes(p.read_bytes())
-    return dst
-
-
 def _file_names(root: Path) -> list[str]:
     return sorted(p.name for p in root.iterdir())
 
@@ -267,7 +229,7 @@ def test_flipped_byte_in_a_data_file_is_refused(name, small_saved, tmp_path):
     size = (small_saved / name).stat().st_size
     positions = sorted({0, 7, 64, 127, size // 3, size // 2, size - 1})
     for i, pos in enumerate(positions):
-        root = _copy(small_saved, tmp_path / f"c{i}")
+        root = shutil.copytree(small_saved, tmp_path / f"c{i}")
         data = bytearray((root / name).read_bytes())
         data[pos] ^= 0xFF
         (root / name).write_bytes(bytes(data))
@@ -281,7 +243,7 @@ def test_flipped_byte_anywhere_in_the_manifest_is_refused(small_saved, tmp_path)
     A digit changed in ``next_id`` or ``format``, or a letter in an unused field, still parses:
     the manifest needs its own checksum (or a strict schema) for these to be caught.
     """
-    root = _copy(small_saved, tmp_path / "m")
+    root = shutil.copytree(small_saved, tmp_path / "m")
     original = (root / "manifest.json").read_bytes()
     accepted = []
     for pos in range(len(original)):
@@ -302,11 +264,11 @@ def test_flipped_byte_anywhere_in_the_manifest_is_refused(small_saved, tmp_path)
 def test_truncated_extended_or_missing_file_is_refused(name, small_saved, tmp_path):
     data = (small_saved / name).read_bytes()
     for i, damaged in enumerate([data[: len(data) // 2], data[:-1], data + b"\0", b""]):
-        root = _copy(small_saved, tmp_path / f"t{i}")
+        root = shutil.copytree(small_saved, tmp_path / f"t{i}")
         (root / name).write_bytes(damaged)
         with pytest.raises(IndexFormatError):
             HashIndex.load(root)
-    root = _copy(small_saved, tmp_path / "missing")
+    root = shutil.copytree(small_saved, tmp_path / "missing")
     (root / name).unlink()
     with pytest.raises(IndexFormatError):
         HashIndex.load(root)
@@ -333,7 +295,7 @@ def test_foreign_directories_are_refused(small_saved, tmp_path):
     with pytest.raises(IndexFormatError):
         HashIndex.load(other)
     # a manifest naming a file outside the directory
-    root = _copy(small_saved, tmp_path / "escape")
+    root = shutil.copytree(small_saved, tmp_path / "escape")
     m = json.loads((root / "manifest.json").read_text())
     m["files"]["../a-file"] = {"sha256": hashlib.sha256(b"hello").hexdigest(), "bytes": 5}
     (root / "manifest.json").write_text(json.dumps(m))
@@ -342,7 +304,7 @@ def test_foreign_directories_are_refused(small_saved, tmp_path):
 
 
 def test_future_format_version_is_refused(small_saved, tmp_path):
-    root = _copy(small_saved, tmp_path / "future")
+    root = shutil.copytree(small_saved, tmp_path / "future")
     m = json.loads((root / "manifest.json").read_text())
     m["format"] = persist.FORMAT_VERSION + 1
     (root / "manifest.json").write_text(json.dumps(m))

@@ -105,20 +105,6 @@ def build_loss(recipe: Recipe, bits: int, num_classes: int) -> torch.nn.Module:
     return identity
 
 
-def train_recipe(
-    recipe: str | Recipe,
-    features: np.ndarray,
-    labels: np.ndarray,
-    bits: int,
-    seed: int = 0,
-    progress: bool = False,
-    **overrides: Any,
-) -> HashHead:
-    """Train ``recipe`` on ``features float32 [N, D]`` / ``labels [N]`` (all of it: no
-    validation split, fixed epochs) and return the head in eval mode."""
-    return fit_recipe(recipe, features, labels, bits, seed, progress, **overrides).model
-
-
 def fit_recipe(
     recipe: str | Recipe,
     features: np.ndarray,
@@ -129,9 +115,11 @@ def fit_recipe(
     out_dir: str | None = None,
     **overrides: Any,
 ) -> TrainResult:
-    """As :func:`train_recipe`, returning the whole :class:`TrainResult` (and writing the model
-    directory to ``out_dir`` when given). ``overrides`` replace TrainConfig fields, e.g.
-    ``val_fraction=0.3, patience=5`` to validate each epoch and keep the best."""
+    """Train ``recipe`` on ``features float32 [N, D]`` / ``labels [N]`` (all of it unless the
+    overrides ask for a validation split); the :class:`TrainResult` holds the head in eval mode
+    (``.model``), and the model directory is written to ``out_dir`` when given. ``overrides``
+    replace TrainConfig fields, e.g. ``val_fraction=0.3, patience=5`` to validate each epoch and
+    keep the best."""
     if isinstance(recipe, str):
         if recipe not in RECIPES:
             raise InputError(f"unknown recipe {recipe!r}; choose one of {sorted(RECIPES)}")
@@ -144,4 +132,4 @@ def fit_recipe(
     return train_hasher((features, labels), cfg, progress=progress, model=model, loss=loss, out_dir=out_dir)
 
 
-__all__ = ["RECIPES", "Recipe", "build_loss", "fit_recipe", "initial_head", "replace", "train_recipe"]
+__all__ = ["RECIPES", "Recipe", "build_loss", "fit_recipe", "initial_head", "replace"]
