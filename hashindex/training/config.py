@@ -10,8 +10,9 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hashindex.core.errors import InputError
 from hashindex.core.bits import check_bits
+from hashindex.core.errors import InputError
+from hashindex.core.io import json_safe
 
 if TYPE_CHECKING:
     from torch import nn
@@ -108,9 +109,7 @@ class TrainConfig:
             raise InputError(f"patience must be positive or None, got {self.patience}")
 
     def to_dict(self) -> dict:
-        d = asdict(self)
-        d["hidden"] = list(self.hidden)
-        return d
+        return json_safe(asdict(self))  # tuples as JSON lists
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":

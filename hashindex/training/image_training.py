@@ -45,9 +45,9 @@ from tqdm.auto import tqdm
 
 from hashindex.core.codes import binarize
 from hashindex.core.errors import HashIndexError, IndexFormatError, InputError
+from hashindex.core.io import json_safe
 from hashindex.core.preprocess import FACE_PREPROCESSING, ImagePreprocessing
 from hashindex.serving.hashers import make_hasher
-from hashindex.core.io import json_safe
 from hashindex.training.checkpoints import save_model_dir
 from hashindex.training.config import TrainConfig
 from hashindex.training.data import PKSampler, identity_split, training_rows
@@ -55,6 +55,7 @@ from hashindex.training.data.images import IMAGE_EXTENSIONS, Augment, ImageFolde
 from hashindex.training.loop import Selection, _better, _optimizer, _scheduler, resolve_device, selection_metrics
 from hashindex.training.models import HashHead, ImageHashNet
 from hashindex.training.models.image_net import load_backbone_weights
+from hashindex.core.io import json_safe
 
 RESUME_FILE, FOLDS_FILE = "resume.pt", "folds.json"
 RESUME_FORMAT = 1
@@ -104,9 +105,7 @@ class ImageOptions:
             raise InputError("distill_weight must be >= 0 and distill_tau > 0")
 
     def to_dict(self) -> dict:
-        d = asdict(self)
-        d["crop_scale"] = list(self.crop_scale)
-        return d
+        return json_safe(asdict(self))  # tuples as JSON lists
 
     @classmethod
     def from_dict(cls, d: dict) -> "ImageOptions":

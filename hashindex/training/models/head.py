@@ -15,6 +15,7 @@ from torch import nn
 
 from hashindex.core.bits import check_bits
 from hashindex.core.errors import InputError
+from hashindex.core.io import json_safe
 from hashindex.core.onnx_contract import InputSpec
 
 
@@ -45,9 +46,7 @@ class HashHeadConfig:
             raise InputError(f"dropout must be in [0, 1), got {self.dropout}")
 
     def to_dict(self) -> dict:
-        d = asdict(self)
-        d["hidden"] = list(self.hidden)
-        return d
+        return json_safe(asdict(self))  # tuples as JSON lists
 
     @classmethod
     def from_dict(cls, d: dict) -> "HashHeadConfig":
