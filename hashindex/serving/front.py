@@ -72,6 +72,8 @@ from hashindex.serving.hashers import (
 from hashindex.serving.filters import PLAIN, SearchOptions, check_labels, check_search_options
 from hashindex.serving.grouping import below_threshold
 from hashindex.serving.rerank import METRICS, higher_is_better
+from hashindex.serving import tuning
+from hashindex.serving.interop import to_faiss_binary
 from hashindex.serving.tuning import DEFAULT_RECALL, OperatingPoint
 
 RANKINGS = ("hamming", "asymmetric")
@@ -446,8 +448,6 @@ class IndexFront:
     def to_faiss(self):
         """A plain ``faiss.IndexBinaryIDMap`` over an ``IndexBinaryFlat`` holding exactly this
         index's codes and ids (for ``faiss.write_index_binary`` and FAISS-only consumers)."""
-        from hashindex.serving.interop import to_faiss_binary
-
         with self._reading():
             return to_faiss_binary(self.bits, self.ids, self.codes)
 
@@ -612,8 +612,6 @@ class IndexFront:
         that recall (and by default for :data:`DEFAULT_RECALL`). If no setting reaches the
         target, the most accurate one measured is kept, with a warning.
         """
-        from hashindex.serving import tuning
-
         recall, k = check_recall(recall), check_positive_int(k, "k")
         sample = check_positive_int(sample, "sample")
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
