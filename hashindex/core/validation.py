@@ -10,6 +10,11 @@ Limits shared by every backend (HashIndex and MilvusHashIndex):
   refused before anything is allocated. To get every item, use a radius of ``bits``.
 * a Hamming ``radius`` beyond the code length means "every item": it is clamped to ``bits``
   before it reaches FAISS (C int) or Milvus (exclusive int32 bound).
+* under the ``ip`` and ``l2`` metrics a feature or query row's L2 norm is at most
+  :data:`MAX_FEATURE_NORM` (``2**62``, about 4.6e18): scores are float32, and two such rows
+  give inner products up to ``2**124`` and squared distances up to ``2**126``, inside float32's
+  ``~2**128``. Larger (finite) rows are refused rather than scored as ``inf``. ``cosine``
+  normalises every row and has no limit.
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ MAX_K = 1 << 20
 """Largest ``k`` (results per query) a search accepts."""
 MAX_RESULT_CELLS = 1 << 28
 """Largest ``queries * k`` one search call accepts (16 bytes each: ids, scores, Hamming)."""
+MAX_FEATURE_NORM = 2.0**62
+"""Largest L2 norm of a row under the ``ip`` / ``l2`` metrics (scores stay finite in float32)."""
 
 
 def as_array(x, name: str) -> np.ndarray:
@@ -139,7 +146,27 @@ def prepare_features(features: np.ndarray, dim: int, metric: str, name: str = "f
             raise InputError(f"{name} contain zero vectors, which have no cosine similarity (rows {bad[:5].tolist()})")
         x = x / scale
         x /= np.linalg.norm(x, axis=1, keepdims=True)
+    else:
+        check_feature_norms(x, metric, name)
     return x
+
+
+def check_feature_norms(x: np.ndarray, metric: str, name: str = "features") -> None:
+    """Refuse float32 rows whose L2 norm passes :data:`MAX_FEATURE_NORM` (``ip`` / ``l2`` scores
+    of such rows overflow float32)."""
+    if not x.size:
+        return
+    top = max(float(x.max()), -float(x.min()))
+    if top * np.sqrt(x.shape[1]) <= MAX_FEATURE_NORM:
+        return  # no row can be longer: skip the per-row norms
+    sq = np.einsum("ij,ij->i", x, x)  # float32; inf where a norm passes ~1.8e19
+    bad = np.flatnonzero(~(sq <= MAX_FEATURE_NORM**2))
+    if bad.size:
+        raise InputError(
+            f"{name} have rows with L2 norm above 2**62 (~4.6e18), the most the {metric!r} metric scores "
+            f"without overflowing float32 (rows {bad[:5].tolist()}{'...' if bad.size > 5 else ''}); "
+            "scale the features down, or use metric='cosine'"
+        )
 
 
 def check_search_args(

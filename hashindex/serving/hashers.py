@@ -69,7 +69,20 @@ class LinearHasher:
         x = check_features(features, self.dim, name="training features")
         if x.shape[0] < 2:
             raise InputError(f"need at least 2 training vectors, got {x.shape[0]}")
-        self.weight, self.bias = _FITTERS[self.kind](x, self.bits)
+        # Fit on the rows divided by a power of two (exact in floating point) that brings their
+        # largest magnitude near 1: FAISS accumulates the covariance in float32, which overflows
+        # (a failed SVD, or a silently wrong PCA) on rows with large norms and underflows on tiny
+        # ones. Directions do not depend on the scale; the bias scales back by the same factor.
+        exp = _fit_exponent(x)
+        weight, bias = _FITTERS[self.kind](np.ldexp(x, -exp) if exp else x, self.bits)
+        with np.errstate(over="ignore"):
+            bias = np.ldexp(np.asarray(bias, np.float32), exp) if exp else bias
+        if not (np.isfinite(weight).all() and np.isfinite(bias).all()):
+            raise InputError(
+                f"fitting the {self.kind} hasher gave non-finite weights: the training features are too "
+                "large for float32 (scale them down)"
+            )
+        self.weight, self.bias = weight, bias
         return self
 
     def project(self, features: np.ndarray) -> np.ndarray:
@@ -124,6 +137,12 @@ class LinearHasher:
 
     def to_dict(self) -> dict:
         return {"kind": self.kind, "bits": self.bits, "dim": self.dim}
+
+
+def _fit_exponent(x: np.ndarray) -> int:
+    """``e`` with ``2**-e * x`` largest magnitude in [0.5, 1) (0 for an all-zero array)."""
+    top = max(float(x.max()), -float(x.min())) if x.size else 0.0
+    return int(np.frexp(top)[1]) if top > 0.0 else 0
 
 
 # -- fitting recipes: (x [N, D]) -> (W [K, D], b [K]) --------------------------------------

