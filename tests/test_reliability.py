@@ -75,3 +75,31 @@ def test_a_hasher_fits_tiny_and_huge_rows_as_it_fits_unit_rows(kind):
         np.testing.assert_array_equal(h.encode(scaled), codes)
 
 
+# -- item 15: too few rows to fit ----------------------------------------------------------------
+def test_one_rule_for_the_rows_a_hasher_needs(make_index):
+    index = make_index(128)  # ITQ, 128 bits: 256 rows
+    for n in (5, 127, 200, 255):  # < 128 crashed inside FAISS's PCA; 128-255 were accepted by fit only
+        with pytest.raises(InputError, match=r"itq hasher \(128 bits\) needs at least 2 \* bits = 256 rows, got " + str(n)):
+            index.fit(_unit_rows(n, 128))
+        assert not index.hasher.is_fitted
+        with pytest.raises(NotFittedError, match=r"needs at least 2 \* bits = 256 rows, got " + str(n)):
+            index.add(_unit_rows(n, 128))
+        assert len(index) == 0
+    with pytest.raises(InputError, match="256 rows, got 200"):
+        make_hasher("pca", 128, 128).fit(_unit_rows(200, 128))
+    index.fit(_unit_rows(256, 128))
+    assert index.hasher.is_fitted
+
+
+def test_build_on_a_tiny_file_names_the_rows_needed(tmp_path, capsys):
+    from hashindex.cli import main
+    from hashindex.training.data import EmbeddingSet, save_embeddings
+
+    save_embeddings(tmp_path / "five.npz", EmbeddingSet(np.random.default_rng(0).normal(size=(5, 128)).astype(np.float32)))
+    capsys.readouterr()
+    assert main(["build", "--features", str(tmp_path / "five.npz"), "--out", str(tmp_path / "idx"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert "needs at least 2 * bits = 256 rows, got 5" in err and "itq" in err
+
+

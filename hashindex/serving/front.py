@@ -64,6 +64,7 @@ from hashindex.serving.hashers import (
     HASHER_KINDS,
     Hasher,
     LinearHasher,
+    check_fit_rows,
     check_index_hasher_fitted,
     encode_checked,
     fit_untrained,
@@ -347,6 +348,8 @@ class IndexFront:
         Refused once the index holds codes: they were made by the current hasher.
         """
         x = self._prepare_features(features)
+        if isinstance(self.hasher, LinearHasher):
+            check_fit_rows(self.hasher, x.shape[0])  # before waiting for the lock
         with self._writing():
             if self._hasher_frozen():
                 raise InputError(
@@ -374,11 +377,8 @@ class IndexFront:
                 if self._needs_first_fit():
                     self._new_ids(ids, x.shape[0])  # reject bad ids before fitting changes anything
                     self._check_label_state(labels)
-                    if x.shape[0] < 2 * self.bits:
-                        raise NotFittedError(
-                            f"the {self.hasher.kind} hasher is fitted on the first batch, which needs at least "
-                            f"{2 * self.bits} vectors (got {x.shape[0]}); call index.fit(sample) first"
-                        )
+                    check_fit_rows(self.hasher, x.shape[0], NotFittedError,
+                                   " (the first batch fits the hasher; or call index.fit(sample) first)")  # fmt: skip
                     self.hasher.fit(x)
         return self._add_checked(self._encode(x), x, ids, labels)
 

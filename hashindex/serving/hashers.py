@@ -67,8 +67,7 @@ class LinearHasher:
     def fit(self, features: np.ndarray) -> "LinearHasher":
         """Learn ``W`` and ``b`` from ``features float [N, D]``; returns self."""
         x = check_features(features, self.dim, name="training features")
-        if x.shape[0] < 2:
-            raise InputError(f"need at least 2 training vectors, got {x.shape[0]}")
+        check_fit_rows(self, x.shape[0])
         # Fit on the rows divided by a power of two (exact in floating point) that brings their
         # largest magnitude near 1: FAISS accumulates the covariance in float32, which overflows
         # (a failed SVD, or a silently wrong PCA) on rows with large norms and underflows on tiny
@@ -137,6 +136,28 @@ class LinearHasher:
 
     def to_dict(self) -> dict:
         return {"kind": self.kind, "bits": self.bits, "dim": self.dim}
+
+
+def min_fit_rows(hasher: "LinearHasher") -> int:
+    """Rows needed to fit an untrained hasher: ``2 * bits``, for every kind.
+
+    PCA and ITQ estimate ``bits`` principal directions (FAISS refuses fewer rows than
+    directions, and a few more than that still leave them noise); the sign hasher's mean gets
+    the same rule, so fit(), an index's first add and ``hashindex build`` accept the same inputs.
+    """
+    return 2 * int(hasher.bits)
+
+
+def check_fit_rows(hasher: "LinearHasher", n: int, error: type[Exception] = InputError, hint: str = "") -> None:
+    """Raise ``error`` (InputError by default) unless ``n`` rows are enough to fit ``hasher``:
+    the one rule (:func:`min_fit_rows`) and message used by ``LinearHasher.fit``, ``index.fit``,
+    an index's first ``add`` and ``hashindex build``."""
+    need = min_fit_rows(hasher)
+    if n < need:
+        raise error(
+            f"fitting the {hasher.kind} hasher ({hasher.bits} bits) needs at least 2 * bits = {need} rows, "
+            f"got {n}{hint}"
+        )
 
 
 def _fit_exponent(x: np.ndarray) -> int:
