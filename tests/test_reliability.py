@@ -27,6 +27,56 @@ def _unit_rows(n: int, dim: int, seed: int = 0) -> np.ndarray:
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
 
+# -- item 2: fit() during add() ------------------------------------------------------------------
+def test_fit_during_add_never_stores_codes_of_the_replaced_hasher(make_index, monkeypatch):
+    """add() is paused after encoding (before inserting) while fit() refits the hasher on other
+    data: the stored codes must be those of the hasher the index ends up with."""
+    dim, bits = 16, 16
+    index = make_index(dim, bits=bits)
+    index.fit(_unit_rows(400, dim, seed=1))
+    other = _unit_rows(400, dim, seed=2) * np.linspace(0.1, 3.0, dim, dtype=np.float32) + 0.5  # another distribution
+    x = _unit_rows(60, dim, seed=3)
+    codes_before = index.hasher.encode(x)
+
+    encoded, resume = threading.Event(), threading.Event()
+    real_encode = index.hasher.encode
+
+    def encode_then_pause(features):
+        codes = real_encode(features)
+        if not encoded.is_set():  # only the add's first encode waits
+            encoded.set()
+            resume.wait(10)
+        return codes
+
+    monkeypatch.setattr(index.hasher, "encode", encode_then_pause)
+    errors: list[BaseException] = []
+
+    def run(fn):
+        try:
+            fn()
+        except HashIndexError as e:  # a fit refused because the add won the lock is fine
+            errors.append(e)
+
+    adder = threading.Thread(target=run, args=(lambda: index.add(x),))
+    adder.start()
+    assert encoded.wait(10), "add() never encoded"
+    fitter = threading.Thread(target=run, args=(lambda: index.fit(other),))
+    fitter.start()
+    fitter.join(2)  # where fit() waits for the add's lock instead, the add resumes below
+    resume.set()
+    adder.join(10)
+    fitter.join(10)
+    assert not adder.is_alive() and not fitter.is_alive()
+    assert all(isinstance(e, InputError) and "already holds codes" in str(e) for e in errors), errors
+    assert len(index) == len(x)
+
+    stored = index.get_codes(index.ids)
+    current = real_encode(index.get_features(index.ids))
+    if not errors:  # the fit went through: the hasher really changed (the test is meaningful)
+        assert (real_encode(x) != codes_before).any()
+    np.testing.assert_array_equal(stored, current)
+
+
 # -- item 9: huge finite rows ----------------------------------------------------------------------
 @pytest.mark.parametrize("metric", ["ip", "l2"])
 def test_rows_whose_scores_overflow_float32_are_refused(make_index, metric):

@@ -216,6 +216,9 @@ class IndexFront:
 
     backend_name: ClassVar[str] = "index"
     RANKINGS: ClassVar[tuple[str, ...]] = RANKINGS
+    # bumped under _writing() whenever fit() changes the hasher; add() re-encodes rows that were
+    # encoded while it changed (see _add_checked)
+    _hasher_version: int = 0
 
     dim: int
     bits: int
@@ -356,6 +359,7 @@ class IndexFront:
                     "the index already holds codes made by its hasher: refitting would invalidate them "
                     "(build a new index to change the hasher)"
                 )
+            self._hasher_version += 1  # an add encoding meanwhile re-encodes (_add_checked)
             fit_untrained(self.hasher, x)
         return self
 
@@ -379,8 +383,12 @@ class IndexFront:
                     self._check_label_state(labels)
                     check_fit_rows(self.hasher, x.shape[0], NotFittedError,
                                    " (the first batch fits the hasher; or call index.fit(sample) first)")  # fmt: skip
+                    self._hasher_version += 1
                     self.hasher.fit(x)
-        return self._add_checked(self._encode(x), x, ids, labels)
+        # encoded outside the write lock (searches go on meanwhile); _add_checked re-encodes under
+        # the lock if fit() changed the hasher in between, so stored codes always match it
+        version = self._hasher_version
+        return self._add_checked(self._encode(x), x, ids, labels, version)
 
     def add_codes(
         self, codes: np.ndarray, features: np.ndarray, ids: np.ndarray | None = None, labels: np.ndarray | None = None
@@ -401,11 +409,20 @@ class IndexFront:
             raise InputError("this index has no labels (its first items came without them): build a new index to use labels")
 
     def _add_checked(
-        self, codes: np.ndarray, x: np.ndarray, ids: np.ndarray | None, labels: np.ndarray | None = None
+        self, codes: np.ndarray, x: np.ndarray, ids: np.ndarray | None, labels: np.ndarray | None = None,
+        hasher_version: int | None = None,
     ) -> np.ndarray:
+        """Insert rows under the write lock. ``hasher_version``: the hasher version read before
+        ``codes`` were encoded from ``x``; if fit() has changed the hasher since, the rows are
+        encoded again here, under the lock (fit() takes it too), so no code of a replaced hasher
+        is ever stored."""
         if codes.shape[0] != x.shape[0]:
             raise ModelMismatchError(f"the hasher returned {codes.shape[0]} codes for {x.shape[0]} rows")
         with self._writing():
+            if hasher_version is not None and hasher_version != self._hasher_version:
+                codes = self._encode(x)
+                if codes.shape[0] != x.shape[0]:
+                    raise ModelMismatchError(f"the hasher returned {codes.shape[0]} codes for {x.shape[0]} rows")
             new_ids = self._new_ids(ids, x.shape[0])
             self._check_label_state(labels)
             if x.shape[0]:
