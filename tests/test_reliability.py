@@ -153,3 +153,46 @@ def test_build_on_a_tiny_file_names_the_rows_needed(tmp_path, capsys):
     assert "needs at least 2 * bits = 256 rows, got 5" in err and "itq" in err
 
 
+# -- item 16: an image model's dimension at construction -------------------------------------------
+def _tiny_image_model(tmp_path, feature_dim: int = 16, bits: int = 8):
+    """A fused image model ``images [N, 3, 112, 112] -> features [N, feature_dim]`` built from a
+    one-layer backbone (mean colour, then a matrix) and an ITQ head: cheap, no data needed."""
+    onnx = pytest.importorskip("onnx", reason="fusing models needs the train extra (onnx)")
+    from onnx import TensorProto, helper, numpy_helper
+
+    from hashindex.export.graph import IR_VERSION, OPSET
+    from hashindex.export.onnx import TrainingInfo, export_linear_hasher, fuse_backbone_and_head
+    from hashindex.serving.encoder import OnnxEncoder
+
+    w = np.random.default_rng(0).standard_normal((3, feature_dim)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("GlobalAveragePool", ["input"], ["pooled"]),
+         helper.make_node("Flatten", ["pooled"], ["flat"]),
+         helper.make_node("MatMul", ["flat", "w"], ["output"])],  # fmt: skip
+        "tiny_backbone",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 112, 112])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["N", feature_dim])],
+        initializer=[numpy_helper.from_array(w, "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    model.ir_version = IR_VERSION
+    onnx.save(model, tmp_path / "backbone.onnx")
+    head = ITQHasher(feature_dim, bits).fit(_unit_rows(200, feature_dim, seed=6))
+    export_linear_hasher(head, tmp_path / "head.onnx", TrainingInfo(loss="none (itq)", data="random", date="2026-12-03"))
+    fuse_backbone_and_head(tmp_path / "backbone.onnx", tmp_path / "head.onnx", tmp_path / "tiny_face.onnx")
+    return OnnxEncoder(tmp_path / "tiny_face.onnx")
+
+
+def test_an_image_model_of_another_dimension_is_refused_at_construction(make_index, tmp_path):
+    encoder = _tiny_image_model(tmp_path, feature_dim=16)
+    assert encoder.kind == "images" and encoder.dim == 16
+    for dim in (8, 64):
+        with pytest.raises(InputError, match=r"outputs 16-d features, index has dim=" + str(dim)):
+            make_index(dim, encoder=encoder)
+    index = make_index(16, encoder=encoder)
+    images = np.random.default_rng(1).uniform(-1, 1, (4, 3, 112, 112)).astype(np.float32)
+    ids = index.add_images(images)
+    assert len(index) == 4
+    assert (index.search_images(images, k=1, ranking="hamming").ids[:, 0] == ids).all()
+
+

@@ -140,7 +140,11 @@ def resolve_hasher(dim: int, hasher: Hasher | str | None, encoder: Hasher | None
     if bits is not None and bits != hasher.bits:
         raise InputError(f"bits={bits} disagrees with the hasher's {hasher.bits} bits")
     hasher_dim = getattr(hasher, "dim", None)
-    if hasher_dim is not None and getattr(hasher, "kind", None) != "images" and hasher_dim != dim:
+    if hasher_dim is not None and hasher_dim != dim:
+        if getattr(hasher, "kind", None) == "images":  # a fused model: its features output is what is stored
+            raise InputError(
+                f"the image model {getattr(hasher, 'path', '')} outputs {hasher_dim}-d features, index has dim={dim}"
+            )
         raise InputError(f"hasher expects dimension {hasher_dim}, index has dim={dim}")
     return hasher
 
