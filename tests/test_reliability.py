@@ -196,3 +196,13 @@ def test_an_image_model_of_another_dimension_is_refused_at_construction(make_ind
     assert (index.search_images(images, k=1, ranking="hamming").ids[:, 0] == ids).all()
 
 
+# -- pickling and copying ----------------------------------------------------------------------------
+def test_pickling_or_copying_an_index_says_how_to_share_it(make_index):
+    index = make_index(16, bits=16)
+    index.add(_unit_rows(100, 16))
+    how = "HashIndex.load(path, mmap=True)" if make_index.backend == "faiss" else "MilvusHashIndex(dim, uri="
+    for copier in (pickle.dumps, copy.deepcopy, copy.copy):
+        with pytest.raises(UnsupportedError, match=r"cannot be pickled or copied") as e:
+            copier(index)
+        assert how in str(e.value)
+    assert len(index) == 100  # still usable

@@ -220,6 +220,11 @@ class IndexFront:
 
     backend_name: ClassVar[str] = "index"
     RANKINGS: ClassVar[tuple[str, ...]] = RANKINGS
+    # how to use one index from several processes (pickling refuses, naming this)
+    SHARING: ClassVar[str] = (
+        "save it once (index.save(path)) and open it in each process with HashIndex.load(path, mmap=True): "
+        "the memory-mapped features are shared through the page cache"
+    )
     # bumped under _writing() whenever fit() changes the hasher; add() re-encodes rows that were
     # encoded while it changed (see _add_checked)
     _hasher_version: int = 0
@@ -301,6 +306,15 @@ class IndexFront:
     def _range_encoded(self, qcodes: np.ndarray, radius: int) -> CSR:
         """All items within Hamming <= radius: ``(lims, ids, hamming)`` (the index is not empty)."""
         raise NotImplementedError
+
+    # -- copies -----------------------------------------------------------------------------------
+    def __reduce_ex__(self, protocol):
+        """Refuse pickle, copy.copy and copy.deepcopy with a HashIndexError that says what to do.
+
+        An index holds FAISS objects, locks and possibly a database connection: none of them
+        copy, and a shallow copy would share the row stores with the original.
+        """
+        raise UnsupportedError(f"a {type(self).__name__} cannot be pickled or copied; to share it between processes, {self.SHARING}")
 
     # -- facts ----------------------------------------------------------------------------------
     def __contains__(self, item_id: object) -> bool:

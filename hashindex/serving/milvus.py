@@ -391,6 +391,10 @@ class MilvusHashIndex(IndexFront):
 
     # -- storage hooks (the front checks inputs, then calls these) --------------------------------
     backend_name = "Milvus"
+    SHARING = (
+        "open it in each process with MilvusHashIndex(dim, uri=..., collection=...) on a Milvus server "
+        "(a milvus-lite .db file is locked by the process that opened it)"
+    )
     RANKINGS = ("hamming",)  # Milvus scores binary vectors by Hamming distance only
 
     def _writing(self):
