@@ -67,7 +67,12 @@ class LinearHasher:
     def fit(self, features: np.ndarray) -> "LinearHasher":
         """Learn ``W`` and ``b`` from ``features float [N, D]``; returns self."""
         x = check_features(features, self.dim, name="training features")
-        check_fit_rows(self, x.shape[0])
+        least = least_fit_rows(self)
+        if x.shape[0] < least:
+            raise InputError(
+                f"fitting the {self.kind} hasher ({self.bits} bits) needs at least {least} rows, got {x.shape[0]} "
+                f"(an index asks for 2 * bits = {min_fit_rows(self)})"
+            )
         # Fit on the rows divided by a power of two (exact in floating point) that brings their
         # largest magnitude near 1: FAISS accumulates the covariance in float32, which overflows
         # (a failed SVD, or a silently wrong PCA) on rows with large norms and underflows on tiny
@@ -139,19 +144,27 @@ class LinearHasher:
 
 
 def min_fit_rows(hasher: "LinearHasher") -> int:
-    """Rows needed to fit an untrained hasher: ``2 * bits``, for every kind.
+    """Rows an index needs to fit its untrained hasher: ``2 * bits``, for every kind.
 
     PCA and ITQ estimate ``bits`` principal directions (FAISS refuses fewer rows than
-    directions, and a few more than that still leave them noise); the sign hasher's mean gets
-    the same rule, so fit(), an index's first add and ``hashindex build`` accept the same inputs.
+    directions, and barely more still leaves the last ones noise); the sign hasher's mean gets
+    the same rule, so ``index.fit()``, an index's first ``add`` and ``hashindex build`` accept
+    the same inputs (:func:`check_fit_rows`).
     """
     return 2 * int(hasher.bits)
 
 
+def least_fit_rows(hasher: "LinearHasher") -> int:
+    """The fewest rows ``LinearHasher.fit`` itself takes: ``bits`` for PCA / ITQ (FAISS's PCA
+    needs a row per direction), 2 for the sign hasher (a mean). Indexes ask for
+    :func:`min_fit_rows`; training fits its ITQ starts with its own rule, at or above this floor."""
+    return 2 if hasher.kind == "sign" else max(2, int(hasher.bits))
+
+
 def check_fit_rows(hasher: "LinearHasher", n: int, error: type[Exception] = InputError, hint: str = "") -> None:
-    """Raise ``error`` (InputError by default) unless ``n`` rows are enough to fit ``hasher``:
-    the one rule (:func:`min_fit_rows`) and message used by ``LinearHasher.fit``, ``index.fit``,
-    an index's first ``add`` and ``hashindex build``."""
+    """Raise ``error`` (InputError by default) unless ``n`` rows are enough for an index to fit
+    ``hasher``: the one rule (:func:`min_fit_rows`) and message used by ``index.fit``, an index's
+    first ``add`` and ``hashindex build`` (which calls ``index.fit``)."""
     need = min_fit_rows(hasher)
     if n < need:
         raise error(
