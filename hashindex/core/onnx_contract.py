@@ -13,6 +13,7 @@ import datetime as _dt
 import json
 import math
 from collections.abc import Mapping
+import dataclasses
 from dataclasses import dataclass, field
 from hashindex.core.bits import check_bits
 from hashindex.core.errors import IndexFormatError, InputError
@@ -95,6 +96,14 @@ def _today() -> str:
     return _dt.date.today().isoformat()
 
 
+def _record_from_dict(cls, d: Mapping):
+    """A flat metadata record from its JSON object: every field present, each cast to its
+    annotated type (``str`` or ``int``), so a value of the wrong kind fails here (KeyError /
+    ValueError, which the caller turns into IndexFormatError)."""
+    casts = {"str": str, "int": int}
+    return cls(**{f.name: casts[f.type](d[f.name]) for f in dataclasses.fields(cls)})
+
+
 @dataclass(frozen=True)
 class TrainingInfo:
     """Where the hash function came from: loss (or fitting recipe), data, date (ISO 8601)."""
@@ -104,11 +113,11 @@ class TrainingInfo:
     date: str = field(default_factory=_today)
 
     def to_dict(self) -> dict:
-        return {"loss": self.loss, "data": self.data, "date": self.date}
+        return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, d: Mapping) -> "TrainingInfo":
-        return cls(str(d["loss"]), str(d["data"]), str(d["date"]))
+        return _record_from_dict(cls, d)
 
 
 @dataclass(frozen=True)
@@ -120,11 +129,11 @@ class BackboneInfo:
     output_dim: int
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "sha256": self.sha256, "output_dim": self.output_dim}
+        return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, d: Mapping) -> "BackboneInfo":
-        return cls(str(d["name"]), str(d["sha256"]), int(d["output_dim"]))
+        return _record_from_dict(cls, d)
 
 
 @dataclass(frozen=True)
