@@ -96,44 +96,36 @@ def _today() -> str:
     return _dt.date.today().isoformat()
 
 
-def _record_from_dict(cls, d: Mapping):
-    """A flat metadata record from its JSON object: every field present, each cast to its
-    annotated type (``str`` or ``int``), so a value of the wrong kind fails here (KeyError /
-    ValueError, which the caller turns into IndexFormatError)."""
-    casts = {"str": str, "int": int}
-    return cls(**{f.name: casts[f.type](d[f.name]) for f in dataclasses.fields(cls)})
+class _FlatRecord:
+    """A metadata record of ``str`` / ``int`` fields that reads and writes one JSON object."""
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping):
+        """Every field present, each cast to its annotated type, so a value of the wrong kind
+        fails here (KeyError / ValueError, which the caller turns into IndexFormatError)."""
+        casts = {"str": str, "int": int}
+        return cls(**{f.name: casts[f.type](d[f.name]) for f in dataclasses.fields(cls)})
 
 
 @dataclass(frozen=True)
-class TrainingInfo:
+class TrainingInfo(_FlatRecord):
     """Where the hash function came from: loss (or fitting recipe), data, date (ISO 8601)."""
 
     loss: str
     data: str
     date: str = field(default_factory=_today)
 
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: Mapping) -> "TrainingInfo":
-        return _record_from_dict(cls, d)
-
 
 @dataclass(frozen=True)
-class BackboneInfo:
+class BackboneInfo(_FlatRecord):
     """The feature extractor fused in front of the head (fused models only)."""
 
     name: str
     sha256: str
     output_dim: int
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: Mapping) -> "BackboneInfo":
-        return _record_from_dict(cls, d)
 
 
 @dataclass(frozen=True)
