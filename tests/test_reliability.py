@@ -77,6 +77,44 @@ def test_fit_during_add_never_stores_codes_of_the_replaced_hasher(make_index, mo
     np.testing.assert_array_equal(stored, current)
 
 
+def test_add_encoding_while_fit_is_under_way_stores_codes_of_the_new_hasher(make_index, monkeypatch):
+    """The other overlap: fit() holds the lock and is still fitting when add() encodes (with
+    the hasher fit() is about to replace); add() must not store those codes."""
+    dim, bits = 16, 16
+    index = make_index(dim, bits=bits)
+    index.fit(_unit_rows(400, dim, seed=1))
+    other = _unit_rows(400, dim, seed=2) * np.linspace(0.1, 3.0, dim, dtype=np.float32) + 0.5
+    x = _unit_rows(60, dim, seed=3)
+    codes_before = index.hasher.encode(x)
+
+    fitting, encoded = threading.Event(), threading.Event()
+    real_fit, real_encode = index.hasher.fit, index.hasher.encode
+
+    def wait_then_fit(features):
+        fitting.set()
+        encoded.wait(10)  # the add encodes with the old hasher meanwhile
+        return real_fit(features)
+
+    def encode_and_tell(features):
+        codes = real_encode(features)
+        encoded.set()
+        return codes
+
+    monkeypatch.setattr(index.hasher, "fit", wait_then_fit)
+    monkeypatch.setattr(index.hasher, "encode", encode_and_tell)
+    fitter = threading.Thread(target=index.fit, args=(other,))
+    fitter.start()
+    assert fitting.wait(10), "fit() never started"
+    adder = threading.Thread(target=index.add, args=(x,))
+    adder.start()
+    fitter.join(10)
+    adder.join(10)
+    assert not adder.is_alive() and not fitter.is_alive()
+    assert len(index) == len(x)
+    assert (real_encode(x) != codes_before).any()  # the hasher really changed
+    np.testing.assert_array_equal(index.get_codes(index.ids), real_encode(index.get_features(index.ids)))
+
+
 # -- item 9: huge finite rows ----------------------------------------------------------------------
 @pytest.mark.parametrize("metric", ["ip", "l2"])
 def test_rows_whose_scores_overflow_float32_are_refused(make_index, metric):

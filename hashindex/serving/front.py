@@ -225,8 +225,8 @@ class IndexFront:
         "save it once (index.save(path)) and open it in each process with HashIndex.load(path, mmap=True): "
         "the memory-mapped features are shared through the page cache"
     )
-    # bumped under _writing() whenever fit() changes the hasher; add() re-encodes rows that were
-    # encoded while it changed (see _add_checked)
+    # bumped under _writing() before and after every fit of the hasher (_fitting_hasher); add()
+    # re-encodes rows encoded while it changed (see _add_checked)
     _hasher_version: int = 0
 
     dim: int
@@ -377,9 +377,18 @@ class IndexFront:
                     "the index already holds codes made by its hasher: refitting would invalidate them "
                     "(build a new index to change the hasher)"
                 )
-            self._hasher_version += 1  # an add encoding meanwhile re-encodes (_add_checked)
-            fit_untrained(self.hasher, x)
+            self._fitting_hasher(lambda: fit_untrained(self.hasher, x))
         return self
+
+    def _fitting_hasher(self, fit) -> None:
+        """Run ``fit()`` (under ``_writing``) between two bumps of the hasher version: an add that
+        read the version before the fit or during it sees it changed (_add_checked) and encodes
+        again; one that reads it after the fit encodes with the new hasher."""
+        self._hasher_version += 1
+        try:
+            fit()
+        finally:
+            self._hasher_version += 1
 
     def _needs_first_fit(self) -> bool:
         return isinstance(self.hasher, LinearHasher) and not self.hasher.is_fitted and not self._hasher_frozen()
@@ -401,8 +410,7 @@ class IndexFront:
                     self._check_label_state(labels)
                     check_fit_rows(self.hasher, x.shape[0], NotFittedError,
                                    " (the first batch fits the hasher; or call index.fit(sample) first)")  # fmt: skip
-                    self._hasher_version += 1
-                    self.hasher.fit(x)
+                    self._fitting_hasher(lambda: self.hasher.fit(x))
         # encoded outside the write lock (searches go on meanwhile); _add_checked re-encodes under
         # the lock if fit() changed the hasher in between, so stored codes always match it
         version = self._hasher_version
