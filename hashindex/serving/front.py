@@ -314,7 +314,9 @@ class IndexFront:
         An index holds FAISS objects, locks and possibly a database connection: none of them
         copy, and a shallow copy would share the row stores with the original.
         """
-        raise UnsupportedError(f"a {type(self).__name__} cannot be pickled or copied; to share it between processes, {self.SHARING}")
+        raise UnsupportedError(
+            f"a {type(self).__name__} cannot be pickled or copied; to share it between processes, {self.SHARING}"
+        )
 
     # -- facts ----------------------------------------------------------------------------------
     def __contains__(self, item_id: object) -> bool:
