@@ -236,3 +236,37 @@ def test_cli_is_wired_and_help_needs_no_torch():
         "assert 'torch' not in sys.modules, 'torch imported by the parser'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# -- issue 21: bad config values, fold-judgement progress, P chosen from the data ----------------
+@pytest.mark.parametrize("field, value", [
+    ("lr", float("nan")), ("lr", float("inf")), ("weight_decay", float("nan")), ("momentum", float("nan")),
+    ("momentum", -0.5), ("gamma", float("nan")), ("gamma", 0.0), ("val_fraction", float("nan")),
+    ("epochs", float("nan")), ("p", float("inf")),
+])  # fmt: skip
+def test_config_rejects_non_finite_and_out_of_range_values(field, value):
+    from hashindex.core.errors import HashIndexError
+
+    with pytest.raises(HashIndexError, match=field):
+        TrainConfig(**{field: value})
+
+
+@pytest.mark.parametrize("field, value", [("distill_weight", float("nan")), ("distill_tau", float("inf")),
+                                          ("folds", float("nan")), ("eval_batch_size", 0)])
+def test_image_options_reject_non_finite_values(field, value):
+    from hashindex.core.errors import HashIndexError
+    from hashindex.training.image_training import ImageOptions
+
+    with pytest.raises(HashIndexError, match=field):
+        ImageOptions(**{field: value})
+
+
+def test_cli_train_lr_nan_exits_2_with_one_line(tmp_path, capsys):
+    from hashindex.cli import main
+
+    npz = tmp_path / "tiny.npz"
+    save_embeddings(npz, identities(n_ids=12, per_id=4))
+    capsys.readouterr()
+    assert main(["train", "--data", str(npz), "--loss", "csq", "--lr", "nan", "--out", str(tmp_path / "m")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "lr" in err[0] and "Traceback" not in err[0]

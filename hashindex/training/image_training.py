@@ -49,7 +49,7 @@ from hashindex.core.io import json_safe
 from hashindex.core.preprocess import FACE_PREPROCESSING, ImagePreprocessing
 from hashindex.serving.hashers import make_hasher
 from hashindex.training.checkpoints import save_model_dir
-from hashindex.training.config import TrainConfig
+from hashindex.training.config import TrainConfig, check_count, check_number
 from hashindex.training.data import PKSampler, identity_split, training_rows
 from hashindex.training.data.images import IMAGE_EXTENSIONS, Augment, ImageFolderDataset
 from hashindex.training.loop import Selection, _better, _optimizer, _scheduler, resolve_device, selection_metrics
@@ -99,10 +99,11 @@ class ImageOptions:
         self.crop_scale = tuple(float(v) for v in self.crop_scale)
         Augment(self.crop_scale, self.hflip)  # validates
         for name in ("freeze_epochs", "folds", "workers"):
-            if int(getattr(self, name)) < 0:
-                raise InputError(f"{name} must be non-negative, got {getattr(self, name)!r}")
-        if self.distill_weight < 0 or self.distill_tau <= 0:
-            raise InputError("distill_weight must be >= 0 and distill_tau > 0")
+            setattr(self, name, check_count(getattr(self, name), name, 0))
+        for name in ("eval_batch_size", "init_images"):
+            setattr(self, name, check_count(getattr(self, name), name, 1))
+        self.distill_weight = check_number(self.distill_weight, "distill_weight", 0.0)
+        self.distill_tau = check_number(self.distill_tau, "distill_tau", 0.0, strict=True)
 
     def to_dict(self) -> dict:
         return json_safe(asdict(self))  # tuples as JSON lists
