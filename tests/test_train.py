@@ -270,3 +270,20 @@ def test_cli_train_lr_nan_exits_2_with_one_line(tmp_path, capsys):
     assert main(["train", "--data", str(npz), "--loss", "csq", "--lr", "nan", "--out", str(tmp_path / "m")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "lr" in err[0] and "Traceback" not in err[0]
+
+
+def test_fold_judgement_shows_progress_unless_quiet(tmp_path, capsys):
+    """`train --data` spends minutes judging folds: a bar over the folds (stderr), none with --quiet."""
+    from hashindex.cli import main
+
+    npz = tmp_path / "tiny.npz"
+    save_embeddings(npz, identities(n_ids=24, per_id=4))
+    base = ["train", "--data", str(npz), "--bits", "16", "--epochs", "1", "--p", "4", "--folds", "2",
+            "--device", "cpu", "--threads", "1"]
+    capsys.readouterr()
+    assert main([*base, "--out", str(tmp_path / "a")]) == 0
+    out = capsys.readouterr()
+    assert "held-out fold" in out.err and "fold 1:" in out.out
+    assert main([*base, "--out", str(tmp_path / "b"), "--quiet"]) == 0
+    out = capsys.readouterr()
+    assert out.err == "" and "fold 1:" in out.out

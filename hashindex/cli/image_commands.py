@@ -54,13 +54,12 @@ def run_image_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_recipe_judged(args: argparse.Namespace, data, overrides: dict) -> int:
-    from hashindex.training.judge import fit_recipe_judged
+def __getattr__(name: str):
+    if name == "run_recipe_judged":  # moved to train_commands (an embeddings feature); no import cycle
+        from hashindex.cli.train_commands import run_recipe_judged
 
-    result = fit_recipe_judged(args.recipe, data.features, data.labels, args.bits, folds=args.folds, seed=args.seed,
-                               out_dir=args.out, progress=not args.quiet, log=print, **overrides)
-    print(f"wrote {Path(args.out) / 'model.pt'} ({result.shipped})")
-    return 0
+        return run_recipe_judged
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def is_image_model_dir(path: str | Path) -> bool:
@@ -124,4 +123,4 @@ def image_eval_codes(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray, 
     return hasher.encode(t), t, labels, f"{Path(args.teacher).name} + {args.hasher}"
 
 
-__all__ = ["add_image_train_options", "image_eval_codes", "is_image_model_dir", "run_image_train", "run_recipe_judged"]
+__all__ = ["add_image_train_options", "image_eval_codes", "is_image_model_dir", "run_image_train"]

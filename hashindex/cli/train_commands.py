@@ -12,7 +12,7 @@ import argparse
 
 import numpy as np
 
-from hashindex.cli.image_commands import add_image_train_options, image_eval_codes, run_image_train, run_recipe_judged
+from hashindex.cli.image_commands import add_image_train_options, image_eval_codes, run_image_train
 from hashindex.cli.common import (
     fit_baseline,
     int_list,
@@ -65,7 +65,7 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=non_negative_int, default=0)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--quiet", action="store_true", help="no progress bars (fold judgement, epochs)")
     add_image_train_options(p)
     p.set_defaults(func=run_train)
     return p
@@ -144,7 +144,7 @@ def _run_recipe(args: argparse.Namespace, data, val) -> int:
     if val is not None:
         raise InputError("--val-data is only supported with --loss; a recipe validates on --val-fraction of --data")
     overrides = dict(val_fraction=args.val_fraction, patience=args.patience or None, select=args.select,
-                     device=args.device, num_threads=args.threads)
+                     device=args.device, num_threads=args.threads, p=args.p)
     if args.epochs:
         overrides["epochs"] = args.epochs
     if args.folds >= 2:
@@ -152,6 +152,20 @@ def _run_recipe(args: argparse.Namespace, data, val) -> int:
     result = fit_recipe(args.recipe, data.features, data.labels, args.bits, seed=args.seed,
                         progress=not args.quiet, out_dir=args.out, **overrides)
     _print_kept(result, f"recipe {args.recipe}: ")
+    return 0
+
+
+def run_recipe_judged(args: argparse.Namespace, data, overrides: dict) -> int:
+    """``train --data`` with a recipe and ``--folds >= 2``: :func:`hashindex.training.judge.fit_recipe_judged`."""
+    from pathlib import Path
+
+    from tqdm.auto import tqdm
+
+    from hashindex.training.judge import fit_recipe_judged
+
+    result = fit_recipe_judged(args.recipe, data.features, data.labels, args.bits, folds=args.folds, seed=args.seed,
+                               out_dir=args.out, progress=not args.quiet, log=tqdm.write, **overrides)
+    print(f"wrote {Path(args.out) / 'model.pt'} ({result.shipped})")
     return 0
 
 

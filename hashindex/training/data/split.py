@@ -1,4 +1,5 @@
-"""Identity-level row selection (numpy only): the train / validation split and the trainable rows.
+"""Identity-level row selection (numpy only): the train / validation split, identity folds, and the
+trainable rows.
 
 Retrieval is evaluated on people the model has never seen, so the split is over identities,
 not rows: every row of an identity lands on the same side.
@@ -54,3 +55,16 @@ def training_rows(labels: np.ndarray, min_samples: int) -> tuple[np.ndarray, np.
     rows = np.flatnonzero(counts[inverse.reshape(-1)] >= min_samples)
     _, y = np.unique(labels[rows], return_inverse=True)
     return rows, y.reshape(-1).astype(np.int64)
+
+
+def identity_folds(labels: np.ndarray, folds: int, seed: int = 0) -> list[np.ndarray]:
+    """Rows of each of ``folds`` identity-disjoint folds (identities shuffled with ``seed``,
+    dealt round-robin so fold sizes differ by at most one identity).
+
+    Returns ``folds`` sorted ``int64`` row arrays covering ``0..N-1``.
+    """
+    labels = np.asarray(labels)
+    classes = np.random.default_rng([seed, 7]).permutation(np.unique(labels))
+    if folds < 2 or folds > classes.size:
+        raise InputError(f"need 2 <= folds <= identities ({classes.size}), got {folds}")
+    return [np.flatnonzero(np.isin(labels, classes[f::folds])).astype(np.int64) for f in range(folds)]
