@@ -287,3 +287,18 @@ def test_fold_judgement_shows_progress_unless_quiet(tmp_path, capsys):
     assert main([*base, "--out", str(tmp_path / "b"), "--quiet"]) == 0
     out = capsys.readouterr()
     assert out.err == "" and "fold 1:" in out.out
+
+
+def test_cli_train_chooses_p_from_the_data(tmp_path, capsys):
+    """12 identities (8 after the validation split) with the default --p: P is lowered to 8."""
+    from hashindex.cli import main
+
+    npz = tmp_path / "tiny.npz"
+    save_embeddings(npz, identities(n_ids=12, per_id=4))
+    out = tmp_path / "m"
+    assert main(["train", "--data", str(npz), "--bits", "16", "--loss", "csq", "--epochs", "1", "--device", "cpu",
+                 "--threads", "1", "--quiet", "--out", str(out)]) == 0
+    assert load_checkpoint(out)[1].p == 8
+    assert main(["train", "--data", str(npz), "--bits", "16", "--loss", "csq", "--epochs", "1", "--p", "9",
+                 "--quiet", "--out", str(tmp_path / "n")]) == 2
+    assert "--p" in capsys.readouterr().err

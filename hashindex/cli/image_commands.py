@@ -38,14 +38,15 @@ def run_image_train(args: argparse.Namespace) -> int:
 
     config = TrainConfig(
         bits=args.bits, loss=args.loss or "softmax", loss_params=dict(args.loss_param), epochs=args.epochs or 10,
-        p=args.p, k=args.k, optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay,
+        p=args.p or 32, k=args.k, optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay,
         schedule=None if args.schedule == "none" else args.schedule, seed=args.seed, device=args.device,
         val_fraction=args.val_fraction, patience=args.patience or None, num_threads=args.threads,
     )
     options = ImageOptions(width=args.width, work_size=args.work_size, weights=args.weights,
                            freeze_epochs=args.freeze_epochs, teacher=args.teacher,
                            distill_weight=args.distill_weight, folds=args.folds, workers=args.workers)
-    result = train_images(args.images, config, options, out_dir=args.out, progress=not args.quiet, resume=args.resume)
+    result = train_images(args.images, config, options, out_dir=args.out, progress=not args.quiet, resume=args.resume,
+                          auto_p=args.p is None)
     for f in result.folds:
         crit = f["criterion"]
         print(f"fold {f['fold']}: {f['identities']} held-out identities: learned {crit} {f['learned'][crit]:.4f}, "

@@ -28,6 +28,9 @@ from hashindex.core.errors import InputError
 from hashindex.serving.hashers import HASHER_KINDS
 from hashindex.serving.index import DEFAULT_BITS
 
+DEFAULT_P = 32
+"""Identities per P x K batch when ``--p`` is not given and the data has that many."""
+
 
 def add_train_parser(subparsers) -> argparse.ArgumentParser:
     """``hashindex train (--data F.npz | --images DIR) --bits 128 [--recipe learned | --loss csq] --out DIR [options]``."""
@@ -49,7 +52,8 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
                    help="loss hyper-parameter (repeatable), e.g. --loss-param margin=0.5")
     p.add_argument("--hidden", type=int_list, default=(), help="hidden widths, e.g. 512,256 (default: linear head)")
     p.add_argument("--epochs", type=positive_int, default=None, help="default: the recipe's (20), or 30 with --loss")
-    p.add_argument("--p", type=positive_int, default=32, help="identities per batch")
+    p.add_argument("--p", type=positive_int, default=None,
+                   help=f"identities per batch (default: {DEFAULT_P}, or fewer when the smallest training run has fewer)")
     p.add_argument("--k", type=positive_int, default=4, help="samples per identity per batch")
     p.add_argument("--optimizer", choices=("adam", "sgd"), default="adam")
     p.add_argument("--lr", type=float, default=1e-3)
@@ -118,7 +122,7 @@ def run_train(args: argparse.Namespace) -> int:
         loss_params=dict(args.loss_param),
         hidden=args.hidden,
         epochs=args.epochs or 30,
-        p=args.p,
+        p=_batch_p(args, data.labels, folds=0, val_fraction=0.0 if val is not None else args.val_fraction),
         k=args.k,
         optimizer=args.optimizer,
         lr=args.lr,
@@ -144,9 +148,10 @@ def _run_recipe(args: argparse.Namespace, data, val) -> int:
     if val is not None:
         raise InputError("--val-data is only supported with --loss; a recipe validates on --val-fraction of --data")
     overrides = dict(val_fraction=args.val_fraction, patience=args.patience or None, select=args.select,
-                     device=args.device, num_threads=args.threads, p=args.p)
+                     device=args.device, num_threads=args.threads)
     if args.epochs:
         overrides["epochs"] = args.epochs
+    overrides["p"] = _batch_p(args, data.labels, args.folds, args.val_fraction)
     if args.folds >= 2:
         return run_recipe_judged(args, data, overrides)
     result = fit_recipe(args.recipe, data.features, data.labels, args.bits, seed=args.seed,
@@ -167,6 +172,17 @@ def run_recipe_judged(args: argparse.Namespace, data, overrides: dict) -> int:
                                out_dir=args.out, progress=not args.quiet, log=tqdm.write, **overrides)
     print(f"wrote {Path(args.out) / 'model.pt'} ({result.shipped})")
     return 0
+
+
+def _batch_p(args: argparse.Namespace, labels, folds: int, val_fraction: float) -> int:
+    """``--p``, or without it :data:`DEFAULT_P` lowered to the identities of the smallest training
+    run (each held-out fold's and the final one, after the validation split)."""
+    if args.p is not None or labels is None:
+        return args.p or DEFAULT_P
+    from hashindex.training.data import sampled_identities
+
+    have = sampled_identities(labels, folds, val_fraction, 2, args.seed)
+    return min(DEFAULT_P, have) if have >= 2 else DEFAULT_P
 
 
 def _print_kept(result, prefix: str) -> None:

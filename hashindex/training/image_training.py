@@ -35,7 +35,7 @@ import json
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +50,7 @@ from hashindex.core.io import json_safe
 from hashindex.core.preprocess import FACE_PREPROCESSING, ImagePreprocessing
 from hashindex.training.checkpoints import save_model_dir
 from hashindex.training.config import TrainConfig, check_count, check_number
-from hashindex.training.data import PKSampler, identity_folds, identity_split, training_rows
+from hashindex.training.data import PKSampler, identity_folds, identity_split, sampled_identities, training_rows
 from hashindex.training.data.images import IMAGE_EXTENSIONS, Augment, ImageFolderDataset
 from hashindex.training.judge import Fitted, itq_hasher, itq_start, judge_and_ship
 from hashindex.training.loop import predict, resolve_device
@@ -127,6 +127,7 @@ class ImageTrainResult:
         history: per-epoch records of the final training run (empty when the start ships).
         out_dir: the model directory, when written.
         note: one line saying what was shipped and why.
+        config: the configuration used (``p`` lowered with ``auto_p``).
     """
 
     model: nn.Module
@@ -135,6 +136,7 @@ class ImageTrainResult:
     history: list[dict] = field(default_factory=list)
     out_dir: Path | None = None
     note: str = ""
+    config: TrainConfig | None = None
 
 
 # -- input checks ------------------------------------------------------------------------------
@@ -453,6 +455,7 @@ def train_images(
     resume: bool = False,
     preprocess: ImagePreprocessing = FACE_PREPROCESSING,
     teacher_features: np.ndarray | None = None,
+    auto_p: bool = False,
 ) -> ImageTrainResult:
     """Train an :class:`ImageHashNet` on ``root/<identity>/<image>`` (module docstring).
 
@@ -467,9 +470,13 @@ def train_images(
         preprocess: the images' input contract (the teacher's, when there is one).
         teacher_features: the teacher's L2-normalised features of the folder's images in scan
             order, when already computed (skips running the teacher).
+        auto_p: lower ``config.p`` to the identities the smallest training run has (each fold's
+            and the final one, after the validation split) instead of refusing it (``hashindex
+            train --images`` without ``--p``).
     """
     options = options or ImageOptions()
-    paths, labels, names = check_image_folder(root, config.p, config.min_samples)
+    paths, labels, names = check_image_folder(root, 2 if auto_p else config.p, config.min_samples)
+    config = _fit_p(config, labels, options.folds, auto_p, progress)
     device = resolve_device(config.device)
     if options.weights is not None:  # a mismatch fails here, before anything is written
         check_backbone_weights(options.weights, options.width)
@@ -513,7 +520,7 @@ def train_images(
     folds = [_json(f) for f in judged.folds]
     history = [] if judged.fitted is None else judged.fitted.result
 
-    result = ImageTrainResult(model, shipped, folds, history, None, note)
+    result = ImageTrainResult(model, shipped, folds, history, None, note, config)
     if out is not None:
         summary = {
             "shipped": shipped, "note": note, "criterion": run.criterion, "folds": folds, "history": history,
@@ -529,6 +536,24 @@ def train_images(
         os.replace(work, out)
         result.out_dir = out
     return result
+
+
+def _fit_p(config: TrainConfig, labels: np.ndarray, folds: int, auto_p: bool, progress: bool) -> TrainConfig:
+    """``config``, its ``p`` lowered to what every training run's identities allow (``auto_p``),
+    or :class:`InputError` naming the largest ``p`` that works, before anything trains."""
+    have = sampled_identities(labels, folds, config.val_fraction, config.min_samples, config.seed)
+    if config.p <= have:
+        return config
+    where = (f"{np.unique(labels).size} identities, {folds if folds >= 2 else 'no'} held-out folds, "
+             f"val_fraction {config.val_fraction:g}")
+    if auto_p and have >= 2:
+        if progress:
+            tqdm.write(f"P x K: p={have} identities per batch (the smallest training run has {have}: {where})")
+        return replace(config, p=have)
+    lower = f"lower p (--p {have}), or " if have >= 1 else ""
+    raise InputError(f"p={config.p} identities per batch, but the smallest training run has {have} identities with >= "
+                     f"{config.min_samples} images ({where}); {lower}use fewer folds (--folds) or a smaller val_fraction "
+                     "(--val-fraction)")
 
 
 def _fold_store(run: ImageRun):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from hashindex.training.data.embeddings import EmbeddingSet, encode_labels, load_embeddings, save_embeddings
 from hashindex.training.data.sampler import PKSampler
-from hashindex.training.data.split import identity_folds, identity_split, training_rows
+from hashindex.training.data.split import identity_folds, identity_split, sampled_identities, training_rows
 
 __all__ = [
     "EmbeddingSet",
@@ -20,6 +20,7 @@ __all__ = [
     "identity_folds",
     "identity_split",
     "load_embeddings",
+    "sampled_identities",
     "save_embeddings",
     "training_rows",
 ]
