@@ -22,9 +22,9 @@ from hashindex.cli.common import (
     out_dir,
     positive_int,
     radius_list,
-    unit_rows,
 )
 from hashindex.core.errors import InputError
+from hashindex.evaluation.exact import unit_rows
 from hashindex.serving.hashers import HASHER_KINDS
 from hashindex.serving.index import DEFAULT_BITS
 
