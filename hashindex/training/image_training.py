@@ -56,7 +56,7 @@ from hashindex.training.judge import Fitted, itq_hasher, itq_start, judge_and_sh
 from hashindex.training.loop import predict, resolve_device
 from hashindex.training.models import HashHead, ImageHashNet
 from hashindex.training.models.image_net import check_backbone_weights
-from hashindex.training.optim import Selection, make_optimizer, make_scheduler, selection_metrics
+from hashindex.training.optim import Selection, epoch_line, make_optimizer, make_scheduler, selection_metrics
 
 RESUME_FILE, FOLDS_FILE = "resume.pt", "folds.json"
 RESUME_FORMAT = 1
@@ -390,7 +390,7 @@ def _fit(run: ImageRun, rows: np.ndarray, stage: str) -> tuple[ImageHashNet, dic
         history = [{"epoch": 0, "loss": None, **best}]
         keep = Selection(run.criterion, cfg.patience, val_ds is not None, best, copy.deepcopy(model.state_dict()))
         first = 1
-        _report(run, f"[{stage}] " + _line(history[-1]))
+        _report(run, f"[{stage}] " + epoch_line(history[-1]))
     for epoch in range(first, cfg.epochs + 1):
         t0 = time.perf_counter()
         frozen = epoch <= o.freeze_epochs
@@ -416,7 +416,7 @@ def _fit(run: ImageRun, rows: np.ndarray, stage: str) -> tuple[ImageHashNet, dic
         metrics = validate()
         history.append({"epoch": epoch, "loss": total / max(n, 1), "frozen": frozen,
                         "seconds": time.perf_counter() - t0, **metrics})
-        _report(run, f"[{stage}] " + _line(history[-1]))
+        _report(run, f"[{stage}] " + epoch_line(history[-1]))
         keep.update(metrics, epoch, model)  # the loop's rule: epoch 0 (the start) competes
         if resume_path is not None:
             _save_resume(resume_path, stage, epoch, model, opt, sched, keep, history)
@@ -433,16 +433,6 @@ def _fit(run: ImageRun, rows: np.ndarray, stage: str) -> tuple[ImageHashNet, dic
 def _report(run: ImageRun, text: str) -> None:
     if run.progress:
         tqdm.write(text)
-
-
-def _line(h: dict) -> str:
-    parts = [f"epoch {h['epoch']:3d}"]
-    if h.get("loss") is not None:
-        parts.append(f"loss {h['loss']:.4f}")
-    for key in ("p95_candidates", "p50_candidates", "map_at_r", "seconds"):
-        if key in h:
-            parts.append(f"{key} {h[key]:.4f}")
-    return "  ".join(parts)
 
 
 # -- entry point -------------------------------------------------------------------------------

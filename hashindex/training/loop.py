@@ -30,7 +30,7 @@ from hashindex.training.checkpoints import load_checkpoint, save_checkpoint, sav
 from hashindex.training.config import TrainConfig, TrainResult
 from hashindex.training.data import EmbeddingSet, PKSampler, identity_split, training_rows
 from hashindex.training.models import HashHead, HashHeadConfig
-from hashindex.training.optim import Selection, make_optimizer, make_scheduler, selection_metrics
+from hashindex.training.optim import Selection, epoch_line, make_optimizer, make_scheduler, selection_metrics
 
 
 # -- devices and encoding ----------------------------------------------------
@@ -199,7 +199,7 @@ def train_hasher(
         keep = Selection(config.select, config.patience, val_data is not None, _metrics_of(history[0]),
                          copy.deepcopy(model.state_dict()))  # fmt: skip
         report = tqdm.write if progress else (lambda s: None)
-        report(_epoch_line(history[-1]))
+        report(epoch_line(history[-1]))
         for epoch in range(1, config.epochs + 1):
             mean_loss = train_epoch(model, loss, opt, batches, epoch, progress)
             lr = opt.param_groups[0]["lr"]
@@ -207,7 +207,7 @@ def train_hasher(
                 sched.step()
             metrics = validate(model, val_data, config, device)
             history.append({"epoch": epoch, "loss": mean_loss, "lr": lr, **metrics})
-            report(_epoch_line(history[-1]))
+            report(epoch_line(history[-1]))
             if keep.update(metrics, epoch, model):
                 if out_dir is not None:  # written now too, so an interrupted run keeps its best
                     save_model_dir(out_dir, model, config, _summary(keep.best, keep.epoch, history))
@@ -248,13 +248,3 @@ def _draw_extras(rng: np.random.Generator, n_rows: int, count: int, neighbours: 
 
 def _summary(best: dict, epoch: int, history: list[dict]) -> dict:
     return {"best_epoch": epoch, "validation": best, "history": history}
-
-
-def _epoch_line(h: dict) -> str:
-    parts = [f"epoch {h['epoch']:3d}"]
-    if h.get("loss") is not None:
-        parts.append(f"loss {h['loss']:.4f}")
-    for key in ("p95_candidates", "p50_candidates", "map_at_r"):
-        if key in h:
-            parts.append(f"{key} {h[key]:.4f}")
-    return "  ".join(parts)

@@ -99,4 +99,15 @@ class Selection:
         return self.patience is not None and self.stale >= self.patience
 
 
-__all__ = ["Selection", "better", "make_optimizer", "make_scheduler", "selection_metrics"]
+def epoch_line(h: dict) -> str:
+    """One history record as a progress line: epoch, loss, the selection metrics, seconds."""
+    parts = [f"epoch {h['epoch']:3d}"]
+    if h.get("loss") is not None:
+        parts.append(f"loss {h['loss']:.4f}")
+    for key in ("p95_candidates", "p50_candidates", "map_at_r", "seconds"):
+        if key in h:
+            parts.append(f"{key} {h[key]:.4f}")
+    return "  ".join(parts)
+
+
+__all__ = ["Selection", "better", "epoch_line", "make_optimizer", "make_scheduler", "selection_metrics"]
