@@ -302,3 +302,62 @@ def test_cli_train_chooses_p_from_the_data(tmp_path, capsys):
     assert main(["train", "--data", str(npz), "--bits", "16", "--loss", "csq", "--epochs", "1", "--p", "9",
                  "--quiet", "--out", str(tmp_path / "n")]) == 2
     assert "--p" in capsys.readouterr().err
+
+
+# -- the judged-training driver, with a trainer whose scores are given --------------------------
+class _ScriptedTrainer:
+    """A Trainer whose learned model scores ``scores[fold]`` (p95 candidates) against the start's 0.5."""
+
+    criterion = "p95_candidates"
+
+    def __init__(self, scores):
+        self.scores, self.fits, self.starts = scores, [], []
+
+    def fit(self, rows, stage):
+        from hashindex.training.judge import Fitted
+
+        self.fits.append(stage)
+        model = torch.nn.Linear(1, 1)
+        model.stage = stage
+        return Fitted(model, info={"selected_epoch": 1})
+
+    def start(self, rows):
+        self.starts.append(rows.size)
+        model = torch.nn.Linear(1, 1)
+        model.stage = "start"
+        return model
+
+    def score(self, model, rows):
+        if model.stage == "start":
+            return {"p95_candidates": 0.5}
+        return {"p95_candidates": self.scores[int(model.stage.split()[1])]}
+
+
+@pytest.mark.parametrize("scores, shipped", [((0.4, 0.3, 0.45), "learned"), ((0.4, 0.5, 0.3), "start")])
+def test_judge_and_ship_ships_the_learned_model_only_when_every_fold_wins(scores, shipped):
+    from hashindex.training.judge import judge_and_ship
+
+    labels = np.repeat(np.arange(9), 3)
+    saved = []
+    trainer = _ScriptedTrainer(scores)
+    j = judge_and_ship(trainer, labels, 3, seed=0, on_fold=lambda records: saved.append(len(records)))
+    assert j.shipped == shipped and saved == [1, 2, 3]
+    assert [f["learned_better"] for f in j.folds] == [s < 0.5 for s in scores]
+    assert all(f["selected_epoch"] == 1 and f["identities"] == 3 and f["images"] == 9 for f in j.folds)
+    assert trainer.fits == ["fold 0", "fold 1", "fold 2"] + (["final"] if shipped == "learned" else [])
+    assert (j.model.stage == "final") == (shipped == "learned") and (j.fitted is not None) == (shipped == "learned")
+    if shipped == "start":
+        assert trainer.starts[-1] == labels.size and "folds [1]" in j.note
+
+
+def test_judge_and_ship_resumes_finished_folds_and_skips_judgement_below_two_folds():
+    from hashindex.training.judge import judge_and_ship
+
+    labels = np.repeat(np.arange(9), 3)
+    first = judge_and_ship(_ScriptedTrainer((0.4, 0.4, 0.4)), labels, 3)
+    again = _ScriptedTrainer((0.4, 0.4, 0.4))
+    resumed = judge_and_ship(again, labels, 3, done=first.folds[:2])
+    assert again.fits == ["fold 2", "final"] and resumed.folds == first.folds
+    plain = _ScriptedTrainer(())
+    unjudged = judge_and_ship(plain, labels, 0)
+    assert plain.fits == ["final"] and unjudged.folds == [] and "not judged" in unjudged.note
