@@ -213,7 +213,7 @@ class RecipeTrainer:
 
     def fit(self, rows: np.ndarray, stage: str) -> Fitted:
         result = fit_recipe(self.recipe, self.features[rows], self.labels[rows], self.bits, seed=self.seed,
-                            progress=self.progress, **self.overrides)
+                            progress=self.progress, stage=stage, **self.overrides)
         return Fitted(result.model, result=result)
 
     def start(self, rows: np.ndarray) -> nn.Module:

@@ -160,6 +160,7 @@ def train_hasher(
     progress: bool = True,
     model: HashHead | None = None,
     loss: nn.Module | None = None,
+    stage: str | None = None,
 ) -> TrainResult:
     """Train a :class:`HashHead` on labelled embeddings.
 
@@ -180,6 +181,8 @@ def train_hasher(
             ``make_loss(config.loss, ...)``; one with ``uses_features = True`` is called as
             ``loss(codes, labels, features [B, D])`` (rows from ``config.extra_rows`` carry
             label -1).
+        stage: a label for the progress lines (``[fold 0] epoch 1 ...``), when this run is one of
+            several.
     """
     train_data, val_data = split_data(train_data, config, val_data)
     rows, labels = training_rows(train_data.labels, config.min_samples)
@@ -198,7 +201,8 @@ def train_hasher(
         history = [{"epoch": 0, "loss": None, "lr": opt.param_groups[0]["lr"], **validate(model, val_data, config, device)}]
         keep = Selection(config.select, config.patience, val_data is not None, _metrics_of(history[0]),
                          copy.deepcopy(model.state_dict()))  # fmt: skip
-        report = tqdm.write if progress else (lambda s: None)
+        prefix = f"[{stage}] " if stage else ""
+        report = (lambda text: tqdm.write(prefix + text)) if progress else (lambda text: None)
         report(epoch_line(history[-1]))
         for epoch in range(1, config.epochs + 1):
             mean_loss = train_epoch(model, loss, opt, batches, epoch, progress)
