@@ -38,7 +38,7 @@ def run_image_train(args: argparse.Namespace) -> int:
 
     config = TrainConfig(
         bits=args.bits, loss=args.loss or "softmax", loss_params=dict(args.loss_param), epochs=args.epochs or 10,
-        p=args.p or 32, k=args.k, optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay,
+        p=args.p or TrainConfig.p, k=args.k, optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay,
         schedule=None if args.schedule == "none" else args.schedule, seed=args.seed, device=args.device,
         val_fraction=args.val_fraction, patience=args.patience or None, num_threads=args.threads,
     )

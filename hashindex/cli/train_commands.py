@@ -27,8 +27,9 @@ from hashindex.core.errors import InputError
 from hashindex.evaluation.exact import unit_rows
 from hashindex.serving.hashers import HASHER_KINDS
 from hashindex.serving.index import DEFAULT_BITS
+from hashindex.training.config import TrainConfig
 
-DEFAULT_P = 32
+DEFAULT_P = TrainConfig.p
 """Identities per P x K batch when ``--p`` is not given and the data has that many."""
 
 
@@ -104,7 +105,6 @@ def add_parsers(sub) -> None:
 
 # -- train ----------------------------------------------------------------------------------------
 def run_train(args: argparse.Namespace) -> int:
-    from hashindex.training.config import TrainConfig
     from hashindex.training.loop import train_hasher
 
     out_dir(args.out)
