@@ -303,6 +303,7 @@ class ImageRun:
         return model.eval()
 
     def score(self, model: nn.Module, rows: np.ndarray) -> dict:
+        """:meth:`metrics` of ``model``'s codes for ``rows`` (a head reads the teacher's features)."""
         if isinstance(model, HashHead):  # a start over the teacher's features
             return self.metrics(predict(model, self.teacher_features[rows]), rows)
         o = self.options
