@@ -541,7 +541,7 @@ def _fit_p(config: TrainConfig, labels: np.ndarray, folds: int, auto_p: bool, pr
         if progress:
             tqdm.write(f"P x K: p={have} identities per batch (the smallest training run has {have}: {where})")
         return replace(config, p=have)
-    lower = f"lower p (--p {have}), or " if have >= 1 else ""
+    lower = f"lower p (--p {have}), or " if have >= 2 else ""
     raise InputError(f"p={config.p} identities per batch, but the smallest training run has {have} identities with >= "
                      f"{config.min_samples} images ({where}); {lower}use fewer folds (--folds) or a smaller val_fraction "
                      "(--val-fraction)")
