@@ -309,3 +309,23 @@ def test_folds_too_small_for_p_x_k_leave_nothing(faces, tmp_path):
     with pytest.raises(HashIndexError, match="p=4"):
         train_images(faces, _config(p=4, val_fraction=0.3), _options(folds=3), out_dir=tmp_path / "m", progress=False)
     assert not (tmp_path / "m").exists() and not (tmp_path / "m.partial").exists()
+
+
+def test_cli_images_chooses_p_from_the_folder(faces, tmp_path, capsys):
+    """6 identities and no --p: P comes from the data (the default 32 cannot be met)."""
+    from hashindex.cli import main
+
+    out = tmp_path / "m"
+    argv = ["train", "--images", str(faces), "--out", str(out), "--bits", "16", "--loss", "csq", "--epochs", "1",
+            "--k", "2", "--width", "8", "--work-size", "32", "--folds", "0", "--val-fraction", "0", "--threads", "1",
+            "--device", "cpu", "--quiet"]
+    assert main(argv) == 0
+    assert load_checkpoint(out)[1].p == 6
+
+
+def test_p_too_large_for_the_folds_names_the_largest_p(faces, tmp_path):
+    """3 folds of 6 identities with a 0.3 validation split leave 3 training identities: p=4 is
+    refused before anything trains, naming p=3 as the largest that works."""
+    with pytest.raises(HashIndexError, match=r"p=4.*--p 3"):
+        train_images(faces, _config(p=4, val_fraction=0.3), _options(folds=3), out_dir=tmp_path / "m", progress=False)
+    assert not (tmp_path / "m").exists() and not (tmp_path / "m.partial").exists()

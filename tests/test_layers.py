@@ -140,3 +140,17 @@ def test_old_module_paths_still_import_with_a_warning(old, new):
     assert module is importlib.import_module(target)
     assert module.__name__ == target and module.__spec__.name == target
     assert any(issubclass(w.category, DeprecationWarning) and target in str(w.message) for w in caught)
+
+
+def test_training_imports_no_private_name_of_another_module():
+    """Training modules share code through public names (issue 18: image_training imported
+    ``_better``, ``_optimizer``, ``_scheduler`` from loop and ``_resnet18`` from the models)."""
+    found = []
+    for name, path in MODULES.items():
+        if not name.startswith("hashindex.training"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("hashindex"):
+                found += [f"{name}: {node.module}.{a.name}" for a in node.names
+                          if a.name.startswith("_") and not a.name.startswith("__")]
+    assert not found, f"private names imported across modules: {found}"

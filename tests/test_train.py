@@ -236,3 +236,128 @@ def test_cli_is_wired_and_help_needs_no_torch():
         "assert 'torch' not in sys.modules, 'torch imported by the parser'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# -- issue 21: bad config values, fold-judgement progress, P chosen from the data ----------------
+@pytest.mark.parametrize("field, value", [
+    ("lr", float("nan")), ("lr", float("inf")), ("weight_decay", float("nan")), ("momentum", float("nan")),
+    ("momentum", -0.5), ("gamma", float("nan")), ("gamma", 0.0), ("val_fraction", float("nan")),
+    ("epochs", float("nan")), ("p", float("inf")),
+])  # fmt: skip
+def test_config_rejects_non_finite_and_out_of_range_values(field, value):
+    from hashindex.core.errors import HashIndexError
+
+    with pytest.raises(HashIndexError, match=field):
+        TrainConfig(**{field: value})
+
+
+@pytest.mark.parametrize("field, value", [("distill_weight", float("nan")), ("distill_tau", float("inf")),
+                                          ("folds", float("nan")), ("eval_batch_size", 0)])
+def test_image_options_reject_non_finite_values(field, value):
+    from hashindex.core.errors import HashIndexError
+    from hashindex.training.image_training import ImageOptions
+
+    with pytest.raises(HashIndexError, match=field):
+        ImageOptions(**{field: value})
+
+
+def test_cli_train_lr_nan_exits_2_with_one_line(tmp_path, capsys):
+    from hashindex.cli import main
+
+    npz = tmp_path / "tiny.npz"
+    save_embeddings(npz, identities(n_ids=12, per_id=4))
+    capsys.readouterr()
+    assert main(["train", "--data", str(npz), "--loss", "csq", "--lr", "nan", "--out", str(tmp_path / "m")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "lr" in err[0] and "Traceback" not in err[0]
+
+
+def test_fold_judgement_shows_progress_unless_quiet(tmp_path, capsys):
+    """`train --data` spends minutes judging folds: a bar over the folds (stderr), none with --quiet."""
+    from hashindex.cli import main
+
+    npz = tmp_path / "tiny.npz"
+    save_embeddings(npz, identities(n_ids=24, per_id=4))
+    base = ["train", "--data", str(npz), "--bits", "16", "--epochs", "1", "--p", "4", "--folds", "2",
+            "--device", "cpu", "--threads", "1"]
+    capsys.readouterr()
+    assert main([*base, "--out", str(tmp_path / "a")]) == 0
+    out = capsys.readouterr()
+    assert "held-out fold" in out.err and "fold 1:" in out.out
+    assert main([*base, "--out", str(tmp_path / "b"), "--quiet"]) == 0
+    out = capsys.readouterr()
+    assert out.err == "" and "fold 1:" in out.out
+
+
+def test_cli_train_chooses_p_from_the_data(tmp_path, capsys):
+    """12 identities (8 after the validation split) with the default --p: P is lowered to 8."""
+    from hashindex.cli import main
+
+    npz = tmp_path / "tiny.npz"
+    save_embeddings(npz, identities(n_ids=12, per_id=4))
+    out = tmp_path / "m"
+    assert main(["train", "--data", str(npz), "--bits", "16", "--loss", "csq", "--epochs", "1", "--device", "cpu",
+                 "--threads", "1", "--quiet", "--out", str(out)]) == 0
+    assert load_checkpoint(out)[1].p == 8
+    assert main(["train", "--data", str(npz), "--bits", "16", "--loss", "csq", "--epochs", "1", "--p", "9",
+                 "--quiet", "--out", str(tmp_path / "n")]) == 2
+    assert "--p" in capsys.readouterr().err
+
+
+# -- the judged-training driver, with a trainer whose scores are given --------------------------
+class _ScriptedTrainer:
+    """A Trainer whose learned model scores ``scores[fold]`` (p95 candidates) against the start's 0.5."""
+
+    criterion = "p95_candidates"
+
+    def __init__(self, scores):
+        self.scores, self.fits, self.starts = scores, [], []
+
+    def fit(self, rows, stage):
+        from hashindex.training.judge import Fitted
+
+        self.fits.append(stage)
+        model = torch.nn.Linear(1, 1)
+        model.stage = stage
+        return Fitted(model, info={"selected_epoch": 1})
+
+    def start(self, rows):
+        self.starts.append(rows.size)
+        model = torch.nn.Linear(1, 1)
+        model.stage = "start"
+        return model
+
+    def score(self, model, rows):
+        if model.stage == "start":
+            return {"p95_candidates": 0.5}
+        return {"p95_candidates": self.scores[int(model.stage.split()[1])]}
+
+
+@pytest.mark.parametrize("scores, shipped", [((0.4, 0.3, 0.45), "learned"), ((0.4, 0.5, 0.3), "start")])
+def test_judge_and_ship_ships_the_learned_model_only_when_every_fold_wins(scores, shipped):
+    from hashindex.training.judge import judge_and_ship
+
+    labels = np.repeat(np.arange(9), 3)
+    saved = []
+    trainer = _ScriptedTrainer(scores)
+    j = judge_and_ship(trainer, labels, 3, seed=0, on_fold=lambda records: saved.append(len(records)))
+    assert j.shipped == shipped and saved == [1, 2, 3]
+    assert [f["learned_better"] for f in j.folds] == [s < 0.5 for s in scores]
+    assert all(f["selected_epoch"] == 1 and f["identities"] == 3 and f["images"] == 9 for f in j.folds)
+    assert trainer.fits == ["fold 0", "fold 1", "fold 2"] + (["final"] if shipped == "learned" else [])
+    assert (j.model.stage == "final") == (shipped == "learned") and (j.fitted is not None) == (shipped == "learned")
+    if shipped == "start":
+        assert trainer.starts[-1] == labels.size and "folds [1]" in j.note
+
+
+def test_judge_and_ship_resumes_finished_folds_and_skips_judgement_below_two_folds():
+    from hashindex.training.judge import judge_and_ship
+
+    labels = np.repeat(np.arange(9), 3)
+    first = judge_and_ship(_ScriptedTrainer((0.4, 0.4, 0.4)), labels, 3)
+    again = _ScriptedTrainer((0.4, 0.4, 0.4))
+    resumed = judge_and_ship(again, labels, 3, done=first.folds[:2])
+    assert again.fits == ["fold 2", "final"] and resumed.folds == first.folds
+    plain = _ScriptedTrainer(())
+    unjudged = judge_and_ship(plain, labels, 0)
+    assert plain.fits == ["final"] and unjudged.folds == [] and "not judged" in unjudged.note

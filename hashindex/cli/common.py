@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from hashindex.core.errors import InputError
+from hashindex.evaluation.exact import unit_rows
 
 INT32_MAX = 2**31 - 1
 """Largest -k / --radius / count FAISS takes (its ids and distances are 32-bit here)."""
@@ -101,11 +102,6 @@ def load_rows(path: str | os.PathLike, what: str = "embeddings"):
     if not len(data):
         raise InputError(f"{path}: the {what} file has no rows")
     return data
-
-
-def unit_rows(x: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit L2 norm (what a cosine index hashes)."""
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
 def fit_baseline(kind: str, features: np.ndarray, bits: int | None):

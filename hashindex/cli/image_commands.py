@@ -38,14 +38,15 @@ def run_image_train(args: argparse.Namespace) -> int:
 
     config = TrainConfig(
         bits=args.bits, loss=args.loss or "softmax", loss_params=dict(args.loss_param), epochs=args.epochs or 10,
-        p=args.p, k=args.k, optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay,
+        p=args.p or TrainConfig.p, k=args.k, optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay,
         schedule=None if args.schedule == "none" else args.schedule, seed=args.seed, device=args.device,
         val_fraction=args.val_fraction, patience=args.patience or None, num_threads=args.threads,
     )
     options = ImageOptions(width=args.width, work_size=args.work_size, weights=args.weights,
                            freeze_epochs=args.freeze_epochs, teacher=args.teacher,
                            distill_weight=args.distill_weight, folds=args.folds, workers=args.workers)
-    result = train_images(args.images, config, options, out_dir=args.out, progress=not args.quiet, resume=args.resume)
+    result = train_images(args.images, config, options, out_dir=args.out, progress=not args.quiet, resume=args.resume,
+                          auto_p=args.p is None)
     for f in result.folds:
         crit = f["criterion"]
         print(f"fold {f['fold']}: {f['identities']} held-out identities: learned {crit} {f['learned'][crit]:.4f}, "
@@ -54,13 +55,12 @@ def run_image_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_recipe_judged(args: argparse.Namespace, data, overrides: dict) -> int:
-    from hashindex.training.judge import fit_recipe_judged
+def __getattr__(name: str):
+    if name == "run_recipe_judged":  # moved to train_commands (an embeddings feature); no import cycle
+        from hashindex.cli.train_commands import run_recipe_judged
 
-    result = fit_recipe_judged(args.recipe, data.features, data.labels, args.bits, folds=args.folds, seed=args.seed,
-                               out_dir=args.out, progress=not args.quiet, log=print, **overrides)
-    print(f"wrote {Path(args.out) / 'model.pt'} ({result.shipped})")
-    return 0
+        return run_recipe_judged
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def is_image_model_dir(path: str | Path) -> bool:
@@ -124,4 +124,4 @@ def image_eval_codes(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray, 
     return hasher.encode(t), t, labels, f"{Path(args.teacher).name} + {args.hasher}"
 
 
-__all__ = ["add_image_train_options", "image_eval_codes", "is_image_model_dir", "run_image_train", "run_recipe_judged"]
+__all__ = ["add_image_train_options", "image_eval_codes", "is_image_model_dir", "run_image_train"]

@@ -12,7 +12,7 @@ import argparse
 
 import numpy as np
 
-from hashindex.cli.image_commands import add_image_train_options, image_eval_codes, run_image_train, run_recipe_judged
+from hashindex.cli.image_commands import add_image_train_options, image_eval_codes, run_image_train
 from hashindex.cli.common import (
     fit_baseline,
     int_list,
@@ -22,11 +22,15 @@ from hashindex.cli.common import (
     out_dir,
     positive_int,
     radius_list,
-    unit_rows,
 )
 from hashindex.core.errors import InputError
+from hashindex.evaluation.exact import unit_rows
 from hashindex.serving.hashers import HASHER_KINDS
 from hashindex.serving.index import DEFAULT_BITS
+from hashindex.training.config import TrainConfig
+
+DEFAULT_P = TrainConfig.p
+"""Identities per P x K batch when ``--p`` is not given and the data has that many."""
 
 
 def add_train_parser(subparsers) -> argparse.ArgumentParser:
@@ -49,7 +53,8 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
                    help="loss hyper-parameter (repeatable), e.g. --loss-param margin=0.5")
     p.add_argument("--hidden", type=int_list, default=(), help="hidden widths, e.g. 512,256 (default: linear head)")
     p.add_argument("--epochs", type=positive_int, default=None, help="default: the recipe's (20), or 30 with --loss")
-    p.add_argument("--p", type=positive_int, default=32, help="identities per batch")
+    p.add_argument("--p", type=positive_int, default=None,
+                   help=f"identities per batch (default: {DEFAULT_P}, or fewer when the smallest training run has fewer)")
     p.add_argument("--k", type=positive_int, default=4, help="samples per identity per batch")
     p.add_argument("--optimizer", choices=("adam", "sgd"), default="adam")
     p.add_argument("--lr", type=float, default=1e-3)
@@ -65,7 +70,7 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=non_negative_int, default=0)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--quiet", action="store_true", help="no progress bars (fold judgement, epochs)")
     add_image_train_options(p)
     p.set_defaults(func=run_train)
     return p
@@ -100,7 +105,6 @@ def add_parsers(sub) -> None:
 
 # -- train ----------------------------------------------------------------------------------------
 def run_train(args: argparse.Namespace) -> int:
-    from hashindex.training.config import TrainConfig
     from hashindex.training.loop import train_hasher
 
     out_dir(args.out)
@@ -118,7 +122,7 @@ def run_train(args: argparse.Namespace) -> int:
         loss_params=dict(args.loss_param),
         hidden=args.hidden,
         epochs=args.epochs or 30,
-        p=args.p,
+        p=_batch_p(args, data.labels, folds=0, val_fraction=0.0 if val is not None else args.val_fraction),
         k=args.k,
         optimizer=args.optimizer,
         lr=args.lr,
@@ -147,12 +151,38 @@ def _run_recipe(args: argparse.Namespace, data, val) -> int:
                      device=args.device, num_threads=args.threads)
     if args.epochs:
         overrides["epochs"] = args.epochs
+    overrides["p"] = _batch_p(args, data.labels, args.folds, args.val_fraction)
     if args.folds >= 2:
         return run_recipe_judged(args, data, overrides)
     result = fit_recipe(args.recipe, data.features, data.labels, args.bits, seed=args.seed,
                         progress=not args.quiet, out_dir=args.out, **overrides)
     _print_kept(result, f"recipe {args.recipe}: ")
     return 0
+
+
+def run_recipe_judged(args: argparse.Namespace, data, overrides: dict) -> int:
+    """``train --data`` with a recipe and ``--folds >= 2``: :func:`hashindex.training.judge.fit_recipe_judged`."""
+    from pathlib import Path
+
+    from tqdm.auto import tqdm
+
+    from hashindex.training.judge import fit_recipe_judged
+
+    result = fit_recipe_judged(args.recipe, data.features, data.labels, args.bits, folds=args.folds, seed=args.seed,
+                               out_dir=args.out, progress=not args.quiet, log=tqdm.write, **overrides)
+    print(f"wrote {Path(args.out) / 'model.pt'} ({result.shipped})")
+    return 0
+
+
+def _batch_p(args: argparse.Namespace, labels, folds: int, val_fraction: float) -> int:
+    """``--p``, or without it :data:`DEFAULT_P` lowered to the identities of the smallest training
+    run (each held-out fold's and the final one, after the validation split)."""
+    if args.p is not None or labels is None:
+        return args.p or DEFAULT_P
+    from hashindex.training.data import sampled_identities
+
+    have = sampled_identities(labels, folds, val_fraction, 2, args.seed)
+    return min(DEFAULT_P, have) if have >= 2 else DEFAULT_P
 
 
 def _print_kept(result, prefix: str) -> None:

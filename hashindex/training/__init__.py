@@ -1,3 +1,4 @@
-"""Layer 3, training (torch): config, loop, checkpoints, recipes and their judgement on held-out
-identities, image training with a teacher, losses, models, datasets and samplers.
+"""Layer 3, training (torch): config, loop, optim (optimiser, schedule, model selection),
+checkpoints, recipes, judge (the one judged-training driver: held-out identity folds, for
+embeddings and images), image training with a teacher, losses, models, datasets and samplers.
 """

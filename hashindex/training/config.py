@@ -6,6 +6,8 @@ module needs no torch.
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -88,8 +90,11 @@ class TrainConfig:
         check_bits(self.bits)
         self.hidden = tuple(int(h) for h in self.hidden)
         for name in ("epochs", "p", "k", "step_size", "min_samples", "eval_batch_size"):
-            if int(getattr(self, name)) <= 0:
-                raise InputError(f"{name} must be positive, got {getattr(self, name)!r}")
+            setattr(self, name, check_count(getattr(self, name), name, 1))
+        for name in ("extra_rows", "extra_neighbours"):
+            setattr(self, name, check_count(getattr(self, name), name, 0))
+        if self.patience is not None:
+            self.patience = check_count(self.patience, "patience", 1)
         if self.optimizer not in OPTIMIZERS:
             raise InputError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         if self.schedule not in SCHEDULES:
@@ -98,15 +103,12 @@ class TrainConfig:
             raise InputError(f"device must be 'auto', 'cpu' or 'cuda', got {self.device!r}")
         if self.select not in SELECTION:
             raise InputError(f"select must be one of {tuple(SELECTION)}, got {self.select!r}")
-        if not 0 <= self.val_fraction < 1:
+        self.lr = check_number(self.lr, "lr", 0.0, strict=True)
+        self.gamma = check_number(self.gamma, "gamma", 0.0, strict=True)
+        self.weight_decay = check_number(self.weight_decay, "weight_decay", 0.0)
+        self.momentum = check_number(self.momentum, "momentum", 0.0)
+        if not 0 <= self.val_fraction < 1:  # False for NaN too
             raise InputError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
-        if self.lr <= 0 or self.weight_decay < 0:
-            raise InputError("lr must be positive and weight_decay non-negative")
-        for name in ("extra_rows", "extra_neighbours"):
-            if int(getattr(self, name)) < 0:
-                raise InputError(f"{name} must be non-negative, got {getattr(self, name)!r}")
-        if self.patience is not None and self.patience <= 0:
-            raise InputError(f"patience must be positive or None, got {self.patience}")
 
     def to_dict(self) -> dict:
         return json_safe(asdict(self))  # tuples as JSON lists
@@ -118,6 +120,23 @@ class TrainConfig:
         if unknown:
             raise InputError(f"unknown training settings: {', '.join(sorted(unknown))}")
         return cls(**d)
+
+
+def check_count(value: Any, name: str, low: int = 1) -> int:
+    """A whole number >= ``low`` as an int (NaN, inf, 2.5 and bools raise :class:`InputError`)."""
+    ok = isinstance(value, numbers.Integral) or (
+        isinstance(value, numbers.Real) and math.isfinite(value) and value == int(value))
+    if isinstance(value, bool) or not ok or value < low:
+        raise InputError(f"{name} must be an integer >= {low}, got {value!r}")
+    return int(value)
+
+
+def check_number(value: Any, name: str, low: float = 0.0, strict: bool = False) -> float:
+    """A finite number > ``low`` (``strict``) or >= ``low`` as a float, else :class:`InputError`."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) \
+            or value < low or (strict and value == low):
+        raise InputError(f"{name} must be a finite number {'>' if strict else '>='} {low:g}, got {value!r}")
+    return float(value)
 
 
 @dataclass

@@ -6,14 +6,15 @@
 :class:`~hashindex.training.losses.distill.DistilledLoss` with a teacher's features as the
 similarity target), P x K batches (:class:`~hashindex.training.data.PKSampler`), the dataset's
 augmentation (:class:`~hashindex.training.data.images.Augment`), the checkpoint format of
-:func:`hashindex.training.loop.save_checkpoint`, and its selection metrics
-(:func:`hashindex.training.loop.selection_metrics`).
+:func:`hashindex.training.checkpoints.save_model_dir`, and the optimiser, schedule and model
+selection of :mod:`hashindex.training.optim`.
 
 Never worse than the start, judged on new people. The *start* is what a run has before any
 gradient step: with a teacher, the teacher's features binarised by ITQ (what
 ``hashindex export --hasher itq --backbone TEACHER`` ships); without one, the network with its
-hash layer set to ITQ over its initial backbone features. The identities are cut into
-``options.folds`` folds; for each fold a model is trained on the others (its epoch chosen on
+hash layer set to ITQ over its initial backbone features. The judged-training driver
+(:mod:`hashindex.training.judge`, shared with the embedding recipes; :class:`ImageRun` is its
+trainer) cuts the identities into ``options.folds`` folds; for each fold a model is trained on the others (its epoch chosen on
 a validation split *of those* identities, the start competing as epoch 0) and compared with
 the start fitted on the same identities, on the held-out fold's people, which nothing was fit
 or tuned on. Only when training beats the start in every fold is the model trained on all
@@ -34,7 +35,7 @@ import json
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -47,15 +48,15 @@ from hashindex.core.codes import binarize
 from hashindex.core.errors import HashIndexError, IndexFormatError, InputError
 from hashindex.core.io import json_safe
 from hashindex.core.preprocess import FACE_PREPROCESSING, ImagePreprocessing
-from hashindex.serving.hashers import make_hasher
 from hashindex.training.checkpoints import save_model_dir
-from hashindex.training.config import TrainConfig
-from hashindex.training.data import PKSampler, identity_split, training_rows
+from hashindex.training.config import TrainConfig, check_count, check_number
+from hashindex.training.data import PKSampler, identity_folds, identity_split, sampled_identities, training_rows
 from hashindex.training.data.images import IMAGE_EXTENSIONS, Augment, ImageFolderDataset
-from hashindex.training.loop import Selection, _better, _optimizer, _scheduler, resolve_device, selection_metrics
+from hashindex.training.judge import Fitted, itq_hasher, itq_start, judge_and_ship
+from hashindex.training.loop import predict, resolve_device
 from hashindex.training.models import HashHead, ImageHashNet
-from hashindex.training.models.image_net import load_backbone_weights
-from hashindex.core.io import json_safe
+from hashindex.training.models.image_net import check_backbone_weights
+from hashindex.training.optim import Selection, epoch_line, make_optimizer, make_scheduler, selection_metrics
 
 RESUME_FILE, FOLDS_FILE = "resume.pt", "folds.json"
 RESUME_FORMAT = 1
@@ -99,10 +100,11 @@ class ImageOptions:
         self.crop_scale = tuple(float(v) for v in self.crop_scale)
         Augment(self.crop_scale, self.hflip)  # validates
         for name in ("freeze_epochs", "folds", "workers"):
-            if int(getattr(self, name)) < 0:
-                raise InputError(f"{name} must be non-negative, got {getattr(self, name)!r}")
-        if self.distill_weight < 0 or self.distill_tau <= 0:
-            raise InputError("distill_weight must be >= 0 and distill_tau > 0")
+            setattr(self, name, check_count(getattr(self, name), name, 0))
+        for name in ("eval_batch_size", "init_images"):
+            setattr(self, name, check_count(getattr(self, name), name, 1))
+        self.distill_weight = check_number(self.distill_weight, "distill_weight", 0.0)
+        self.distill_tau = check_number(self.distill_tau, "distill_tau", 0.0, strict=True)
 
     def to_dict(self) -> dict:
         return json_safe(asdict(self))  # tuples as JSON lists
@@ -125,6 +127,7 @@ class ImageTrainResult:
         history: per-epoch records of the final training run (empty when the start ships).
         out_dir: the model directory, when written.
         note: one line saying what was shipped and why.
+        config: the configuration used (``p`` lowered with ``auto_p``).
     """
 
     model: nn.Module
@@ -133,6 +136,7 @@ class ImageTrainResult:
     history: list[dict] = field(default_factory=list)
     out_dir: Path | None = None
     note: str = ""
+    config: TrainConfig | None = None
 
 
 # -- input checks ------------------------------------------------------------------------------
@@ -175,16 +179,6 @@ def check_image_folder(root: str | os.PathLike, p: int = 2, min_images: int = 2)
             f"each; found {enough} ({len(names)} identities, {len(paths)} images)"
         )
     return paths, labels, names
-
-
-def identity_folds(labels: np.ndarray, folds: int, seed: int = 0) -> list[np.ndarray]:
-    """Rows of each of ``folds`` identity-disjoint folds (identities shuffled with ``seed``,
-    dealt round-robin so fold sizes differ by at most one identity)."""
-    labels = np.asarray(labels)
-    classes = np.random.default_rng([seed, 7]).permutation(np.unique(labels))
-    if folds < 2 or folds > classes.size:
-        raise InputError(f"need 2 <= folds <= identities ({classes.size}), got {folds}")
-    return [np.flatnonzero(np.isin(labels, classes[f::folds])).astype(np.int64) for f in range(folds)]
 
 
 # -- encoding ---------------------------------------------------------------------------------
@@ -231,7 +225,7 @@ def itq_init(model: ImageHashNet, ds: ImageFolderDataset, options: ImageOptions,
     rng = np.random.default_rng([seed, 3])
     take = np.sort(rng.permutation(len(ds))[: options.init_images])
     f = encode_images(model, ds.subset(take), options.eval_batch_size, device, options.workers, features=True)
-    hasher = _fit_itq(f, model.bits)
+    hasher = itq_hasher(f, model.bits)
     z = hasher.project(f)
     scale = 1.0 / max(float(np.abs(z).mean()), 1e-12)
     with torch.no_grad():
@@ -239,23 +233,17 @@ def itq_init(model: ImageHashNet, ds: ImageFolderDataset, options: ImageOptions,
         model.hash_fc.bias.copy_(torch.as_tensor(hasher.bias * scale, dtype=torch.float32))
 
 
-def teacher_start(teacher_features: np.ndarray, bits: int) -> HashHead:
-    """ITQ over the teacher's features as a linear :class:`HashHead` (same bits as the hasher)."""
-    hasher = _fit_itq(teacher_features, bits)
-    return HashHead.from_linear(hasher.weight, hasher.bias).eval()
-
-
-def _fit_itq(features: np.ndarray, bits: int):
-    if features.shape[0] <= bits or features.shape[1] < bits:
-        raise InputError(f"the ITQ start of {bits}-bit codes needs more than {bits} training images and features of "
-                         f">= {bits} dimensions; got {features.shape[0]} images of {features.shape[1]}-d features")
-    return make_hasher("itq", features.shape[1], bits).fit(features)
+teacher_start = itq_start
+"""ITQ over the teacher's features as a linear :class:`HashHead` (:func:`~hashindex.training.judge.itq_start`)."""
 
 
 # -- one training run --------------------------------------------------------------------------
 @dataclass
-class _Run:
-    """Shared state of one :func:`train_images` call."""
+class ImageRun:
+    """The data and settings of one :func:`train_images` call, as the judged-training driver's
+    :class:`~hashindex.training.judge.Trainer`: :meth:`fit` trains a network on some rows
+    (:meth:`train`), :meth:`start` is the start fitted on some rows, :meth:`score` measures a
+    model on some rows by :attr:`criterion`."""
 
     paths: list[str]
     labels: np.ndarray
@@ -269,7 +257,7 @@ class _Run:
     progress: bool
 
     @property
-    def select(self) -> str:
+    def criterion(self) -> str:
         return "p95_candidates" if self.teacher_features is not None else "map_at_r"
 
     def dataset(self, rows: np.ndarray, augment: bool) -> ImageFolderDataset:
@@ -289,6 +277,40 @@ class _Run:
         work = None if o.work_size is None else (int(o.work_size), int(o.work_size))
         return ImageHashNet.create(self.config.bits, preprocess=self.preprocess, width=o.width, work_size=work,
                                    pretrained_path=o.weights)
+
+    def train(self, rows: np.ndarray, stage: str) -> tuple[ImageHashNet, dict, list[dict], dict]:
+        """Train on ``rows`` (a validation split of their identities picks the epoch; epoch 0, the
+        ITQ start of the hash layer, competes). Returns (best model, its validation metrics,
+        history, the epoch-0 state)."""
+        return _fit(self, rows, stage)
+
+    def fit(self, rows: np.ndarray, stage: str) -> Fitted:
+        model, val, history, start_state = self.train(rows, stage)
+        start = None
+        if self.teacher_features is None:  # the start is this network before its first step
+            start = copy.deepcopy(model)
+            start.load_state_dict(start_state)
+        return Fitted(model, start, {"selected_epoch": val["best_epoch"]}, history)
+
+    def start(self, rows: np.ndarray) -> nn.Module:
+        """ITQ over the teacher's features of ``rows``, else a fresh network whose hash layer is
+        ITQ over its initial backbone features of ``rows``."""
+        if self.teacher_features is not None:
+            return itq_start(self.teacher_features[rows], self.config.bits)
+        torch.manual_seed(self.config.seed)
+        model = self.new_model()
+        itq_init(model, self.dataset(rows, augment=False), self.options, self.config.seed, "cpu")
+        return model.eval()
+
+    def score(self, model: nn.Module, rows: np.ndarray) -> dict:
+        """:meth:`metrics` of ``model``'s codes for ``rows`` (a head reads the teacher's features)."""
+        if isinstance(model, HashHead):  # a start over the teacher's features
+            return self.metrics(predict(model, self.teacher_features[rows]), rows)
+        o = self.options
+        return self.metrics(encode_images(model, self.dataset(rows, augment=False), o.eval_batch_size, "cpu", o.workers), rows)
+
+
+_Run = ImageRun  # the name benchmarks/image_training.py uses
 
 
 def _save_resume(path: Path, stage: str, epoch: int, model, opt, sched, keep: Selection, history) -> None:
@@ -316,10 +338,8 @@ def _load_resume(path: Path, stage: str) -> dict | None:
     return payload
 
 
-def _fit(run: _Run, rows: np.ndarray, stage: str) -> tuple[ImageHashNet, dict, list[dict], dict]:
-    """Train on ``rows`` (a validation split of their identities picks the epoch; epoch 0, the
-    ITQ start of the hash layer, competes). Returns (best model, its validation metrics,
-    history, the epoch-0 state)."""
+def _fit(run: ImageRun, rows: np.ndarray, stage: str) -> tuple[ImageHashNet, dict, list[dict], dict]:
+    """:meth:`ImageRun.train`."""
     cfg, o = run.config, run.options
     if cfg.val_fraction > 0:
         tr, va = identity_split(run.labels[rows], cfg.val_fraction, cfg.seed)
@@ -346,8 +366,8 @@ def _fit(run: _Run, rows: np.ndarray, stage: str) -> tuple[ImageHashNet, dict, l
         loss = DistilledLoss(loss, o.distill_weight, o.distill_tau)
         teacher = torch.from_numpy(run.teacher_features[train_rows]).to(run.device)
     loss = loss.to(run.device)
-    opt = _optimizer(list(model.parameters()) + list(loss.parameters()), cfg)
-    sched = _scheduler(opt, cfg)
+    opt = make_optimizer(list(model.parameters()) + list(loss.parameters()), cfg)
+    sched = make_scheduler(opt, cfg)
 
     def validate() -> dict:
         if val_ds is None:
@@ -361,7 +381,7 @@ def _fit(run: _Run, rows: np.ndarray, stage: str) -> tuple[ImageHashNet, dict, l
         opt.load_state_dict(state["optimizer"])
         if sched is not None and state["scheduler"] is not None:
             sched.load_state_dict(state["scheduler"])
-        keep = Selection(run.select, cfg.patience, val_ds is not None, json.loads(state["best"]), state["best_state"],
+        keep = Selection(run.criterion, cfg.patience, val_ds is not None, json.loads(state["best"]), state["best_state"],
                          int(state["best_epoch"]), int(state["stale"]))
         history, first = json.loads(state["history"]), int(state["epoch"]) + 1
         torch.set_rng_state(state["rng"])
@@ -369,9 +389,9 @@ def _fit(run: _Run, rows: np.ndarray, stage: str) -> tuple[ImageHashNet, dict, l
     else:
         best = validate()
         history = [{"epoch": 0, "loss": None, **best}]
-        keep = Selection(run.select, cfg.patience, val_ds is not None, best, copy.deepcopy(model.state_dict()))
+        keep = Selection(run.criterion, cfg.patience, val_ds is not None, best, copy.deepcopy(model.state_dict()))
         first = 1
-        _report(run, f"[{stage}] " + _line(history[-1]))
+        _report(run, f"[{stage}] " + epoch_line(history[-1]))
     for epoch in range(first, cfg.epochs + 1):
         t0 = time.perf_counter()
         frozen = epoch <= o.freeze_epochs
@@ -397,12 +417,12 @@ def _fit(run: _Run, rows: np.ndarray, stage: str) -> tuple[ImageHashNet, dict, l
         metrics = validate()
         history.append({"epoch": epoch, "loss": total / max(n, 1), "frozen": frozen,
                         "seconds": time.perf_counter() - t0, **metrics})
-        _report(run, f"[{stage}] " + _line(history[-1]))
+        _report(run, f"[{stage}] " + epoch_line(history[-1]))
         keep.update(metrics, epoch, model)  # the loop's rule: epoch 0 (the start) competes
         if resume_path is not None:
             _save_resume(resume_path, stage, epoch, model, opt, sched, keep, history)
         if keep.should_stop:
-            _report(run, f"[{stage}] early stop: no improvement in {run.select} for {keep.stale} epochs")
+            _report(run, f"[{stage}] early stop: no improvement in {run.criterion} for {keep.stale} epochs")
             break
     model.load_state_dict(keep.state)
     model = model.cpu().eval()
@@ -411,36 +431,9 @@ def _fit(run: _Run, rows: np.ndarray, stage: str) -> tuple[ImageHashNet, dict, l
     return model, {"best_epoch": keep.epoch, **keep.best}, history, start_state
 
 
-def _report(run: _Run, text: str) -> None:
+def _report(run: ImageRun, text: str) -> None:
     if run.progress:
         tqdm.write(text)
-
-
-def _line(h: dict) -> str:
-    parts = [f"epoch {h['epoch']:3d}"]
-    if h.get("loss") is not None:
-        parts.append(f"loss {h['loss']:.4f}")
-    for key in ("p95_candidates", "p50_candidates", "map_at_r", "seconds"):
-        if key in h:
-            parts.append(f"{key} {h[key]:.4f}")
-    return "  ".join(parts)
-
-
-# -- judgement on held-out identities -------------------------------------------------------
-def _judge_fold(run: _Run, fold: int, train_rows: np.ndarray, held: np.ndarray) -> dict:
-    model, val, _, start_state = _fit(run, train_rows, f"fold {fold}")
-    o = run.options
-    held_ds = run.dataset(held, augment=False)
-    learned = run.metrics(encode_images(model, held_ds, o.eval_batch_size, "cpu", o.workers), held)
-    if run.teacher_features is not None:
-        start = run.metrics(teacher_start(run.teacher_features[train_rows], run.config.bits)
-                            .forward(torch.from_numpy(run.teacher_features[held])).detach().numpy(), held)
-    else:
-        model.load_state_dict(start_state)
-        start = run.metrics(encode_images(model, held_ds, o.eval_batch_size, "cpu", o.workers), held)
-    return {"fold": fold, "identities": int(np.unique(run.labels[held]).size), "images": int(held.size),
-            "criterion": run.select, "learned": learned, "start": start, "selected_epoch": val["best_epoch"],
-            "learned_better": _better(learned, start, run.select)}
 
 
 # -- entry point -------------------------------------------------------------------------------
@@ -453,6 +446,7 @@ def train_images(
     resume: bool = False,
     preprocess: ImagePreprocessing = FACE_PREPROCESSING,
     teacher_features: np.ndarray | None = None,
+    auto_p: bool = False,
 ) -> ImageTrainResult:
     """Train an :class:`ImageHashNet` on ``root/<identity>/<image>`` (module docstring).
 
@@ -467,16 +461,16 @@ def train_images(
         preprocess: the images' input contract (the teacher's, when there is one).
         teacher_features: the teacher's L2-normalised features of the folder's images in scan
             order, when already computed (skips running the teacher).
+        auto_p: lower ``config.p`` to the identities the smallest training run has (each fold's
+            and the final one, after the validation split) instead of refusing it (``hashindex
+            train --images`` without ``--p``).
     """
     options = options or ImageOptions()
-    paths, labels, names = check_image_folder(root, config.p, config.min_samples)
+    paths, labels, names = check_image_folder(root, 2 if auto_p else config.p, config.min_samples)
+    config = _fit_p(config, labels, options.folds, auto_p, progress)
     device = resolve_device(config.device)
     if options.weights is not None:  # a mismatch fails here, before anything is written
-        if not Path(options.weights).is_file():
-            raise InputError(f"backbone weights {options.weights}: no such file")
-        from hashindex.training.models.image_net import _resnet18
-
-        load_backbone_weights(_resnet18(options.width), options.weights)
+        check_backbone_weights(options.weights, options.width)
     if options.teacher is not None:
         from hashindex.training.teacher import OnnxTeacher
 
@@ -495,46 +489,32 @@ def train_images(
         if work.exists() and not resume:
             shutil.rmtree(work)
         work.mkdir(parents=True, exist_ok=True)
-    run = _Run(paths, labels, names, config, options, preprocess, teacher_features, device, work, progress)
+    run = ImageRun(paths, labels, names, config, options, preprocess, teacher_features, device, work, progress)
+    start_name = "the start (ITQ over the " + ("teacher's features)" if teacher_features is not None else "initial backbone)")
 
     threads = torch.get_num_threads()
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
     try:
-        folds = _judge(run) if options.folds >= 2 else []
-        all_rows = np.arange(len(paths), dtype=np.int64)
-        if folds and not all(f["learned_better"] for f in folds):
-            worse = [f["fold"] for f in folds if not f["learned_better"]]
-            shipped, history = "start", []
-            note = (f"training did not beat the start on held-out identities (folds {worse} of {len(folds)}, "
-                    f"{run.select}): shipping the start itself ("
-                    + ("ITQ over the teacher's features" if teacher_features is not None else "ITQ over the initial backbone") + ")")
-            if teacher_features is not None:
-                model = teacher_start(teacher_features, config.bits)
-            else:
-                torch.manual_seed(config.seed)
-                model = run.new_model()
-                itq_init(model, run.dataset(all_rows, augment=False), options, config.seed, "cpu")
-                model.eval()
-        else:
-            model, _, history, _ = _fit(run, all_rows, "final")
-            shipped = "learned"
-            note = ("training beat the start in every held-out fold: shipping the learned model" if folds else
-                    "not judged on held-out folds (folds < 2): shipping the learned model")
-        _report(run, note)
+        done, save_folds = _fold_store(run)
+        judged = judge_and_ship(run, labels, options.folds, config.seed, "training", start_name, progress,
+                                lambda text: _report(run, text), done, save_folds)
     except HashIndexError:
-        # bad input found late (e.g. a fold too small for P x K): resuming cannot fix it, so
-        # leave no partial directory behind; interruptions and crashes keep theirs for --resume
+        # bad input found late: resuming cannot fix it, so leave no partial directory behind;
+        # interruptions and crashes keep theirs for --resume
         if work is not None:
             shutil.rmtree(work, ignore_errors=True)
         raise
     finally:
         torch.set_num_threads(threads)
+    model, shipped, note = judged.model, judged.shipped, judged.note
+    folds = [_json(f) for f in judged.folds]
+    history = [] if judged.fitted is None else judged.fitted.result
 
-    result = ImageTrainResult(model, shipped, folds, history, None, note)
+    result = ImageTrainResult(model, shipped, folds, history, None, note, config)
     if out is not None:
         summary = {
-            "shipped": shipped, "note": note, "criterion": run.select, "folds": folds, "history": history,
+            "shipped": shipped, "note": note, "criterion": run.criterion, "folds": folds, "history": history,
             "images": {"root": str(root), "count": len(paths), "identities": len(names)},
             "image_options": options.to_dict(), "teacher": options.teacher,
             "preprocess": preprocess.to_dict(),
@@ -549,24 +529,35 @@ def train_images(
     return result
 
 
-def _judge(run: _Run) -> list[dict]:
-    """Per-fold judgements, reusing those an interrupted run finished (``folds.json``)."""
-    done: list[dict] = []
+def _fit_p(config: TrainConfig, labels: np.ndarray, folds: int, auto_p: bool, progress: bool) -> TrainConfig:
+    """``config``, its ``p`` lowered to what every training run's identities allow (``auto_p``),
+    or :class:`InputError` naming the largest ``p`` that works, before anything trains."""
+    have = sampled_identities(labels, folds, config.val_fraction, config.min_samples, config.seed)
+    if config.p <= have:
+        return config
+    where = (f"{np.unique(labels).size} identities, {folds if folds >= 2 else 'no'} held-out folds, "
+             f"val_fraction {config.val_fraction:g}")
+    if auto_p and have >= 2:
+        if progress:
+            tqdm.write(f"P x K: p={have} identities per batch (the smallest training run has {have}: {where})")
+        return replace(config, p=have)
+    lower = f"lower p (--p {have}), or " if have >= 2 else ""
+    raise InputError(f"p={config.p} identities per batch, but the smallest training run has {have} identities with >= "
+                     f"{config.min_samples} images ({where}); {lower}use fewer folds (--folds) or a smaller val_fraction "
+                     "(--val-fraction)")
+
+
+def _fold_store(run: ImageRun):
+    """The folds an interrupted run finished (``folds.json``) and a callback saving new ones."""
     path = None if run.work is None else run.work / FOLDS_FILE
-    if path is not None and path.exists():
-        done = json.loads(path.read_text())
-    parts = identity_folds(run.labels, run.options.folds, run.config.seed)
-    for f, held in enumerate(parts):
-        if f < len(done):
-            continue
-        train_rows = np.setdiff1d(np.arange(run.labels.size), held)
-        done.append(_json(_judge_fold(run, f, train_rows, held)))
-        j = done[-1]
-        _report(run, f"fold {f}: held-out {j['identities']} identities / {j['images']} images: "
-                     f"learned {run.select} {j['learned'][run.select]:.4f} vs start {j['start'][run.select]:.4f}")
-        if path is not None:
-            path.write_text(json.dumps(done, indent=1))
-    return done
+    if path is None:
+        return [], None
+    done = json.loads(path.read_text()) if path.exists() else []
+
+    def save(records: list[dict]) -> None:
+        path.write_text(json.dumps(_json(records), indent=1))
+
+    return done, save
 
 
 def _json(x: Any) -> Any:
@@ -574,5 +565,5 @@ def _json(x: Any) -> Any:
     return json.loads(json.dumps(json_safe(x)))
 
 
-__all__ = ["ImageOptions", "ImageTrainResult", "check_image_folder", "encode_images", "identity_folds",
+__all__ = ["ImageOptions", "ImageRun", "ImageTrainResult", "check_image_folder", "encode_images", "identity_folds",
            "itq_init", "teacher_start", "train_images"]

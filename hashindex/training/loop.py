@@ -1,19 +1,12 @@
 """Training loop for hash heads over embeddings (needs torch).
 
 ``train_hasher`` draws P x K class-balanced batches (:class:`~hashindex.training.data.PKSampler`),
-optimises a loss from :func:`hashindex.training.losses.make_loss` on the head's tanh output, and after
-every epoch measures the codes on identity-disjoint validation data with
-:mod:`hashindex.evaluation.metrics`.
+and optimises a loss from :func:`hashindex.training.losses.make_loss` on the head's tanh output.
 
-Model selection. The index shortlists Hamming neighbours and reranks them with exact float
-similarity, so what a code must do is put each query's exact float nearest neighbour early in
-the Hamming ranking. The default criterion is therefore ``p95_candidates``: the 95th percentile
-over validation queries of the fraction of the validation gallery that must be reranked to
-reach the exact cosine nearest neighbour (:func:`hashindex.evaluation.metrics.candidate_fraction_needed`,
-leave-one-out, expected tie order) -- lower is better, and it bounds the rerank cost for 95% of
-queries. ``map_at_r`` (Musgrave et al. 2020, identity relevance; higher is better) is the
-alternative for identity retrieval. The best epoch's weights are kept; training stops early
-after ``patience`` epochs without improvement.
+Model selection (:mod:`hashindex.training.optim`): after every epoch the codes of identity-disjoint
+validation data are scored (``p95_candidates`` by default, or ``map_at_r``); the best epoch's
+weights are kept, epoch 0 competing, and training stops early after ``patience`` epochs without
+improvement.
 
 Determinism: with ``device="cpu"`` two runs with the same config and data give identical
 weights (``torch.manual_seed`` before building the model and loss; batches from a seeded numpy
@@ -23,7 +16,6 @@ Generator; no data-order randomness elsewhere).
 from __future__ import annotations
 
 import copy
-import math
 import os
 from dataclasses import dataclass
 
@@ -34,14 +26,14 @@ from tqdm.auto import tqdm
 
 from hashindex.core.codes import binarize
 from hashindex.core.errors import InputError
-from hashindex.evaluation.recall import candidate_fraction_needed
-from hashindex.evaluation.ranking import map_at_r
 from hashindex.training.checkpoints import load_checkpoint, save_checkpoint, save_model_dir  # noqa: F401  (old import path)
-from hashindex.training.config import SELECTION, TrainConfig, TrainResult
+from hashindex.training.config import TrainConfig, TrainResult
 from hashindex.training.data import EmbeddingSet, PKSampler, identity_split, training_rows
 from hashindex.training.models import HashHead, HashHeadConfig
+from hashindex.training.optim import Selection, epoch_line, make_optimizer, make_scheduler, selection_metrics
 
-# -- devices, encoding, validation metrics ----------------------------------------------------
+
+# -- devices and encoding ----------------------------------------------------
 def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -64,42 +56,7 @@ def predict(model: nn.Module, inputs: np.ndarray, batch_size: int = 4096, device
     return np.concatenate(out) if out else np.zeros((0, model.bits), np.float32)
 
 
-def selection_metrics(codes: np.ndarray, features: np.ndarray, labels: np.ndarray | None) -> dict[str, float]:
-    """Validation metrics of packed ``codes uint8 [N, K/8]`` (leave-one-out over the set).
-
-    Returns ``p50_candidates`` / ``p95_candidates`` (fraction of the set to rerank to reach each
-    query's exact cosine NN), and with labels ``map_at_r``.
-    """
-    frac = candidate_fraction_needed(codes, None, features, None, metric="cosine")
-    p50, p95 = np.quantile(frac, [0.5, 0.95])
-    out = {"p50_candidates": float(p50), "p95_candidates": float(p95)}
-    if labels is not None:
-        out["map_at_r"] = map_at_r(codes, labels)
-    return out
-
-
-def _better(new: dict, best: dict, criterion: str) -> bool:
-    a, b = new[criterion], best[criterion]
-    if math.isnan(a):
-        return False
-    return math.isnan(b) or SELECTION[criterion] * (a - b) > 0
-
-
 # -- one run, step by step ------------------------------------------------------------------
-def _optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
-    if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-
-
-def _scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig):
-    if cfg.schedule == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
-    if cfg.schedule == "step":
-        return torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.step_size, gamma=cfg.gamma)
-    return None
-
-
 def split_data(
     train_data: EmbeddingSet | tuple[np.ndarray, np.ndarray], config: TrainConfig, val_data: EmbeddingSet | None
 ) -> tuple[EmbeddingSet, EmbeddingSet | None]:
@@ -195,36 +152,6 @@ def validate(model: nn.Module, val_data: EmbeddingSet | None, config: TrainConfi
     return selection_metrics(binarize(h), val_data.features, val_data.labels)
 
 
-@dataclass
-class Selection:
-    """The best epoch so far (by ``criterion``) and the early-stopping count.
-
-    Without validation data every epoch counts as an improvement (the last one is kept).
-    """
-
-    criterion: str
-    patience: int | None
-    validated: bool
-    best: dict
-    state: dict
-    epoch: int = 0
-    stale: int = 0
-
-    def update(self, metrics: dict, epoch: int, model: nn.Module) -> bool:
-        """Record an epoch; True when it becomes the best (its weights are kept)."""
-        # epoch 0 competes too: a start from ITQ that training cannot beat is kept
-        if not self.validated or _better(metrics, self.best, self.criterion):
-            self.best, self.epoch, self.stale = metrics, epoch, 0
-            self.state = copy.deepcopy(model.state_dict())
-            return True
-        self.stale += 1
-        return False
-
-    @property
-    def should_stop(self) -> bool:
-        return self.patience is not None and self.stale >= self.patience
-
-
 def train_hasher(
     train_data: EmbeddingSet | tuple[np.ndarray, np.ndarray],
     config: TrainConfig,
@@ -233,6 +160,7 @@ def train_hasher(
     progress: bool = True,
     model: HashHead | None = None,
     loss: nn.Module | None = None,
+    stage: str | None = None,
 ) -> TrainResult:
     """Train a :class:`HashHead` on labelled embeddings.
 
@@ -253,6 +181,8 @@ def train_hasher(
             ``make_loss(config.loss, ...)``; one with ``uses_features = True`` is called as
             ``loss(codes, labels, features [B, D])`` (rows from ``config.extra_rows`` carry
             label -1).
+        stage: a label for the progress lines (``[fold 0] epoch 1 ...``), when this run is one of
+            several.
     """
     train_data, val_data = split_data(train_data, config, val_data)
     rows, labels = training_rows(train_data.labels, config.min_samples)
@@ -263,16 +193,17 @@ def train_hasher(
     try:
         model, loss = build_model_and_loss(train_data.dim, int(labels.max()) + 1, config, model, loss)
         model, loss = model.to(device), loss.to(device)
-        opt = _optimizer(list(model.parameters()) + list(loss.parameters()), config)
-        sched = _scheduler(opt, config)
+        opt = make_optimizer(list(model.parameters()) + list(loss.parameters()), config)
+        sched = make_scheduler(opt, config)
         if config.extra_rows and not getattr(loss, "uses_features", False):
             raise InputError("extra_rows needs a loss that takes features (uses_features), e.g. DistilledLoss")
         batches = Batches.build(train_data, rows, labels, config, device)
         history = [{"epoch": 0, "loss": None, "lr": opt.param_groups[0]["lr"], **validate(model, val_data, config, device)}]
         keep = Selection(config.select, config.patience, val_data is not None, _metrics_of(history[0]),
                          copy.deepcopy(model.state_dict()))  # fmt: skip
-        report = tqdm.write if progress else (lambda s: None)
-        report(_epoch_line(history[-1]))
+        prefix = f"[{stage}] " if stage else ""
+        report = (lambda text: tqdm.write(prefix + text)) if progress else (lambda text: None)
+        report(epoch_line(history[-1]))
         for epoch in range(1, config.epochs + 1):
             mean_loss = train_epoch(model, loss, opt, batches, epoch, progress)
             lr = opt.param_groups[0]["lr"]
@@ -280,7 +211,7 @@ def train_hasher(
                 sched.step()
             metrics = validate(model, val_data, config, device)
             history.append({"epoch": epoch, "loss": mean_loss, "lr": lr, **metrics})
-            report(_epoch_line(history[-1]))
+            report(epoch_line(history[-1]))
             if keep.update(metrics, epoch, model):
                 if out_dir is not None:  # written now too, so an interrupted run keeps its best
                     save_model_dir(out_dir, model, config, _summary(keep.best, keep.epoch, history))
@@ -321,13 +252,3 @@ def _draw_extras(rng: np.random.Generator, n_rows: int, count: int, neighbours: 
 
 def _summary(best: dict, epoch: int, history: list[dict]) -> dict:
     return {"best_epoch": epoch, "validation": best, "history": history}
-
-
-def _epoch_line(h: dict) -> str:
-    parts = [f"epoch {h['epoch']:3d}"]
-    if h.get("loss") is not None:
-        parts.append(f"loss {h['loss']:.4f}")
-    for key in ("p95_candidates", "p50_candidates", "map_at_r"):
-        if key in h:
-            parts.append(f"{key} {h[key]:.4f}")
-    return "  ".join(parts)

@@ -113,13 +113,14 @@ def fit_recipe(
     seed: int = 0,
     progress: bool = False,
     out_dir: str | None = None,
+    stage: str | None = None,
     **overrides: Any,
 ) -> TrainResult:
     """Train ``recipe`` on ``features float32 [N, D]`` / ``labels [N]`` (all of it unless the
     overrides ask for a validation split); the :class:`TrainResult` holds the head in eval mode
     (``.model``), and the model directory is written to ``out_dir`` when given. ``overrides``
     replace TrainConfig fields, e.g. ``val_fraction=0.3, patience=5`` to validate each epoch and
-    keep the best."""
+    keep the best. ``stage`` labels the progress lines (:func:`train_hasher`)."""
     if isinstance(recipe, str):
         if recipe not in RECIPES:
             raise InputError(f"unknown recipe {recipe!r}; choose one of {sorted(RECIPES)}")
@@ -129,7 +130,7 @@ def fit_recipe(
     torch.manual_seed(seed)
     model = initial_head(recipe, features, bits)
     loss = build_loss(recipe, bits, int(y.max()) + 1)
-    return train_hasher((features, labels), cfg, progress=progress, model=model, loss=loss, out_dir=out_dir)
+    return train_hasher((features, labels), cfg, progress=progress, model=model, loss=loss, out_dir=out_dir, stage=stage)
 
 
 __all__ = ["RECIPES", "Recipe", "build_loss", "fit_recipe", "initial_head", "replace"]

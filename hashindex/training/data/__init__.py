@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from hashindex.training.data.embeddings import EmbeddingSet, encode_labels, load_embeddings, save_embeddings
 from hashindex.training.data.sampler import PKSampler
-from hashindex.training.data.split import identity_split, training_rows
+from hashindex.training.data.split import identity_folds, identity_split, sampled_identities, training_rows
 
 __all__ = [
     "EmbeddingSet",
@@ -17,8 +17,10 @@ __all__ = [
     "Augment",
     "PKSampler",
     "encode_labels",
+    "identity_folds",
     "identity_split",
     "load_embeddings",
+    "sampled_identities",
     "save_embeddings",
     "training_rows",
 ]

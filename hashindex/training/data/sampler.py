@@ -78,7 +78,7 @@ class PKSampler:
         if len(self._rows) < self.p:
             raise InputError(
                 f"P x K sampling needs at least p={self.p} identities with >= {floor} rows, "
-                f"found {len(self._rows)}"
+                f"found {len(self._rows)}" + (f"; lower p (--p {len(self._rows)})" if len(self._rows) >= 2 else "")
             )
         counts = counts[keep]
         self._chunks = -(-counts // self.k)  # ceil(n_c / K), 1 for small identities

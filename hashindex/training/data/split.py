@@ -1,4 +1,5 @@
-"""Identity-level row selection (numpy only): the train / validation split and the trainable rows.
+"""Identity-level row selection (numpy only): the train / validation split, identity folds, and the
+trainable rows.
 
 Retrieval is evaluated on people the model has never seen, so the split is over identities,
 not rows: every row of an identity lands on the same side.
@@ -54,3 +55,38 @@ def training_rows(labels: np.ndarray, min_samples: int) -> tuple[np.ndarray, np.
     rows = np.flatnonzero(counts[inverse.reshape(-1)] >= min_samples)
     _, y = np.unique(labels[rows], return_inverse=True)
     return rows, y.reshape(-1).astype(np.int64)
+
+
+def identity_folds(labels: np.ndarray, folds: int, seed: int = 0) -> list[np.ndarray]:
+    """Rows of each of ``folds`` identity-disjoint folds (identities shuffled with ``seed``,
+    dealt round-robin so fold sizes differ by at most one identity).
+
+    Returns ``folds`` sorted ``int64`` row arrays covering ``0..N-1``.
+    """
+    labels = np.asarray(labels)
+    classes = np.random.default_rng([seed, 7]).permutation(np.unique(labels))
+    if folds < 2 or folds > classes.size:
+        raise InputError(f"need 2 <= folds <= identities ({classes.size}), got {folds}")
+    return [np.flatnonzero(np.isin(labels, classes[f::folds])).astype(np.int64) for f in range(folds)]
+
+
+def sampled_identities(labels: np.ndarray, folds: int, val_fraction: float, min_samples: int, seed: int = 0) -> int:
+    """The fewest identities a P x K sampler gets in any training run of a judged procedure.
+
+    The runs: one per held-out fold (:func:`identity_folds` with ``seed``; the other folds'
+    rows) when ``folds >= 2``, and the run on all rows. Each first holds out ``val_fraction`` of
+    its identities (:func:`identity_split` with ``seed``), then keeps those with at least
+    ``min_samples`` rows (:func:`training_rows`). ``P`` identities per batch must not exceed
+    this number.
+    """
+    labels = np.asarray(labels)
+    runs = [np.arange(labels.size)]
+    if folds >= 2:
+        runs += [np.setdiff1d(runs[0], held) for held in identity_folds(labels, folds, seed)]
+    counts = []
+    for rows in runs:
+        y = labels[rows]
+        if val_fraction > 0 and np.unique(y).size >= 2:
+            y = y[identity_split(y, val_fraction, seed)[0]]
+        counts.append(int(np.unique(y[training_rows(y, min_samples)[0]]).size))
+    return min(counts)

@@ -13,8 +13,8 @@ Two things make the plain Gaussian model miss the real cosine statistics, so thr
 
 * the final L2 normalisation (real embeddings live on the sphere, the Gaussian does not);
 * real within-identity variation is heavy-tailed (pose, age, blur: a few images of a person are
-  far from the rest). With Gaussian noise in 128-d the positive-pair cosine concentrates
-  (std ~0.06 against LFW's ~0.16). A Gaussian scale mixture on the noise -- the idea of
+  far from the rest). With Gaussian noise in 128-d the positive-pair cosine concentrates far
+  more tightly than the real one. A Gaussian scale mixture on the noise -- the idea of
   heavy-tailed PLDA (Kenny 2010, "Bayesian speaker verification with heavy-tailed priors"),
   here with a log-normal scale so the fit is smooth -- restores the spread.
 
@@ -22,7 +22,8 @@ Calibration: with common random numbers (one fixed draw of ``z``, ``g``), Levenb
 ``(log s_b, log s_w, sigma)`` minimises the squared difference between the four synthetic and real
 pair statistics (:class:`PairStats`). Only ``m``, factors ``F`` with ``S = F F^T`` (float32), the
 three scalars, and the real and synthetic statistics are shipped (``synthetic_lfw128.npz``), derived
-by ``benchmarks/derive_synthetic_params.py`` from the LFW development embeddings.
+by ``benchmarks/derive_synthetic_params.py`` from the LFW development embeddings (it prints both
+sets of statistics; :attr:`SyntheticParams.real_stats` and ``synthetic_stats`` hold them).
 
 Streaming and determinism (:class:`SyntheticGallery`): every random number is keyed on a fixed
 block, never on the chunk being produced. Identity offsets come from identity blocks of
@@ -104,8 +105,8 @@ def pair_cosine_stats(features: np.ndarray, labels: np.ndarray) -> PairStats:
 
     Positive: pick an identity with 2+ images uniformly, then one of its unordered image pairs
     uniformly. Negative: pick an ordered pair of distinct identities uniformly, then one image of
-    each uniformly. Balancing by identity keeps one prolific identity (530 of LFW's 9,201 images
-    are one person, 2/3 of all positive pairs) from defining the statistics, and makes them
+    each uniformly. Balancing by identity keeps one prolific identity (in LFW one person gives
+    most of the positive pairs) from defining the statistics, and makes them
     the population figures the exchangeable-identity generator models. Rows are L2-normalised
     first. Exact, in O(N D^2) without forming the N x N similarity matrix:
 
@@ -179,9 +180,9 @@ def _gram_frobenius_sq(xs: np.ndarray, starts: np.ndarray, counts: np.ndarray) -
 class ZipfCounts:
     """Heavy-tailed images-per-identity: truncated Zipf, ``P(k) ∝ k^-exponent`` for ``1 <= k <= max_count``.
 
-    The defaults (exponent 2, at most 1,000 images) give ``mean = H_1000 / H_1000^(2)``
-    = 7.4855 / 1.6439 ≈ 4.553 images per identity, with 61% of identities seen once -- the shape
-    of LFW (70% singletons, one identity with 530 images), at a gallery mean close to the
+    The defaults (exponent 2, at most 1,000 images) give ``mean = H_1000 / H_1000^(2)`` images
+    per identity (:attr:`mean`; ``1 / H_1000^(2)`` of the identities seen once) -- the shape of LFW
+    (most identities seen once, one seen hundreds of times), at a gallery mean close to the
     fixed default of 4.
     """
 
@@ -488,7 +489,7 @@ class SyntheticGallery:
     Args:
         n_identities: number of identities (labels ``0 .. n_identities-1``).
         images_per_identity: a positive int (every identity has that many images), ``"heavy"``
-            (:data:`HEAVY`, truncated Zipf with mean ≈ 4.553) or a :class:`ZipfCounts`.
+            (:data:`HEAVY`, truncated Zipf with :attr:`ZipfCounts.mean` images) or a :class:`ZipfCounts`.
         dim: output dimension; ``> params.dim`` maps the native vectors through a seeded random
             orthonormal lift, which keeps every inner product (the vectors span a
             ``params.dim``-dimensional subspace).

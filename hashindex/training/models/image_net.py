@@ -31,7 +31,8 @@ BACKBONES = ("resnet18",)
 FEATURE_DIMS = {"resnet18": 512}
 
 
-def _resnet18(width: int = 64) -> nn.Module:
+def resnet18_backbone(width: int = 64) -> nn.Module:
+    """A ResNet-18 (torchvision's at width 64 when it imports, else the in-package copy), random weights."""
     if width == 64:
         try:  # torchvision can be present yet broken (ABI mismatch with torch), hence the broad except
             from torchvision.models import resnet18
@@ -93,6 +94,13 @@ def load_backbone_weights(backbone: nn.Module, path: str | os.PathLike) -> None:
         raise InputError(f"{path}: not a ResNet-18 state_dict (missing {missing[:3]}, unexpected {unexpected[:3]})")
 
 
+def check_backbone_weights(path: str | os.PathLike, width: int = 64) -> None:
+    """:class:`InputError` unless ``path`` is a file that loads into a ResNet-18 of ``width``."""
+    if not os.path.isfile(path):
+        raise InputError(f"backbone weights {path}: no such file")
+    load_backbone_weights(resnet18_backbone(width), path)
+
+
 class ImageHashNet(nn.Module):
     """``images float32 [N, 3, H, W]`` -> continuous code ``float32 [N, K]`` in ``[-1, 1]``."""
 
@@ -101,7 +109,7 @@ class ImageHashNet(nn.Module):
     def __init__(self, config: ImageHashNetConfig, pretrained_path: str | os.PathLike | None = None) -> None:
         super().__init__()
         self.config = config
-        self.backbone = _resnet18(config.width)
+        self.backbone = resnet18_backbone(config.width)
         if pretrained_path is not None:
             load_backbone_weights(self.backbone, pretrained_path)
         self.backbone.fc = nn.Identity()
