@@ -85,12 +85,33 @@ def out_dir(path: str | os.PathLike) -> Path:
     return p
 
 
-def out_file(path: str | os.PathLike) -> Path:
-    """An output file: InputError when ``path`` names an existing directory."""
+def out_file(path: str | os.PathLike, flag: str = "--out") -> Path:
+    """An output file, checked before any work: InputError when ``path`` names an existing
+    directory or its folder does not exist (or is not a folder)."""
     p = Path(path)
     if p.is_dir():
-        raise InputError(f"--out {p}: is a directory, expected a file")
+        raise InputError(f"{flag} {p}: is a directory, expected a file")
+    parent = p.parent
+    if not parent.is_dir():
+        why = "is not a directory" if parent.exists() else "does not exist"
+        raise InputError(f"{flag} {p}: the folder {parent} {why}")
     return p
+
+
+PLOT_FORMATS = (".png", ".pdf", ".svg")
+
+
+def plot_file(path: str | os.PathLike, flag: str = "--plot") -> Path:
+    """A figure to write: ``.png`` added when ``path`` has no suffix (the name printed is the
+    file written), InputError for another format, a directory, or a missing folder."""
+    p = Path(path)
+    if p.is_dir():
+        raise InputError(f"{flag} {p}: is a directory, expected a file such as {p / 'curve.png'}")
+    if not p.suffix:
+        p = p.with_name(p.name + ".png")
+    elif p.suffix.lower() not in PLOT_FORMATS:
+        raise InputError(f"{flag} {p}: cannot write a {p.suffix!r} figure (use {', '.join(PLOT_FORMATS)})")
+    return out_file(p, flag)
 
 
 def load_rows(path: str | os.PathLike, what: str = "embeddings"):

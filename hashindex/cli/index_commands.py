@@ -13,6 +13,7 @@ from hashindex.cli.identity_commands import add_search_options, read_labels, sea
 from hashindex.core.io import atomic_write
 from hashindex.serving.hashers import HASHER_KINDS
 from hashindex.serving.index import DEFAULT_BITS
+from hashindex.serving.persist import check_save_target
 from hashindex.serving.tuning import DEFAULT_RECALL
 
 
@@ -38,6 +39,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     from hashindex.serving.index import HashIndex
 
     out = out_dir(args.out)
+    check_save_target(out)  # a directory save() would refuse is refused before fit, add and tune
     data = load_rows(args.features, "features")
     labels = read_labels(args.features, args.labels_key, len(data)) if args.labels_key else None
     if args.model:
