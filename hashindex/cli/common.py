@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -122,6 +123,19 @@ def load_rows(path: str | os.PathLike, what: str = "embeddings"):
     if not len(data):
         raise InputError(f"{path}: the {what} file has no rows")
     return data
+
+
+_ROWS = re.compile(r"\brows \[([\d, ]+)\]")
+
+
+def in_rows(e: Exception, what: str, lo: int, hi: int, n: int) -> Exception:
+    """``e`` naming the user's rows: row numbers inside the chunk ``lo:hi`` are shifted to the
+    file's, and a message without any names the chunk's range of the ``n`` rows."""
+    text = str(e)
+    shifted = _ROWS.sub(lambda m: "rows [" + ", ".join(str(lo + int(v)) for v in m.group(1).split(",")) + "]", text)
+    if shifted != text or n == hi - lo:
+        return type(e)(f"{what}: {shifted}")
+    return type(e)(f"{what} rows {lo:,}..{hi - 1:,} of {n:,}: {text}")
 
 
 def unit_rows(x: np.ndarray) -> np.ndarray:
