@@ -176,6 +176,14 @@ def test_user_words_only_translate_flags_the_command_has():
     assert user_words("bits=8 disagrees with the hasher's 16 bits", flags) == "bits=8 disagrees with the hasher's 16 bits"
 
 
+def test_too_few_identities_for_p_names_the_flag_to_lower():
+    from hashindex.cli.main import _flags_of, build_parser, user_words
+
+    flags = _flags_of(build_parser(), "train")
+    line = user_words("P x K sampling needs at least p=32 identities with >= 1 rows, found 18", flags)
+    assert line == "P x K sampling needs at least --p 32 identities with >= 1 rows, found 18: lower --p (at most 18 here)"
+
+
 def test_version(capsys):
     import hashindex
 

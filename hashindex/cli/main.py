@@ -47,6 +47,7 @@ def _one_line(error: BaseException) -> str:
 
 _API_WORD = re.compile(r"\b([a-z]+(?:_[a-z]+)*)=(?:'([^']*)'|\"([^\"]*)\"|(-?[\w.]+))?")
 _API_NAME = re.compile(r"\b([a-z]+(?:_[a-z]+)+)\b")
+_TOO_FEW = re.compile(r"needs at least (--[a-z][a-z-]*) (\d+)\b.*\bfound (\d+)\b")
 
 
 def user_words(text: str, flags: set[str]) -> str:
@@ -66,7 +67,11 @@ def user_words(text: str, flags: set[str]) -> str:
         return flag if flag in flags else m.group(0)
 
     text = text.replace("(add items with labels=...)", "(build it with --labels-key)")
-    return _API_NAME.sub(name, _API_WORD.sub(keyword, text))
+    text = _API_NAME.sub(name, _API_WORD.sub(keyword, text))
+    short = _TOO_FEW.search(text)  # e.g. P x K sampling: "needs at least --p 32 identities ..., found 18"
+    if short and int(short.group(3)) < int(short.group(2)):
+        text += f": lower {short.group(1)} (at most {short.group(3)} here)"
+    return text
 
 
 def _flags_of(parser: argparse.ArgumentParser, command: str) -> set[str]:
