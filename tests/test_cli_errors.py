@@ -110,10 +110,10 @@ def test_filter_ids_beyond_int64_is_one_line(files, capsys):
     (["--plot", "out.xyz"], "'.xyz'"),
     (["--seed", "-1"], "--seed"),
     (["--plot", "{a_dir}"], "is a directory"),
-    (["--plot", "{absent}/curve.png"], "does not exist"),
+    (["--plot", "{a_file}/curve.png"], "is not a directory"),
 ])  # fmt: skip
 def test_calibrate_bad_plot_and_seed_are_refused_first(files, capsys, extra, words):
-    extra = [e.format(a_dir=files / "a_dir", absent=files / "absent") for e in extra]
+    extra = [e.format(a_dir=files / "a_dir", a_file=files / "a_file") for e in extra]
     line = run(capsys, ["calibrate", "--data", str(files / "gallery.npz"), *extra])
     assert words in line
     assert not list(files.glob("*.xyz"))
@@ -121,10 +121,10 @@ def test_calibrate_bad_plot_and_seed_are_refused_first(files, capsys, extra, wor
 
 def test_calibrate_plot_names_the_file_it_wrote(files, capsys, tmp_path):
     capsys.readouterr()
-    assert main(["calibrate", "--data", str(files / "gallery.npz"), "--plot", str(tmp_path / "curve")]) == 0
+    assert main(["calibrate", "--data", str(files / "gallery.npz"), "--plot", str(tmp_path / "figs" / "curve")]) == 0
     out = capsys.readouterr().out
-    assert (tmp_path / "curve.png").is_file()
-    assert f"wrote {tmp_path / 'curve.png'}" in out.splitlines()
+    assert (tmp_path / "figs" / "curve.png").is_file()  # a missing folder is made, as before
+    assert f"wrote {tmp_path / 'figs' / 'curve.png'}" in out.splitlines()
 
 
 def test_build_into_a_user_directory_is_refused_before_any_work(files, capsys, tmp_path):

@@ -104,7 +104,8 @@ PLOT_FORMATS = (".png", ".pdf", ".svg")
 
 def plot_file(path: str | os.PathLike, flag: str = "--plot") -> Path:
     """A figure to write: ``.png`` added when ``path`` has no suffix (the name printed is the
-    file written), InputError for another format, a directory, or a missing folder."""
+    file written), InputError for another format, a directory, or a parent that is a file
+    (a missing folder is made when the figure is written)."""
     p = Path(path)
     if p.is_dir():
         raise InputError(f"{flag} {p}: is a directory, expected a file such as {p / 'curve.png'}")
@@ -112,7 +113,12 @@ def plot_file(path: str | os.PathLike, flag: str = "--plot") -> Path:
         p = p.with_name(p.name + ".png")
     elif p.suffix.lower() not in PLOT_FORMATS:
         raise InputError(f"{flag} {p}: cannot write a {p.suffix!r} figure (use {', '.join(PLOT_FORMATS)})")
-    return out_file(p, flag)
+    if p.is_dir():
+        raise InputError(f"{flag} {p}: is a directory, expected a file")
+    blocker = next((a for a in p.parents if a.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise InputError(f"{flag} {p}: {blocker} is not a directory")
+    return p
 
 
 def load_rows(path: str | os.PathLike, what: str = "embeddings"):
