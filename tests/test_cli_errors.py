@@ -147,6 +147,15 @@ def test_search_out_in_a_missing_folder_is_named_before_searching(files, capsys,
     assert "queries in" not in cap.out  # refused before the search ran
 
 
+def test_atomic_write_errors_name_the_target_not_its_temporary_file(tmp_path):
+    from hashindex.core.io import atomic_write_bytes
+
+    target = tmp_path / "nodir" / "r.npz"
+    with pytest.raises(FileNotFoundError) as e:
+        atomic_write_bytes(target, b"x")
+    assert e.value.filename == str(target) and ".tmp" not in str(e.value)
+
+
 def test_a_text_file_is_not_an_npz_of_features(files, capsys):
     (files / "notes.md").write_text("# not features\n")
     line = run(capsys, ["build", "--features", str(files / "notes.md"), "--out", str(files / "x")])
