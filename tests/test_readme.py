@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
 
 
-DOCS = sorted((ROOT / "docs").glob("*.md"))
+DOCS = sorted((ROOT / "docs").glob("*.md")) + [ROOT / "export" / "README.md"]
 
 
 def _blocks(lang: str, text: str = README) -> list[str]:
@@ -46,14 +46,16 @@ def test_readme_python_examples_run(tmp_path):
         assert proc.returncode == 0, proc.stderr
 
 
-@pytest.mark.parametrize("page", DOCS, ids=[p.name for p in DOCS])
+@pytest.mark.parametrize("page", DOCS, ids=[str(p.relative_to(ROOT)) for p in DOCS])
 def test_docs_python_examples_run(page, tmp_path):
-    # the same rule as the README: ```python blocks are complete programs, ```py fragments
+    # the same rule as the README: ```python blocks are complete programs (run in order, in one
+    # working directory), ```py fragments; LFW_DIR points the export examples at ../shared
     blocks = _blocks("python", page.read_text())
-    assert blocks or "```py\n" in page.read_text(), f"{page.name}: no examples to run"
+    assert blocks or "```py\n" in page.read_text(), f"{page}: no examples to run"
+    lfw = ROOT.parent / "shared" / "data" / "lfw"
+    env = {**os.environ, "PYTHONWARNINGS": "ignore::UserWarning", "LFW_DIR": str(lfw)}
     for i, code in enumerate(blocks):
         proc = subprocess.run(
-            [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300,
-            env={**os.environ, "PYTHONWARNINGS": "ignore::UserWarning"},
-        )  # fmt: skip
-        assert proc.returncode == 0, f"{page.name} example {i + 1}:\n{proc.stderr}"
+            [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env
+        )
+        assert proc.returncode == 0, f"{page.relative_to(ROOT)} example {i + 1}:\n{proc.stderr}"
