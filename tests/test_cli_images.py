@@ -121,6 +121,8 @@ def test_image_index_errors_name_the_users_inputs(files, tmp_path, capsys):
 
     line = err(["search", "--index", str(idx), "--queries", str(files / "feats.npz")])
     assert "--images" in line and "4096" not in line and "4-D" not in line
+    line = err(["search", "--index", str(idx), "--images", str(flat), "--recall", "0.9", "--quiet"])
+    assert "--recall" in line and "--candidates" in line and "4-D" not in line
     line = err(["build", "--features", str(files / "feats.npz"), "--model", str(files / "fused.onnx"), "--out", str(tmp_path / "x")])
     assert "takes images" in line and "--images" in line
     line = err(["build", "--images", str(flat), "--out", str(tmp_path / "x")])

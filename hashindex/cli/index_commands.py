@@ -118,6 +118,9 @@ def cmd_search(args: argparse.Namespace) -> int:
         raise InputError(f"{args.index} was built with an image model: search it with --images DIR (not --queries)")
     if args.images and not by_images:
         raise InputError(f"{args.index} hashes feature rows, not images: search it with --queries FILE")
+    if by_images and args.recall is not None:
+        raise InputError("--recall tunes on the index's own items, which an image model cannot encode again "
+                         "(its queries are images): set --candidates instead")  # fmt: skip
     identity = search_options(args, index.has_labels)
     kw = dict(k=args.k, radius=args.radius, candidates=args.candidates, ranking=args.ranking, nprobe=args.nprobe,
               recall=args.recall, **identity)  # fmt: skip
