@@ -183,6 +183,8 @@ def test_user_words_only_translate_flags_the_command_has():
     assert user_words("ranking='hamming' is not supported", flags) == "--ranking hamming is not supported"
     assert user_words("takes radius= or candidates=", flags) == "takes --radius or --candidates"
     assert user_words("bits=8 disagrees with the hasher's 16 bits", flags) == "bits=8 disagrees with the hasher's 16 bits"
+    path = "cannot read /data/group_by/x.npz or group_by.npz (group_by=\"label\")"
+    assert user_words(path, flags) == "cannot read /data/group_by/x.npz or group_by.npz (--group-by label)"
 
 
 def test_too_few_identities_for_p_names_the_flag_to_lower():

@@ -45,8 +45,8 @@ def _one_line(error: BaseException) -> str:
     return " ".join(text.split())
 
 
-_API_WORD = re.compile(r"\b([a-z]+(?:_[a-z]+)*)=(?:'([^']*)'|\"([^\"]*)\"|(-?[\w.]+))?")
-_API_NAME = re.compile(r"\b([a-z]+(?:_[a-z]+)+)\b")
+_API_WORD = re.compile(r"(?<![\w/\\.-])([a-z]+(?:_[a-z]+)*)=(?:'([^']*)'|\"([^\"]*)\"|(-?[\w.]+))?")
+_API_NAME = re.compile(r"(?<![\w/\\.-])([a-z]+(?:_[a-z]+)+)(?![\w/\\-]|\.\w)")  # not inside a path
 _TOO_FEW = re.compile(r"needs at least (--[a-z][a-z-]*) (\d+)\b.*\bfound (\d+)\b")
 
 
