@@ -29,7 +29,7 @@ from hashindex import _moved
 
 _moved.install()
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"  # the one place the version is written: pyproject.toml reads it, CHANGELOG.md lists it
 
 __all__ = [
     "HashIndex",

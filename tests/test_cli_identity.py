@@ -72,7 +72,7 @@ def test_calibrate(files, tmp_path, capsys):
     (["search", "--index", "{d}/idx", "--queries", "{d}/people.npz", "--min-score", "nan"], "finite"),
     (["search", "--index", "{d}/idx", "--queries", "{d}/people.npz", "--group-by", "id"], "invalid choice"),
     (["search", "--index", "{d}/idx", "--queries", "{d}/people.npz", "--filter-labels", "{d}/people.npz"], "integers"),
-    (["search", "--index", "{d}/idx", "--queries", "{d}/people.npz", "--group-size", "2"], "group_by"),
+    (["search", "--index", "{d}/idx", "--queries", "{d}/people.npz", "--group-size", "2"], "--group-by label"),  # the flag typed, not the API word
     (["calibrate", "--data", "{d}/people.npz", "--far", "2"], "far"),
     (["calibrate", "--data", "{d}/other_key.npz"], "labels"),
 ])  # fmt: skip

@@ -70,7 +70,7 @@ def test_load_rejects_bad_files(tmp_path, arrays, match):
 
 def test_load_rejects_non_npz_pickle_and_missing(tmp_path):
     (tmp_path / "junk.npz").write_bytes(b"not a zip file at all")
-    with pytest.raises(IndexFormatError, match="not a readable npz"):
+    with pytest.raises(IndexFormatError, match=r"not an \.npz \(or \.npy\) file of features"):
         load_embeddings(tmp_path / "junk.npz")
     np.savez(tmp_path / "obj.npz", embeddings=np.zeros((2, 2), np.float32), labels=np.array([{}, {}], dtype=object))
     with pytest.raises(IndexFormatError):

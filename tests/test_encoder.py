@@ -251,3 +251,48 @@ def test_model_without_code_outputs_is_refused(tmp_path):
 def test_serving_imports_neither_torch_nor_onnx():
     code = "import sys, hashindex.serving.encoder; bad = {'torch', 'onnx'} & set(sys.modules); assert not bad, bad"
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
+
+
+# -- issue 21 item 10: a failure inside onnxruntime is a ModelMismatchError naming the model -------
+def _failing_at_runtime(src, dst):
+    """``src`` with its input reshaped to [N + 1, D] first: valid to onnxruntime's loader (the
+    shape is computed), impossible for every batch at run time."""
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(src))
+    g = model.graph
+    for node in g.node:
+        node.input[:] = ["features_r" if i == "features" else i for i in node.input]
+    g.initializer.append(numpy_helper.from_array(np.array([1, 0], np.int64), "plus_one_row"))
+    g.node.insert(0, helper.make_node("Reshape", ["features", "bad_shape"], ["features_r"]))
+    g.node.insert(0, helper.make_node("Add", ["shape", "plus_one_row"], ["bad_shape"]))
+    g.node.insert(0, helper.make_node("Shape", ["features"], ["shape"]))
+    onnx.save(model, str(dst))
+    return dst
+
+
+def test_runtime_failure_is_a_model_mismatch_naming_the_model(head_path, queries, tmp_path):
+    from hashindex import HashIndex
+    from hashindex.core.errors import ModelMismatchError
+
+    path = _failing_at_runtime(head_path, tmp_path / "broken.onnx")
+    enc = OnnxEncoder(path)  # loads: the failure is only at run time
+    with pytest.raises(ModelMismatchError, match="broken.onnx.*failed inside onnxruntime"):
+        enc.run(queries[:5])
+    index = HashIndex(DIM, encoder=enc)
+    with pytest.raises(ModelMismatchError, match="broken.onnx"):
+        index.add(queries[:5])
+    assert len(index) == 0
+    with pytest.raises(ModelMismatchError, match="broken.onnx"):
+        index.search(queries[:2], k=1)
+
+
+# -- issue 21 item 20: the bar moves per row, image models run in small batches --------------------
+def test_progress_counts_rows_and_image_batches_are_small(image_path, head_path, capsys):
+    enc = OnnxEncoder(image_path, progress=True)
+    assert enc.batch_size <= 64  # an image batch of 4,096 is 0.6 GB at 112 x 112 and moves the bar rarely
+    assert OnnxEncoder(head_path).batch_size == 4096  # features stay in large batches
+    capsys.readouterr()
+    enc.run(np.zeros((70, 3, 8, 8), np.float32))
+    err = capsys.readouterr().err
+    assert "70/70" in err and "image" in err, err

@@ -1,4 +1,5 @@
-"""README promises: the CI runs the README's test command, and the Python examples run."""
+"""README promises: the CI runs the README's test command, and the Python examples of the README
+and of every page in docs/ run, each as its own program."""
 
 from __future__ import annotations
 
@@ -8,12 +9,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
 
 
-def _blocks(lang: str) -> list[str]:
-    return re.findall(rf"```{lang}\n(.*?)```", README, flags=re.S)
+DOCS = sorted((ROOT / "docs").glob("*.md")) + [ROOT / "export" / "README.md"]
+
+
+def _blocks(lang: str, text: str = README) -> list[str]:
+    return re.findall(rf"```{lang}\n(.*?)```", text, flags=re.S)
 
 
 def test_readme_gives_two_fresh_machine_commands_and_ci_runs_the_test_one():
@@ -38,3 +44,18 @@ def test_readme_python_examples_run(tmp_path):
             [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env
         )
         assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.parametrize("page", DOCS, ids=[str(p.relative_to(ROOT)) for p in DOCS])
+def test_docs_python_examples_run(page, tmp_path):
+    # the same rule as the README: ```python blocks are complete programs (run in order, in one
+    # working directory), ```py fragments; LFW_DIR points the export examples at ../shared
+    blocks = _blocks("python", page.read_text())
+    assert blocks or "```py\n" in page.read_text(), f"{page}: no examples to run"
+    lfw = ROOT.parent / "shared" / "data" / "lfw"
+    env = {**os.environ, "PYTHONWARNINGS": "ignore::UserWarning", "LFW_DIR": str(lfw)}
+    for i, code in enumerate(blocks):
+        proc = subprocess.run(
+            [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env
+        )
+        assert proc.returncode == 0, f"{page.relative_to(ROOT)} example {i + 1}:\n{proc.stderr}"

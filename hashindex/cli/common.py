@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -86,11 +87,38 @@ def out_dir(path: str | os.PathLike) -> Path:
     return p
 
 
-def out_file(path: str | os.PathLike) -> Path:
-    """An output file: InputError when ``path`` names an existing directory."""
+def out_file(path: str | os.PathLike, flag: str = "--out") -> Path:
+    """An output file, checked before any work: InputError when ``path`` names an existing
+    directory or its folder does not exist (or is not a folder)."""
     p = Path(path)
     if p.is_dir():
-        raise InputError(f"--out {p}: is a directory, expected a file")
+        raise InputError(f"{flag} {p}: is a directory, expected a file")
+    parent = p.parent
+    if not parent.is_dir():
+        why = "is not a directory" if parent.exists() else "does not exist"
+        raise InputError(f"{flag} {p}: the folder {parent} {why}")
+    return p
+
+
+PLOT_FORMATS = (".png", ".pdf", ".svg")
+
+
+def plot_file(path: str | os.PathLike, flag: str = "--plot") -> Path:
+    """A figure to write: ``.png`` added when ``path`` has no suffix (the name printed is the
+    file written), InputError for another format, a directory, or a parent that is a file
+    (a missing folder is made when the figure is written)."""
+    p = Path(path)
+    if p.is_dir():
+        raise InputError(f"{flag} {p}: is a directory, expected a file such as {p / 'curve.png'}")
+    if not p.suffix:
+        p = p.with_name(p.name + ".png")
+    elif p.suffix.lower() not in PLOT_FORMATS:
+        raise InputError(f"{flag} {p}: cannot write a {p.suffix!r} figure (use {', '.join(PLOT_FORMATS)})")
+    if p.is_dir():
+        raise InputError(f"{flag} {p}: is a directory, expected a file")
+    blocker = next((a for a in p.parents if a.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise InputError(f"{flag} {p}: {blocker} is not a directory")
     return p
 
 
@@ -102,6 +130,19 @@ def load_rows(path: str | os.PathLike, what: str = "embeddings"):
     if not len(data):
         raise InputError(f"{path}: the {what} file has no rows")
     return data
+
+
+_ROWS = re.compile(r"\brows \[([\d, ]+)\]")
+
+
+def in_rows(e: Exception, what: str, lo: int, hi: int, n: int) -> Exception:
+    """``e`` naming the user's rows: row numbers inside the chunk ``lo:hi`` are shifted to the
+    file's, and a message without any names the chunk's range of the ``n`` rows."""
+    text = str(e)
+    shifted = _ROWS.sub(lambda m: "rows [" + ", ".join(str(lo + int(v)) for v in m.group(1).split(",")) + "]", text)
+    if shifted != text or n == hi - lo:
+        return type(e)(f"{what}: {shifted}")
+    return type(e)(f"{what} rows {lo:,}..{hi - 1:,} of {n:,}: {text}")
 
 
 def fit_baseline(kind: str, features: np.ndarray, bits: int | None):

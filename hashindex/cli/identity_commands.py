@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hashindex.cli.common import load_rows, out_file, positive_int
+from hashindex.cli.common import load_rows, non_negative_int, out_file, plot_file, positive_int
 from hashindex.core.errors import InputError
 from hashindex.core.io import atomic_write_json
 
@@ -45,6 +45,9 @@ def read_id_list(path: str, flag: str) -> np.ndarray:
             values = np.array([int(v) for v in text], dtype=np.int64)
     except ValueError as e:
         raise InputError(f"{flag} {path}: expected integers ({e})") from None
+    except OverflowError:
+        big = next(v for v in text if not -(2**63) <= int(v) < 2**63)
+        raise InputError(f"{flag} {path}: {big} does not fit a 64-bit id (ids are 0 .. 2**63 - 2)") from None
     values = np.asarray(values)
     if values.ndim != 1 or (values.size and not np.issubdtype(values.dtype, np.integer)):
         raise InputError(f"{flag} {path}: expected a 1-D list of integers, got {values.dtype} {values.shape}")
@@ -81,6 +84,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from hashindex.evaluation.calibration import calibrate
 
     out = out_file(args.out) if args.out else None
+    plot = plot_file(args.plot) if args.plot else None  # both checked before the pairs are scored
     data = load_rows(args.data, "labelled")
     if data.labels is None:
         raise InputError(f"{args.data}: calibration needs 'labels' (one identity per row)")
@@ -91,8 +95,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     rule = "score >=" if args.metric != "l2" else "distance <="
     print(f"threshold {cal.threshold:.6f} (accept {rule} it): FAR {cal.far:.3g} (target {args.far:g}), TAR {cal.tar:.4f}")
     print(f"search with: hashindex search ... --min-score {cal.threshold:.6f}")
-    if args.plot:
-        print(f"wrote {cal.plot(args.plot)}")
+    if plot is not None:
+        print(f"wrote {cal.plot(plot)}")
     if out is not None:
         report = {"threshold": cal.threshold, "far_target": args.far, "far": cal.far, "tar": cal.tar,
                   "metric": args.metric, "n_genuine": p.n_genuine, "n_impostor": p.n_impostor, "sampled": p.sampled}  # fmt: skip
@@ -107,7 +111,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--far", type=float, default=1e-4, help="target false-accept rate on impostor pairs")
     p.add_argument("--metric", choices=("cosine", "ip", "l2"), default="cosine", help="the index's metric")
     p.add_argument("--max-pairs", type=positive_int, default=50_000_000, help="sample pairs beyond this many")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--plot", help="write the verification curve (TAR against FAR) to this PNG")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="seed of the pair sample")
+    p.add_argument("--plot", help="write the verification curve (TAR against FAR) to this PNG (or .pdf, .svg)")
     p.add_argument("--out", help="write the threshold and rates to this JSON file")
     p.set_defaults(func=cmd_calibrate)

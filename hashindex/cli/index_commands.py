@@ -8,11 +8,14 @@ import time
 import numpy as np
 from tqdm.auto import tqdm
 
-from hashindex.cli.common import load_rows, non_negative_int, out_dir, out_file, positive_int
+from hashindex.cli.common import in_rows, load_rows, non_negative_int, out_dir, out_file, positive_int
 from hashindex.cli.identity_commands import add_search_options, read_labels, search_options
+from hashindex.cli.image_folder import check_image_model, list_images, stream_images, takes_images
+from hashindex.core.errors import HashIndexError, InputError
 from hashindex.core.io import atomic_write
 from hashindex.serving.hashers import HASHER_KINDS
 from hashindex.serving.index import DEFAULT_BITS
+from hashindex.serving.persist import check_save_target
 from hashindex.serving.tuning import DEFAULT_RECALL
 
 
@@ -38,12 +41,17 @@ def cmd_build(args: argparse.Namespace) -> int:
     from hashindex.serving.index import HashIndex
 
     out = out_dir(args.out)
+    check_save_target(out)  # a directory save() would refuse is refused before fit, add and tune
+    if args.images:
+        return build_from_images(args, out)
     data = load_rows(args.features, "features")
     labels = read_labels(args.features, args.labels_key, len(data)) if args.labels_key else None
     if args.model:
         from hashindex.serving.encoder import OnnxEncoder
 
         hasher = OnnxEncoder(args.model)
+        if takes_images(hasher):
+            raise InputError(f"--model {args.model} takes images: build from an image folder with --images DIR")
     else:
         hasher = make_hasher(args.hasher, data.dim, args.bits)
     index = HashIndex(data.dim, hasher, metric=args.metric, backend=args.backend, feature_dtype=args.feature_dtype)
@@ -70,23 +78,75 @@ def cmd_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def build_from_images(args: argparse.Namespace, out) -> int:
+    """``build --images DIR --model fused.onnx``: the folder encoded a chunk at a time."""
+    from hashindex.serving.encoder import OnnxEncoder
+    from hashindex.serving.index import HashIndex
+
+    if not args.model:
+        raise InputError("--images needs --model: a fused image model (hashindex export --backbone ... --head ...)")
+    if args.labels_key:
+        raise InputError("--labels-key reads an array of --features; with --images the labels are the sub-folders")
+    encoder = OnnxEncoder(args.model)
+    check_image_model(encoder, "--model")
+    folder = list_images(args.images)
+    index = HashIndex(encoder.dim, encoder, metric=args.metric, backend=args.backend, feature_dtype=args.feature_dtype)
+    labels = folder.labels
+
+    def add(images, lo, hi):
+        index.add_images(images, np.arange(lo, hi, dtype=np.int64), None if labels is None else labels[lo:hi])
+
+    t = time.perf_counter()
+    stream_images(encoder, folder, add, quiet=args.quiet, desc="adding images")
+    print(f"encoded {len(folder):,} images of {folder.root} in {time.perf_counter() - t:.1f}s "
+          f"(ids 0..{len(folder) - 1:,} in sorted path order)")  # fmt: skip
+    if args.tune and not args.quiet:
+        print("not tuned: an image model's queries are images, so searches use the untuned default")
+    index.save(out)
+    with_labels = f", {len(folder.names):,} labels (one per sub-folder)" if labels is not None else ""
+    print(f"built {out}: {len(index):,} items{with_labels}, {index.bits} bits, metric {index.metric}")
+    return 0
+
+
 def cmd_search(args: argparse.Namespace) -> int:
     from hashindex.serving.index import HashIndex
 
     out = out_file(args.out) if args.out else None
     index = HashIndex.load(args.index, mmap=True)
-    queries = load_rows(args.queries, "queries").features
+    by_images = takes_images(index.hasher)
+    if by_images and not args.images:
+        raise InputError(f"{args.index} was built with an image model: search it with --images DIR (not --queries)")
+    if args.images and not by_images:
+        raise InputError(f"{args.index} hashes feature rows, not images: search it with --queries FILE")
+    if by_images and args.recall is not None:
+        raise InputError("--recall tunes on the index's own items, which an image model cannot encode again "
+                         "(its queries are images): set --candidates instead")  # fmt: skip
     identity = search_options(args, index.has_labels)
+    kw = dict(k=args.k, radius=args.radius, candidates=args.candidates, ranking=args.ranking, nprobe=args.nprobe,
+              recall=args.recall, **identity)  # fmt: skip
     parts = []
     t = time.perf_counter()
-    for lo, hi in tqdm(_chunks(len(queries), 4096), desc="searching", unit="chunk", disable=args.quiet):
-        parts.append(index.search(queries[lo:hi], k=args.k, radius=args.radius, candidates=args.candidates,
-                                  ranking=args.ranking, nprobe=args.nprobe, recall=args.recall, **identity))  # fmt: skip
+    if by_images:
+        folder = list_images(args.images)
+        names = [str(p) for p in folder.paths]
+        stream_images(index.hasher, folder, lambda x, lo, hi: parts.append(index.search_images(x, **kw)),
+                      quiet=args.quiet, desc="searching images")  # fmt: skip
+    else:
+        queries = load_rows(args.queries, "queries").features
+        names = None
+        for lo, hi in tqdm(_chunks(len(queries), 4096), desc="searching", unit="chunk", disable=args.quiet):
+            try:
+                parts.append(index.search(queries[lo:hi], **kw))
+            except HashIndexError as e:
+                raise in_rows(e, str(args.queries), lo, hi, len(queries)) from e
+    n_queries = sum(len(p.ids) for p in parts)
     elapsed = time.perf_counter() - t
     fields = ("ids", "scores", "hamming", "n_candidates") + (("labels",) if index.has_labels else ())
     result = {f: np.concatenate([getattr(p, f) for p in parts]) for f in fields}
+    if names is not None:
+        result["paths"] = np.array(names, dtype=str)
     print(
-        f"{len(queries):,} queries in {elapsed:.2f}s ({len(queries) / max(elapsed, 1e-9):,.0f} q/s), "
+        f"{n_queries:,} queries in {elapsed:.2f}s ({n_queries / max(elapsed, 1e-9):,.0f} q/s), "
         f"candidates per query: median {np.median(result['n_candidates']):.0f}, "
         f"mean {result['n_candidates'].mean():.1f} of {len(index):,}"
     )
@@ -94,13 +154,13 @@ def cmd_search(args: argparse.Namespace) -> int:
         atomic_write(out, lambda f: np.savez(f, **result))
         print(f"wrote {out}")
     else:
-        for q in range(min(len(queries), args.show)):
+        for q in range(min(n_queries, args.show)):
             labels = result["labels"][q] if "labels" in result else [None] * len(result["ids"][q])
             hits = ", ".join(
                 f"{i}({s:.3f}, h={h}{'' if lab is None else f', label={lab}'})"
                 for i, s, h, lab in zip(result["ids"][q], result["scores"][q], result["hamming"][q], labels) if i >= 0
             ) or ("unknown (nothing above --min-score)" if args.min_score is not None else "")
-            print(f"query {q}: {hits}")
+            print(f"query {q if names is None else names[q]}: {hits}")
     return 0
 
 
@@ -112,8 +172,11 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def add_parsers(sub) -> None:
-    p = sub.add_parser("build", help="build an index directory from an embeddings .npz")
-    p.add_argument("--features", required=True, help=".npz with 'embeddings' (and optional 'ids', 'labels')")
+    p = sub.add_parser("build", help="build an index directory from an embeddings .npz (or an image folder)")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--features", help=".npz with 'embeddings' (and optional 'ids', 'labels')")
+    source.add_argument("--images", metavar="DIR", help="a folder of images, or one sub-folder per person (labels): "
+                        "encoded in chunks with --model, a fused image model")  # fmt: skip
     p.add_argument("--hasher", choices=HASHER_KINDS, default="itq")
     p.add_argument("--bits", type=positive_int, default=DEFAULT_BITS, help="code length (capped by the hasher: <= feature dim)")
     p.add_argument("--model", help="an exported ONNX hash model to use instead of an untrained hasher")
@@ -134,7 +197,10 @@ def add_parsers(sub) -> None:
 
     p = sub.add_parser("search", help="search an index with query embeddings")
     p.add_argument("--index", required=True)
-    p.add_argument("--queries", required=True, help=".npz with 'embeddings'")
+    queries = p.add_mutually_exclusive_group(required=True)
+    queries.add_argument("--queries", help=".npz with 'embeddings'")
+    queries.add_argument("--images", metavar="DIR", help="query images (a folder, or sub-folders), for an index "
+                         "built with an image model; results name each image")  # fmt: skip
     p.add_argument("-k", type=positive_int, default=10)
     p.add_argument("--radius", type=non_negative_int, help="Hamming radius (inclusive) for candidates")
     p.add_argument("--candidates", type=positive_int, help="rerank this many best-ranked items")
@@ -146,7 +212,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--recall", type=recall_target,
                    help="use (or tune) the index's operating point for this recall@1 (default: the saved 0.99 one)")
     add_search_options(p)
-    p.add_argument("--out", help="write ids / scores / hamming / n_candidates (/ labels) to this .npz")
+    p.add_argument("--out", help="write ids / scores / hamming / n_candidates (/ labels, / paths) to this .npz")
     p.add_argument("--show", type=non_negative_int, default=5, help="queries to print when --out is not given")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_search)

@@ -40,7 +40,11 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> 
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
-        with open(tmp, "wb") as f:
+        try:
+            f = open(tmp, "wb")
+        except OSError as e:  # name the caller's path, not the temporary sibling it never asked for
+            raise type(e)(e.errno, e.strerror, os.fspath(path)) from e
+        with f:
             write(f)
             f.flush()
             os.fsync(f.fileno())

@@ -87,10 +87,11 @@ def normalize_images(rgb: np.ndarray, prep: ImagePreprocessing) -> np.ndarray:
     return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
 
 
-def load_images(paths: Sequence[str | os.PathLike], prep: ImagePreprocessing) -> np.ndarray:
+def load_images(paths: Sequence[str | os.PathLike], prep: ImagePreprocessing, progress: bool = False) -> np.ndarray:
     """Decode image files and preprocess them: ``float32 [N, 3, H, W]``.
 
     Images of another size are resized with bilinear filtering (as the LFW crops were made).
+    ``progress``: a tqdm bar counting the images decoded.
     """
     try:
         from PIL import Image
@@ -98,7 +99,12 @@ def load_images(paths: Sequence[str | os.PathLike], prep: ImagePreprocessing) ->
         raise ImportError("loading images needs Pillow: pip install pillow") from e
     height, width = prep.size
     batch = np.empty((len(paths), height, width, 3), dtype=np.uint8)
-    for i, path in enumerate(paths):
+    items = enumerate(paths)
+    if progress:
+        from tqdm.auto import tqdm
+
+        items = tqdm(items, total=len(paths), desc="loading images", unit="image")
+    for i, path in items:
         try:
             with Image.open(path) as img:
                 img = img.convert("RGB")
@@ -110,6 +116,6 @@ def load_images(paths: Sequence[str | os.PathLike], prep: ImagePreprocessing) ->
     return normalize_images(batch, prep)
 
 
-def load_face_images(paths: Sequence[str | os.PathLike]) -> np.ndarray:
+def load_face_images(paths: Sequence[str | os.PathLike], progress: bool = False) -> np.ndarray:
     """Face crops -> MobileFaceNet input ``float32 [N, 3, 112, 112]`` (:data:`FACE_PREPROCESSING`)."""
-    return load_images(paths, FACE_PREPROCESSING)
+    return load_images(paths, FACE_PREPROCESSING, progress)

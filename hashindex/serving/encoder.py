@@ -33,6 +33,12 @@ from hashindex.core.preprocess import ImagePreprocessing, load_images
 from hashindex.core.validation import check_features, check_positive_int
 
 
+FEATURE_BATCH = 4096
+"""Default rows per ``session.run`` for a model over features."""
+IMAGE_BATCH = 32
+"""Default images per ``session.run`` (bounded memory, and a progress bar that moves)."""
+
+
 @dataclass(frozen=True)
 class EncoderOutput:
     """One run of the model on ``N`` inputs.
@@ -92,8 +98,9 @@ class OnnxEncoder:
         path: ``.onnx`` file written by :mod:`hashindex.export.onnx`.
         providers: "auto" (CUDA when available, else CPU), "cpu", or a list of provider names.
         batch_size: inputs per ``session.run``; larger inputs are split (bounded memory).
+            None: 4,096 feature rows, or 32 images (a batch of 4,096 face crops is 0.6 GB).
         threads: onnxruntime intra-op threads (None: onnxruntime's default).
-        progress: show a tqdm bar over batches.
+        progress: show a tqdm bar counting inputs (it moves once per batch).
         model_bytes: the model file's content, already read (e.g. from an index directory
             opened once); ``path`` then only names it.
 
@@ -104,14 +111,15 @@ class OnnxEncoder:
         self,
         path: str | os.PathLike,
         providers: str | Sequence[str] = "auto",
-        batch_size: int = 4096,
+        batch_size: int | None = None,
         threads: int | None = None,
         progress: bool = False,
         *,
         model_bytes: bytes | None = None,
     ) -> None:
         self.path = Path(path)
-        self.batch_size = check_positive_int(batch_size, "batch_size")
+        if batch_size is not None:
+            check_positive_int(batch_size, "batch_size")
         self.progress = progress
         if model_bytes is not None:
             raw = bytes(model_bytes)
@@ -133,6 +141,7 @@ class OnnxEncoder:
         self.metadata_props = dict(self._session.get_modelmeta().custom_metadata_map)
         self.metadata = ModelMetadata.from_props(self.metadata_props, source=str(self.path))
         self._check_graph()
+        self.batch_size = batch_size or (FEATURE_BATCH if self.kind == "features" else IMAGE_BATCH)
 
     # -- description -----------------------------------------------------------------------
     @property
@@ -217,17 +226,40 @@ class OnnxEncoder:
                 np.empty((0, self.bits), np.float32),
                 np.empty((0, self._feature_dim), np.float32) if self.has_features else None,
             )
-        starts = range(0, n, self.batch_size)
+        bar = None
         if self.progress:
             from tqdm.auto import tqdm
 
-            starts = tqdm(starts, desc="encode", unit="batch")
+            unit = "image" if self.kind == "images" else "row"
+            bar = tqdm(total=n, desc=f"encoding {self.kind}", unit=unit)
         parts = []
-        for s in starts:
-            batch = x[s : s + self.batch_size]
-            parts.append(self._check_outputs(self._session.run(names, {self.input_name: batch}), batch.shape[0]))
+        try:
+            for s in range(0, n, self.batch_size):
+                batch = x[s : s + self.batch_size]
+                parts.append(self._check_outputs(self._run_session(names, batch, s, n), batch.shape[0]))
+                if bar is not None:
+                    bar.update(batch.shape[0])
+        finally:
+            if bar is not None:
+                bar.close()
         merged = [np.concatenate(p) if len(parts) > 1 else p[0] for p in zip(*parts)]
         return EncoderOutput(*merged)
+
+    def _run_session(self, names: list[str], batch: np.ndarray, start: int, n: int) -> list:
+        """``session.run`` on one checked batch; a failure inside onnxruntime (the graph cannot
+        run on valid input: a bad Reshape, an operator error) is the model's fault, so it is a
+        ModelMismatchError naming the model, not onnxruntime's own exception type."""
+        try:
+            return self._session.run(names, {self.input_name: batch})
+        except Exception as e:  # onnxruntime's Fail / RuntimeException / InvalidArgument are untyped here
+            detail = " ".join(str(e).split())
+            if len(detail) > 300:
+                detail = detail[:300] + "..."
+            rows = f"inputs {start}..{start + batch.shape[0] - 1} of {n}" if n > batch.shape[0] else f"{n} inputs"
+            raise ModelMismatchError(
+                f"{self.path}: the model failed inside onnxruntime on {rows} of valid shape "
+                f"{list(batch.shape[1:])} ({type(e).__name__}: {detail})"
+            ) from e
 
     def _check_outputs(self, outputs: list, n: int) -> list:
         """One run's outputs against the contract: rows, widths, dtypes, finite embedding, and
@@ -265,8 +297,9 @@ class OnnxEncoder:
         """Continuous projection ``float32 [N, K]`` whose sign is the code (asymmetric ranking)."""
         return pre_tanh(self.run(x).embedding)
 
-    def load_images(self, paths: Sequence[str | os.PathLike]) -> np.ndarray:
-        """Decode and preprocess image files as this (image) model's metadata prescribes."""
+    def load_images(self, paths: Sequence[str | os.PathLike], progress: bool = False) -> np.ndarray:
+        """Decode and preprocess image files as this (image) model's metadata prescribes
+        (``progress``: a bar counting the images decoded)."""
         if not isinstance(self.preprocessing, ImagePreprocessing):
             raise InputError(f"{self.path} takes {self.kind}, not images with a known preprocessing")
-        return load_images(paths, self.preprocessing)
+        return load_images(paths, self.preprocessing, progress)

@@ -108,6 +108,20 @@ def _names_for_labels(labels: np.ndarray, names: np.ndarray, path: str) -> np.nd
     return out
 
 
+def _check_magic(path: str) -> None:
+    """IndexFormatError unless the file starts as a zip (.npz) or a .npy array does."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(6)
+    except OSError:
+        return  # np.load reports it
+    if not (head.startswith(b"PK") or head == b"\x93NUMPY"):
+        raise IndexFormatError(
+            f"{path}: not an .npz (or .npy) file of features; expected an .npz holding an 'embeddings' "
+            "array [N, D] (np.savez(path, embeddings=x))"
+        )
+
+
 def load_embeddings(path: str | os.PathLike) -> EmbeddingSet:
     """Read an embedding ``.npz`` (see module docstring); raise clear errors on bad files.
 
@@ -118,6 +132,7 @@ def load_embeddings(path: str | os.PathLike) -> EmbeddingSet:
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: no such embeddings file")
+    _check_magic(path)
     try:
         z = np.load(path, allow_pickle=False)
         if not isinstance(z, np.lib.npyio.NpzFile):
@@ -126,9 +141,15 @@ def load_embeddings(path: str | os.PathLike) -> EmbeddingSet:
             arrays = {key: z[key] for key in z.files}
     except IndexFormatError:
         raise
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
-        # ValueError is also what numpy raises for object arrays under allow_pickle=False
-        raise IndexFormatError(f"{path}: not a readable npz without pickle ({e})") from e
+    except ValueError as e:
+        if "pickle" in str(e):  # numpy's advice to load it unsafely is not ours to repeat
+            raise IndexFormatError(
+                f"{path}: holds object (pickled) arrays, which hashindex never loads; save the features "
+                "as a numeric array (np.savez(path, embeddings=x.astype(np.float32)))"
+            ) from e
+        raise IndexFormatError(f"{path}: not a readable .npz of features ({e})") from e
+    except (OSError, zipfile.BadZipFile, EOFError) as e:
+        raise IndexFormatError(f"{path}: not a readable .npz of features ({e})") from e
 
     if "embeddings" not in arrays:
         raise IndexFormatError(f"{path}: no 'embeddings' array (found: {', '.join(sorted(arrays)) or 'none'})")
