@@ -317,14 +317,12 @@ def test_future_format_version_is_refused(small_saved, tmp_path):
             HashIndex.load(root)
 
 
-def test_next_save_removes_debris_of_a_killed_save(tmp_path):
+def test_next_save_removes_debris_of_a_killed_save(tmp_path, killed_save):
     index, _ = _build(n=300)
     target = tmp_path / "ix"
     index.save(target)
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    debris = tmp_path / f".ix.tmp-{int(dead.stdout)}-deadbeef"  # a save whose process is gone
-    debris.mkdir()
-    (debris / "codes.npy").write_bytes(b"partial")
+    debris = killed_save(target)  # the temporary directory of a save whose process was killed
+    assert (debris / "codes.npy").exists()
     live = tmp_path / f".ix.tmp-{os.getpid()}-cafe0000"  # a save still running in this process
     live.mkdir()
     index.save(target)
