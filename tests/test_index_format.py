@@ -1,4 +1,4 @@
-"""Index directories under hostile or unlucky conditions (issue 21, items 4-8, pickling, SIGBUS).
+"""Index directories under hostile or unlucky conditions (issue 21, items 4-8, and SIGBUS).
 
 Each test reproduces a defect of the format as it was: loads failing during fallback saves
 (item 4), saves that load refuses (5), saves deleting what is not theirs (6), raw errors from
@@ -8,10 +8,8 @@ limit. ``HASHINDEX_STRESS_LOADS=5000`` lengthens the concurrent-load test (defau
 
 from __future__ import annotations
 
-import copy
 import json
 import os
-import pickle
 import runpy
 import shutil
 import subprocess
@@ -403,15 +401,3 @@ def test_saving_over_a_memory_mapped_index_never_invalidates_it(tmp_path, monkey
         for seed in range(3):
             _index(n=10, seed=seed + 1).save(tmp_path / swap)
         np.testing.assert_array_equal(loaded.get_features(loaded.ids), a.get_features(a.ids))
-
-
-# -- pickling and copying ----------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("how", ["pickle", "deepcopy", "copy"])
-def test_pickling_or_copying_an_index_says_how_to_share_it(how):
-    index = _index()
-    op = {"pickle": pickle.dumps, "deepcopy": copy.deepcopy, "copy": copy.copy}[how]
-    with pytest.raises(HashIndexError, match=r"save\(.*load\(") as info:
-        op(index)
-    assert isinstance(info.value, TypeError)  # what pickle's callers catch

@@ -47,7 +47,3 @@ class ModelMismatchError(IndexFormatError):
 class UnsupportedError(HashIndexError, NotImplementedError):
     """An option or method this index backend cannot honour (the message names the backend)."""
 
-
-class NotCopyableError(HashIndexError, TypeError):
-    """An index was pickled or copied: it holds locks, FAISS structures and memory maps. Share
-    it through its directory instead (``save`` once, ``load(mmap=True)`` in each process)."""

@@ -24,7 +24,7 @@ import numpy as np
 
 from hashindex.core.codes import hamming_pairs
 from hashindex.core.bits import check_bits
-from hashindex.core.errors import IndexFormatError, InputError, NotCopyableError, UnknownIdError
+from hashindex.core.errors import IndexFormatError, InputError, UnknownIdError
 from hashindex.core.validation import PARTITION_MODES  # noqa: F401 (importable from here as before)
 from hashindex.core.validation import check_dim, check_hasher_kind, check_partition_spill, check_partitions
 from hashindex.serving import index_format
@@ -538,11 +538,3 @@ class HashIndex(IndexFront):
             self._part = PartitionStage(self.bits, a["partition_centroids"], self.metric, self.partition_spill)
             self._part_assign = RowStore((self._part.spill,), np.int32, a["partition_assign"])
         self._operating_points = dict(state.operating_points)
-
-    def __reduce_ex__(self, protocol):
-        raise NotCopyableError(
-            f"a {type(self).__name__} cannot be pickled or copied (it holds locks, FAISS indexes and memory "
-            "maps). To share it between processes, index.save(path) once and HashIndex.load(path, mmap=True) "
-            "in each process: the memory-mapped features are shared through the page cache. To copy it, "
-            "save(path) and load(path)."
-        )
