@@ -401,3 +401,48 @@ def test_saving_over_a_memory_mapped_index_never_invalidates_it(tmp_path, monkey
         for seed in range(3):
             _index(n=10, seed=seed + 1).save(tmp_path / swap)
         np.testing.assert_array_equal(loaded.get_features(loaded.ids), a.get_features(a.ids))
+
+
+# -- the Milvus backend's stored header (its equivalent of the manifest) -----------------------
+
+
+def _b64(a) -> str:
+    import base64
+
+    return base64.b64encode(np.ascontiguousarray(a, dtype="<f4").tobytes()).decode("ascii")
+
+
+MILVUS_HEADERS = {
+    "dim: Infinity": {"dim": float("inf")},
+    "bits: Infinity": {"bits": float("inf")},
+    "format: Infinity": {"hashindex": float("inf")},
+    "dim: 1e300": {"dim": 1e300},
+    "hasher bits: Infinity": {"hasher": {"type": "linear", "kind": "itq", "bits": float("inf"), "dim": 8}},
+    "hasher kind: a number": {"hasher": {"type": "linear", "kind": 5, "bits": 16, "dim": 8,
+                                         "weight": _b64(np.ones((16, 8))), "bias": _b64(np.zeros(16))}},
+    "hasher weights: NaN": {"hasher": {"type": "linear", "kind": "itq", "bits": 16, "dim": 8,
+                                       "weight": _b64(np.full((16, 8), np.nan)), "bias": _b64(np.zeros(16))}},
+    "hasher weight: wrong size": {"hasher": {"type": "linear", "kind": "itq", "bits": 16, "dim": 8,
+                                             "weight": _b64(np.ones(3)), "bias": _b64(np.zeros(16))}},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", sorted(MILVUS_HEADERS))
+def test_hostile_milvus_headers_are_refused(case, tmp_path, milvus_class):
+    from pymilvus import DataType, MilvusClient
+
+    header = {"hashindex": 1, "dim": 8, "bits": 16, "metric": "cosine", "hasher": {"type": "none"}}
+    header.update(MILVUS_HEADERS[case])
+    uri = str(tmp_path / "m.db")
+    client = MilvusClient(uri)
+    schema = MilvusClient.create_schema(auto_id=False, description=json.dumps(header))
+    schema.add_field("id", DataType.INT64, is_primary=True)
+    schema.add_field("code", DataType.BINARY_VECTOR, dim=16)
+    schema.add_field("feature", DataType.FLOAT_VECTOR, dim=8)
+    params = client.prepare_index_params()
+    params.add_index("code", index_type="BIN_FLAT", metric_type="HAMMING")
+    params.add_index("feature", index_type="FLAT", metric_type="IP")
+    client.create_collection("h", schema=schema, index_params=params)
+    client.close()
+    with pytest.raises(IndexFormatError):
+        milvus_class(8, uri=uri, collection="h").close()
