@@ -61,7 +61,7 @@ except ImportError as e:  # pragma: no cover - exercised only without the extra
 
 from hashindex.core.errors import IndexFormatError, InputError, ModelMismatchError, UnknownIdError, UnsupportedError
 from hashindex.core.bits import check_bits
-from hashindex.core.validation import check_dim, check_hasher_kind, check_positive_int
+from hashindex.core.validation import check_dim, check_hasher_kind
 from hashindex.serving.candidates.binary import RangeResult
 from hashindex.serving.candidates.modes import select_candidates
 from hashindex.serving.filters import Restriction
