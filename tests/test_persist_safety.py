@@ -386,6 +386,29 @@ def _run(code: str, timeout: float = 60) -> subprocess.CompletedProcess:
 # -- issue 21 item 4: loads during fallback saves ------------------------------------------------
 
 
+def test_a_load_racing_the_first_fallback_rename_gets_a_whole_index(tmp_path, monkeypatch):
+    """The path is a directory when a load looks, and renamed aside (the fallback save's first
+    rename) a moment later: the load must not report "not a directory" but load a whole one."""
+    a = _index(seed=0)
+    target, backup = tmp_path / "ix", tmp_path / ".ix.previous"
+    a.save(target)
+    real_stat, done = os.stat, []
+
+    def stat_hook(path, *args, **kw):
+        st = real_stat(path, *args, **kw)
+        if not done and not isinstance(path, int) and os.fspath(path) == str(target):
+            done.append(1)
+            os.rename(target, backup)  # right after the load saw the directory
+        return st
+
+    monkeypatch.setattr(os, "stat", stat_hook)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        loaded = HashIndex.load(target)
+    assert done
+    np.testing.assert_array_equal(loaded.ids, a.ids)
+
+
 def test_load_retries_when_the_backup_it_opened_is_removed(tmp_path, monkeypatch):
     """A fallback save renames the index aside, renames the new one in and removes the old one.
     A load that resolved to the backup (the path was momentarily missing) and meets a file the
