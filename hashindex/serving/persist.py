@@ -227,11 +227,12 @@ def _marker_record(target: Path, token: str) -> dict:
     return {**record, "sha256": hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()}
 
 
-def _lock(fd: int, blocking: bool, shared: bool = False) -> bool:
-    """flock ``fd``; False when another holder has it (non-blocking) or locks are unsupported."""
+def _lock(fd: int, blocking: bool) -> bool:
+    """flock ``fd`` exclusively; False when another holder has it (non-blocking) or locks are
+    unsupported here."""
     if fcntl is None:
         return False
-    op = (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | (0 if blocking else fcntl.LOCK_NB)
+    op = fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB)
     try:
         fcntl.flock(fd, op)
     except OSError:
@@ -300,7 +301,13 @@ def _swap_in_progress(parent: Path) -> bool:
     except OSError:
         return False
     try:
-        return fcntl is not None and not _lock(fd, blocking=False, shared=True)
+        if fcntl is not None:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True  # a save holds it (other errors: locks unsupported here, nothing to wait for)
+    except OSError:
+        return False
     finally:
         os.close(fd)
 
