@@ -480,6 +480,21 @@ def test_a_users_directory_named_like_a_dead_save_is_left_alone(tmp_path):
     assert (user / "thesis.txt").read_text() == "years of work"
 
 
+def test_only_stale_empty_directories_named_exactly_as_a_save_names_them_are_removed(tmp_path):
+    """A save killed between creating its directory and its marker leaves it empty: removed once
+    a minute old (rmdir), never a fresh one (a save about to fill it) nor another name."""
+    import time
+
+    pid = _dead_pid()
+    stale, fresh, other = (tmp_path / f".g.idx.tmp-{pid}-{t}" for t in ("0123456789ab", "ba9876543210", "mine"))
+    for d in (stale, fresh, other):
+        d.mkdir()
+    for d in (stale, other):
+        os.utime(d, (time.time() - 3600,) * 2)
+    _index().save(tmp_path / "g.idx")
+    assert not stale.exists() and fresh.is_dir() and other.is_dir()
+
+
 @pytest.mark.parametrize("swap", ["exchange", "rename"])
 def test_an_empty_user_directory_named_like_a_backup_is_left_alone(swap, tmp_path, monkeypatch):
     if swap == "rename":

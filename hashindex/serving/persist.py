@@ -15,7 +15,9 @@ directory are serialised by an ``flock`` on that directory.
 What a save removes: only what this library provably wrote. A temporary sibling is removed only
 when its marker verifies (this target, its own token, a valid checksum) and its lock can be
 taken (the save that made it is gone, in whatever process or PID namespace it ran), and then
-only the files a save writes (``names``), its marker and the then empty directory. A backup or
+only the files a save writes (``names``), its marker and the then empty directory (an empty
+directory named exactly ``.<name>.tmp-<pid>-<12 hex>`` and a minute old, what a save killed
+between creating it and its marker leaves, is removed too: rmdir loses nothing). A backup or
 a target is replaced only when the format recognises it as a whole directory of its own
 (``recognise``), or the target is an empty directory. User names are compared as strings,
 never used as glob patterns.
@@ -36,6 +38,7 @@ import errno
 import hashlib
 import json
 import os
+import re
 import secrets
 import stat
 import time
@@ -61,6 +64,8 @@ MAX_MARKER_BYTES = 4096
 _OPEN_ATTEMPTS = 50  # restarts of a load whose version was swapped out while its files were opened
 _SWAP_WAIT_S = 2.0  # how long a load waits for a save that is between its two fallback renames
 _MAX_NAME_EXTRA = 40  # bytes a temporary sibling's name adds to the target's
+_TMP_SUFFIX = re.compile(r"[0-9]{1,10}-[0-9a-f]{12}")  # <pid>-<token[:12]> after ".<name>.tmp-"
+_EMPTY_TMP_AGE_S = 60.0  # an empty temporary directory this old is no save's (one fills it at once)
 _ERRNO_UNSUPPORTED = (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP)  # renameat2 flags unknown here
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
@@ -241,8 +246,8 @@ def _lock(fd: int, blocking: bool) -> bool:
 
 
 def _abandoned(path: Path, target: Path) -> bool:
-    """Whether ``path`` is the temporary directory of a save of ``target`` that has ended:
-    a real directory whose marker verifies and whose lock nobody holds."""
+    """Whether ``path`` is the temporary directory (or the backup) of a save of ``target`` that
+    has ended: a real directory whose marker verifies and whose lock nobody holds."""
     try:
         if not stat.S_ISDIR(os.lstat(path).st_mode):
             return False
@@ -256,16 +261,25 @@ def _abandoned(path: Path, target: Path) -> bool:
         try:
             record = json.loads(os.pread(fd, MAX_MARKER_BYTES, 0))
             token = record["token"]
-            return (
-                record == _marker_record(target, token)
-                and isinstance(token, str)
-                and path.name.startswith(_tmp_prefix(target))
-                and path.name.endswith(f"-{token[:12]}")
-            )
+            ours = path.name.startswith(_tmp_prefix(target)) and path.name.endswith(f"-{token[:12]}")
+            return record == _marker_record(target, token) and (ours or path.name == backup_path(target).name)
         except (ValueError, TypeError, KeyError, RecursionError):
             return False
     finally:
         os.close(fd)  # releases the lock
+
+
+def _empty_and_stale(path: Path, prefix: str) -> bool:
+    """An empty directory named exactly as a save names its temporary directory, untouched for
+    :data:`_EMPTY_TMP_AGE_S`: what a save killed between creating it and its marker (or between
+    removing its marker and the directory) leaves. Removing it (rmdir) loses nothing."""
+    if not _TMP_SUFFIX.fullmatch(path.name[len(prefix) :]):
+        return False
+    try:
+        st = os.lstat(path)
+        return stat.S_ISDIR(st.st_mode) and time.time() - st.st_mtime > _EMPTY_TMP_AGE_S and not os.listdir(path)
+    except OSError:
+        return False
 
 
 def remove_abandoned(target: Path, names: frozenset[str]) -> None:
@@ -276,8 +290,15 @@ def remove_abandoned(target: Path, names: frozenset[str]) -> None:
     except OSError:
         return
     for entry in entries:
-        if entry.startswith(prefix) and _abandoned(target.parent / entry, target):
+        if not entry.startswith(prefix):
+            continue
+        if _abandoned(target.parent / entry, target):
             _remove_files(target.parent / entry, names)
+        elif _empty_and_stale(target.parent / entry, prefix):
+            try:
+                os.rmdir(target.parent / entry)
+            except OSError:
+                pass
 
 
 @contextmanager
@@ -329,11 +350,22 @@ def _exchange(a: Path, b: Path) -> bool:
     return True
 
 
+def _backup_problem(target: Path, recognise: Recognise) -> str | None:
+    """None when the backup of ``target`` is absent or ours to remove (a whole index, or one a
+    save that died was removing: its marker verifies), else why not."""
+    backup = backup_path(target)
+    if not os.path.lexists(backup):
+        return None
+    if os.path.islink(backup) or not backup.is_dir():
+        return "it is a symlink" if os.path.islink(backup) else "it is not a directory"
+    why = recognise(backup)
+    return None if why is None or _abandoned(backup, target) else why
+
+
 def _check_backup(target: Path, recognise: Recognise) -> None:
     backup = backup_path(target)
     if os.path.lexists(backup):
-        why = "it is a symlink" if os.path.islink(backup) else None
-        why = why or ("it is not a directory" if not backup.is_dir() else recognise(backup))
+        why = _backup_problem(target, recognise)
         if why is not None:
             raise SavePathError(
                 f"cannot save to {str(target)!r}: {backup.name} (the name a save uses for the previous "
@@ -385,8 +417,8 @@ def write_dir(target: Any, write: Callable[[Path], None], recognise: Recognise, 
                 os.rename(tmp, target)
                 os.rename(target / MARKER, backup / MARKER)
                 _remove_files(backup, names)
-            if os.path.lexists(backup) and not os.path.islink(backup) and backup.is_dir() and recognise(backup) is None:
-                _remove_files(backup, names)  # left by a save that died between its renames
+            if os.path.lexists(backup) and _backup_problem(target, recognise) is None:
+                _remove_files(backup, names)  # left by a save that died between its renames, or while removing it
             fsync_path(target.parent)
     except BaseException:
         if os.path.lexists(tmp / MARKER):  # still ours: the swap did not happen
