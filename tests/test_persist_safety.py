@@ -480,6 +480,32 @@ def test_a_users_directory_named_like_a_dead_save_is_left_alone(tmp_path):
     assert (user / "thesis.txt").read_text() == "years of work"
 
 
+def test_a_save_killed_while_removing_the_backup_does_not_block_the_next(tmp_path, monkeypatch):
+    """Fallback swap: the old index, renamed to the backup, is half removed when the save dies;
+    the next save removes the rest (the backup carries the dead save's marker) and succeeds."""
+    monkeypatch.setattr(persist, "_exchange", lambda a, b: False)
+    target, backup = tmp_path / "ix", tmp_path / ".ix.previous"
+    _index(seed=0).save(target)
+    real_unlink, calls = os.unlink, []
+
+    def dying_unlink(path, *args, **kw):
+        if Path(path).parent.name == backup.name:
+            calls.append(path)
+            if len(calls) == 2:
+                raise KeyboardInterrupt("killed while removing the backup")
+        real_unlink(path, *args, **kw)
+
+    monkeypatch.setattr(os, "unlink", dying_unlink)
+    with pytest.raises(KeyboardInterrupt):
+        _index(n=60, seed=1).save(target)
+    monkeypatch.setattr(os, "unlink", real_unlink)
+    assert backup.is_dir() and len(os.listdir(backup)) >= 2  # half removed, the marker still there
+    c = _index(n=70, seed=2)
+    c.save(target)
+    assert sorted(os.listdir(tmp_path)) == ["ix"]
+    np.testing.assert_array_equal(HashIndex.load(target).ids, c.ids)
+
+
 def test_only_stale_empty_directories_named_exactly_as_a_save_names_them_are_removed(tmp_path):
     """A save killed between creating its directory and its marker leaves it empty: removed once
     a minute old (rmdir), never a fresh one (a save about to fill it) nor another name."""
