@@ -17,10 +17,11 @@ when its marker verifies (this target, its own token, a valid checksum) and its 
 taken (the save that made it is gone, in whatever process or PID namespace it ran), and then
 only the files a save writes (``names``), its marker and the then empty directory (an empty
 directory named exactly ``.<name>.tmp-<pid>-<12 hex>`` and a minute old, what a save killed
-between creating it and its marker leaves, is removed too: rmdir loses nothing). A backup or
-a target is replaced only when the format recognises it as a whole directory of its own
-(``recognise``), or the target is an empty directory. User names are compared as strings,
-never used as glob patterns.
+between creating it and its marker leaves, is removed too: rmdir loses nothing). A target is
+replaced only when it is an empty directory or the format recognises it as a whole directory
+of its own (``recognise``); a backup only when recognised, or when it carries the unlocked
+marker of a save that died while removing it. User names are compared as strings, never used
+as glob patterns.
 
 Reading (:func:`open_dir`) is snapshot-consistent: the directory is opened once; the manifest
 and every file it lists are opened relative to that descriptor (regular files only, never
@@ -66,6 +67,7 @@ _SWAP_WAIT_S = 2.0  # how long a load waits for a save that is between its two f
 _MAX_NAME_EXTRA = 40  # bytes a temporary sibling's name adds to the target's
 _TMP_SUFFIX = re.compile(r"[0-9]{1,10}-[0-9a-f]{12}")  # <pid>-<token[:12]> after ".<name>.tmp-"
 _EMPTY_TMP_AGE_S = 60.0  # an empty temporary directory this old is no save's (one fills it at once)
+_AT_FDCWD, _RENAME_EXCHANGE = -100, 1 << 1  # <fcntl.h>, <linux/fs.h>
 _ERRNO_UNSUPPORTED = (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP)  # renameat2 flags unknown here
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
@@ -340,8 +342,7 @@ def _exchange(a: Path, b: Path) -> bool:
         renameat2 = libc.renameat2
     except (OSError, AttributeError):
         return False
-    at_fdcwd, rename_exchange = -100, 2
-    rc = renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange)
+    rc = renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE)
     if rc != 0:
         err = ctypes.get_errno()
         if err in _ERRNO_UNSUPPORTED:  # the filesystem or kernel lacks it
