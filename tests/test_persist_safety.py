@@ -386,26 +386,39 @@ def _run(code: str, timeout: float = 60) -> subprocess.CompletedProcess:
 # -- issue 21 item 4: loads during fallback saves ------------------------------------------------
 
 
+def _load_with_hook(monkeypatch, target, name, when, act, before=False):
+    """HashIndex.load(target) while ``os.<name>`` runs ``act()`` once, right after (``before``:
+    right before) the first call whose path satisfies ``when``: a save's step landing at that
+    moment of the load."""
+    real, done = getattr(os, name), []
+
+    def hook(path, *args, **kw):
+        fire = not done and not isinstance(path, int) and when(os.fspath(path))
+        if fire and before:
+            done.append(1)
+            act()
+        out = real(path, *args, **kw)
+        if fire and not before:
+            done.append(1)
+            act()
+        return out
+
+    monkeypatch.setattr(os, "supports_dir_fd", os.supports_dir_fd | {hook})
+    monkeypatch.setattr(os, name, hook)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        loaded = HashIndex.load(target)
+    assert done, f"os.{name} never saw the path the hook waits for"
+    return loaded
+
+
 def test_a_load_racing_the_first_fallback_rename_gets_a_whole_index(tmp_path, monkeypatch):
     """The path is a directory when a load looks, and renamed aside (the fallback save's first
     rename) a moment later: the load must not report "not a directory" but load a whole one."""
     a = _index(seed=0)
     target, backup = tmp_path / "ix", tmp_path / ".ix.previous"
     a.save(target)
-    real_stat, done = os.stat, []
-
-    def stat_hook(path, *args, **kw):
-        st = real_stat(path, *args, **kw)
-        if not done and not isinstance(path, int) and os.fspath(path) == str(target):
-            done.append(1)
-            os.rename(target, backup)  # right after the load saw the directory
-        return st
-
-    monkeypatch.setattr(os, "stat", stat_hook)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        loaded = HashIndex.load(target)
-    assert done
+    loaded = _load_with_hook(monkeypatch, target, "stat", lambda p: p == str(target), lambda: os.rename(target, backup))
     np.testing.assert_array_equal(loaded.ids, a.ids)
 
 
@@ -418,21 +431,12 @@ def test_load_retries_when_the_backup_it_opened_is_removed(tmp_path, monkeypatch
     a.save(target)
     b.save(side)
     os.rename(target, backup)  # the fallback save between its two renames
-    real_open, done = os.open, []
 
-    def open_hook(path, flags, *args, **kw):
-        if not done and os.fspath(path) == "codes.npy":  # mid-load from the backup: the save finishes
-            done.append(1)
-            os.rename(side, target)
-            os.unlink(backup / "codes.npy")  # its removal of the backup has begun
-        return real_open(path, flags, *args, **kw)
+    def finish_save():  # mid-load from the backup: the save renames the new index in ...
+        os.rename(side, target)
+        os.unlink(backup / "codes.npy")  # ... and its removal of the backup has begun
 
-    monkeypatch.setattr(os, "supports_dir_fd", os.supports_dir_fd | {open_hook})
-    monkeypatch.setattr(os, "open", open_hook)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        loaded = HashIndex.load(target)
-    assert done
+    loaded = _load_with_hook(monkeypatch, target, "open", lambda p: p == "codes.npy", finish_save, before=True)
     np.testing.assert_array_equal(loaded.ids, b.ids)
 
 
