@@ -21,6 +21,7 @@ from hashindex.core.errors import (
     InputError,
     ModelMismatchError,
     NotFittedError,
+    SavePathError,
     UnknownIdError,
 )
 from hashindex.serving.hashers import ITQHasher, LinearHasher, PCASignHasher, SignHasher, make_hasher
@@ -51,6 +52,7 @@ __all__ = [
     "NotFittedError",
     "IndexFormatError",
     "ModelMismatchError",
+    "SavePathError",
 ]
 
 

@@ -299,3 +299,44 @@ def _rewrite_manifest(root, mutate) -> None:
 def rewrite_manifest():
     """``rewrite_manifest(root: Path, mutate)`` (see :func:`_rewrite_manifest`)."""
     return _rewrite_manifest
+
+
+def _killed_save(target: Path) -> Path:
+    """Start a save of a small index to ``target`` in another process, SIGKILL it while it
+    writes hasher.npz, and return the temporary directory that save left behind."""
+    import subprocess
+    import sys
+    import textwrap
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    before = set(os.listdir(target.parent))
+    code = f"""
+        import time, numpy as np
+        from hashindex.serving.hashers import LinearHasher
+        from hashindex.serving.index import HashIndex
+        rng = np.random.default_rng(0)
+        h = LinearHasher("linear", 16, 16, rng.standard_normal((16, 16)).astype(np.float32), np.zeros(16, np.float32))
+        ix = HashIndex(16, h, metric="ip", backend="flat")
+        ix.add(rng.standard_normal((30, 16)).astype(np.float32))
+        def stuck(self, path):
+            print("writing", flush=True)
+            time.sleep(600)
+        LinearHasher.save = stuck
+        ix.save({str(target)!r})
+    """
+    proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert proc.stdout.readline().strip() == "writing"
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stdout.close()
+    (debris,) = set(os.listdir(target.parent)) - before
+    return target.parent / debris
+
+
+@pytest.fixture(scope="session")
+def killed_save():
+    """``killed_save(target: Path) -> Path``: the temporary directory a save killed mid-write left."""
+    return _killed_save

@@ -35,9 +35,15 @@ class IndexFormatError(HashIndexError, IOError):
     """An index or model file is corrupt, truncated, foreign, or from a newer format."""
 
 
+class SavePathError(IndexFormatError):
+    """A save cannot use its target path: not a path, an invalid or too long name, a parent that
+    is not a directory, or a path holding something save does not own (it replaces nothing)."""
+
+
 class ModelMismatchError(IndexFormatError):
     """A model's SHA-256 or bit count differs from what the index was built with."""
 
 
 class UnsupportedError(HashIndexError, NotImplementedError):
     """An option or method this index backend cannot honour (the message names the backend)."""
+

@@ -229,3 +229,48 @@ def check_query_codes(codes: np.ndarray, nbytes: int, n_rows: int) -> np.ndarray
     if codes.shape[0] != n_rows:
         raise InputError(f"{codes.shape[0]} query codes but {n_rows} query rows")
     return codes
+
+
+# -- index configuration: one set of limits for the constructors and the index-directory schema --
+MAX_DIM = 1 << 20
+"""Largest feature dimension an index accepts (and its manifest may claim)."""
+MAX_ITEMS = 1 << 40
+"""Largest item count (and number of partition lists) an index manifest may claim."""
+MAX_PARTITION_SPILL = 16
+"""Most partition lists one item may be put in (``partition_spill``)."""
+PARTITION_MODES = ("auto",)
+
+
+def check_dim(dim: int, name: str = "dim") -> int:
+    """A feature dimension: a positive integer up to :data:`MAX_DIM`."""
+    dim = check_positive_int(dim, name)
+    if dim > MAX_DIM:
+        raise InputError(f"{name} must be at most {MAX_DIM:,}, got {dim:,}")
+    return dim
+
+
+def check_partitions(partitions: str | int | None) -> str | int | None:
+    """``"auto"``, a number of partition lists in ``[1, MAX_ITEMS]``, or None."""
+    if partitions is None or (isinstance(partitions, str) and partitions in PARTITION_MODES):
+        return partitions
+    if isinstance(partitions, str):
+        raise InputError(f"partitions must be 'auto', a number of lists or None, got {partitions!r}")
+    partitions = check_positive_int(partitions, "partitions (number of lists)")
+    if partitions > MAX_ITEMS:
+        raise InputError(f"partitions (number of lists) must be at most 2**40, got {partitions}")
+    return partitions
+
+
+def check_partition_spill(spill: int) -> int:
+    """Lists each item is put in: an integer in ``[1, MAX_PARTITION_SPILL]``."""
+    spill = check_positive_int(spill, "partition_spill")
+    if spill > MAX_PARTITION_SPILL:
+        raise InputError(f"partition_spill must be in [1, {MAX_PARTITION_SPILL}], got {spill}")
+    return spill
+
+
+def check_hasher_kind(kind: str) -> str:
+    """A linear hasher's kind: any string (a label such as "itq" or "itq v2", kept with the index)."""
+    if not isinstance(kind, str):
+        raise InputError(f"a hasher's kind must be a string, got {type(kind).__name__}")
+    return kind

@@ -15,20 +15,19 @@ scans the allowed rows exactly instead, never the lists (serving/filters.py).
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 import threading
 import warnings
-from pathlib import Path
 
 import faiss
 import numpy as np
 
 from hashindex.core.codes import hamming_pairs
-from hashindex.core.errors import IndexFormatError, InputError, ModelMismatchError, NotFittedError, UnknownIdError
-from hashindex.core.validation import MAX_ID, check_positive_int
-from hashindex.serving import persist
+from hashindex.core.bits import check_bits
+from hashindex.core.errors import IndexFormatError, InputError, UnknownIdError
+from hashindex.core.validation import PARTITION_MODES  # noqa: F401 (importable from here as before)
+from hashindex.core.validation import check_dim, check_hasher_kind, check_partition_spill, check_partitions
+from hashindex.serving import index_format
 from hashindex.serving.candidates.asymmetric import AsymmetricCandidates
 from hashindex.serving.candidates.binary import FlatCandidates, HashCandidates, MultiHashCandidates
 from hashindex.serving.candidates.filtered import AllowedRows, asymmetric_knn_rows
@@ -48,10 +47,11 @@ from hashindex.serving.front import (
 from hashindex.serving.filters import Restriction, SearchOptions
 from hashindex.serving.grouping import csr_scores, group_top, widen_for_labels
 from hashindex.serving.hashers import Hasher, LinearHasher
+from hashindex.serving.index_format import describe
 from hashindex.serving.locks import ReadWriteLock
 from hashindex.serving.rerank import rerank
 from hashindex.serving.store import RowStore
-from hashindex.serving.tuning import nprobe_grid, points_from_manifest, points_to_manifest
+from hashindex.serving.tuning import nprobe_grid
 
 __all__ = ["HashIndex", "SearchResult", "DEFAULT_BITS", "RANKINGS", "check_ranking", "describe"]
 
@@ -67,8 +67,6 @@ _EXACT_BLOCK = 1 << 18  # gallery rows per exact-search block (float16 stores ar
 # costs well above that: ~100k items and up (an estimate from the 1M measurements in benchmarks/README.md);
 # below it k-means would also train on fewer than 64 points per list of 2*sqrt(N) lists.
 PARTITION_MIN_ITEMS = 100_000
-PARTITION_MODES = ("auto",)
-_PARTITION_FILES = ("partition_centroids.npy", "partition_assign.npy")
 
 
 class HashIndex(IndexFront):
@@ -109,17 +107,19 @@ class HashIndex(IndexFront):
         partitions: str | int | None = "auto",
         partition_spill: int = 2,
     ):
-        dim = check_positive_int(dim, "dim")
-        if partitions is not None and partitions not in PARTITION_MODES:
-            if isinstance(partitions, str):
-                raise InputError(f"partitions must be 'auto', a number of lists or None, got {partitions!r}")
-            partitions = check_positive_int(partitions, "partitions (number of lists)")
-        partition_spill = check_positive_int(partition_spill, "partition_spill")
+        # the limits index_format's schema checks on load too (core/validation.py)
+        dim = check_dim(dim)
+        partitions = check_partitions(partitions)
+        partition_spill = check_partition_spill(partition_spill)
         if backend not in BACKENDS:
             raise InputError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
         if feature_dtype not in FEATURE_DTYPES:
             raise InputError(f"feature_dtype must be one of {FEATURE_DTYPES}, got {feature_dtype!r}")
-        self._init_front(dim, resolve_hasher(dim, hasher, encoder, bits), metric)
+        hasher = resolve_hasher(dim, hasher, encoder, bits)
+        check_bits(hasher.bits)  # an ONNX model's too
+        if isinstance(hasher, LinearHasher):
+            check_hasher_kind(hasher.kind)
+        self._init_front(dim, hasher, metric)
         self.backend = backend
         self.feature_dtype = feature_dtype
         self._codes = RowStore((self._nbytes,), np.uint8)
@@ -467,55 +467,29 @@ class HashIndex(IndexFront):
         lims, positions, hamming = self._range(qcodes, radius)
         return lims, self._ids.array[positions], hamming
 
-    # -- persistence ------------------------------------------------------------------------
+    # -- persistence (the format: serving/index_format.py) -------------------------------------
     def save(self, path: str | os.PathLike) -> None:
-        """Write the index directory atomically (ARCHITECTURE.md §4); a labelled index adds
-        ``labels.npy`` (int64 [N], listed and checksummed in the manifest like the others)."""
-        with self._lock.read():
-            manifest = {
-                "bits": self.bits,
-                "dim": self.dim,
-                "metric": self.metric,
-                "backend": self.backend,
-                "feature_dtype": self.feature_dtype,
-                "count": len(self),
-                "next_id": self._next_id,
-                "partitions": self.partitions,
-                "partition_spill": self.partition_spill,
-            }
-            writers = {
-                "codes.npy": lambda p: np.save(p, self._codes.array),
-                "ids.npy": lambda p: np.save(p, self._ids.array),
-                "features.npy": lambda p: np.save(p, self._features.array),
-            }
-            if self._labelled is not None:
-                manifest["labelled"] = self._labelled
-            if self._labelled:
-                writers["labels.npy"] = lambda p: np.save(p, self._labels.array)
-            if self._part is not None:  # centroids + assignment; the lists are rebuilt from codes.npy
-                manifest["partition_nlist"] = self._part.nlist
-                part, assign = self._part, self._part_assign
-                writers["partition_centroids.npy"] = lambda p: np.save(p, part.centroids)
-                writers["partition_assign.npy"] = lambda p: np.save(p, assign.array)
-            if self._operating_points:
-                manifest["operating_points"] = points_to_manifest(self._operating_points)
-            if isinstance(self.hasher, LinearHasher):
-                if not self.hasher.is_fitted:
-                    raise NotFittedError("cannot save an index whose hasher is not fitted")
-                manifest["hasher"] = {"type": "linear", **self.hasher.to_dict()}
-                writers["hasher.npz"] = self.hasher.save
-            elif hasattr(self.hasher, "sha256") and hasattr(self.hasher, "path"):
-                manifest["hasher"] = {"type": "onnx"}
-                manifest["model_sha256"] = self.hasher.sha256
-                writers["model.onnx"] = self._copy_model
-            else:
-                raise InputError(f"cannot save a hasher of type {type(self.hasher).__name__}")
-            persist.write_index_dir(path, writers, manifest)
+        """Write the index directory atomically (ARCHITECTURE.md §4, serving/index_format.py).
 
-    def _copy_model(self, dest: Path) -> None:
-        shutil.copyfile(self.hasher.path, dest)
-        if persist.sha256_file(dest) != self.hasher.sha256:
-            raise ModelMismatchError(f"{self.hasher.path} changed on disk since the encoder loaded it")
+        Raises SavePathError (an IndexFormatError) for a path save cannot use or does not own,
+        before anything is written; the index itself never changes.
+        """
+        with self._lock.read():
+            index_format.write_index(path, self._state())
+
+    def _state(self) -> index_format.IndexState:
+        """What a save writes (under the read lock): the row arrays as they are, no copies."""
+        arrays = {"codes": self._codes.array, "ids": self._ids.array, "features": self._features.array}
+        if self._labelled:
+            arrays["labels"] = self._labels.array
+        if self._part is not None:  # centroids + assignment; the lists are rebuilt from the codes
+            arrays["partition_centroids"] = self._part.centroids
+            arrays["partition_assign"] = self._part_assign.array
+        return index_format.IndexState(
+            dim=self.dim, bits=self.bits, metric=self.metric, backend=self.backend, feature_dtype=self.feature_dtype,
+            partitions=self.partitions, partition_spill=self.partition_spill, hasher=self.hasher, arrays=arrays,
+            next_id=self._next_id, labelled=self._labelled, operating_points=dict(self._operating_points),
+        )  # fmt: skip
 
     @classmethod
     def load(
@@ -524,123 +498,43 @@ class HashIndex(IndexFront):
         """Load an index directory, checking every file's SHA-256 (``verify``).
 
         ``mmap``: memory-map the feature and label stores (and the partition assignment) instead
-        of reading them into memory. A saved partition stage comes back with its centroids and
-        assignment; its lists are rebuilt from the codes on first use. An index saved before
-        labels existed (no ``labels.npy``) loads without labels.
+        of reading them into memory. Their sizes are checked against the manifest on open; a
+        save over the path never changes mapped files (it writes a new directory), but another
+        tool truncating one in place while the index is in use makes the next read of a lost
+        page kill the process with SIGBUS: load with ``mmap=False`` where files may be touched.
+        A saved partition stage comes back with its centroids and assignment; its lists are
+        rebuilt from the codes on first use. An index saved before labels existed (no
+        ``labels.npy``) loads without labels.
         ``encoder``: use this ONNX encoder instead of the stored model copy; it must be the very
         model the index was built with (same SHA-256 and bits).
 
-        The load is snapshot-consistent (:func:`~hashindex.serving.persist.open_index_dir`):
-        every file comes from one version of the directory even while another process saves
-        over it, and the manifest is schema-checked before any field is used.
+        The load is snapshot-consistent (:func:`~hashindex.serving.persist.open_dir`): every
+        file comes from one version of the directory even while another process saves over it
+        (a load during a save retries, bounded, instead of failing), and the manifest is
+        schema-checked before any field is used.
         """
-        with persist.open_index_dir(path, verify=verify) as d:
-            return cls._from_snapshot(d, mmap, encoder)
-
-    @classmethod
-    def _from_snapshot(cls, d: persist.IndexDir, mmap: bool, encoder: Hasher | None) -> "HashIndex":
-        root, m = d.root, d.manifest  # fields typed and ranged by persist.INDEX_SCHEMA
-        bits, dim, count = m["bits"], m["dim"], m["count"]
-        metric, backend, fdtype = m["metric"], m["backend"], m["feature_dtype"]
-
-        if m["hasher"]["type"] == "linear":
-            hasher = LinearHasher.load(d.file("hasher.npz"), where=d.path_of("hasher.npz"))
-        else:
-            if encoder is not None:
-                hasher = encoder
-            else:
-                from hashindex.serving.encoder import OnnxEncoder  # onnxruntime only when an ONNX model is used
-
-                hasher = OnnxEncoder(d.path_of("model.onnx"), model_bytes=d.read_bytes("model.onnx"))
-            if getattr(hasher, "sha256", None) != m["model_sha256"]:
-                raise ModelMismatchError(
-                    f"model SHA-256 {getattr(hasher, 'sha256', None)} differs from the index's "
-                    f"{m['model_sha256']}: this index was built with another model"
-                )
-        if hasher.bits != bits:
-            raise ModelMismatchError(f"hasher gives {hasher.bits} bits, index was built with {bits}")
-
-        try:
-            index = cls(
-                dim, hasher, metric=metric, backend=backend, feature_dtype=fdtype,
-                partitions=m.get("partitions", "auto"), partition_spill=m.get("partition_spill", 1),
-            )  # fmt: skip
-        except InputError as e:
-            raise IndexFormatError(f"{root}: invalid manifest ({e})") from None
-        codes = d.load_array("codes.npy", np.uint8, (count, bits // 8))
-        ids = d.load_array("ids.npy", np.int64, (count,))
-        features = d.load_array("features.npy", np.dtype(fdtype), (count, dim), mmap=mmap)
-        if count and (ids.min() < 0 or ids.max() > MAX_ID):
-            bad = ids[(ids < 0) | (ids > MAX_ID)]
-            raise IndexFormatError(f"{d.path_of('ids.npy')}: ids outside [0, 2**63 - 2]: {bad[:5].tolist()}")
-        if np.unique(ids).size != ids.size:
-            raise IndexFormatError(f"{d.path_of('ids.npy')}: repeated ids")
-        index._codes = RowStore((bits // 8,), np.uint8, codes)
-        index._ids = RowStore((), np.int64, ids)
-        index._features = RowStore((dim,), np.dtype(fdtype), features)
-        index._load_labels(d, m, mmap)
-        index._flat.rebuild(codes)
-        index._next_id = max(m["next_id"], int(ids.max()) + 1 if count else 0)
-        index._load_partitions(d, m, mmap)
+        with index_format.open_index_dir(path, verify=verify) as d:
+            state = index_format.read_index(d, mmap, encoder)
+            try:
+                index = cls(state.dim, state.hasher, **state.config)
+            except InputError as e:
+                raise IndexFormatError(f"{d.root}: invalid manifest ({e})") from None
+        index._restore(state)
         return index
 
-    def _load_labels(self, d: persist.IndexDir, m: dict, mmap: bool) -> None:
-        """``labels.npy`` when the index is labelled (the schema ties the file to ``labelled``);
-        an index saved before labels existed has neither and is label-less once it has items."""
-        if "labels.npy" not in m["files"]:
-            self._labelled = m.get("labelled", False if len(self) else None)
-            return
-        labels = d.load_array("labels.npy", np.int64, (len(self),), mmap=mmap)
-        if labels.size and labels.min() < 0:
-            raise IndexFormatError(f"{d.path_of('labels.npy')}: negative labels: {labels[labels < 0][:5].tolist()}")
-        self._labels = RowStore((), np.int64, labels)
-        self._labelled = True
-
-    def _load_partitions(self, d: persist.IndexDir, m: dict, mmap: bool) -> None:
-        """The saved partition stage and operating points, checked against each other: a point
-        this index cannot honour (nprobe without the stage, or over its lists) is refused."""
-        root = d.root
-        present = [name for name in _PARTITION_FILES if name in m["files"]]
-        if present and len(present) != len(_PARTITION_FILES):
-            raise IndexFormatError(f"{root}: partition stage incomplete (has {present}, needs {list(_PARTITION_FILES)})")
-        if present:
-            nlist = m.get("partition_nlist")
-            if isinstance(nlist, bool) or not isinstance(nlist, int) or nlist <= 0:
-                raise IndexFormatError(f"{root}: manifest has partition files but partition_nlist={nlist!r}")
-            centroids = d.load_array("partition_centroids.npy", np.float32, (nlist, self.dim))
-            stage = PartitionStage(self.bits, centroids, self.metric, self.partition_spill)
-            assign = d.load_array("partition_assign.npy", np.int32, (len(self), stage.spill), mmap=mmap)
-            if assign.size and (int(assign.min()) < 0 or int(assign.max()) >= nlist):
-                raise IndexFormatError(f"{d.path_of('partition_assign.npy')}: list numbers outside 0..{nlist - 1}")
-            self._part = stage
-            self._part_assign = RowStore((stage.spill,), np.int32, assign)
-        try:
-            points = points_from_manifest(m.get("operating_points", {}))
-        except InputError as e:
-            raise IndexFormatError(f"{root}: bad operating_points in the manifest ({e})") from None
-        for (target, k), point in points.items():
-            if point.nprobe is None:
-                continue
-            if self._part is None or point.nlist != self._part.nlist:
-                have = "no partition stage" if self._part is None else f"{self._part.nlist} lists"
-                raise IndexFormatError(
-                    f"{root}: the operating point for recall {target:g}, k={k} scans {point.nprobe} of "
-                    f"{point.nlist} partition lists but the saved index has {have}: it cannot honour it"
-                )
-        self._operating_points = points
-
-
-def describe(path: str | os.PathLike) -> str:
-    """Human-readable summary of an index directory (for ``hashindex info``)."""
-    with persist.open_index_dir(path, verify=True) as d:
-        root, m = d.root, d.manifest
-    size = sum(f["bytes"] for f in m["files"].values())
-    lines = [f"{root}: hashindex format {m['format']}, all checksums OK"]
-    for key in ("count", "dim", "bits", "metric", "backend", "feature_dtype", "model_sha256"):
-        if key in m:
-            lines.append(f"  {key:14s} {m[key]}")
-    lines.append(f"  {'hasher':14s} {json.dumps(m.get('hasher'))}")
-    lines.append(f"  {'bytes on disk':14s} {size:,} ({size / max(m['count'], 1):.1f} per item)")
-    for name, info in sorted(m["files"].items()):
-        lines.append(f"    {name:14s} {info['bytes']:>14,}  sha256 {info['sha256'][:16]}...")
-    return "\n".join(lines)
+    def _restore(self, state: index_format.IndexState) -> None:
+        """Take the rows, partition stage and operating points of a new, empty index from
+        ``state`` (read and checked by index_format.read_index)."""
+        a = state.arrays
+        self._codes = RowStore((self._nbytes,), np.uint8, a["codes"])
+        self._ids = RowStore((), np.int64, a["ids"])
+        self._features = RowStore((self.dim,), np.dtype(self.feature_dtype), a["features"])
+        if "labels" in a:
+            self._labels = RowStore((), np.int64, a["labels"])
+        self._labelled = state.labelled
+        self._flat.rebuild(a["codes"])
+        self._next_id = state.next_id
+        if "partition_centroids" in a:
+            self._part = PartitionStage(self.bits, a["partition_centroids"], self.metric, self.partition_spill)
+            self._part_assign = RowStore((self._part.spill,), np.int32, a["partition_assign"])
+        self._operating_points = dict(state.operating_points)

@@ -60,7 +60,8 @@ except ImportError as e:  # pragma: no cover - exercised only without the extra
     raise ImportError("the Milvus backend needs pymilvus: pip install 'hashindex[milvus]'") from e
 
 from hashindex.core.errors import IndexFormatError, InputError, ModelMismatchError, UnknownIdError, UnsupportedError
-from hashindex.core.validation import check_positive_int
+from hashindex.core.bits import check_bits
+from hashindex.core.validation import check_dim, check_hasher_kind
 from hashindex.serving.candidates.binary import RangeResult
 from hashindex.serving.candidates.modes import select_candidates
 from hashindex.serving.filters import Restriction
@@ -147,12 +148,13 @@ def _hasher_from_record(rec: dict[str, Any], given: Hasher | None, where: str) -
     """The hasher to use on a reattached collection; refuses one that differs from the stored record."""
     kind = rec.get("type")
     if kind == "linear":
-        try:
-            stored = LinearHasher(
-                rec["kind"], int(rec["bits"]), int(rec["dim"]),
-                _unb64(rec["weight"], (int(rec["bits"]), int(rec["dim"]))), _unb64(rec["bias"], (int(rec["bits"]),)),
-            )  # fmt: skip
-        except (KeyError, ValueError, TypeError) as e:
+        try:  # the limits HashIndex's constructor and manifest use (core/validation.py)
+            bits, dim = check_bits(_json_int(rec["bits"], "bits")), check_dim(_json_int(rec["dim"], "dim"))
+            weight, bias = _unb64(rec["weight"], (bits, dim)), _unb64(rec["bias"], (bits,))
+            if not (np.isfinite(weight).all() and np.isfinite(bias).all()):
+                raise ValueError("weights contain NaN or inf")
+            stored = LinearHasher(check_hasher_kind(rec["kind"]), bits, dim, weight, bias)
+        except (KeyError, ValueError, TypeError, OverflowError) as e:  # InputError is a ValueError
             raise IndexFormatError(f"{where}: unreadable hasher record ({e})") from None
         if given is None:
             return stored
@@ -178,6 +180,13 @@ def _hasher_from_record(rec: dict[str, Any], given: Hasher | None, where: str) -
     if kind == "none":
         return given
     raise IndexFormatError(f"{where}: unknown hasher type {kind!r}")
+
+
+def _json_int(value: Any, name: str) -> int:
+    """An integer field of a stored header (ints written by hashindex; never a float or bool)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name} must be an integer, got {value!r:.40}")
+    return value
 
 
 # -- Milvus result parsing (pure) -------------------------------------------------------------------
@@ -228,7 +237,7 @@ class MilvusHashIndex(IndexFront):
         token: str | None = None,
         limits: MilvusLimits = MilvusLimits(),
     ):
-        dim = check_positive_int(dim, "dim")
+        dim = check_dim(dim)  # the limit its stored header is read back with
         if hasher is not None and encoder is not None:
             raise InputError("pass either hasher or encoder, not both")
         given = hasher if hasher is not None else encoder
@@ -294,10 +303,15 @@ class MilvusHashIndex(IndexFront):
         try:
             header = json.loads(desc.get("description") or "")
             fmt = int(header["hashindex"])
-            header["dim"], header["bits"] = int(header["dim"]), int(header["bits"])
             _ = header["metric"], header["hasher"]
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, OverflowError):
             raise IndexFormatError(f"{where} is not a hashindex collection (no hashindex header)") from None
+        try:  # JSON integers within the constructor's limits (a hostile header may say Infinity)
+            header["dim"], header["bits"] = check_dim(_json_int(header["dim"], "dim")), check_bits(_json_int(header["bits"], "bits"))
+        except (KeyError, ValueError, TypeError) as e:
+            raise IndexFormatError(f"{where}: invalid hashindex header ({e})") from None
+        if not isinstance(header["hasher"], dict):
+            raise IndexFormatError(f"{where}: invalid hashindex header (hasher is not an object)")
         if fmt > FORMAT:
             raise IndexFormatError(f"{where}: hashindex format {fmt} is newer than this hashindex ({FORMAT})")
         if header["metric"] not in METRICS:

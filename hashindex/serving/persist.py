@@ -1,62 +1,80 @@
-"""Crash-safe, checksummed index directories (ARCHITECTURE.md §4).
+"""Crash-safe directories of files: atomic replacement, snapshot-consistent reading (generic).
 
-Layout of an index directory::
+What a directory holds and how its manifest reads is the format's business
+(:mod:`hashindex.serving.index_format`); this module knows only files, checksums and renames.
 
-    manifest.json   format version, shape facts, SHA-256 and size of every other file
-    codes.npy       uint8 [N, bits/8]
-    ids.npy         int64 [N]
-    features.npy    float32 or float16 [N, D]
-    hasher.npz      a LinearHasher, or
-    model.onnx      the ONNX model the codes were made with (its SHA-256 is in the manifest)
-    labels.npy      int64 [N], each item's label (only in a labelled index: ``labelled: true``)
+Writing (:func:`write_dir`): the files go into a temporary sibling ``.<name>.tmp-<pid>-<token>``
+whose first file is a marker (:data:`MARKER`: the target's name and a random token, checksummed)
+locked with ``flock`` for as long as the save runs. The directory is fsynced, then swapped into
+place. On Linux the swap is one ``renameat2(RENAME_EXCHANGE)`` call, so the path always names a
+whole directory; where that call is missing, the old directory is first renamed to the backup
+``.<name>.previous``, and a crash between the two renames leaves it whole there
+(:func:`resolve_dir` finds it; the next successful save removes it). Swaps into one parent
+directory are serialised by an ``flock`` on that directory.
 
-Saving writes a complete temporary sibling directory, fsyncs it, then swaps it into place.
-On Linux the swap is one ``renameat2(RENAME_EXCHANGE)`` call, so the path always names a whole
-index. Where that call is missing, the old directory is first renamed to a backup sibling;
-a crash between the two renames leaves the previous index whole under the backup name, and
-:func:`resolve_index_dir` finds it there (the next successful save removes it).
+What a save removes: only what this library provably wrote. A temporary sibling is removed only
+when its marker verifies (this target, its own token, a valid checksum) and its lock can be
+taken (the save that made it is gone, in whatever process or PID namespace it ran), and then
+only the files a save writes (``names``), its marker and the then empty directory (an empty
+directory named exactly ``.<name>.tmp-<pid>-<12 hex>`` and a minute old, what a save killed
+between creating it and its marker leaves, is removed too: rmdir loses nothing). A target is
+replaced only when it is an empty directory or the format recognises it as a whole directory
+of its own (``recognise``); a backup only when recognised, or when it carries the unlocked
+marker of a save that died while removing it. User names are compared as strings, never used
+as glob patterns.
 
-Save replaces only what it owns: a nonexistent path, an empty directory, or a hashindex
-directory (its manifest says ``kind: hashindex.serving.index`` and it holds nothing but the
-files that manifest lists). Anything else (a user's directory, a regular file, a symlink, the
-empty path) is refused with :class:`IndexFormatError` before anything is written.
-
-Loading is snapshot-consistent (:func:`open_index_dir`): the directory is opened once, and the
-manifest and every file are opened relative to that directory descriptor, checksummed from
-those descriptors and loaded from the same ones. A save swaps whole directories by renaming,
-so the descriptor keeps naming one version even while another process saves over the path:
-a load sees one version whole, never files of two. (If the version being opened is removed
-before all its files are open, the open starts again on the new one.)
-
-The manifest is checked against a declarative schema (:data:`INDEX_SCHEMA`: field types and
-ranges, the exact file list for the hasher type, size limits) before any field is used.
+Reading (:func:`open_dir`) is snapshot-consistent: the directory is opened once; the manifest
+and every file it lists are opened relative to that descriptor (regular files only, never
+blocking on a FIFO, never following a symlink), size-checked and checksummed from those
+descriptors. A save swaps whole directories, so the descriptor keeps naming one version while
+another process saves over the path. If that version is removed while its files are being
+opened, or the path is momentarily missing between the fallback's two renames, the open waits
+briefly and starts again (bounded), so a load during saves never fails on a whole index.
 """
 
 from __future__ import annotations
 
 import ctypes
+import errno
 import hashlib
 import json
 import os
 import re
-import shutil
+import secrets
 import stat
-import uuid
+import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Callable
+from typing import Any, BinaryIO, Callable, Iterator
 
 import numpy as np
 
-from hashindex.core.errors import IndexFormatError
+from hashindex.core.errors import IndexFormatError, SavePathError
 
-FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
-KIND = "hashindex.index"  # on-disk format: the value indexes written by hashindex 0.1 carry
+try:  # POSIX; without it no lock can be taken, so no temporary directory is ever removed
+    import fcntl
+except ImportError:  # pragma: no cover
+    fcntl = None
+
 _CHUNK = 1 << 22
-MAX_MANIFEST_BYTES = 1 << 20  # a real manifest is ~1 KB; refuse to parse anything huge
+MARKER = ".hashindex-save"
+"""The marker file of a save's temporary directory (never part of a finished directory)."""
+MAX_MARKER_BYTES = 4096
 _OPEN_ATTEMPTS = 50  # restarts of a load whose version was swapped out while its files were opened
+_SWAP_WAIT_S = 2.0  # how long a load waits for a save that is between its two fallback renames
+_MAX_NAME_EXTRA = 40  # bytes a temporary sibling's name adds to the target's
+_TMP_SUFFIX = re.compile(r"[0-9]{1,10}-[0-9a-f]{12}")  # <pid>-<token[:12]> after ".<name>.tmp-"
+_EMPTY_TMP_AGE_S = 60.0  # an empty temporary directory this old is no save's (one fills it at once)
+_AT_FDCWD, _RENAME_EXCHANGE = -100, 1 << 1  # <fcntl.h>, <linux/fs.h>
+_ERRNO_UNSUPPORTED = (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP)  # renameat2 flags unknown here
+_O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_O_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
+
+Recognise = Callable[[Path], "str | None"]
+"""``recognise(dir)``: None when ``dir`` is a whole directory of the caller's format, else why not."""
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -73,16 +91,248 @@ def sha256_fileobj(f: BinaryIO) -> str:
     return h.hexdigest()
 
 
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
+def fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | _O_CLOEXEC)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
 
 
-def _backup_path(target: Path) -> Path:
+def _why(e: OSError) -> str:
+    name = errno.errorcode.get(e.errno or 0, "")
+    return f"{e.strerror or e}{f' ({name})' if name else ''}"
+
+
+# -- paths ---------------------------------------------------------------------------------------
+def as_path(target: Any, what: str, error: type[IndexFormatError] = IndexFormatError) -> Path:
+    """``target`` as a Path; ``error`` naming the problem for a non-path, the empty path or NUL."""
+    if isinstance(target, bytes):
+        target = os.fsdecode(target)
+    if not isinstance(target, (str, os.PathLike)):
+        raise error(f"{what} must be a path (str or os.PathLike), got {type(target).__name__}")
+    raw = os.fspath(target)
+    if isinstance(raw, bytes):
+        raw = os.fsdecode(raw)
+    if not raw:
+        raise error(f"{what} is the empty path: name the index directory")
+    if "\0" in raw:
+        raise error(f"{what} {raw!r} contains a NUL character")
+    return Path(raw)
+
+
+def open_regular(name: str | os.PathLike, dir_fd: int | None = None, where: str | os.PathLike | None = None) -> BinaryIO:
+    """Open a regular file for reading, never blocking (FIFOs, devices) and never following a
+    final symlink. FileNotFoundError passes through; anything else is IndexFormatError."""
+    where = where if where is not None else name
+    flags = os.O_RDONLY | _O_CLOEXEC | _O_NOFOLLOW | _O_NONBLOCK
+    try:
+        fd = os.open(name, flags, dir_fd=dir_fd) if dir_fd is not None else os.open(name, flags)
+    except FileNotFoundError:
+        raise
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise IndexFormatError(f"{where}: a symlink, not a regular file") from None
+        raise IndexFormatError(f"{where}: cannot open ({_why(e)})") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            what = "a directory" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "not a plain file"
+            raise IndexFormatError(f"{where}: not a regular file ({what})")
+        if _O_NONBLOCK and fcntl is not None:
+            fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~_O_NONBLOCK)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def backup_path(target: Path) -> Path:
     return target.with_name(f".{target.name}.previous")
+
+
+def _tmp_prefix(target: Path) -> str:
+    return f".{target.name}.tmp-"
+
+
+# -- replacing only what is ours -----------------------------------------------------------------
+def check_save_target(target: Any, recognise: Recognise) -> Path:
+    """The absolute path a save may replace; SavePathError naming why not otherwise.
+
+    Allowed: a nonexistent path (its parent may be created), an empty directory, or a
+    directory ``recognise`` accepts. Refused: not a path, the empty path, NUL, a name too long
+    for its temporary sibling, a filesystem root, a parent that is not a directory, a symlink,
+    a regular file or other non-directory, any other directory.
+    """
+    raw = as_path(target, "the save path", SavePathError)
+    path = Path(os.path.abspath(raw))
+    if not path.name:
+        raise SavePathError(f"cannot save to {str(raw)!r}: a filesystem root is not an index directory")
+    name_max = 255
+    try:
+        name_max = os.pathconf(path.parent if path.parent.is_dir() else "/", "PC_NAME_MAX")
+    except (OSError, ValueError):
+        pass
+    if len(os.fsencode(path.name)) + _MAX_NAME_EXTRA > name_max:
+        raise SavePathError(
+            f"cannot save to {str(raw)[:80]!r}...: the name is {len(os.fsencode(path.name))} bytes; index names "
+            f"may have at most {name_max - _MAX_NAME_EXTRA} (room for the temporary sibling a save writes)"
+        )
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return path
+    except NotADirectoryError:
+        raise SavePathError(f"cannot save to {str(raw)!r}: a parent of it is not a directory") from None
+    except OSError as e:
+        raise SavePathError(f"cannot save to {str(raw)!r}: {_why(e)}") from None
+    if stat.S_ISLNK(st.st_mode):
+        raise SavePathError(f"refusing to save to {str(raw)!r}: it is a symlink (save to the directory it points to)")
+    if not stat.S_ISDIR(st.st_mode):
+        raise SavePathError(f"refusing to save to {str(raw)!r}: it exists and is not a directory")
+    try:
+        empty = not os.listdir(path)
+    except OSError as e:
+        raise SavePathError(f"refusing to save to {str(raw)!r}: cannot list it ({_why(e)})") from None
+    why = None if empty else recognise(path)
+    if why is not None:
+        raise SavePathError(
+            f"refusing to save to {str(raw)!r}: {why}. Save replaces only an empty directory or a "
+            "hashindex index directory; choose another path"
+        )
+    return path
+
+
+def _remove_files(path: Path, names: frozenset[str]) -> bool:
+    """Remove the regular files named in ``names`` (then :data:`MARKER`) from ``path`` and the
+    then empty directory; anything else is left, and so is the directory. True when it is gone."""
+    try:
+        entries = os.listdir(path)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    for entry in sorted(entries, key=lambda e: e == MARKER):  # the marker last: debris stays provable
+        try:
+            if entry in names | {MARKER} and stat.S_ISREG(os.lstat(path / entry).st_mode):
+                os.unlink(path / entry)
+        except FileNotFoundError:
+            continue
+        except OSError:
+            return False
+    try:
+        os.rmdir(path)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    return True
+
+
+def _marker_record(target: Path, token: str) -> dict:
+    record = {"kind": "hashindex.save", "target": target.name, "token": token}
+    return {**record, "sha256": hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()}
+
+
+def _lock(fd: int, blocking: bool) -> bool:
+    """flock ``fd`` exclusively; False when another holder has it (non-blocking) or locks are
+    unsupported here."""
+    if fcntl is None:
+        return False
+    op = fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB)
+    try:
+        fcntl.flock(fd, op)
+    except OSError:
+        return False
+    return True
+
+
+def _abandoned(path: Path, target: Path) -> bool:
+    """Whether ``path`` is the temporary directory (or the backup) of a save of ``target`` that
+    has ended: a real directory whose marker verifies and whose lock nobody holds."""
+    try:
+        if not stat.S_ISDIR(os.lstat(path).st_mode):
+            return False
+        fd = os.open(path / MARKER, os.O_RDWR | _O_CLOEXEC | _O_NOFOLLOW | _O_NONBLOCK)
+    except OSError:
+        return False
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_MARKER_BYTES or not _lock(fd, blocking=False):
+            return False  # not a marker, or its save is still running (the lock is held)
+        try:
+            record = json.loads(os.pread(fd, MAX_MARKER_BYTES, 0))
+            token = record["token"]
+            ours = path.name.startswith(_tmp_prefix(target)) and path.name.endswith(f"-{token[:12]}")
+            return record == _marker_record(target, token) and (ours or path.name == backup_path(target).name)
+        except (ValueError, TypeError, KeyError, RecursionError):
+            return False
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _empty_and_stale(path: Path, prefix: str) -> bool:
+    """An empty directory named exactly as a save names its temporary directory, untouched for
+    :data:`_EMPTY_TMP_AGE_S`: what a save killed between creating it and its marker (or between
+    removing its marker and the directory) leaves. Removing it (rmdir) loses nothing."""
+    if not _TMP_SUFFIX.fullmatch(path.name[len(prefix) :]):
+        return False
+    try:
+        st = os.lstat(path)
+        return stat.S_ISDIR(st.st_mode) and time.time() - st.st_mtime > _EMPTY_TMP_AGE_S and not os.listdir(path)
+    except OSError:
+        return False
+
+
+def remove_abandoned(target: Path, names: frozenset[str]) -> None:
+    """Remove temporary siblings of ``target`` left by saves that ended without finishing."""
+    prefix = _tmp_prefix(target)
+    try:
+        entries = os.listdir(target.parent)
+    except OSError:
+        return
+    for entry in entries:
+        if not entry.startswith(prefix):
+            continue
+        if _abandoned(target.parent / entry, target):
+            _remove_files(target.parent / entry, names)
+        elif _empty_and_stale(target.parent / entry, prefix):
+            try:
+                os.rmdir(target.parent / entry)
+            except OSError:
+                pass
+
+
+@contextmanager
+def _swap_lock(parent: Path) -> Iterator[None]:
+    """Serialise swaps into ``parent`` (an flock on the directory; none where unsupported)."""
+    try:
+        fd = os.open(parent, os.O_RDONLY | _O_CLOEXEC | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        yield
+        return
+    try:
+        _lock(fd, blocking=True)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _swap_in_progress(parent: Path) -> bool:
+    try:
+        fd = os.open(parent, os.O_RDONLY | _O_CLOEXEC | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return False
+    try:
+        if fcntl is not None:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True  # a save holds it (other errors: locks unsupported here, nothing to wait for)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
 
 
 def _exchange(a: Path, b: Path) -> bool:
@@ -92,329 +342,141 @@ def _exchange(a: Path, b: Path) -> bool:
         renameat2 = libc.renameat2
     except (OSError, AttributeError):
         return False
-    at_fdcwd, rename_exchange = -100, 2
-    rc = renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange)
+    rc = renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE)
     if rc != 0:
         err = ctypes.get_errno()
-        if err in (22, 38, 95):  # EINVAL / ENOSYS / EOPNOTSUPP: filesystem or kernel lacks it
+        if err in _ERRNO_UNSUPPORTED:  # the filesystem or kernel lacks it
             return False
         raise OSError(err, os.strerror(err), str(b))
     return True
 
 
-def _remove_abandoned_tmp(target: Path) -> None:
-    """Delete temporary siblings left by saves whose process died (killed mid-save)."""
-    for tmp in target.parent.glob(f".{target.name}.tmp-*"):
-        try:
-            pid = int(tmp.name.rsplit(".tmp-", 1)[1].split("-")[0])
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            shutil.rmtree(tmp, ignore_errors=True)
-        except (ValueError, IndexError, PermissionError):
-            continue
+def _backup_problem(target: Path, recognise: Recognise) -> str | None:
+    """None when the backup of ``target`` is absent or ours to remove (a whole index, or one a
+    save that died was removing: its marker verifies), else why not."""
+    backup = backup_path(target)
+    if not os.path.lexists(backup):
+        return None
+    if os.path.islink(backup) or not backup.is_dir():
+        return "it is a symlink" if os.path.islink(backup) else "it is not a directory"
+    why = recognise(backup)
+    return None if why is None or _abandoned(backup, target) else why
 
 
-def _owned_listing(path: Path) -> tuple[bool, str]:
-    """Whether ``path`` (an existing directory) is one save may replace, and if not, why."""
-    try:
-        entries = sorted(os.listdir(path))
-    except OSError as e:
-        return False, f"cannot list it ({e})"
-    if not entries:
-        return True, ""
-    if MANIFEST not in entries:
-        return False, f"it is a non-empty directory without {MANIFEST} (holds {entries[:3]}{'...' if len(entries) > 3 else ''})"
-    try:
-        with open(path / MANIFEST, "rb") as f:
-            raw = f.read(MAX_MANIFEST_BYTES + 1)
-        if len(raw) > MAX_MANIFEST_BYTES:
-            raise ValueError("too large")
-        manifest = json.loads(raw)
-    except (OSError, ValueError, RecursionError) as e:
-        return False, f"its {MANIFEST} is unreadable ({type(e).__name__}: {e})"
-    if not isinstance(manifest, dict) or manifest.get("kind") != KIND:
-        return False, f"its {MANIFEST} is not a hashindex manifest"
-    files = manifest.get("files")
-    listed = set(files) if isinstance(files, dict) else set()
-    foreign = [e for e in entries if e != MANIFEST and (e not in listed or not (path / e).is_file() or (path / e).is_symlink())]
-    if foreign:
-        return False, f"it holds entries its manifest does not list: {foreign[:5]}"
-    return True, ""
-
-
-def check_save_target(target: str | os.PathLike) -> Path:
-    """The absolute path a save may replace; IndexFormatError naming why not otherwise.
-
-    Allowed: a nonexistent path, an empty directory, or a hashindex directory holding only the
-    files its manifest lists. Refused: the empty path, a filesystem root, a symlink, a regular
-    file or other non-directory, any other directory.
-    """
-    if isinstance(target, (str, bytes)) and not target:
-        raise IndexFormatError("cannot save to the empty path: name the index directory")
-    raw = os.fspath(target)
-    path = Path(os.path.abspath(raw))
-    if not path.name:
-        raise IndexFormatError(f"cannot save to {raw!r}: a filesystem root is not an index directory")
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return path
-    if stat.S_ISLNK(st.st_mode):
-        raise IndexFormatError(f"refusing to save to {raw!r}: it is a symlink (save to the directory it points to)")
-    if not stat.S_ISDIR(st.st_mode):
-        raise IndexFormatError(f"refusing to save to {raw!r}: it exists and is not a directory")
-    ok, why = _owned_listing(path)
-    if not ok:
-        raise IndexFormatError(
-            f"refusing to save to {raw!r}: {why}. Save replaces only an empty directory or a "
-            "hashindex index directory; choose another path"
-        )
-    return path
-
-
-def _remove_stale_backup(target: Path) -> None:
-    """Remove the backup a crashed fallback save left, once the path holds a whole index again."""
-    backup = _backup_path(target)
-    if os.path.lexists(backup) and not os.path.islink(backup) and backup.is_dir() and _owned_listing(backup)[0]:
-        shutil.rmtree(backup, ignore_errors=True)
-
-
-def write_index_dir(
-    target: str | os.PathLike,
-    writers: dict[str, Callable[[Path], None]],
-    manifest: dict,
-) -> None:
-    """Write files with ``writers[name](path)``, checksum them into ``manifest``, swap into place.
-
-    Each writer gets the path of its file inside the temporary directory. The manifest gains
-    ``format``, ``kind`` and ``files`` (name -> sha256, bytes). ``target`` must be a path save
-    may replace (:func:`check_save_target`), else IndexFormatError and nothing is written.
-    """
-    target = check_save_target(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    _remove_abandoned_tmp(target)
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    tmp.mkdir()
-    try:
-        files = {}
-        for name, write in writers.items():
-            path = tmp / name
-            write(path)
-            _fsync_path(path)
-            files[name] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
-        full = {"format": FORMAT_VERSION, "kind": KIND, **manifest, "files": files}
-        full["manifest_sha256"] = hashlib.sha256(json.dumps(full, sort_keys=True).encode()).hexdigest()
-        with open(tmp / MANIFEST, "w") as f:
-            json.dump(full, f, indent=2, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        _fsync_path(tmp)
-
-        check_save_target(target)  # again: the writers may have run for a while
-        if not os.path.lexists(target):
-            os.rename(tmp, target)
-        elif _exchange(tmp, target):
-            shutil.rmtree(tmp)  # tmp now holds the previous index
-        else:
-            backup = _backup_path(target)
-            shutil.rmtree(backup, ignore_errors=True)
-            os.rename(target, backup)
-            os.rename(tmp, target)
-            shutil.rmtree(backup)
-        _remove_stale_backup(target)
-        _fsync_path(target.parent)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-
-
-def resolve_index_dir(path: str | os.PathLike) -> Path:
-    """The directory to load: ``path``, or its backup when a save died between renames."""
-    if isinstance(path, (str, bytes)) and not path:
-        raise IndexFormatError("empty path: name the index directory")
-    path = Path(path)
-    if not path.exists():
-        backup = _backup_path(path.absolute())
-        if (backup / MANIFEST).exists():
-            warnings.warn(
-                f"{path} is missing but a save into it was interrupted; loading the previous index "
-                f"from {backup} (save again to restore {path})",
-                stacklevel=4,  # resolve <- open_index_dir <- HashIndex.load <- the caller
+def _check_backup(target: Path, recognise: Recognise) -> None:
+    backup = backup_path(target)
+    if os.path.lexists(backup):
+        why = _backup_problem(target, recognise)
+        if why is not None:
+            raise SavePathError(
+                f"cannot save to {str(target)!r}: {backup.name} (the name a save uses for the previous "
+                f"index) exists and is not a hashindex backup ({why}); move it away"
             )
-            return backup
-        raise IndexFormatError(f"{path}: no such index directory")
-    if not path.is_dir():
-        raise IndexFormatError(f"{path}: not a directory (an index is a directory with {MANIFEST})")
-    return path
 
 
-# -- manifest schema ---------------------------------------------------------------------------
-_HEX64 = re.compile(r"[0-9a-f]{64}")
-_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
-MAX_BITS = 1 << 16
-MAX_DIM = 1 << 20
-MAX_COUNT = 1 << 40
-MAX_ID = 2**63 - 1  # next_id: one past the largest id (core.validation.MAX_ID)
-DATA_FILES = ("codes.npy", "ids.npy", "features.npy")
-HASHER_FILES = {"linear": "hasher.npz", "onnx": "model.onnx"}
+def write_dir(target: Any, write: Callable[[Path], None], recognise: Recognise, names: frozenset[str]) -> None:
+    """Write a directory with ``write(tmp)`` and swap it into ``target`` (see the module doc).
 
-
-@dataclass(frozen=True)
-class Field:
-    """One manifest field: its JSON type, a check on the value, and what the check means."""
-
-    kind: type | tuple[type, ...]
-    check: Callable[[Any], bool] = lambda v: True
-    means: str = ""
-    required: bool = True
-
-
-def _int_in(lo: int, hi: int) -> Field:
-    return Field(int, lambda v: lo <= v <= hi, f"an integer in [{lo}, {hi}]")
-
-
-def _one_of(*values: str) -> Field:
-    return Field(str, lambda v: v in values, f"one of {', '.join(values)}")
-
-
-def _sha() -> Field:
-    return Field(str, lambda v: _HEX64.fullmatch(v) is not None, "a SHA-256 hex digest")
-
-
-INDEX_SCHEMA: dict[str, Field] = {
-    "format": _int_in(1, FORMAT_VERSION),
-    "kind": _one_of(KIND),
-    "bits": Field(int, lambda v: 0 < v <= MAX_BITS and v % 8 == 0, f"a positive multiple of 8 up to {MAX_BITS}"),
-    "dim": _int_in(1, MAX_DIM),
-    "metric": _one_of("cosine", "ip", "l2"),
-    "backend": Field(str, lambda v: _NAME.fullmatch(v) is not None, "a backend name"),
-    "feature_dtype": _one_of("float32", "float16"),
-    "count": _int_in(0, MAX_COUNT),
-    "next_id": _int_in(0, MAX_ID),
-    "hasher": Field(dict, lambda v: True, "an object"),
-    "model_sha256": Field(str, lambda v: _HEX64.fullmatch(v) is not None, "a SHA-256 hex digest", required=False),
-    "files": Field(dict, lambda v: True, "an object"),
-    # the partition stage and tuned settings (serving/index.py checks points against the stage)
-    "partitions": Field(
-        (str, int, type(None)), lambda v: v in (None, "auto") or (isinstance(v, int) and 0 < v <= MAX_COUNT),
-        "'auto', a number of lists or null", required=False,
-    ),
-    "partition_spill": Field(int, lambda v: 1 <= v <= 16, "an integer in [1, 16]", required=False),
-    "partition_nlist": Field(int, lambda v: 1 <= v <= MAX_COUNT, "a positive integer", required=False),
-    "operating_points": Field(dict, lambda v: True, "an object", required=False),
-    # identity-aware search: whether every item has a label (labels.npy), decided by the first insert
-    "labelled": Field(bool, lambda v: True, "true or false", required=False),
-}
-"""Top-level fields of a HashIndex manifest (other keys are ignored); ``hasher`` and ``files``
-are checked by :func:`check_manifest` (their shape depends on the hasher type)."""
-
-LINEAR_HASHER_SCHEMA: dict[str, Field] = {
-    "type": _one_of("linear"),
-    "kind": Field(str, lambda v: _NAME.fullmatch(v) is not None, "a hasher kind name"),
-    "bits": Field(int, lambda v: 0 < v <= MAX_BITS and v % 8 == 0, f"a positive multiple of 8 up to {MAX_BITS}"),
-    "dim": _int_in(1, MAX_DIM),
-}
-# files an index has only with some features; each group is listed whole or not at all
-OPTIONAL_FILE_GROUPS = (("partition_centroids.npy", "partition_assign.npy"), ("labels.npy",))
-ONNX_HASHER_SCHEMA: dict[str, Field] = {"type": _one_of("onnx")}
-FILE_SCHEMA: dict[str, Field] = {"sha256": _sha(), "bytes": _int_in(0, 1 << 50)}
-
-
-def _check_fields(obj: dict, schema: dict[str, Field], where: str) -> None:
-    for key, spec in schema.items():
-        if key not in obj:
-            if spec.required:
-                raise IndexFormatError(f"{where}: required field {key!r} is missing")
-            continue
-        value = obj[key]
-        kinds = spec.kind if isinstance(spec.kind, tuple) else (spec.kind,)
-        if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds) or not spec.check(value):
-            raise IndexFormatError(f"{where}: field {key!r} must be {spec.means or spec.kind.__name__}, got {value!r:.80}")
-
-
-def check_manifest(manifest: Any, where: str) -> dict:
-    """Validate a parsed HashIndex manifest against :data:`INDEX_SCHEMA`; return it.
-
-    Beyond field types and ranges: the hasher record matches its type, ``model_sha256`` is
-    present exactly for ONNX hashers, and ``files`` lists exactly the data files plus the
-    hasher's file and any whole :data:`OPTIONAL_FILE_GROUPS` (no more, no fewer), each with a
-    SHA-256 and a size; ``labels.npy`` is listed exactly when ``labelled`` is true.
+    ``recognise``: accepts a whole directory of the caller's format (what may be replaced, and
+    a backup that may be removed). ``names``: the files ``write`` creates (the only ones removed
+    from an abandoned temporary directory). Nothing is written when ``target`` is refused
+    (:func:`check_save_target`); on any error the target is left as it was.
     """
-    if not isinstance(manifest, dict):
-        raise IndexFormatError(f"{where}: the manifest is not a JSON object")
-    _check_fields(manifest, INDEX_SCHEMA, where)
-    hasher = manifest["hasher"]
-    htype = hasher.get("type")
-    if not isinstance(htype, str) or htype not in HASHER_FILES:
-        raise IndexFormatError(f"{where}: unknown hasher type {htype!r:.40} (known: {', '.join(HASHER_FILES)})")
-    _check_fields(hasher, LINEAR_HASHER_SCHEMA if htype == "linear" else ONNX_HASHER_SCHEMA, f"{where} hasher")
-    if (htype == "onnx") != ("model_sha256" in manifest):
-        raise IndexFormatError(f"{where}: model_sha256 belongs with an ONNX hasher, and only there")
-    if htype == "linear" and (hasher["bits"], hasher["dim"]) != (manifest["bits"], manifest["dim"]):
-        raise IndexFormatError(f"{where}: hasher bits/dim {hasher['bits']}/{hasher['dim']} differ from the index's")
-    files = manifest["files"]
-    expected = {*DATA_FILES, HASHER_FILES[htype]}
-    expected |= {name for group in OPTIONAL_FILE_GROUPS if set(group) & set(files) for name in group}
-    if set(files) != expected:
-        missing, extra = sorted(expected - set(files)), sorted(set(files) - expected)
-        raise IndexFormatError(
-            f"{where}: the manifest must list exactly {sorted(expected)}"
-            + (f"; missing {missing}" if missing else "")
-            + (f"; unexpected {[str(e)[:40] for e in extra[:5]]}" if extra else "")
-        )
-    if ("labels.npy" in files) != (manifest.get("labelled") is True):
-        raise IndexFormatError(f"{where}: labels.npy belongs with labelled: true, and only there")
-    for name, info in files.items():
-        if not isinstance(info, dict):
-            raise IndexFormatError(f"{where}: the entry of {name} is not an object")
-        _check_fields(info, FILE_SCHEMA, f"{where} file {name}")
-    return manifest
-
-
-def parse_manifest(raw: bytes, where: str) -> dict:
-    """Bytes of ``manifest.json`` -> a checked manifest dict (self-checksum and schema)."""
-    if len(raw) > MAX_MANIFEST_BYTES:
-        raise IndexFormatError(f"{where}: manifest larger than {MAX_MANIFEST_BYTES} bytes")
+    target = check_save_target(target, recognise)
     try:
-        manifest = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError
-        raise IndexFormatError(f"{where}: corrupt manifest ({e})") from None
-    except RecursionError:
-        raise IndexFormatError(f"{where}: corrupt manifest (nested too deeply)") from None
-    if not isinstance(manifest, dict) or manifest.get("kind") != KIND:
-        kind = manifest.get("kind") if isinstance(manifest, dict) else None
-        raise IndexFormatError(f"{where}: not a hashindex manifest (kind={kind!r:.60})")
-    version = manifest.get("format")
-    if isinstance(version, bool) or not isinstance(version, int):
-        raise IndexFormatError(f"{where}: missing or invalid format version")
-    if version > FORMAT_VERSION:
-        raise IndexFormatError(
-            f"{where}: index format {version} is newer than this hashindex reads ({FORMAT_VERSION}); "
-            "upgrade hashindex"
-        )
-    claimed = manifest.pop("manifest_sha256", None)
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise SavePathError(f"cannot save to {str(target)!r}: cannot create its parent directory ({_why(e)})") from None
+    remove_abandoned(target, names)
+    token = secrets.token_hex(16)
+    tmp = target.with_name(f"{_tmp_prefix(target)}{os.getpid()}-{token[:12]}")
     try:
-        actual = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
-    except (ValueError, TypeError, RecursionError):
-        actual = None
-    if claimed != actual:
-        raise IndexFormatError(f"{where}: manifest checksum mismatch")
-    return check_manifest(manifest, where)
+        tmp.mkdir()
+        marker = os.open(tmp / MARKER, os.O_RDWR | os.O_CREAT | os.O_EXCL | _O_CLOEXEC | _O_NOFOLLOW, 0o644)
+    except OSError as e:
+        _remove_files(tmp, frozenset())
+        raise SavePathError(f"cannot save to {str(target)!r}: cannot create {tmp.name} ({_why(e)})") from None
+    try:
+        _lock(marker, blocking=True)
+        os.write(marker, json.dumps(_marker_record(target, token), sort_keys=True).encode())
+        write(tmp)
+        fsync_path(tmp)
+        with _swap_lock(target.parent):
+            check_save_target(target, recognise)  # again: the writers may have run for a while
+            backup = backup_path(target)
+            if not os.path.lexists(target):
+                os.rename(tmp, target)
+                os.unlink(target / MARKER)
+            elif _exchange(tmp, target):
+                os.rename(target / MARKER, tmp / MARKER)  # the old index, now at tmp, is removed as ours
+                _remove_files(tmp, names)
+            else:
+                _check_backup(target, recognise)  # a user's directory of that name stays untouched
+                if os.path.lexists(backup):
+                    _remove_files(backup, names)
+                os.rename(target, backup)
+                os.rename(tmp, target)
+                os.rename(target / MARKER, backup / MARKER)
+                _remove_files(backup, names)
+            if os.path.lexists(backup) and _backup_problem(target, recognise) is None:
+                _remove_files(backup, names)  # left by a save that died between its renames, or while removing it
+            fsync_path(target.parent)
+    except BaseException:
+        if os.path.lexists(tmp / MARKER):  # still ours: the swap did not happen
+            _remove_files(tmp, names)
+        raise
+    finally:
+        os.close(marker)
 
 
-# -- snapshot-consistent reading ---------------------------------------------------------------
+# -- snapshot-consistent reading -----------------------------------------------------------------
 class _Swapped(Exception):
     """The version being opened was swapped out and removed: start again on the new one."""
 
 
-def _dir_identity(st: os.stat_result) -> tuple[int, int]:
-    return st.st_dev, st.st_ino
+def resolve_dir(path: Any, what: str = "index directory") -> tuple[Path, bool]:
+    """The directory to read and whether it is the backup: ``path``, or its backup when a save
+    died between its fallback renames. A save that is between them is waited for (bounded)."""
+    path = as_path(path, f"the {what} path")
+    deadline = time.monotonic() + _SWAP_WAIT_S
+    while True:
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            backup = backup_path(path.absolute())
+            if not (backup / "manifest.json").exists():
+                if os.path.lexists(path):
+                    continue  # a save completed meanwhile
+                raise IndexFormatError(f"{path}: no such {what}") from None
+            if _swap_in_progress(path.absolute().parent) and time.monotonic() < deadline:
+                time.sleep(0.001)  # a save is between its two renames: the new index comes next
+                continue
+            warnings.warn(
+                f"{path} is missing but a save into it was interrupted; loading the previous index "
+                f"from {backup} (save again to restore {path})",
+                stacklevel=5,  # resolve <- open_dir <- open_index_dir <- HashIndex.load <- the caller
+            )
+            return backup, True
+        except OSError as e:
+            raise IndexFormatError(f"{path}: cannot open the {what} ({_why(e)})") from None
+        if not stat.S_ISDIR(st.st_mode):
+            raise IndexFormatError(f"{path}: not a directory (an index is a directory with manifest.json)")
+        return path, False
 
 
-class IndexDir:
-    """One version of an index directory, with every file it lists open.
+@dataclass(frozen=True)
+class Listing:
+    """What a parsed manifest says about the files beside it: name -> (bytes, sha256)."""
+
+    manifest: dict
+    files: dict[str, tuple[int, str]]
+
+
+Parse = Callable[[bytes, str], Listing]
+
+
+class SnapshotDir:
+    """One version of a directory, with every file its manifest lists open.
 
     Every file was opened relative to one directory descriptor, so all of them belong to the
     same save even if another process has since saved over the path. Use as a context manager
@@ -427,7 +489,7 @@ class IndexDir:
         self.manifest = manifest
         self._files = files
 
-    def __enter__(self) -> "IndexDir":
+    def __enter__(self) -> "SnapshotDir":
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -455,113 +517,138 @@ class IndexDir:
         return self.file(name).read()
 
     def load_array(self, name: str, dtype: np.dtype, shape: tuple[int, ...], mmap: bool = False) -> np.ndarray:
-        """The ``.npy`` array ``name``; IndexFormatError unless exactly ``dtype`` and ``shape``.
-
-        ``mmap``: a read-only memory map of this very file (``np.memmap`` at the data offset
-        that the ``.npy`` header gives), not of whatever the path names now.
-        """
-        f = self.file(name)
-        where = self.path_of(name)
-        dtype = np.dtype(dtype)
-        try:
-            version = np.lib.format.read_magic(f)
-            header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-            h_shape, fortran, h_dtype = header(f, max_header_size=10_000)
-        except (OSError, ValueError, TypeError, SyntaxError) as e:
-            raise IndexFormatError(f"{where}: unreadable .npy header ({e})") from None
-        if h_dtype != dtype or tuple(h_shape) != tuple(shape) or fortran:
-            order = " (Fortran order)" if fortran else ""
-            raise IndexFormatError(f"{where}: expected {dtype} {tuple(shape)}, found {h_dtype} {tuple(h_shape)}{order}")
-        offset = f.tell()
-        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-        size = os.fstat(f.fileno()).st_size
-        if size != offset + nbytes:
-            raise IndexFormatError(f"{where}: {size} bytes, the header promises {offset + nbytes}")
-        if mmap and nbytes:
-            return np.memmap(f, dtype=dtype, mode="r", offset=offset, shape=tuple(shape))
-        arr = np.empty(tuple(shape), dtype=dtype)
-        if nbytes and f.readinto(memoryview(arr).cast("B")) != nbytes:
-            raise IndexFormatError(f"{where}: truncated array data")
-        return arr
+        """The ``.npy`` array ``name``; IndexFormatError unless exactly ``dtype`` and ``shape``."""
+        return load_npy(self.file(name), self.path_of(name), dtype, shape, mmap)
 
 
-def _open_all(dir_fd: int | None, root: Path, verify: bool) -> IndexDir:
+IndexDir = SnapshotDir  # the name of hashindex 0.1
+
+
+def npy_header(f: BinaryIO, where: str | os.PathLike) -> tuple[tuple[int, ...], bool, np.dtype, int]:
+    """(shape, fortran order, dtype, data offset) of the ``.npy`` stream ``f`` at its start."""
+    try:
+        version = np.lib.format.read_magic(f)
+        header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = header(f, max_header_size=10_000)
+    except (OSError, ValueError, TypeError, SyntaxError, EOFError) as e:
+        raise IndexFormatError(f"{where}: unreadable .npy header ({e})") from None
+    return tuple(shape), fortran, dtype, f.tell()
+
+
+def load_npy(f: BinaryIO, where: str | os.PathLike, dtype: np.dtype, shape: tuple[int, ...], mmap: bool = False) -> np.ndarray:
+    """The ``.npy`` file ``f``, exactly ``dtype`` and ``shape`` and of exactly that size, else
+    IndexFormatError; sizes are checked before anything is allocated or mapped.
+
+    ``mmap``: a read-only memory map of this very file (``np.memmap`` at the data offset), not
+    of whatever the path names now. A file truncated *in place* after this check (by another
+    tool: a save never writes in place) raises SIGBUS when a mapped page is read.
+    """
+    dtype = np.dtype(dtype)
+    f.seek(0)
+    h_shape, fortran, h_dtype, offset = npy_header(f, where)
+    if h_dtype != dtype or h_shape != tuple(shape) or fortran:
+        order = " (Fortran order)" if fortran else ""
+        raise IndexFormatError(f"{where}: expected {dtype} {tuple(shape)}, found {h_dtype} {h_shape}{order}")
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    size = os.fstat(f.fileno()).st_size
+    if size != offset + nbytes:
+        raise IndexFormatError(f"{where}: {size} bytes, the header promises {offset + nbytes}")
+    if mmap and nbytes:
+        return np.memmap(f, dtype=dtype, mode="r", offset=offset, shape=tuple(shape))
+    arr = np.empty(tuple(shape), dtype=dtype)
+    if nbytes and f.readinto(memoryview(arr).cast("B")) != nbytes:
+        raise IndexFormatError(f"{where}: truncated array data")
+    return arr
+
+
+def _open_all(dir_fd: int | None, root: Path, manifest_name: str, max_bytes: int, parse: Parse, verify: bool) -> SnapshotDir:
     """Open the manifest and every file it lists, relative to ``dir_fd`` (by path when None)."""
 
     def open_file(name: str) -> BinaryIO:
-        flags = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0)
         try:
-            fd = os.open(name, flags, dir_fd=dir_fd) if dir_fd is not None else os.open(root / name, flags)
+            return open_regular(name if dir_fd is not None else root / name, dir_fd, where=root / name)
         except FileNotFoundError:
             raise _Swapped(name) from None
-        except OSError as e:
-            raise IndexFormatError(f"{root / name}: cannot open ({e})") from None
-        f = os.fdopen(fd, "rb")
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            f.close()
-            raise IndexFormatError(f"{root / name}: not a regular file")
-        return f
 
     files: dict[str, BinaryIO] = {}
     try:
-        with open_file(MANIFEST) as mf:
-            raw = mf.read(MAX_MANIFEST_BYTES + 1)
-        manifest = parse_manifest(raw, str(root / MANIFEST))
-        for name in manifest["files"]:  # names checked by the schema: no path separators
+        with open_file(manifest_name) as mf:
+            raw = mf.read(max_bytes + 1)
+        listing = parse(raw, str(root / manifest_name))
+        for name in listing.files:  # names checked by the format: no path separators
             files[name] = open_file(name)
-        for name, info in manifest["files"].items():
-            size = os.fstat(files[name].fileno()).st_size
-            if size != info["bytes"]:
-                raise IndexFormatError(f"{root / name}: size {size} differs from the manifest's {info['bytes']} (truncated?)")
-            if verify and sha256_fileobj(files[name]) != info["sha256"]:
-                raise IndexFormatError(f"{root / name}: SHA-256 differs from the manifest (file corrupt or modified)")
-        return IndexDir(root, manifest, files)
+        for name, (size, sha) in listing.files.items():  # every size before any checksum
+            actual = os.fstat(files[name].fileno()).st_size
+            if actual != size:
+                raise IndexFormatError(f"{root / name}: size {actual} differs from the manifest's {size} (truncated?)")
+        if verify:
+            for name, (size, sha) in listing.files.items():
+                if sha256_fileobj(files[name]) != sha:
+                    raise IndexFormatError(f"{root / name}: SHA-256 differs from the manifest (file corrupt or modified)")
+        return SnapshotDir(root, listing.manifest, files)
     except BaseException:
         for f in files.values():
             f.close()
         raise
 
 
-def open_index_dir(path: str | os.PathLike, verify: bool = True) -> IndexDir:
-    """Open one version of the index directory at ``path`` (snapshot-consistent, see module doc).
+def open_dir(path: Any, manifest_name: str, max_bytes: int, parse: Parse, verify: bool = True) -> SnapshotDir:
+    """Open one version of the directory at ``path`` (snapshot-consistent, see the module doc).
 
-    ``verify``: check every file's SHA-256 (sizes are always checked). Raises IndexFormatError
-    for anything missing, damaged, foreign or from a newer format.
+    ``parse(raw manifest, where)`` checks the manifest and lists the files; ``verify``: check
+    every file's SHA-256 (sizes are always checked, all of them before any checksum).
     """
     use_fd = os.open in os.supports_dir_fd and hasattr(os, "O_DIRECTORY")
-    for _ in range(_OPEN_ATTEMPTS):
-        root = resolve_index_dir(path)
+    missing = None
+    for attempt in range(_OPEN_ATTEMPTS):
+        if attempt:
+            time.sleep(min(0.0005 * 2**attempt, 0.05))
+        root, is_backup = resolve_dir(path)
         if not use_fd:
             try:
-                return _open_all(None, root, verify)
+                return _open_all(None, root, manifest_name, max_bytes, parse, verify)
             except _Swapped as e:
                 raise IndexFormatError(f"{root}: file {e} listed in the manifest is missing") from None
         try:
-            dir_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0))
-        except FileNotFoundError:
+            dir_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | _O_CLOEXEC)
+        except (FileNotFoundError, NotADirectoryError):
             continue  # renamed away between resolve and open: resolve again
         except OSError as e:
-            raise IndexFormatError(f"{root}: cannot open the index directory ({e})") from None
+            raise IndexFormatError(f"{root}: cannot open the index directory ({_why(e)})") from None
         try:
             if os.stat(dir_fd).st_nlink == 0:
                 continue  # already removed
-            return _open_all(dir_fd, root, verify)
+            return _open_all(dir_fd, root, manifest_name, max_bytes, parse, verify)
         except _Swapped as e:
+            missing = str(e)
+            if is_backup:
+                continue  # a backup is removed by the save that made it: the path names the new index
             try:
-                same = _dir_identity(os.stat(root)) == _dir_identity(os.stat(dir_fd))
+                here, opened = os.stat(root), os.stat(dir_fd)
+                same = (here.st_dev, here.st_ino) == (opened.st_dev, opened.st_ino)
             except OSError:
                 same = False
             if same:
-                name = str(e) if str(e) != MANIFEST else None
-                if name is None:
-                    raise IndexFormatError(f"{root}: not a hashindex directory ({MANIFEST} missing)") from None
-                raise IndexFormatError(f"{root}: file {name} listed in the manifest is missing") from None
+                if missing == manifest_name:
+                    raise IndexFormatError(f"{root}: not a hashindex directory ({manifest_name} missing)") from None
+                raise IndexFormatError(f"{root}: file {missing} listed in the manifest is missing") from None
         finally:
             os.close(dir_fd)
-    raise IndexFormatError(f"{path}: the index kept being replaced while it was opened ({_OPEN_ATTEMPTS} attempts)")
+    last = f" (last: {missing} missing)" if missing else ""
+    raise IndexFormatError(f"{path}: the index kept being replaced while it was opened ({_OPEN_ATTEMPTS} attempts){last}")
 
 
-def read_manifest(path: str | os.PathLike, verify: bool = True) -> dict:
-    """Read and check ``manifest.json``; with ``verify``, check every file's size and SHA-256."""
-    with open_index_dir(path, verify=verify) as d:
-        return d.manifest
+# names that moved to hashindex.serving.index_format (the HashIndex manifest and its schema)
+_MOVED = {
+    "FORMAT_VERSION", "KIND", "MANIFEST", "MAX_MANIFEST_BYTES", "INDEX_SCHEMA", "LINEAR_HASHER_SCHEMA",
+    "ONNX_HASHER_SCHEMA", "FILE_SCHEMA", "Field", "check_manifest", "parse_manifest", "open_index_dir",
+    "read_manifest", "resolve_index_dir", "DATA_FILES", "HASHER_FILES",
+}  # fmt: skip
+
+
+def __getattr__(name: str) -> Any:
+    if name in _MOVED:
+        from hashindex.serving import index_format  # the format builds on this module
+
+        return getattr(index_format, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
