@@ -154,9 +154,12 @@ def tune(index, recall: float, k: int, sample: int, seed: int, progress: bool) -
     qids = np.sort(index.ids[rng.choice(n, sample, replace=False)])
     x = index.get_features(qids)
     kk = min(k + 1, n)  # one more than k: each query's own item is dropped from its results
-    gt_ids, gt_scores = drop_self(*index._exact_knn(x, kk), qids, kk - 1)
+    gt_ids, gt_scores = drop_self(*index.exact_search(x, kk), qids, kk - 1)
 
-    nlist, nprobes = index._tuning_partitions()
+    part = index.partition_info()
+    if part.lists is None and part.requested:  # asked for, but cannot be trained: say so
+        warnings.warn(f"tuning the flat scan only: {part.reason}", stacklevel=3)
+    nlist, nprobes = part.lists, (nprobe_grid(part.lists) if part.lists else [])
     cands = candidate_grid(k, n)
     ops = OperatingPointsWithRanges()
     ops.add_range("nprobe", [*nprobes, None])  # None (the flat scan) = every list: the top of the range
