@@ -484,7 +484,7 @@ class IndexFront:
     def _run_search(self, a: Request, q: Queries) -> SearchResult:
         """Checked, encoded queries -> results: plan every default, then run the pipeline."""
         plan = pipeline.plan_search(self, a) if q.x.shape[0] else pipeline.Plan(a.k, a.ranking, options=a.options)
-        return pipeline.run(self, plan, q)
+        return pipeline.execute(self, plan, q)
 
     @property
     def default_ranking(self) -> str:

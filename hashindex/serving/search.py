@@ -7,7 +7,7 @@
    at least ``DEFAULT_CANDIDATES_PER_K * k``), the asymmetric candidate count and ``nprobe``
    (given, else the tuned operating point, else :func:`default_candidates`), and the rule that a
    filtered search never probes the partition lists (serving/filters.py says why);
-2. :func:`run` executes the plan: restrict (the allow-lists) -> candidates -> widen + group by
+2. :func:`execute` runs the plan: restrict (the allow-lists) -> candidates -> widen + group by
    label | rerank -> Hamming fill -> ids / labels -> open-set threshold -> :class:`SearchResult`.
 
 A backend supplies a narrow protocol (hooks on the index object, all under its read lock):
@@ -233,7 +233,7 @@ class Rows:
 
 
 # -- the pipeline --------------------------------------------------------------------------------------
-def run(index: Any, plan: Plan, q: Queries) -> SearchResult:
+def execute(index: Any, plan: Plan, q: Queries) -> SearchResult:
     """Execute ``plan`` on ``index`` for encoded queries ``q`` (see the module docstring)."""
     nq = q.x.shape[0]
     labelled = bool(index._has_labels())
