@@ -86,7 +86,7 @@ class MilvusLimits:
         retries a larger insert for minutes instead of failing, so batches stay well below.
     fetch_ids: ids per ``id in [...]`` query returning ids only (must stay below MILVUS_MAX_TOPK).
     fetch_rows: ids per query returning vectors: milvus-lite 2.5 slows down superlinearly with
-        the number of vector rows per query (measured in docs/milvus.md).
+        the number of vector rows per query (measured: benchmarks/README.md).
     search_hits: queries per search call are chosen so that ``nq * limit`` stays below this.
     delete_ids: ids per delete request. A ``remove`` of up to this many ids is one Milvus delete
         request (a client killed during it leaves all or none of them removed); a larger one is
