@@ -39,6 +39,7 @@ probes the partition stage: the allowed rows are scanned exactly (serving/filter
 from __future__ import annotations
 
 import contextlib
+import inspect
 from dataclasses import dataclass
 from typing import ClassVar, ContextManager
 
@@ -112,9 +113,7 @@ class PartitionInfo:
 def resolve_hasher(dim: int, hasher: Hasher | str | None, encoder: Hasher | None, bits: int | None) -> Hasher:
     """The hasher an index of dimension ``dim`` uses: the one given (an object, or a kind name
     such as ``"itq"``), else an unfitted ITQ hasher of ``bits`` (default 128, capped at ``dim``)."""
-    if hasher is not None and encoder is not None:
-        raise InputError("pass either hasher or encoder, not both")
-    hasher = hasher if hasher is not None else encoder
+    hasher = single_hasher(hasher, encoder)
     if bits is not None:
         bits = check_bits(bits)
     if isinstance(hasher, str):
@@ -136,10 +135,22 @@ def resolve_hasher(dim: int, hasher: Hasher | str | None, encoder: Hasher | None
     return hasher
 
 
+def single_hasher(hasher: Hasher | str | None, encoder: Hasher | None) -> Hasher | str | None:
+    """The one of ``hasher`` / ``encoder`` (an alias for ONNX encoders) given, or None."""
+    if hasher is not None and encoder is not None:
+        raise InputError("pass either hasher or encoder, not both")
+    return hasher if hasher is not None else encoder
+
+
+def check_choice(name: str, value, choices: tuple[str, ...]):
+    """``value`` when it is one of ``choices``, else an InputError naming them."""
+    if not isinstance(value, str) or value not in choices:
+        raise InputError(f"unknown {name} {value!r}; choose one of {', '.join(choices)}")
+    return value
+
+
 def check_metric(metric: str) -> str:
-    if metric not in METRICS:
-        raise InputError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
-    return metric
+    return check_choice("metric", metric, METRICS)
 
 
 class IndexFront:
@@ -451,8 +462,9 @@ class IndexFront:
             min_score: open-set threshold: results with a score below it (l2: a distance
                 above it) become padding (id -1).
         """
-        a = self._search_args(k, radius, candidates, ranking, nprobe, recall, query_codes is not None,
-                              filter_ids, filter_labels, group_by, group_size, min_score)  # fmt: skip
+        a = self._search_args(k, radius, candidates, query_codes is not None, ranking=ranking, nprobe=nprobe,
+                              recall=recall, filter_ids=filter_ids, filter_labels=filter_labels, group_by=group_by,
+                              group_size=group_size, min_score=min_score)  # fmt: skip
         x = self._prepare_features(queries, name="queries")
         check_result_size(x.shape[0], a.width)
         if a.ranking == "hamming":
@@ -463,11 +475,9 @@ class IndexFront:
         z = self._project(x)
         return self._run_search(a, Queries(x, binarize(z), z))
 
-    def _search_args(
-        self, k, radius, candidates, ranking, nprobe, recall, has_query_codes: bool,
-        filter_ids, filter_labels, group_by, group_size, min_score,
-    ) -> Request:  # fmt: skip
-        """Every search argument checked, before any query is encoded."""
+    def _search_args(self, k, radius, candidates, has_query_codes: bool, *, ranking=None, nprobe=None, recall=None,
+                     filter_ids=None, filter_labels=None, group_by=None, group_size=None, min_score=None) -> Request:  # fmt: skip
+        """Every search argument checked, before any query is encoded (the keywords: search's options)."""
         k, radius, candidates = check_search_args(k, radius, candidates, self.bits)  # radius > bits: every item
         nprobe, recall = check_tuning_args(nprobe, recall, radius, candidates)
         ranking = pipeline.resolve_ranking(ranking, self.default_ranking, radius, nprobe, recall, has_query_codes)
@@ -578,27 +588,24 @@ class IndexFront:
         return self.add_codes(out.codes, out.features, ids, labels)
 
     def search_images(
-        self,
-        images: np.ndarray,
-        k: int = 10,
-        radius: int | None = None,
-        candidates: int | None = None,
-        *,
-        ranking: str | None = None,
-        nprobe: int | None = None,
-        recall: float | None = None,
-        filter_ids: np.ndarray | None = None,
-        filter_labels: np.ndarray | None = None,
-        group_by: str | None = None,
-        group_size: int | None = None,
-        min_score: float | None = None,
+        self, images: np.ndarray, k: int = 10, radius: int | None = None, candidates: int | None = None, **options
     ) -> SearchResult:
-        """:meth:`search` with preprocessed query images ``float32 [nq, 3, H, W]``."""
-        a = self._search_args(k, radius, candidates, ranking, nprobe, recall, False,
-                              filter_ids, filter_labels, group_by, group_size, min_score)  # fmt: skip
+        """:meth:`search` with preprocessed query images ``float32 [nq, 3, H, W]``: one model run
+        gives the queries' features, codes and projections. ``options``: the keyword options of
+        :meth:`search` (``ranking``, ``nprobe``, ``recall``, ``filter_ids``, ``filter_labels``,
+        ``group_by``, ``group_size``, ``min_score``), all but ``query_codes``."""
+        unknown = sorted(set(options) - IMAGE_SEARCH_OPTIONS)
+        if unknown:
+            raise TypeError(f"search_images() got unexpected keyword arguments {unknown}; it takes {sorted(IMAGE_SEARCH_OPTIONS)}")
+        a = self._search_args(k, radius, candidates, False, **options)
         out = self._image_encoder().run(images)
         x = self._prepare_features(out.features, name="queries")
         check_result_size(x.shape[0], a.width)
         z = pre_tanh(out.embedding) if a.ranking == "asymmetric" else None
         return self._run_search(a, Queries(x, out.codes, z))
 
+
+# search()'s keyword options that search_images() takes too (its images give the query codes)
+IMAGE_SEARCH_OPTIONS = frozenset(inspect.signature(IndexFront.search).parameters) - {
+    "self", "queries", "k", "radius", "candidates", "query_codes"
+}

@@ -36,6 +36,7 @@ from hashindex.serving.front import (
     DEFAULT_BITS,
     RANKINGS,
     IndexFront,
+    check_choice,
     PartitionInfo,
     Rows,
     Scope,
@@ -111,8 +112,7 @@ class HashIndex(IndexFront):
                 raise InputError(f"partitions must be 'auto', a number of lists or None, got {partitions!r}")
             partitions = check_positive_int(partitions, "partitions (number of lists)")
         partition_spill = check_positive_int(partition_spill, "partition_spill")
-        if backend not in BACKENDS:
-            raise InputError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+        check_choice("backend", backend, BACKENDS)
         if feature_dtype not in FEATURE_DTYPES:
             raise InputError(f"feature_dtype must be one of {FEATURE_DTYPES}, got {feature_dtype!r}")
         self._init_front(dim, resolve_hasher(dim, hasher, encoder, bits), metric)

@@ -65,7 +65,7 @@ from hashindex.core.errors import IndexFormatError, InputError, ModelMismatchErr
 from hashindex.core.validation import check_positive_int
 from hashindex.serving.candidates.csr import Candidates, from_csr
 from hashindex.serving.filters import Restriction
-from hashindex.serving.front import IndexFront, Rows, Scope, check_metric, resolve_hasher
+from hashindex.serving.front import IndexFront, Rows, Scope, check_choice, check_metric, resolve_hasher, single_hasher
 from hashindex.serving.hashers import Hasher, LinearHasher
 from hashindex.serving.rerank import METRICS, higher_is_better
 
@@ -211,10 +211,10 @@ class MilvusHashIndex(IndexFront):
         dim: int,
         hasher: Hasher | None = None,
         *,
-        encoder: Hasher | None = None,
-        bits: int | None = None,
         uri: str = "./hashindex_milvus.db",
         collection: str = "hashindex",
+        encoder: Hasher | None = None,
+        bits: int | None = None,
         metric: str | None = None,
         rerank: str = "milvus",
         index_type: str = "BIN_FLAT",
@@ -222,15 +222,11 @@ class MilvusHashIndex(IndexFront):
         limits: MilvusLimits = MilvusLimits(),
     ):
         dim = check_positive_int(dim, "dim")
-        if hasher is not None and encoder is not None:
-            raise InputError("pass either hasher or encoder, not both")
-        given = hasher if hasher is not None else encoder
+        given = single_hasher(hasher, encoder)
         if metric is not None:
             check_metric(metric)
-        if rerank not in RERANK_MODES:
-            raise InputError(f"unknown rerank {rerank!r}; choose one of {', '.join(RERANK_MODES)}")
-        if index_type not in INDEX_TYPES:
-            raise InputError(f"unknown index_type {index_type!r}; choose one of {', '.join(INDEX_TYPES)}")
+        check_choice("rerank", rerank, RERANK_MODES)
+        check_choice("index_type", index_type, INDEX_TYPES)
         if not isinstance(collection, str) or not _COLLECTION_NAME.fullmatch(collection):
             raise InputError(
                 f"collection must be a Milvus collection name (a letter or _, then letters, digits or _, "
