@@ -202,3 +202,13 @@ def test_candidates_helpers_keep_the_csr_layout():
     assert b.keys.tolist() == [2] and b.lims.tolist() == [0, 1]
     m = merge(3, [(np.array([2]), b), (np.array([0]), take_queries(a, np.array([0])))])
     assert m.counts.tolist() == [2, 0, 1] and m.keys.tolist() == [3, 1, 2]
+
+
+def test_n_scanned_of_a_radius_on_hash_tables_is_what_they_found():
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((600, 32)).astype(np.float32)
+    index = HashIndex(32, bits=32, backend="hash")
+    index.add(x)
+    res = index.search(x[:4], k=3, radius=1)
+    assert np.array_equal(res.n_scanned, res.n_candidates)
+    assert index.search(x[:4], k=3, radius=9).n_scanned.tolist() == [600] * 4  # too many flips: the flat scan

@@ -249,6 +249,11 @@ class IndexFront:
         """The exact top-k of each query's candidates: ``(keys, scores, hamming)`` ``[nq, k]``."""
         return pipeline.rerank_rows(self, x, cands, k)
 
+    def _range_scans(self, radius: int, scope: Scope) -> bool:
+        """Whether a range search at ``radius`` scans every code of ``scope`` (else it probes
+        hash buckets, and ``n_scanned`` reports the candidates found)."""
+        return True
+
     def _probed_sizes(self, x: np.ndarray, nprobe: int) -> np.ndarray:
         """Items in the ``nprobe`` lists each query scans, ``int64 [nq]``."""
         raise UnsupportedError(f"nprobe= scans partition lists, which the {self.backend_name} backend does not have")

@@ -310,10 +310,16 @@ class HashIndex(IndexFront):
     def _hamming_range(self, qcodes: np.ndarray, radius: int, scope: Scope) -> Candidates:
         if scope.handle is not None:  # exact flat scans only (candidates/filtered.py)
             return scope.handle.range(qcodes, radius)
+        return self._range_generator(radius).range(qcodes, radius)
+
+    def _range_generator(self, radius: int):
         generator = self._generator(self.backend_for(radius))
         if not generator.handles(radius):
             generator = self._flat  # exact too, and cheaper than probing this many buckets
-        return generator.range(qcodes, radius)
+        return generator
+
+    def _range_scans(self, radius: int, scope: Scope) -> bool:
+        return scope.handle is not None or self._range_generator(radius) is self._flat
 
     def _hamming_knn(self, qcodes: np.ndarray, c: int, scope: Scope) -> Candidates:
         return from_knn(*(self._flat if scope.handle is None else scope.handle).knn(qcodes, c))

@@ -66,9 +66,10 @@ class SearchResult:
     n_candidates: int64 ``[nq]``: how many items were reranked for each query.
     labels: int64 ``[nq, k]``: each result's label (-1 pad); None when the index has no labels.
     n_scanned: int64 ``[nq]``: codes the candidate stage scored for each query: every allowed
-        item per pass of a scan (multi-probe makes two passes; widening for ``group_by`` one
-        more per round), the items in the probed lists with ``nprobe``; for hash-table backends
-        and Milvus's BIN_IVF_FLAT, which probe buckets, an upper bound.
+        item per pass of a scan (multi-probe makes two passes, an upper bound where its range
+        runs on hash tables; widening for ``group_by`` one more per round), the items in the
+        probed lists with ``nprobe``, the candidates found for a radius on HashIndex's hash
+        tables (they probe buckets, not every code); for Milvus's BIN_IVF_FLAT an upper bound.
     n_reranked: int64 ``[nq]``: items scored exactly on their features (= ``n_candidates``).
 
     With ``group_by="label"`` and ``group_size=g`` the arrays are ``[nq, k * g]``: label block j
@@ -276,6 +277,8 @@ def candidates(index: Any, plan: Plan, q: Queries, scope: Scope) -> tuple[Candid
         q.codes, plan.radius, plan.candidates, plan.at_least, n, index.bits,
         lambda c, r: index._hamming_range(c, r, scope), lambda c, m: index._hamming_knn(c, m, scope),
     )  # fmt: skip
+    if plan.radius is not None and not index._range_scans(plan.radius, scope):
+        return cands, cands.counts.copy()  # hash tables probe buckets: what they found
     passes = 1 if plan.at_least is None else multiprobe_scans(plan.at_least, n)
     return cands, np.full(nq, passes * n, np.int64)
 
