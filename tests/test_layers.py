@@ -144,12 +144,13 @@ def test_old_module_paths_still_import_with_a_warning(old, new):
 
 # -- one search pipeline: each step defined once, in its own module (issue 18) ------------------------
 SERVING = PKG / "serving"
-# step function -> the one serving module that defines it. The pipeline's order lives in
-# serving/search.py; its steps' pure cores in the modules named here.
+# step function -> the one serving module that defines it. The plan lives in serving/plan.py,
+# the pipeline's order in serving/search.py, its steps' pure cores in the modules named here.
 SEARCH_STEPS = {
+    **{name: "plan" for name in ("plan_search", "resolve_ranking", "asymmetric_settings", "default_candidates")},
     **{name: "search" for name in (
-        "plan_search", "resolve_ranking", "asymmetric_settings", "default_candidates", "execute", "restrict",
-        "candidates", "widen", "group", "rerank_rows", "fill_rows", "threshold", "rankable_projection",
+        "execute", "restrict", "candidates", "widen", "group", "rerank_rows", "fill_rows", "threshold",
+        "rankable_projection",
     )},  # fmt: skip
     "select_candidates": "candidates.modes",
     "widen_for_labels": "grouping",

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from hashindex import HashIndex
+from hashindex.serving import plan as planner
 from hashindex.serving import search as pipeline
 from hashindex.serving.candidates.csr import Candidates, empty, from_knn, merge, take_queries
 from hashindex.serving.filters import PLAIN, SearchOptions, check_search_options
@@ -166,18 +167,18 @@ class _Untuned:
 
 def test_the_planner_resolves_every_default():
     idx = _Untuned()
-    hamming = pipeline.plan_search(idx, pipeline.Request(3, None, None, "hamming", None, None))
+    hamming = planner.plan_search(idx, planner.Request(3, None, None, "hamming", None, None))
     assert (hamming.radius, hamming.candidates, hamming.at_least) == (None, None, 30)
-    asym = pipeline.plan_search(idx, pipeline.Request(3, None, None, "asymmetric", None, None))
-    assert (asym.candidates, asym.nprobe) == (pipeline.default_candidates(3), None)
-    probed = pipeline.plan_search(idx, pipeline.Request(3, None, 40, "asymmetric", 4, None))
+    asym = planner.plan_search(idx, planner.Request(3, None, None, "asymmetric", None, None))
+    assert (asym.candidates, asym.nprobe) == (planner.default_candidates(3), None)
+    probed = planner.plan_search(idx, planner.Request(3, None, 40, "asymmetric", 4, None))
     assert (probed.candidates, probed.nprobe) == (40, 4)
     filtered = check_search_options([1, 2], None, has_labels=False)
-    probed = pipeline.plan_search(idx, pipeline.Request(3, None, 40, "asymmetric", 4, None, filtered))
+    probed = planner.plan_search(idx, planner.Request(3, None, 40, "asymmetric", 4, None, filtered))
     assert probed.nprobe is None  # a filtered search scans the allowed rows, never the lists
     nothing = check_search_options(None, [], has_labels=True)
-    assert pipeline.Plan(3, "hamming", options=nothing).nothing_allowed
-    assert not pipeline.Plan(3, "hamming", options=PLAIN).nothing_allowed
+    assert planner.Plan(3, "hamming", options=nothing).nothing_allowed
+    assert not planner.Plan(3, "hamming", options=PLAIN).nothing_allowed
     assert isinstance(SearchOptions(), SearchOptions)
 
 

@@ -25,7 +25,7 @@ Search modes (``radius`` is inclusive, ARCHITECTURE.md §2):
 - none of these: Hamming ranking takes the smallest radius giving each query at least
   ``10 * k`` candidates (multi-probe); asymmetric ranking takes the operating point tuned for
   :data:`DEFAULT_RECALL` if the index has one, else the flat scan with
-  :func:`default_candidates` (``max(50 * k, 500)``) candidates (serving/search.py resolves
+  :func:`default_candidates` (``max(50 * k, 500)``) candidates (serving/plan.py resolves
   all of these in one planner).
 Candidates are reranked by exact similarity on the stored features, best first.
 
@@ -74,19 +74,13 @@ from hashindex.serving.hashers import (
 )
 from hashindex.serving.filters import check_labels, check_search_options
 from hashindex.serving.rerank import METRICS
+from hashindex.serving.candidates.csr import Candidates, empty as no_candidates
+from hashindex.serving import plan as planner
 from hashindex.serving import search as pipeline
 from hashindex.serving import tuning
 from hashindex.serving.interop import to_faiss_binary
-from hashindex.serving.search import (  # noqa: F401  (public names kept importable from here)
-    RANKINGS,
-    Queries,
-    Request,
-    Rows,
-    Scope,
-    SearchResult,
-    check_ranking,
-    default_candidates,
-)
+from hashindex.serving.plan import RANKINGS, Request, check_ranking, default_candidates  # noqa: F401 (kept importable here)
+from hashindex.serving.search import Queries, Rows, Scope, SearchResult
 from hashindex.serving.tuning import DEFAULT_RECALL, OperatingPoint
 
 # 128-bit codes + rerank reach the recall 64-bit ones could not at the scale of the benchmarks
@@ -229,15 +223,15 @@ class IndexFront:
         """The items an allow-list admits, as a :class:`~hashindex.serving.search.Scope`."""
         raise NotImplementedError
 
-    def _hamming_range(self, qcodes: np.ndarray, radius: int, scope: Scope) -> pipeline.Candidates:
+    def _hamming_range(self, qcodes: np.ndarray, radius: int, scope: Scope) -> Candidates:
         """Every item of ``scope`` within Hamming <= radius."""
         raise NotImplementedError
 
-    def _hamming_knn(self, qcodes: np.ndarray, c: int, scope: Scope) -> pipeline.Candidates:
+    def _hamming_knn(self, qcodes: np.ndarray, c: int, scope: Scope) -> Candidates:
         """The ``c`` Hamming-nearest items of ``scope``, each query's sorted by distance."""
         raise NotImplementedError
 
-    def _asymmetric_knn(self, x, z, c: int, nprobe: int | None, scope: Scope) -> pipeline.Candidates:
+    def _asymmetric_knn(self, x, z, c: int, nprobe: int | None, scope: Scope) -> Candidates:
         """The ``c`` best items of ``scope`` by ``<z, 2b - 1>`` (from the lists nearest ``x`` with ``nprobe``)."""
         raise UnsupportedError(f"the {self.backend_name} backend has no asymmetric ranking")
 
@@ -245,7 +239,7 @@ class IndexFront:
         """The stored rows of candidate ``keys``, with the fields asked for."""
         raise NotImplementedError
 
-    def _rerank(self, x: np.ndarray, cands: pipeline.Candidates, k: int):
+    def _rerank(self, x: np.ndarray, cands: Candidates, k: int):
         """The exact top-k of each query's candidates: ``(keys, scores, hamming)`` ``[nq, k]``."""
         return pipeline.rerank_rows(self, x, cands, k)
 
@@ -485,7 +479,7 @@ class IndexFront:
         """Every search argument checked, before any query is encoded (the keywords: search's options)."""
         k, radius, candidates = check_search_args(k, radius, candidates, self.bits)  # radius > bits: every item
         nprobe, recall = check_tuning_args(nprobe, recall, radius, candidates)
-        ranking = pipeline.resolve_ranking(ranking, self.default_ranking, radius, nprobe, recall, has_query_codes)
+        ranking = planner.resolve_ranking(ranking, self.default_ranking, radius, nprobe, recall, has_query_codes)
         if ranking not in self.RANKINGS:
             raise UnsupportedError(f"ranking={ranking!r} is not supported by the {self.backend_name} backend")
         options = check_search_options(
@@ -498,7 +492,7 @@ class IndexFront:
 
     def _run_search(self, a: Request, q: Queries) -> SearchResult:
         """Checked, encoded queries -> results: plan every default, then run the pipeline."""
-        plan = pipeline.plan_search(self, a) if q.x.shape[0] else pipeline.Plan(a.k, a.ranking, options=a.options)
+        plan = planner.plan_search(self, a) if q.x.shape[0] else planner.Plan(a.k, a.ranking, options=a.options)
         return pipeline.execute(self, plan, q)
 
     @property
@@ -568,7 +562,7 @@ class IndexFront:
         qcodes = check_codes(q, self._nbytes) if q.dtype == np.uint8 else self._encode(self._prepare_features(q, "queries"))
         with self._reading():
             if len(self) == 0 or qcodes.shape[0] == 0:
-                return tuple(pipeline.empty(qcodes.shape[0]))
+                return tuple(no_candidates(qcodes.shape[0]))
             lims, keys, hamming = self._hamming_range(qcodes, radius, Scope(len(self)))
             rows = self._rows(keys)
             return lims, rows.ids[rows.at], hamming

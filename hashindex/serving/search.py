@@ -1,14 +1,9 @@
-"""One search pipeline for every backend: a plan, then the same steps in the same order.
+"""One search pipeline for every backend: the same steps, in the same order, on a resolved plan.
 
-``IndexFront.search`` checks the arguments and encodes the queries; then this module:
-
-1. :func:`plan_search` resolves every default once, before a backend is asked anything: the
-   ranking (:func:`resolve_ranking`), the Hamming mode (radius / c nearest / multi-probe with
-   at least ``DEFAULT_CANDIDATES_PER_K * k``), the asymmetric candidate count and ``nprobe``
-   (given, else the tuned operating point, else :func:`default_candidates`), and the rule that a
-   filtered search never probes the partition lists (serving/filters.py says why);
-2. :func:`execute` runs the plan: restrict (the allow-lists) -> candidates -> widen + group by
-   label | rerank -> Hamming fill -> ids / labels -> open-set threshold -> :class:`SearchResult`.
+``IndexFront.search`` checks the arguments and encodes the queries; serving/plan.py resolves
+every default into a :class:`~hashindex.serving.plan.Plan`; then :func:`execute` runs it:
+restrict (the allow-lists) -> candidates -> widen + group by label | rerank -> Hamming fill ->
+ids / labels -> open-set threshold -> :class:`SearchResult`.
 
 A backend supplies a narrow protocol (hooks on the index object, all under its read lock):
 
@@ -18,8 +13,8 @@ A backend supplies a narrow protocol (hooks on the index object, all under its r
   (asymmetric backends) ``_asymmetric_knn(x, z, c, nprobe, scope)`` -> :class:`Candidates`,
   whose keys are the backend's row keys;
 - ``_rows(keys, features=, labels=, codes=) -> Rows``: the stored rows of those keys;
-- optionally ``_rerank(x, candidates, k)`` (Milvus reranks on its server), ``_probed_sizes``
-  (items in the lists an ``nprobe`` search scans) and ``_max_candidates`` (a server's cap).
+- optionally ``_rerank(x, candidates, k)`` (Milvus reranks on its server), ``_range_scans`` and
+  ``_probed_sizes`` (what ``n_scanned`` counts) and ``_max_candidates`` (a server's cap).
 
 Shapes: ``x float32 [nq, D]``, ``codes uint8 [nq, bits/8]``, ``z float32 [nq, bits]``; results
 ``[nq, w]`` with ``w = k`` (``k * group_size`` when grouping), padded with id -1, score -inf
@@ -34,25 +29,16 @@ from typing import Any
 import numpy as np
 
 from hashindex.core.codes import hamming_pairs, unpack_bits
-from hashindex.core.errors import InputError
 from hashindex.serving.candidates.csr import Candidates, empty
 from hashindex.serving.candidates.modes import multiprobe_scans, select_candidates
-from hashindex.serving.filters import PLAIN, Restriction, SearchOptions
+from hashindex.serving.filters import Restriction
 from hashindex.serving.grouping import below_threshold, csr_scores, group_top, widen_for_labels
 from hashindex.serving.rerank import higher_is_better, rerank
-from hashindex.serving.tuning import DEFAULT_RECALL
+from hashindex.serving.plan import Plan
 
-RANKINGS = ("hamming", "asymmetric")
-DEFAULT_CANDIDATES_PER_K = 10  # Hamming multi-probe: the smallest radius giving >= this * k
 # a projection row whose largest entry exceeds this is rescaled before the fast-scan tables are
 # built (their float32 sums must not overflow); ranking by <z, 2b - 1> ignores the scale
 _MAX_PROJECTION = 1e30
-
-
-def default_candidates(k: int) -> int:
-    """Candidates of an untuned asymmetric search: ``max(50 * k, 500)`` (why: benchmarks/README.md,
-    "Partition stage": the scan, not the rerank, dominates, so a margin of candidates is cheap)."""
-    return max(50 * k, 500)
 
 
 @dataclass
@@ -93,106 +79,6 @@ def no_result(nq: int, width: int, metric: str, labelled: bool) -> SearchResult:
         np.full((nq, width), -1, np.int64), np.full((nq, width), pad, np.float32), np.full((nq, width), -1, np.int32),
         zeros, np.full((nq, width), -1, np.int64) if labelled else None, zeros.copy(), zeros.copy(),
     )  # fmt: skip
-
-
-# -- the plan --------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Request:
-    """A search's checked arguments, before any default is resolved."""
-
-    k: int
-    radius: int | None
-    candidates: int | None
-    ranking: str
-    nprobe: int | None
-    recall: float | None
-    options: SearchOptions = PLAIN
-
-    @property
-    def width(self) -> int:
-        """Result columns per query: ``k``, or ``k * group_size`` when grouping by label."""
-        return self.k * (self.options.group_size or 1)
-
-
-@dataclass(frozen=True)
-class Plan:
-    """Everything a backend needs, every default resolved. Hamming ranking: exactly one of
-    ``radius``, ``candidates`` and ``at_least`` (multi-probe). Asymmetric: ``candidates``, and
-    ``nprobe`` (the partition lists) or None (the flat scan; always None when filtered)."""
-
-    k: int
-    ranking: str
-    radius: int | None = None
-    candidates: int | None = None
-    at_least: int | None = None
-    nprobe: int | None = None
-    options: SearchOptions = PLAIN
-
-    @property
-    def width(self) -> int:
-        return self.k * (self.options.group_size or 1)
-
-    @property
-    def asymmetric(self) -> bool:
-        return self.ranking == "asymmetric"
-
-    @property
-    def nothing_allowed(self) -> bool:
-        """An empty allow-list: no item can be returned, no backend is asked."""
-        r = self.options.restriction
-        return r is not None and any(a is not None and a.size == 0 for a in (r.ids, r.labels))
-
-
-def check_ranking(ranking: str, radius: int | None) -> None:
-    """A known ranking, and no Hamming radius with the asymmetric one."""
-    if ranking not in RANKINGS:
-        raise InputError(f"unknown ranking {ranking!r}; choose one of {', '.join(RANKINGS)}")
-    if ranking == "asymmetric" and radius is not None:
-        raise InputError("radius selects by Hamming distance; asymmetric ranking takes candidates= (or k alone)")
-
-
-def resolve_ranking(ranking, default: str, radius, nprobe, recall, has_query_codes: bool) -> str:
-    """The ranking a search uses: as given; else asymmetric when ``nprobe`` / ``recall`` (its
-    knobs) are given; Hamming with a radius or precomputed codes; else the backend's ``default``."""
-    if ranking is None:
-        if nprobe is not None or recall is not None:
-            ranking = "asymmetric"
-        elif radius is not None or has_query_codes:
-            ranking = "hamming"
-        else:
-            ranking = default
-    check_ranking(ranking, radius)
-    if ranking == "hamming" and (nprobe is not None or recall is not None):
-        raise InputError("nprobe= and recall= set the asymmetric stage; Hamming ranking takes radius= or candidates=")
-    return ranking
-
-
-def plan_search(index: Any, req: Request) -> Plan:
-    """Resolve every default of ``req`` for ``index`` (which may tune, for ``recall=``)."""
-    if req.ranking == "hamming":
-        at_least = None if req.radius is not None or req.candidates is not None else DEFAULT_CANDIDATES_PER_K * req.k
-        return Plan(req.k, "hamming", req.radius, req.candidates, at_least, None, req.options)
-    candidates, nprobe = asymmetric_settings(index, req.k, req.candidates, req.nprobe, req.recall)
-    if req.options.restriction is not None:
-        nprobe = None  # a filtered search scans the allowed rows exactly, never the lists (filters.py)
-    return Plan(req.k, "asymmetric", None, candidates, None, nprobe, req.options)
-
-
-def asymmetric_settings(index: Any, k: int, candidates, nprobe, recall) -> tuple[int, int | None]:
-    """(candidates, nprobe) of an asymmetric search: as given; else the operating point for
-    ``recall`` (tuned now if missing) or for DEFAULT_RECALL (if tuned); else the default."""
-    if nprobe is not None:
-        index._check_nprobe(nprobe)
-    if candidates is not None or nprobe is not None:
-        return (candidates if candidates is not None else default_candidates(k)), nprobe
-    point = index.operating_point(DEFAULT_RECALL if recall is None else recall, k)
-    if point is None:
-        if recall is None:
-            return default_candidates(k), None
-        point = index.tune(recall=recall, k=k)
-    if point.nprobe is not None:
-        index._check_nprobe(point.nprobe)
-    return max(point.candidates, k), point.nprobe
 
 
 # -- what the backends exchange with the pipeline ----------------------------------------------------

@@ -1,7 +1,7 @@
 """The Hamming stage's three search modes, over any backend's range and k-NN primitives.
 
 Candidate lists are :class:`~hashindex.serving.candidates.csr.Candidates` (CSR); the modes are
-chosen by the planner (serving/search.py), which resolves every default before this runs.
+chosen by the planner (serving/plan.py), which resolves every default before this runs.
 """
 
 from __future__ import annotations
