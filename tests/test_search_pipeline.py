@@ -213,3 +213,13 @@ def test_n_scanned_of_a_radius_on_hash_tables_is_what_they_found():
     res = index.search(x[:4], k=3, radius=1)
     assert np.array_equal(res.n_scanned, res.n_candidates)
     assert index.search(x[:4], k=3, radius=9).n_scanned.tolist() == [600] * 4  # too many flips: the flat scan
+
+
+def test_identical_rows_group_and_search_on_every_backend(make_index):
+    index = make_index(16, bits=16, hasher="sign")
+    index.add(np.ones((300, 16), np.float32), labels=np.arange(300) % 7)
+    q = np.ones((2, 16), np.float32)
+    res = within_time(lambda: index.search(q, k=5))
+    assert (res.ids >= 0).all()
+    grouped = within_time(lambda: index.search(q, k=5, group_by="label", group_size=2))
+    assert (grouped.ids >= 0).all() and all(np.unique(row).size == 5 for row in grouped.labels)
