@@ -154,3 +154,110 @@ def test_training_imports_no_private_name_of_another_module():
                 found += [f"{name}: {node.module}.{a.name}" for a in node.names
                           if a.name.startswith("_") and not a.name.startswith("__")]
     assert not found, f"private names imported across modules: {found}"
+# -- one search pipeline: each step defined once, in its own module (issue 18) ------------------------
+SERVING = PKG / "serving"
+# step function -> the one serving module that defines it. The plan lives in serving/plan.py,
+# the pipeline's order in serving/search.py, its steps' pure cores in the modules named here.
+SEARCH_STEPS = {
+    **{name: "plan" for name in ("plan_search", "resolve_ranking", "asymmetric_settings", "default_candidates")},
+    **{name: "search" for name in (
+        "execute", "restrict", "candidates", "widen", "group", "rerank_rows", "fill_rows", "threshold",
+        "rankable_projection",
+    )},  # fmt: skip
+    "select_candidates": "candidates.modes",
+    "widen_for_labels": "grouping",
+    "group_top": "grouping",
+    "csr_scores": "grouping",
+    "below_threshold": "grouping",
+    "rerank": "rerank",
+    "score_matrix": "rerank",
+    "merge": "candidates.csr",
+    "from_knn": "candidates.csr",
+}
+# what a second, backend-private pipeline was called: no serving module may define them again
+RETIRED_STEPS = {"_search_encoded", "_run_search_encoded", "_grouped", "_candidates", "_asymmetric_candidates",
+                 "_asymmetric_settings", "_resolve_ranking", "_finish", "_group_client", "_rerank_client"}  # fmt: skip
+
+
+def step_definitions(root: Path) -> dict[str, list[str]]:
+    """Search-step names -> the modules (dotted, relative to ``root``) defining a function or
+    method of that name, once per definition."""
+    found: dict[str, list[str]] = {}
+    for path in sorted(root.rglob("*.py")):
+        mod = ".".join(path.relative_to(root).with_suffix("").parts)
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and (
+                node.name in SEARCH_STEPS or node.name in RETIRED_STEPS
+            ):
+                found.setdefault(node.name, []).append(mod)
+    return found
+
+
+def misplaced_steps(root: Path) -> list[str]:
+    """Every search step defined outside its module, twice, or under a retired name."""
+    bad = []
+    for name, modules in step_definitions(root).items():
+        if name in RETIRED_STEPS:
+            bad.append(f"{name} (a second pipeline's step) defined in {modules}")
+        elif modules != [SEARCH_STEPS[name]]:
+            bad.append(f"search step {name} belongs to serving/{SEARCH_STEPS[name]}.py only, defined in {modules}")
+    return bad
+
+
+def test_each_search_step_is_defined_once_in_its_own_module():
+    assert not misplaced_steps(SERVING)
+
+
+def test_the_step_check_sees_a_second_pipeline(tmp_path):
+    (tmp_path / "search.py").write_text("def execute(index, plan, q):\n    pass\n\ndef threshold(res):\n    pass\n")
+    (tmp_path / "rerank.py").write_text("def rerank(*a):\n    pass\n")
+    assert misplaced_steps(tmp_path) == []
+    (tmp_path / "index.py").write_text(
+        "class HashIndex:\n    def _search_encoded(self, x):\n        pass\n\n    def threshold(self, res):\n        pass\n"
+    )
+    (tmp_path / "search.py").write_text("def execute():\n    pass\n\ndef execute():\n    pass\n")
+    bad = misplaced_steps(tmp_path)
+    assert any("_search_encoded" in b for b in bad)
+    assert any("threshold" in b and "index" in b for b in bad)
+    assert any("search step execute" in b for b in bad)  # defined twice in its own module
+
+
+# -- benchmarks read what a user reads: no private attribute of the library ---------------------------
+BENCHMARKS = PKG.parent / "benchmarks"
+
+
+def private_reads(path: Path) -> list[str]:
+    """``obj._name`` (and ``getattr(obj, "_name")``) in a benchmark script, except on ``self`` /
+    ``cls`` (the script's own classes) and dunders: ``file:line: expression`` for each."""
+    tree = ast.parse(path.read_text())
+    out = []
+    for node in ast.walk(tree):
+        name, obj = None, None
+        if isinstance(node, ast.Attribute):
+            name, obj = node.attr, node.value
+        elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("getattr", "hasattr", "setattr")
+              and len(node.args) >= 2 and isinstance(node.args[1], ast.Constant) and isinstance(node.args[1].value, str)):  # fmt: skip
+            name, obj = node.args[1].value, node.args[0]
+        if not name or not name.startswith("_") or (name.startswith("__") and name.endswith("__")):
+            continue
+        if isinstance(obj, ast.Name) and obj.id in ("self", "cls"):
+            continue
+        out.append(f"{path.name}:{node.lineno}: {ast.unparse(node)}")
+    return out
+
+
+def test_the_private_read_check_sees_one(tmp_path):
+    clean = tmp_path / "clean.py"
+    clean.write_text("class Run:\n    def go(self):\n        return self._cache, self.index.partition_info(), x.__class__\n")
+    assert private_reads(clean) == []
+    broken = tmp_path / "broken.py"
+    broken.write_text("from hashindex import HashIndex\nindex = HashIndex(8)\nn = index._part\n"
+                      "m = getattr(self.index, '_partition_plan', None)\n")  # fmt: skip
+    assert [r.split(": ", 1)[1] for r in private_reads(broken)] == [
+        "index._part", "getattr(self.index, '_partition_plan', None)"
+    ]
+
+
+def test_benchmarks_read_no_private_attribute_of_the_library():
+    bad = [r for path in sorted(BENCHMARKS.glob("*.py")) for r in private_reads(path)]
+    assert not bad, "benchmarks reach into private state (use SearchResult.n_scanned, partition_info()): " + "; ".join(bad)

@@ -15,7 +15,7 @@ from hashindex.core.errors import HashIndexError, InputError
 from hashindex.core.io import atomic_write
 from hashindex.serving.hashers import HASHER_KINDS
 from hashindex.serving.index import DEFAULT_BITS
-from hashindex.serving.persist import check_save_target
+from hashindex.serving.index_format import check_save_target
 from hashindex.serving.tuning import DEFAULT_RECALL
 
 

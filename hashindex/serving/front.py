@@ -1,9 +1,10 @@
-"""The front every index backend shares: argument checks, fit/add guards, search orchestration.
+"""The front every index backend shares: argument checks, fit/add guards, the public search API.
 
 A backend (the FAISS :class:`~hashindex.serving.index.HashIndex`, the
 :class:`~hashindex.serving.milvus.MilvusHashIndex`) subclasses :class:`IndexFront` once and
 supplies storage and candidate generation through a handful of hooks (``_insert``, ``_delete``,
-``_present_mask``, ``_search_encoded`` ...). Everything a user passes in is checked here, once,
+``_present_mask``, and the search protocol of :mod:`hashindex.serving.search`, which plans and
+runs every search for every backend). Everything a user passes in is checked here, once,
 so a check added to the front holds for every backend; an option a backend cannot honour raises
 :class:`~hashindex.core.errors.UnsupportedError` naming the backend.
 
@@ -24,7 +25,8 @@ Search modes (``radius`` is inclusive, ARCHITECTURE.md §2):
 - none of these: Hamming ranking takes the smallest radius giving each query at least
   ``10 * k`` candidates (multi-probe); asymmetric ranking takes the operating point tuned for
   :data:`DEFAULT_RECALL` if the index has one, else the flat scan with
-  :func:`default_candidates` (``max(50 * k, 500)``) candidates.
+  :func:`default_candidates` (``max(50 * k, 500)``) candidates (serving/plan.py resolves
+  all of these in one planner).
 Candidates are reranked by exact similarity on the stored features, best first.
 
 Identity-aware search (serving/filters.py, serving/grouping.py): items may carry a label (the
@@ -37,6 +39,7 @@ probes the partition stage: the allowed rows are scanned exactly (serving/filter
 from __future__ import annotations
 
 import contextlib
+import inspect
 from dataclasses import dataclass
 from typing import ClassVar, ContextManager
 
@@ -70,60 +73,42 @@ from hashindex.serving.hashers import (
     fit_untrained,
     make_hasher,
 )
-from hashindex.serving.filters import PLAIN, SearchOptions, check_labels, check_search_options
-from hashindex.serving.grouping import below_threshold
-from hashindex.serving.rerank import METRICS, higher_is_better
+from hashindex.serving.filters import check_labels, check_search_options
+from hashindex.serving.rerank import METRICS
+from hashindex.serving.candidates.csr import Candidates, empty as no_candidates
+from hashindex.serving import plan as planner
+from hashindex.serving import search as pipeline
 from hashindex.serving import tuning
 from hashindex.serving.interop import to_faiss_binary
+from hashindex.serving.plan import RANKINGS, Request, check_ranking, default_candidates  # noqa: F401 (kept importable here)
+from hashindex.serving.search import Queries, Rows, Scope, SearchResult
 from hashindex.serving.tuning import DEFAULT_RECALL, OperatingPoint
 
-RANKINGS = ("hamming", "asymmetric")
-# 128-bit codes + rerank beat HNSW at recall@1 0.95 on 1M face-like embeddings where 64-bit
-# ones did not (benchmarks/README.md); 16 bytes a code is small beside the features.
+# 128-bit codes + rerank reach the recall 64-bit ones could not at the scale of the benchmarks
+# (benchmarks/README.md); 16 bytes a code is small beside the features.
 DEFAULT_BITS = 128
 
-CSR = tuple[np.ndarray, np.ndarray, np.ndarray]  # lims [nq+1], ids or positions [M], hamming [M]
 
+@dataclass(frozen=True)
+class PartitionInfo:
+    """What an index's partition stage is (:meth:`IndexFront.partition_info`).
 
-def default_candidates(k: int) -> int:
-    """Candidates of an untuned asymmetric search: ``max(50 * k, 500)``.
-
-    On the 1M face-like benchmark gallery (k = 10) 500 was the smallest measured count whose
-    recall@1 reached 0.99, and the scan, not the rerank, dominates the cost there, so a few
-    hundred extra candidates are nearly free; 50 per result keeps the margin for larger k
-    (benchmarks/README.md, "Partition stage").
-    """
-    return max(50 * k, 500)
-
-
-@dataclass
-class SearchResult:
-    """Per-query results, best first.
-
-    ids: int64 ``[nq, k]``, -1 where fewer than k candidates were found.
-    scores: float32 ``[nq, k]``: cosine / inner product (higher is better) or squared L2
-        distance (lower is better) on the stored full-precision features.
-    hamming: int32 ``[nq, k]``: Hamming distance of each result's code to the query's (-1 pad).
-    n_candidates: int64 ``[nq]``: how many items were reranked for each query.
-    labels: int64 ``[nq, k]``: each result's label (-1 pad); None when the index has no labels.
-
-    With ``group_by="label"`` and ``group_size=g`` the arrays are ``[nq, k * g]``: label block j
-    in columns ``j*g .. j*g+g-1`` (``ids.reshape(nq, k, g)``: one row per label), best first.
+    lists: its k-means lists, as built or as it would be built now (the valid ``nprobe``
+        values are 1 .. lists); None when the index has none and cannot build one.
+    built: whether it is trained. requested: whether the user asked for a number of lists.
+    reason: why there is none (empty when ``lists`` is set).
     """
 
-    ids: np.ndarray
-    scores: np.ndarray
-    hamming: np.ndarray
-    n_candidates: np.ndarray
-    labels: np.ndarray | None = None
+    lists: int | None
+    built: bool = False
+    requested: bool = False
+    reason: str = ""
 
 
 def resolve_hasher(dim: int, hasher: Hasher | str | None, encoder: Hasher | None, bits: int | None) -> Hasher:
     """The hasher an index of dimension ``dim`` uses: the one given (an object, or a kind name
     such as ``"itq"``), else an unfitted ITQ hasher of ``bits`` (default 128, capped at ``dim``)."""
-    if hasher is not None and encoder is not None:
-        raise InputError("pass either hasher or encoder, not both")
-    hasher = hasher if hasher is not None else encoder
+    hasher = single_hasher(hasher, encoder)
     if bits is not None:
         bits = check_bits(bits)
     if isinstance(hasher, str):
@@ -149,73 +134,33 @@ def resolve_hasher(dim: int, hasher: Hasher | str | None, encoder: Hasher | None
     return hasher
 
 
+def single_hasher(hasher: Hasher | str | None, encoder: Hasher | None) -> Hasher | str | None:
+    """The one of ``hasher`` / ``encoder`` (an alias for ONNX encoders) given, or None."""
+    if hasher is not None and encoder is not None:
+        raise InputError("pass either hasher or encoder, not both")
+    return hasher if hasher is not None else encoder
+
+
+def check_choice(name: str, value, choices: tuple[str, ...]):
+    """``value`` when it is one of ``choices``, else an InputError naming them."""
+    if not isinstance(value, str) or value not in choices:
+        raise InputError(f"unknown {name} {value!r}; choose one of {', '.join(choices)}")
+    return value
+
+
 def check_metric(metric: str) -> str:
-    if metric not in METRICS:
-        raise InputError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
-    return metric
-
-
-def check_ranking(ranking: str, radius: int | None) -> None:
-    """A known ranking, and no Hamming radius with the asymmetric one."""
-    if ranking not in RANKINGS:
-        raise InputError(f"unknown ranking {ranking!r}; choose one of {', '.join(RANKINGS)}")
-    if ranking == "asymmetric" and radius is not None:
-        raise InputError("radius selects by Hamming distance; asymmetric ranking takes candidates= (or k alone)")
-
-
-def empty_csr(nq: int) -> CSR:
-    return np.zeros(nq + 1, np.int64), np.empty(0, np.int64), np.empty(0, np.int32)
-
-
-def no_queries_result(k: int, labelled: bool = False) -> SearchResult:
-    """The result of a search with zero queries (answered here: no backend is asked); ``k``
-    columns (``k * group_size`` when grouping), labels too when the index has them."""
-    return SearchResult(
-        np.full((0, k), -1, np.int64), np.empty((0, k), np.float32), np.full((0, k), -1, np.int32), np.empty(0, np.int64),
-        np.full((0, k), -1, np.int64) if labelled else None,
-    )
-
-
-@dataclass(frozen=True)
-class _SearchArgs:
-    """A search's checked arguments (IndexFront._search_args)."""
-
-    k: int
-    radius: int | None
-    candidates: int | None
-    ranking: str
-    nprobe: int | None
-    recall: float | None
-    options: SearchOptions
-
-    @property
-    def width(self) -> int:
-        """Result columns per query: ``k``, or ``k * group_size`` when grouping by label."""
-        return self.k * (self.options.group_size or 1)
-
-
-@dataclass(frozen=True)
-class SearchPlan:
-    """What a backend executes: the checked arguments with the asymmetric settings resolved.
-
-    ``nprobe`` only with asymmetric ranking (``z`` given); ``options`` restrict the candidates
-    (filters) and shape the results (grouping); the front applies ``options.min_score``.
-    """
-
-    k: int
-    radius: int | None
-    candidates: int | None
-    nprobe: int | None = None
-    options: SearchOptions = PLAIN
+    return check_choice("metric", metric, METRICS)
 
 
 class IndexFront:
     """The public API of every hashindex index; subclasses store items and find candidates.
 
     Subclass hooks: ``__len__``, ``_present_mask``, ``_next_auto_id``, ``_insert``, ``_delete``,
-    ``_features_of``, ``_codes_of``, ``_labels_of``, ``_has_labels``, ``_search_encoded``,
-    ``_range_encoded``, and optionally ``_reading`` / ``_writing`` (lock contexts),
-    ``_hasher_frozen`` and ``RANKINGS``.
+    ``_features_of``, ``_codes_of``, ``_labels_of``, ``_has_labels``, the search protocol of
+    :mod:`hashindex.serving.search` (``_restrict``, ``_hamming_range``, ``_hamming_knn``,
+    ``_rows``; with asymmetric ranking ``_asymmetric_knn``; optionally ``_rerank``,
+    ``_probed_sizes``, ``_max_candidates``), and optionally ``_reading`` / ``_writing`` (lock
+    contexts), ``_hasher_frozen``, ``_exact_knn`` and ``RANKINGS``.
     """
 
     backend_name: ClassVar[str] = "index"
@@ -228,6 +173,7 @@ class IndexFront:
     # bumped under _writing() before and after every fit of the hasher (_fitting_hasher); add()
     # re-encodes rows encoded while it changed (see _add_checked)
     _hasher_version: int = 0
+    _max_candidates: ClassVar[int | None] = None  # candidates a backend returns per query at most
 
     dim: int
     bits: int
@@ -285,27 +231,51 @@ class IndexFront:
     def _codes_of(self, ids: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
-    def _search_encoded(self, x: np.ndarray, qcodes: np.ndarray, z: np.ndarray | None, plan: SearchPlan) -> SearchResult:
-        """Candidates for checked queries ``x`` (their codes ``qcodes``; ``z``, their projections,
-        for asymmetric ranking), restricted by ``plan.options.restriction``, then the exact rerank
-        (grouped by label when ``plan.options.grouped``); ``labels`` filled in when the index has them."""
+    # the search protocol (serving/search.py; called under ``_reading``)
+    def _restrict(self, restriction, nq: int) -> Scope:
+        """The items an allow-list admits, as a :class:`~hashindex.serving.search.Scope`."""
         raise NotImplementedError
+
+    def _hamming_range(self, qcodes: np.ndarray, radius: int, scope: Scope) -> Candidates:
+        """Every item of ``scope`` within Hamming <= radius."""
+        raise NotImplementedError
+
+    def _hamming_knn(self, qcodes: np.ndarray, c: int, scope: Scope) -> Candidates:
+        """The ``c`` Hamming-nearest items of ``scope``, each query's sorted by distance."""
+        raise NotImplementedError
+
+    def _asymmetric_knn(self, x, z, c: int, nprobe: int | None, scope: Scope) -> Candidates:
+        """The ``c`` best items of ``scope`` by ``<z, 2b - 1>`` (from the lists nearest ``x`` with ``nprobe``)."""
+        raise UnsupportedError(f"the {self.backend_name} backend has no asymmetric ranking")
+
+    def _rows(self, keys: np.ndarray, *, features: bool = False, labels: bool = False, codes: bool = False) -> Rows:
+        """The stored rows of candidate ``keys``, with the fields asked for."""
+        raise NotImplementedError
+
+    def _rerank(self, x: np.ndarray, cands: Candidates, k: int):
+        """The exact top-k of each query's candidates: ``(keys, scores, hamming)`` ``[nq, k]``."""
+        return pipeline.rerank_rows(self, x, cands, k)
+
+    def _range_scans(self, radius: int, scope: Scope) -> bool:
+        """Whether a range search at ``radius`` scans every code of ``scope`` (else it probes
+        hash buckets, and ``n_scanned`` reports the candidates found)."""
+        return True
+
+    def _probed_sizes(self, x: np.ndarray, nprobe: int) -> np.ndarray:
+        """Items in the ``nprobe`` lists each query scans, ``int64 [nq]``."""
+        raise UnsupportedError(f"nprobe= scans partition lists, which the {self.backend_name} backend does not have")
 
     def _check_nprobe(self, nprobe: int) -> None:
         """Raise unless this index can scan ``nprobe`` partition lists now."""
         raise UnsupportedError(f"nprobe= scans partition lists, which the {self.backend_name} backend does not have")
 
-    def _tuning_partitions(self) -> tuple[int | None, list[int]]:
-        """(nlist, nprobe values to try) for the tuner; (None, []) without a partition stage."""
-        return None, []
+    def partition_info(self) -> PartitionInfo:
+        """The partition stage this index has or would build now (:class:`PartitionInfo`)."""
+        return PartitionInfo(None, reason=f"the {self.backend_name} backend has no partition stage")
 
     def _exact_knn(self, x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Exact top-k over every stored item: (ids int64 [nq, k], scores float32 [nq, k])."""
-        raise UnsupportedError(f"the {self.backend_name} backend has no exact search to tune against")
-
-    def _range_encoded(self, qcodes: np.ndarray, radius: int) -> CSR:
-        """All items within Hamming <= radius: ``(lims, ids, hamming)`` (the index is not empty)."""
-        raise NotImplementedError
+        raise UnsupportedError(f"the {self.backend_name} backend has no exact search")
 
     # -- copies -----------------------------------------------------------------------------------
     def __reduce_ex__(self, protocol):
@@ -348,11 +318,6 @@ class IndexFront:
         if z.shape != (x.shape[0], self.bits):
             raise ModelMismatchError(f"the hasher's projection has shape {z.shape}, expected {(x.shape[0], self.bits)}")
         return z
-
-    def _check_ranking(self, ranking: str, radius: int | None) -> None:
-        check_ranking(ranking, radius)
-        if ranking not in self.RANKINGS:
-            raise UnsupportedError(f"ranking={ranking!r} is not supported by the {self.backend_name} backend")
 
     def _new_ids(self, ids: np.ndarray | None, n: int) -> np.ndarray:
         """Ids for ``n`` new rows: the next auto ids, or the given ones checked (not yet stored)."""
@@ -541,56 +506,39 @@ class IndexFront:
             min_score: open-set threshold: results with a score below it (l2: a distance
                 above it) become padding (id -1).
         """
-        a = self._search_args(k, radius, candidates, ranking, nprobe, recall, query_codes is not None,
-                              filter_ids, filter_labels, group_by, group_size, min_score)  # fmt: skip
+        a = self._search_args(k, radius, candidates, query_codes is not None, ranking=ranking, nprobe=nprobe,
+                              recall=recall, filter_ids=filter_ids, filter_labels=filter_labels, group_by=group_by,
+                              group_size=group_size, min_score=min_score)  # fmt: skip
         x = self._prepare_features(queries, name="queries")
         check_result_size(x.shape[0], a.width)
         if a.ranking == "hamming":
             qcodes = self._encode(x) if query_codes is None else check_query_codes(query_codes, self._nbytes, x.shape[0])
-            return self._run_search(x, qcodes, None, a)
+            return self._run_search(a, Queries(x, qcodes))
         if query_codes is not None:
             raise InputError("asymmetric ranking needs the query features' projection, not precomputed codes")
         z = self._project(x)
-        return self._run_search(x, binarize(z), z, a)
+        return self._run_search(a, Queries(x, binarize(z), z))
 
-    def _search_args(
-        self, k, radius, candidates, ranking, nprobe, recall, has_query_codes: bool,
-        filter_ids, filter_labels, group_by, group_size, min_score,
-    ) -> _SearchArgs:  # fmt: skip
-        """Every search argument checked, before any query is encoded."""
+    def _search_args(self, k, radius, candidates, has_query_codes: bool, *, ranking=None, nprobe=None, recall=None,
+                     filter_ids=None, filter_labels=None, group_by=None, group_size=None, min_score=None) -> Request:  # fmt: skip
+        """Every search argument checked, before any query is encoded (the keywords: search's options)."""
         k, radius, candidates = check_search_args(k, radius, candidates, self.bits)  # radius > bits: every item
         nprobe, recall = check_tuning_args(nprobe, recall, radius, candidates)
-        ranking = self._resolve_ranking(ranking, radius, nprobe, recall, has_query_codes)
+        ranking = planner.resolve_ranking(ranking, self.default_ranking, radius, nprobe, recall, has_query_codes)
+        if ranking not in self.RANKINGS:
+            raise UnsupportedError(f"ranking={ranking!r} is not supported by the {self.backend_name} backend")
         options = check_search_options(
             filter_ids, filter_labels, group_by, group_size, min_score, has_labels=bool(self._has_labels())
         )
-        a = _SearchArgs(k, radius, candidates, ranking, nprobe, recall, options)
+        a = Request(k, radius, candidates, ranking, nprobe, recall, options)
         if a.width > MAX_K:
             raise InputError(f"k * group_size = {a.width:,} results per query, more than the {MAX_K:,} a search returns")
         return a
 
-    def _run_search(self, x, qcodes, z, a: _SearchArgs) -> SearchResult:
-        """Encoded queries -> results: zero queries answered here, asymmetric settings resolved,
-        then the backend and the open-set threshold."""
-        if x.shape[0] == 0:
-            return no_queries_result(a.width, labelled=bool(self._has_labels()))
-        candidates, nprobe = a.candidates, None
-        if z is not None:
-            candidates, nprobe = self._asymmetric_settings(a.k, a.candidates, a.nprobe, a.recall)
-        res = self._search_encoded(x, qcodes, z, SearchPlan(a.k, a.radius, candidates, nprobe, a.options))
-        return self._finish(res, a.options)
-
-    def _finish(self, res: SearchResult, options: SearchOptions) -> SearchResult:
-        """The open-set threshold: results below ``min_score`` become padding."""
-        if options.min_score is None:
-            return res
-        drop = below_threshold(res.scores, options.min_score, self.metric) & (res.ids >= 0)
-        res.ids[drop] = -1
-        res.scores[drop] = -np.inf if higher_is_better(self.metric) else np.inf
-        res.hamming[drop] = -1
-        if res.labels is not None:
-            res.labels[drop] = -1
-        return res
+    def _run_search(self, a: Request, q: Queries) -> SearchResult:
+        """Checked, encoded queries -> results: plan every default, then run the pipeline."""
+        plan = planner.plan_search(self, a) if q.x.shape[0] else planner.Plan(a.k, a.ranking, options=a.options)
+        return pipeline.execute(self, plan, q)
 
     @property
     def default_ranking(self) -> str:
@@ -600,34 +548,13 @@ class IndexFront:
             return "asymmetric"
         return "hamming"
 
-    def _resolve_ranking(self, ranking, radius, nprobe, recall, has_query_codes: bool) -> str:
-        if ranking is None:
-            if nprobe is not None or recall is not None:
-                ranking = "asymmetric"  # only the asymmetric stage has these knobs
-            elif radius is not None or has_query_codes:
-                ranking = "hamming"  # Hamming rules: a radius, codes without features' projection
-            else:
-                ranking = self.default_ranking
-        self._check_ranking(ranking, radius)
-        if ranking == "hamming" and (nprobe is not None or recall is not None):
-            raise InputError("nprobe= and recall= set the asymmetric stage; Hamming ranking takes radius= or candidates=")
-        return ranking
-
-    def _asymmetric_settings(self, k, candidates, nprobe, recall) -> tuple[int, int | None]:
-        """(candidates, nprobe) for an asymmetric search: as given; else the operating point for
-        ``recall`` (tuned now if missing) or for DEFAULT_RECALL (if tuned); else the default."""
-        if nprobe is not None:
-            self._check_nprobe(nprobe)
-        if candidates is not None or nprobe is not None:
-            return (candidates if candidates is not None else default_candidates(k)), nprobe
-        point = self.operating_point(DEFAULT_RECALL if recall is None else recall, k)
-        if point is None:
-            if recall is None:
-                return default_candidates(k), None
-            point = self.tune(recall=recall, k=k)
-        if point.nprobe is not None:
-            self._check_nprobe(point.nprobe)
-        return max(point.candidates, k), point.nprobe
+    def exact_search(self, queries: np.ndarray, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
+        """Exact top-k by the index's metric over every stored item, no codes involved (the
+        ground truth :meth:`tune` measures against): ``(ids int64 [nq, k'], scores float32
+        [nq, k'])`` with ``k' = min(k, len(index))``, best first."""
+        k = check_positive_int(k, "k")
+        x = self._prepare_features(queries, name="queries")
+        return self._exact_knn(x, k)
 
     # -- recall targets ---------------------------------------------------------------------------
     @property
@@ -669,7 +596,7 @@ class IndexFront:
             self._operating_points[(recall, k)] = point
         return point
 
-    def range_search(self, queries: np.ndarray, radius: int) -> CSR:
+    def range_search(self, queries: np.ndarray, radius: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """All items within Hamming <= ``radius``, without reranking.
 
         ``queries`` are features (float ``[nq, D]``, encoded with the hasher) or packed codes
@@ -680,8 +607,10 @@ class IndexFront:
         qcodes = check_codes(q, self._nbytes) if q.dtype == np.uint8 else self._encode(self._prepare_features(q, "queries"))
         with self._reading():
             if len(self) == 0 or qcodes.shape[0] == 0:
-                return empty_csr(qcodes.shape[0])
-            return self._range_encoded(qcodes, radius)
+                return tuple(no_candidates(qcodes.shape[0]))
+            lims, keys, hamming = self._hamming_range(qcodes, radius, Scope(len(self)))
+            rows = self._rows(keys)
+            return lims, rows.ids[rows.at], hamming
 
     # -- images, through a fused ONNX model (backbone + hash head in one graph) -------------------
     def _image_encoder(self):
@@ -703,27 +632,24 @@ class IndexFront:
         return self.add_codes(out.codes, out.features, ids, labels)
 
     def search_images(
-        self,
-        images: np.ndarray,
-        k: int = 10,
-        radius: int | None = None,
-        candidates: int | None = None,
-        *,
-        ranking: str | None = None,
-        nprobe: int | None = None,
-        recall: float | None = None,
-        filter_ids: np.ndarray | None = None,
-        filter_labels: np.ndarray | None = None,
-        group_by: str | None = None,
-        group_size: int | None = None,
-        min_score: float | None = None,
+        self, images: np.ndarray, k: int = 10, radius: int | None = None, candidates: int | None = None, **options
     ) -> SearchResult:
-        """:meth:`search` with preprocessed query images ``float32 [nq, 3, H, W]``."""
-        a = self._search_args(k, radius, candidates, ranking, nprobe, recall, False,
-                              filter_ids, filter_labels, group_by, group_size, min_score)  # fmt: skip
+        """:meth:`search` with preprocessed query images ``float32 [nq, 3, H, W]``: one model run
+        gives the queries' features, codes and projections. ``options``: the keyword options of
+        :meth:`search` (``ranking``, ``nprobe``, ``recall``, ``filter_ids``, ``filter_labels``,
+        ``group_by``, ``group_size``, ``min_score``), all but ``query_codes``."""
+        unknown = sorted(set(options) - IMAGE_SEARCH_OPTIONS)
+        if unknown:
+            raise TypeError(f"search_images() got unexpected keyword arguments {unknown}; it takes {sorted(IMAGE_SEARCH_OPTIONS)}")
+        a = self._search_args(k, radius, candidates, False, **options)
         out = self._image_encoder().run(images)
         x = self._prepare_features(out.features, name="queries")
         check_result_size(x.shape[0], a.width)
         z = pre_tanh(out.embedding) if a.ranking == "asymmetric" else None
-        return self._run_search(x, out.codes, z, a)
+        return self._run_search(a, Queries(x, out.codes, z))
 
+
+# search()'s keyword options that search_images() takes too (its images give the query codes)
+IMAGE_SEARCH_OPTIONS = frozenset(inspect.signature(IndexFront.search).parameters) - {
+    "self", "queries", "k", "radius", "candidates", "query_codes"
+}

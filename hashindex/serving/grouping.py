@@ -19,10 +19,8 @@ from typing import Callable
 
 import numpy as np
 
-from hashindex.serving.candidates.modes import merge_csr
+from hashindex.serving.candidates.csr import Candidates, merge, take_queries
 from hashindex.serving.rerank import higher_is_better, score_matrix
-
-CSR = tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
 def distinct_per_query(lims: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -39,44 +37,44 @@ def distinct_per_query(lims: np.ndarray, labels: np.ndarray) -> np.ndarray:
 
 
 def widen_for_labels(
-    csr: CSR,
+    csr: Candidates,
     k: int,
     n_allowed: int,
     labels_of: Callable[[np.ndarray], np.ndarray],
-    refetch: Callable[[np.ndarray, int], CSR] | None,
+    refetch: Callable[[np.ndarray, int], Candidates] | None,
     max_candidates: int | None = None,
-) -> CSR:
+) -> Candidates:
     """Widen each query's candidates until they hold ``k`` distinct labels.
 
     ``refetch(query_indices, c)`` returns the c best-ranked candidates of those queries (a
     superset of what they have: the modes' candidate sets are nested); c doubles per round,
     up to every allowed item (``n_allowed``) or ``max_candidates``. ``refetch`` None (a radius
     search, whose ball is the rule) leaves the candidates as they are.
+
+    Bounded: a query stops widening once it holds k labels, reaches the cap, or a round gives it
+    no more candidates than it had (the stage can find no more), so the loop ends after at most
+    ``log2(cap) + 2`` rounds whatever ``refetch`` returns.
     """
+    csr = Candidates(*csr)
     if refetch is None:
         return csr
     cap = n_allowed if max_candidates is None else min(n_allowed, max_candidates)
-    lims, keys, ham = csr
-    nq = len(lims) - 1
-    while True:
-        counts = np.diff(lims)
-        need = (distinct_per_query(lims, labels_of(keys)) < k) & (counts < cap)
+    nq = len(csr.lims) - 1
+    stuck = np.zeros(nq, dtype=bool)
+    for _ in range(max(cap, 1).bit_length() + 2):
+        counts = csr.counts
+        need = (distinct_per_query(csr.lims, labels_of(csr.keys)) < k) & (counts < cap) & ~stuck
         if not need.any():
-            return lims, keys, ham
+            break
         qi = np.flatnonzero(need)
         c = int(min(max(2 * int(counts[qi].max()), 2 * k), cap))
-        keep = np.flatnonzero(~need)
-        parts = [(qi, *refetch(qi, c))]
-        if keep.size:
-            parts.append((keep, *_take_queries(lims, keys, ham, keep)))
-        lims, keys, ham = merge_csr(nq, parts)
-
-
-def _take_queries(lims, keys, ham, qi):
-    counts = np.diff(lims)[qi]
-    sub_lims = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-    idx = np.repeat(lims[qi] - sub_lims[:-1], counts) + np.arange(sub_lims[-1])
-    return sub_lims, keys[idx], ham[idx]
+        wider = Candidates(*refetch(qi, c))
+        grew = wider.counts > counts[qi]
+        stuck[qi[~grew]] = True
+        keep = np.flatnonzero(~need | stuck)  # the others keep what they had
+        parts = [(qi[grew], take_queries(wider, np.flatnonzero(grew)))]
+        csr = merge(nq, parts + ([(keep, take_queries(csr, keep))] if keep.size else []))
+    return csr
 
 
 def csr_scores(queries: np.ndarray, features: np.ndarray, lims: np.ndarray, positions: np.ndarray, metric: str):

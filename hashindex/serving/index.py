@@ -17,12 +17,10 @@ from __future__ import annotations
 
 import os
 import threading
-import warnings
 
 import faiss
 import numpy as np
 
-from hashindex.core.codes import hamming_pairs
 from hashindex.core.bits import check_bits
 from hashindex.core.errors import IndexFormatError, InputError, UnknownIdError
 from hashindex.core.validation import PARTITION_MODES  # noqa: F401 (importable from here as before)
@@ -30,28 +28,26 @@ from hashindex.core.validation import check_dim, check_hasher_kind, check_partit
 from hashindex.serving import index_format
 from hashindex.serving.candidates.asymmetric import AsymmetricCandidates
 from hashindex.serving.candidates.binary import FlatCandidates, HashCandidates, MultiHashCandidates
+from hashindex.serving.candidates.csr import Candidates, from_knn
 from hashindex.serving.candidates.filtered import AllowedRows, asymmetric_knn_rows
-from hashindex.serving.candidates.modes import knn_to_csr, select_candidates
 from hashindex.serving.candidates.partitions import PartitionStage, nlist_for
 from hashindex.serving.front import (
     DEFAULT_BITS,
     RANKINGS,
     IndexFront,
-    SearchPlan,
+    check_choice,
+    PartitionInfo,
+    Rows,
+    Scope,
     SearchResult,
     check_ranking,
-    default_candidates,
-    empty_csr,
     resolve_hasher,
 )
-from hashindex.serving.filters import Restriction, SearchOptions
-from hashindex.serving.grouping import csr_scores, group_top, widen_for_labels
+from hashindex.serving.filters import Restriction
 from hashindex.serving.hashers import Hasher, LinearHasher
 from hashindex.serving.index_format import describe
 from hashindex.serving.locks import ReadWriteLock
-from hashindex.serving.rerank import rerank
 from hashindex.serving.store import RowStore
-from hashindex.serving.tuning import nprobe_grid
 
 __all__ = ["HashIndex", "SearchResult", "DEFAULT_BITS", "RANKINGS", "check_ranking", "describe"]
 
@@ -62,10 +58,10 @@ AUTO_MIN_ITEMS = 100_000
 AUTO_MAX_RADIUS = 3
 _EXACT_BLOCK = 1 << 18  # gallery rows per exact-search block (float16 stores are converted per block)
 # partitions="auto" builds a partition stage from this many items. The flat asymmetric scan
-# costs ~1.4 ms per 1M items per query and the partition stage a fixed ~0.1-0.2 ms (coarse
-# search, per-list overhead) plus the lists it scans, so it can only win where the flat scan
-# costs well above that: ~100k items and up (an estimate from the 1M measurements in benchmarks/README.md);
-# below it k-means would also train on fewer than 64 points per list of 2*sqrt(N) lists.
+# costs time per item and the partition stage a fixed overhead (coarse search, per-list costs)
+# plus the lists it scans, so it can only win where the flat scan costs well above that
+# overhead (an estimate from the measurements in benchmarks/README.md); below it k-means would
+# also train on fewer than 64 points per list of 2*sqrt(N) lists.
 PARTITION_MIN_ITEMS = 100_000
 
 
@@ -90,8 +86,8 @@ class HashIndex(IndexFront):
             ``remove`` and saved with the index. Without one, searches scan every code (the
             flat scan) and :meth:`tune` measures only that.
         partition_spill: lists each item is put in: 2 (default) is its nearest list plus the one
-            SOAR's rule picks, which about halves the lists a 0.99 recall target must probe on
-            face-like data, for 24 more bytes per item (benchmarks/README.md); 1: nearest only.
+            SOAR's rule picks, which lowers the lists a high recall target must probe on
+            face-like data for a few more bytes per item (benchmarks/README.md); 1: nearest only.
     """
 
     def __init__(
@@ -111,8 +107,7 @@ class HashIndex(IndexFront):
         dim = check_dim(dim)
         partitions = check_partitions(partitions)
         partition_spill = check_partition_spill(partition_spill)
-        if backend not in BACKENDS:
-            raise InputError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+        check_choice("backend", backend, BACKENDS)
         if feature_dtype not in FEATURE_DTYPES:
             raise InputError(f"feature_dtype must be one of {FEATURE_DTYPES}, got {feature_dtype!r}")
         hasher = resolve_hasher(dim, hasher, encoder, bits)
@@ -140,6 +135,7 @@ class HashIndex(IndexFront):
         self._part: PartitionStage | None = None
         self._part_assign: RowStore | None = None
         self._build_lock = threading.Lock()  # searches build lazily under the read lock: one at a time
+        self._list_sizes: tuple[tuple[int, int], np.ndarray] | None = None  # (lists' identity, sizes)
 
     # -- basic facts -----------------------------------------------------------------------
     def __len__(self) -> int:
@@ -261,11 +257,12 @@ class HashIndex(IndexFront):
     def backend_for(self, radius: int) -> str:
         """The backend a range query at ``radius`` runs on.
 
-        ``auto`` follows benchmarks/backends.py (1M synthetic ITQ codes, results in
-        benchmarks/README.md): flat below AUTO_MIN_ITEMS items; hash for radius <= 1 (one
-        bucket probe per flipped-bit pattern); multihash where its tables need no flips
-        (radius < nhash), else hash up to radius 2 and multihash at 3; flat beyond, where
-        probing costs more than a scan.
+        ``auto`` follows benchmarks/backends.py (results in benchmarks/README.md): flat below
+        AUTO_MIN_ITEMS items; hash for radius <= 1 (one bucket probe per flipped-bit pattern);
+        multihash where its tables need no flips (radius < nhash), else hash up to radius 2 and
+        multihash at 3; flat beyond, where probing costs more than a scan. An explicit hash /
+        multihash backend runs a radius it would probe too many buckets for on the flat scan
+        (exact too; :meth:`_hamming_range`).
         """
         if self.backend != "auto":
             return self.backend
@@ -294,39 +291,68 @@ class HashIndex(IndexFront):
             self._accel[name] = accel
         return accel
 
-    def _range(self, qcodes: np.ndarray, radius: int, allowed: AllowedRows | None = None):
-        if allowed is not None:  # exact flat scans only (candidates/filtered.py)
-            return allowed.range(self._flat, qcodes, radius)
+    # -- the search protocol (serving/search.py; under the read lock) ----------------------------
+    def _restrict(self, restriction: Restriction, nq: int) -> Scope:
+        """The rows an allow-list admits, as an :class:`AllowedRows` scope."""
+        n = len(self)
+        if restriction.ids is not None:
+            wanted = restriction.ids[self._present_mask(restriction.ids)]
+            mask = np.zeros(n, dtype=bool)
+            mask[self._positions_of(wanted)] = True
+        else:
+            mask = np.ones(n, dtype=bool)
+        if restriction.labels is not None:
+            mask &= np.isin(self._labels.array, restriction.labels)
+        allowed = AllowedRows(mask, self._flat, self._codes.array, nq)
+        return Scope(allowed.count, allowed)
+
+    def _hamming_range(self, qcodes: np.ndarray, radius: int, scope: Scope) -> Candidates:
+        if scope.handle is not None:  # exact flat scans only (candidates/filtered.py)
+            return scope.handle.range(qcodes, radius)
+        return self._range_generator(radius).range(qcodes, radius)
+
+    def _range_generator(self, radius: int):
         generator = self._generator(self.backend_for(radius))
         if not generator.handles(radius):
             generator = self._flat  # exact too, and cheaper than probing this many buckets
-        return generator.range(qcodes, radius)
+        return generator
 
-    def _knn(self, qcodes: np.ndarray, c: int, allowed: AllowedRows | None = None):
-        return knn_to_csr(*(self._flat.knn(qcodes, c) if allowed is None else allowed.knn(self._flat, qcodes, c)))
+    def _range_scans(self, radius: int, scope: Scope) -> bool:
+        return scope.handle is not None or self._range_generator(radius) is self._flat
 
-    def _candidates(self, qcodes: np.ndarray, k: int, radius: int | None, candidates: int | None, allowed=None):
-        return select_candidates(
-            qcodes, k, radius, candidates, len(self) if allowed is None else allowed.count, self.bits,
-            lambda q, r: self._range(q, r, allowed), lambda q, c: self._knn(q, c, allowed),
-        )  # fmt: skip
+    def _hamming_knn(self, qcodes: np.ndarray, c: int, scope: Scope) -> Candidates:
+        return from_knn(*(self._flat if scope.handle is None else scope.handle).knn(qcodes, c))
 
-    def _asymmetric_candidates(
-        self, x: np.ndarray, z: np.ndarray, k: int, candidates: int | None, nprobe: int | None,
-        allowed: AllowedRows | None = None,
-    ):  # fmt: skip
-        """CSR candidates by asymmetric score, from every code, (``nprobe``) the nearest lists, or
-        (``allowed``) the allowed rows, scored exactly; their Hamming column is 0 (filled in for the
-        k results only, after the rerank). A filtered search never probes the lists, ``nprobe``
-        or not: the allowed rows hold every item the probe could find (serving/filters.py)."""
-        c = min(candidates or default_candidates(k), len(self) if allowed is None else allowed.count)
-        if allowed is not None:
-            pos = asymmetric_knn_rows(z, self._codes.array, allowed.positions, c)
-        elif nprobe is None:
-            pos, _ = self._generator("asymmetric").knn(z, c)
+    def _asymmetric_knn(self, x: np.ndarray, z: np.ndarray, c: int, nprobe: int | None, scope: Scope) -> Candidates:
+        """Positions by asymmetric score, from every code, (``nprobe``) the nearest lists, or (a
+        filtered scope) the allowed rows, scored exactly; their Hamming column is 0 (the pipeline
+        fills in the results'). A query the fast-scan or the lists leave short of ``c`` (its
+        8-bit tables can tie every item at the minimum; a degenerate query finds no list) is
+        scored exactly over every row instead."""
+        if scope.handle is not None:
+            pos = asymmetric_knn_rows(z, self._codes.array, scope.handle.positions, c)
         else:
-            pos, _ = self._partitioned().knn(x, z, c, nprobe)
-        return knn_to_csr(pos, np.zeros(pos.shape, np.int32))
+            pos = self._generator("asymmetric").knn(z, c)[0] if nprobe is None else self._partitioned().knn(x, z, c, nprobe)[0]
+            short = (pos < 0).all(axis=1) if nprobe is not None else (pos < 0).any(axis=1)
+            if short.any():
+                pos = pos.copy()
+                pos[short] = asymmetric_knn_rows(z[short], self._codes.array, np.arange(len(self)), c)
+        return from_knn(pos, np.zeros(pos.shape, np.int32))
+
+    def _rows(self, keys: np.ndarray, *, features: bool = False, labels: bool = False, codes: bool = False) -> Rows:
+        """Positions are keys: the stores themselves, no copy."""
+        return Rows(keys, self._ids.array, self._features.array, self._labels.array if self._labelled else None,
+                    self._codes.array)  # fmt: skip
+
+    def _probed_sizes(self, x: np.ndarray, nprobe: int) -> np.ndarray:
+        """Items in the ``nprobe`` lists nearest each query (spilled items count per list)."""
+        stage = self._partitioned()
+        _, lists = stage.coarse.search(np.ascontiguousarray(x, dtype=np.float32), min(nprobe, stage.nlist))
+        key = (id(stage.ivf), stage.ivf.ntotal)
+        if self._list_sizes is None or self._list_sizes[0] != key:
+            self._list_sizes = (key, stage.list_sizes())
+        sizes = self._list_sizes[1]
+        return np.where(lists >= 0, sizes[np.maximum(lists, 0)], 0).sum(axis=1).astype(np.int64)
 
     # -- partition stage -------------------------------------------------------------------------
     @property
@@ -380,14 +406,11 @@ class HashIndex(IndexFront):
                 self._part.build(self._codes.array, self._part_assign.array)
             return self._part
 
-    def _tuning_partitions(self) -> tuple[int | None, list[int]]:
+    def partition_info(self) -> PartitionInfo:
         with self._lock.read():
             nlist, why = self._partition_plan()
-        if nlist is None:
-            if isinstance(self.partitions, int):  # asked for, but cannot be trained: say so
-                warnings.warn(f"tuning the flat scan only: {why}", stacklevel=4)
-            return None, []
-        return nlist, nprobe_grid(nlist)
+            built = self._part is not None
+        return PartitionInfo(nlist, built, isinstance(self.partitions, int), why)
 
     def _exact_knn(self, x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Exact top-k over every stored item (the tuner's ground truth), in blocks of rows."""
@@ -403,69 +426,6 @@ class HashIndex(IndexFront):
                 heap.add_result(d, np.where(i >= 0, i + lo, -1))
             heap.finalize()
             return self._ids.array[heap.I], heap.D
-
-    def _allowed(self, restriction: Restriction | None, nq: int = 1) -> AllowedRows | None:
-        """The rows a filtered search may return (None: every row)."""
-        if restriction is None:
-            return None
-        n = len(self)
-        if restriction.ids is not None:
-            wanted = restriction.ids[self._present_mask(restriction.ids)]
-            mask = np.zeros(n, dtype=bool)
-            mask[self._positions_of(wanted)] = True
-        else:
-            mask = np.ones(n, dtype=bool)
-        if restriction.labels is not None:
-            mask &= np.isin(self._labels.array, restriction.labels)
-        return AllowedRows(mask, self._codes.array, self.bits, nq)
-
-    # -- search (the front has checked and encoded the queries) ------------------------------------
-    def _search_encoded(self, x: np.ndarray, qcodes: np.ndarray, z: np.ndarray | None, plan: SearchPlan) -> SearchResult:
-        """``qcodes`` always, ``z`` (the queries' projections) for asymmetric ranking."""
-        k, radius, candidates, nprobe, options = plan.k, plan.radius, plan.candidates, plan.nprobe, plan.options
-        with self._lock.read():
-            allowed = self._allowed(options.restriction, x.shape[0])
-            if len(self) == 0 or (allowed is not None and allowed.count == 0):
-                lims, positions, hamming = empty_csr(x.shape[0])
-            elif z is not None:
-                lims, positions, hamming = self._asymmetric_candidates(x, z, k, candidates, nprobe, allowed)
-            else:
-                lims, positions, hamming = self._candidates(qcodes, k, radius, candidates, allowed)
-            if options.grouped:
-                lims, pos, scores, ham = self._grouped(x, qcodes, z, k, radius, allowed, (lims, positions, hamming), options)
-            else:
-                pos, scores, ham = rerank(x, self._features.array, lims, positions, hamming, k, self.metric)
-            if z is not None:  # Hamming distances of the results only, not of every candidate
-                rows, cols = np.nonzero(pos >= 0)
-                ham[rows, cols] = hamming_pairs(qcodes[rows], self._codes.array[pos[rows, cols]])
-            ids = np.full(pos.shape, -1, dtype=np.int64)
-            ids[pos >= 0] = self._ids.array[pos[pos >= 0]]
-            labels = None
-            if self._labelled:
-                labels = np.full(pos.shape, -1, dtype=np.int64)
-                labels[pos >= 0] = self._labels.array[pos[pos >= 0]]
-        return SearchResult(ids, scores, ham, np.diff(lims), labels)
-
-    def _grouped(self, x, qcodes, z, k, radius, allowed, csr, options: SearchOptions):
-        """group_by="label": widen the candidates to k labels, score them all, keep the best per label."""
-        n_allowed = len(self) if allowed is None else allowed.count
-        if radius is not None or n_allowed == 0:
-            refetch = None  # the radius ball is the rule
-        elif z is not None:  # the flat scan (never the lists: they may hold fewer than k labels)
-            refetch = lambda qi, c: self._asymmetric_candidates(x[qi], z[qi], k, c, None, allowed)  # noqa: E731
-        else:
-            refetch = lambda qi, c: self._knn(qcodes[qi], c, allowed)  # noqa: E731
-        labels = self._labels.array
-        lims, positions, hamming = widen_for_labels(csr, k, n_allowed, lambda p: labels[p], refetch)
-        scores = csr_scores(x, self._features.array, lims, positions, self.metric)
-        pos, scores, ham, _ = group_top(
-            lims, positions, hamming, scores, labels[positions], k, options.group_size, self.metric
-        )
-        return lims, pos, scores, ham
-
-    def _range_encoded(self, qcodes: np.ndarray, radius: int):
-        lims, positions, hamming = self._range(qcodes, radius)
-        return lims, self._ids.array[positions], hamming
 
     # -- persistence (the format: serving/index_format.py) -------------------------------------
     def save(self, path: str | os.PathLike) -> None:

@@ -424,6 +424,12 @@ def _copy_model(hasher: Hasher, dest: Path) -> None:
         raise ModelMismatchError(f"{hasher.path} changed on disk since the encoder loaded it")
 
 
+def check_save_target(path: Any) -> Path:
+    """The absolute path an index save may replace (nothing, an empty directory or an index);
+    SavePathError naming why not otherwise. For callers that check before long work."""
+    return persist.check_save_target(path, recognise)
+
+
 def write_index(path: Any, state: IndexState) -> None:
     """Write ``state`` as an index directory at ``path``, atomically (:func:`persist.write_dir`).
     The manifest is checked exactly as a load checks it before it is written: a save never

@@ -12,9 +12,11 @@ Filters become Milvus boolean expressions on the Hamming search (``id in [...]``
 ``MilvusLimits.fetch_ids`` ids, one search per chunk, merged; ``label in [...]``), so they restrict
 the candidates before ranking. ``group_by`` scores every candidate on the client.
 
-Search semantics are HashIndex's (hashindex/index.py): ``radius=r`` is inclusive, ``candidates=c``
-takes the c Hamming-nearest, the default takes per query the smallest radius giving ``10 * k``
-candidates; candidates are reranked by exact similarity on the stored float features.
+Search semantics are HashIndex's: both run the one pipeline of serving/search.py (``radius=r`` is
+inclusive, ``candidates=c`` takes the c Hamming-nearest, the default takes per query the smallest
+radius giving ``10 * k`` candidates; candidates are reranked by exact similarity on the stored
+float features). This module supplies its protocol: Milvus filter expressions as the scope, the
+Hamming searches, rows fetched by id (candidate keys are ids), and the rerank on the server.
 
 Milvus facts this module relies on (checked against milvus-lite 2.5.1 / pymilvus 2.5.18):
 
@@ -48,7 +50,7 @@ import pathlib
 import re
 import threading
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -62,20 +64,11 @@ except ImportError as e:  # pragma: no cover - exercised only without the extra
 from hashindex.core.errors import IndexFormatError, InputError, ModelMismatchError, UnknownIdError, UnsupportedError
 from hashindex.core.bits import check_bits
 from hashindex.core.validation import check_dim, check_hasher_kind
-from hashindex.serving.candidates.binary import RangeResult
-from hashindex.serving.candidates.modes import select_candidates
+from hashindex.serving.candidates.csr import Candidates, from_csr
 from hashindex.serving.filters import Restriction
-from hashindex.serving.front import (
-    IndexFront,
-    SearchPlan,
-    SearchResult,
-    check_metric,
-    empty_csr,
-    resolve_hasher,
-)
-from hashindex.serving.grouping import csr_scores, group_top, widen_for_labels
+from hashindex.serving.front import IndexFront, Rows, Scope, check_choice, check_metric, resolve_hasher, single_hasher
 from hashindex.serving.hashers import Hasher, LinearHasher
-from hashindex.serving.rerank import METRICS, higher_is_better, rerank
+from hashindex.serving.rerank import METRICS, higher_is_better
 
 FORMAT = 1
 MILVUS_MAX_TOPK = 16_384
@@ -94,7 +87,7 @@ class MilvusLimits:
         retries a larger insert for minutes instead of failing, so batches stay well below.
     fetch_ids: ids per ``id in [...]`` query returning ids only (must stay below MILVUS_MAX_TOPK).
     fetch_rows: ids per query returning vectors: milvus-lite 2.5 slows down superlinearly with
-        the number of vector rows per query (0.03 ms/row at 512, 0.1 ms/row at 2048, 0.36 at 4700).
+        the number of vector rows per query (measured: benchmarks/README.md).
     search_hits: queries per search call are chosen so that ``nq * limit`` stays below this.
     delete_ids: ids per delete request. A ``remove`` of up to this many ids is one Milvus delete
         request (a client killed during it leaves all or none of them removed); a larger one is
@@ -212,8 +205,8 @@ class MilvusHashIndex(IndexFront):
             hasher must match, else :class:`IndexFormatError`).
         metric: "cosine", "ip" or "l2" (default: the stored one, or cosine for a new collection).
         rerank: "milvus" (one FLOAT_VECTOR search per query, filtered to its candidate ids) or
-            "client" (fetch each candidate's feature by id, rerank with hashindex.serving.rerank). Milvus
-            is faster once queries have more than a few tens of candidates (docs/milvus.md).
+            "client" (fetch each candidate's feature by id, rerank with hashindex.serving.rerank). Which
+            is faster depends on the candidate count (docs/milvus.md).
         index_type: "BIN_FLAT" (exact, default) or "BIN_IVF_FLAT" (approximate; server only).
         token: Milvus credentials ("user:password") for a server.
         limits: request sizes (:class:`MilvusLimits`).
@@ -227,10 +220,10 @@ class MilvusHashIndex(IndexFront):
         dim: int,
         hasher: Hasher | None = None,
         *,
-        encoder: Hasher | None = None,
-        bits: int | None = None,
         uri: str = "./hashindex_milvus.db",
         collection: str = "hashindex",
+        encoder: Hasher | None = None,
+        bits: int | None = None,
         metric: str | None = None,
         rerank: str = "milvus",
         index_type: str = "BIN_FLAT",
@@ -238,15 +231,11 @@ class MilvusHashIndex(IndexFront):
         limits: MilvusLimits = MilvusLimits(),
     ):
         dim = check_dim(dim)  # the limit its stored header is read back with
-        if hasher is not None and encoder is not None:
-            raise InputError("pass either hasher or encoder, not both")
-        given = hasher if hasher is not None else encoder
+        given = single_hasher(hasher, encoder)
         if metric is not None:
             check_metric(metric)
-        if rerank not in RERANK_MODES:
-            raise InputError(f"unknown rerank {rerank!r}; choose one of {', '.join(RERANK_MODES)}")
-        if index_type not in INDEX_TYPES:
-            raise InputError(f"unknown index_type {index_type!r}; choose one of {', '.join(INDEX_TYPES)}")
+        check_choice("rerank", rerank, RERANK_MODES)
+        check_choice("index_type", index_type, INDEX_TYPES)
         if not isinstance(collection, str) or not _COLLECTION_NAME.fullmatch(collection):
             raise InputError(
                 f"collection must be a Milvus collection name (a letter or _, then letters, digits or _, "
@@ -545,7 +534,7 @@ class MilvusHashIndex(IndexFront):
             int(self._client.query(self.collection, filter=e, output_fields=["count(*)"])[0]["count(*)"]) for e in exprs
         )
 
-    def _hamming_search(self, qcodes: np.ndarray, limit: int, radius: int | None, exprs: list[str] | None = None) -> RangeResult:
+    def _hamming_search(self, qcodes: np.ndarray, limit: int, radius: int | None, exprs: list[str] | None = None) -> Candidates:
         """k-NN (radius None) or range search (Hamming <= radius) -> CSR ``(lims, ids, hamming)``,
         among the items matching one of ``exprs`` (their union; None: every item)."""
         if exprs is not None and len(exprs) > 1:  # one search per id chunk; the best `limit` of their union
@@ -553,7 +542,7 @@ class MilvusHashIndex(IndexFront):
             lims, ids, ham = parts[0]
             for p in parts[1:]:
                 lims, ids, ham = _union_csr((lims, ids, ham), p, None if radius is not None else limit)
-            return lims, ids, ham
+            return Candidates(lims, ids, ham)
         params: dict[str, Any] = {"metric_type": "HAMMING", "params": {}}
         extra = {} if not exprs else {"filter": exprs[0]}
         if self.index_type == "BIN_IVF_FLAT":
@@ -568,9 +557,9 @@ class MilvusHashIndex(IndexFront):
                 self.collection, data=data, anns_field=_CODE, limit=limit, search_params=params, **extra
             )
             parts.append(hits_to_csr(res))
-        lims = np.concatenate([[0], np.cumsum(np.concatenate([np.diff(p[0]) for p in parts]))]).astype(np.int64)
+        lims = np.concatenate([[0], np.cumsum(np.concatenate([np.diff(p[0]) for p in parts]))])
         ids = np.concatenate([p[1] for p in parts])
-        hamming = np.rint(np.concatenate([p[2] for p in parts])).astype(np.int32)
+        hamming = np.rint(np.concatenate([p[2] for p in parts]))
         if radius is not None:
             full = np.flatnonzero(np.diff(lims) >= MILVUS_MAX_TOPK)
             if full.size:
@@ -578,76 +567,46 @@ class MilvusHashIndex(IndexFront):
                     f"Hamming radius {radius} gives at least {MILVUS_MAX_TOPK} candidates for queries "
                     f"{full[:5].tolist()}, Milvus's cap on results per query: use a smaller radius or candidates="
                 )
-        return lims, ids, hamming
+        return from_csr(lims, ids, hamming)
 
-    def _range(self, qcodes: np.ndarray, radius: int, exprs: list[str] | None = None):
-        return self._hamming_search(qcodes, MILVUS_MAX_TOPK, radius, exprs)
+    # -- the search protocol (serving/search.py): keys are ids -----------------------------------------
+    _max_candidates = MILVUS_MAX_TOPK
 
-    def _knn(self, qcodes: np.ndarray, c: int, exprs: list[str] | None = None):
+    def _restrict(self, restriction: Restriction, nq: int) -> Scope:
+        if not self._created:
+            return Scope(0)
+        exprs = self._filter_exprs(restriction)
+        return Scope(self._count_allowed(exprs), exprs)
+
+    def _hamming_range(self, qcodes: np.ndarray, radius: int, scope: Scope) -> Candidates:
+        return self._hamming_search(qcodes, MILVUS_MAX_TOPK, radius, scope.handle)
+
+    def _hamming_knn(self, qcodes: np.ndarray, c: int, scope: Scope) -> Candidates:
         if c > MILVUS_MAX_TOPK:
             raise InputError(f"{c} Hamming-nearest candidates asked, Milvus returns at most {MILVUS_MAX_TOPK}")
-        return self._hamming_search(qcodes, c, None, exprs)
+        return self._hamming_search(qcodes, c, None, scope.handle)
 
-    # -- search (the front has checked and encoded the queries) ------------------------------------
-    def _search_encoded(self, x: np.ndarray, qcodes: np.ndarray, z: np.ndarray | None, plan: SearchPlan) -> SearchResult:
-        k, radius, candidates, options = plan.k, plan.radius, plan.candidates, plan.options  # no nprobe: no partitions
-        exprs = self._filter_exprs(options.restriction) if self._created else None
-        n = self._count_allowed(exprs) if self._created else 0
-        if n == 0:
-            lims, cand, hamming = empty_csr(x.shape[0])
-        else:
-            lims, cand, hamming = select_candidates(
-                qcodes, k, radius, candidates, n, self.bits,
-                lambda q, r: self._range(q, r, exprs), lambda q, c: self._knn(q, c, exprs),
-            )  # fmt: skip
-        labels = None
-        if options.grouped:
-            refetch = None if radius is not None else (lambda qi, c: self._knn(qcodes[qi], c, exprs))
-            lims, cand, hamming = widen_for_labels(
-                (lims, cand, hamming), k, n, self._labels_of, refetch, max_candidates=MILVUS_MAX_TOPK
-            )
-            ids, scores, ham, labels = self._group_client(x, lims, cand, hamming, k, options.group_size)
-        elif self.rerank_mode == "milvus" and cand.size:
-            ids, scores, ham = self._rerank_milvus(x, lims, cand, hamming, k)
-        else:
-            ids, scores, ham = self._rerank_client(x, lims, cand, hamming, k)
-        if self._labelled and labels is None:
-            labels = np.full(ids.shape, -1, np.int64)
-            if (ids >= 0).any():
-                labels[ids >= 0] = self._labels_of(ids[ids >= 0])
-        return SearchResult(ids, scores, ham, np.diff(lims), labels)
+    def _rows(self, keys: np.ndarray, *, features: bool = False, labels: bool = False, codes: bool = False) -> Rows:
+        """The distinct ids among ``keys`` fetched once (sorted: equal scores rank by id)."""
+        fields = [f for f, want in ((_FEATURE, features), (_LABEL, labels and self._labelled), (_CODE, codes)) if want]
+        if not fields:
+            uniq = np.unique(keys)
+            return Rows(np.searchsorted(uniq, keys), uniq, keys=uniq)
+        uniq, rows = self._rows_by_id(keys, fields) if keys.size else (np.empty(0, np.int64), [])
+        table = Rows(np.searchsorted(uniq, keys), uniq, keys=uniq)
+        if features:
+            table = replace(table, features=np.asarray([r[_FEATURE] for r in rows], np.float32).reshape(uniq.size, self.dim))
+        if labels and self._labelled:
+            table = replace(table, labels=np.array([r[_LABEL] for r in rows], dtype=np.int64))
+        if codes:
+            table = replace(table, codes=_codes_table([r[_CODE] for r in rows], self._nbytes))
+        return table
 
-    def _group_client(self, x, lims, cand, hamming, k, group_size):
-        """group_by="label": fetch every candidate's feature and label once, score all, group."""
-        if cand.size:
-            uniq, rows = self._rows_by_id(cand, [_FEATURE, _LABEL])
-            table = np.asarray([r[_FEATURE] for r in rows], dtype=np.float32).reshape(uniq.size, self.dim)
-            table_labels = np.array([r[_LABEL] for r in rows], dtype=np.int64)
-        else:
-            uniq, table, table_labels = np.empty(0, np.int64), np.empty((0, self.dim), np.float32), np.empty(0, np.int64)
-        pos = np.searchsorted(uniq, cand)  # positions into the sorted table: ties go by id
-        scores = csr_scores(x, table, lims, pos, self.metric)
-        pos, scores, ham, labels = group_top(lims, pos, hamming, scores, table_labels[pos], k, group_size, self.metric)
-        ids = np.where(pos >= 0, uniq[np.maximum(pos, 0)] if uniq.size else -1, -1)
-        return ids, scores, ham, labels
-
-    def _range_encoded(self, qcodes: np.ndarray, radius: int) -> RangeResult:
-        return self._range(qcodes, radius)
-
-    def _rerank_client(self, x, lims, cand, hamming, k):
-        """Fetch each distinct candidate's feature once, then hashindex.serving.rerank on that small table."""
-        if cand.size:
-            uniq, values = self._rows_by_id(cand, _FEATURE)
-            table = np.asarray(values, dtype=np.float32).reshape(uniq.size, self.dim)
-        else:
-            uniq, table = np.empty(0, np.int64), np.empty((0, self.dim), np.float32)
-        # positions into the sorted table: equal scores come out in id order (HashIndex: storage order)
-        pos, scores, ham = rerank(x, table, lims, np.searchsorted(uniq, cand), hamming, k, self.metric)
-        ids = np.where(pos >= 0, uniq[np.maximum(pos, 0)] if uniq.size else -1, -1)
-        return ids, scores, ham
-
-    def _rerank_milvus(self, x, lims, cand, hamming, k):
-        """One FLOAT_VECTOR search per query, filtered to its candidate ids."""
+    def _rerank(self, x: np.ndarray, cands: Candidates, k: int):
+        """``rerank="milvus"``: one FLOAT_VECTOR search per query, filtered to its candidate ids."""
+        if self.rerank_mode != "milvus" or not cands.keys.size:
+            return super()._rerank(x, cands, k)
+        lims, cand, hamming = cands
         nq = x.shape[0]
         out_ids = np.full((nq, k), -1, np.int64)
         out_scores = np.full((nq, k), -np.inf if higher_is_better(self.metric) else np.inf, np.float32)
@@ -670,7 +629,7 @@ class MilvusHashIndex(IndexFront):
         return out_ids, out_scores, out_ham
 
 
-def _union_csr(a: RangeResult, b: RangeResult, limit: int | None) -> RangeResult:
+def _union_csr(a: Candidates, b: Candidates, limit: int | None) -> Candidates:
     """Per query, the hits of two CSR results over disjoint items; with ``limit``, only the
     ``limit`` Hamming-nearest of them (ties by id)."""
     nq = len(a[0]) - 1
@@ -683,7 +642,7 @@ def _union_csr(a: RangeResult, b: RangeResult, limit: int | None) -> RangeResult
         keep = (np.arange(q.size) - starts[q]) < limit
         q, ids, ham = q[keep], ids[keep], ham[keep]
     lims = np.concatenate([[0], np.cumsum(np.bincount(q, minlength=nq))]).astype(np.int64)
-    return lims, ids, ham
+    return Candidates(lims, ids, ham)
 
 
 def _codes_table(values: list, nbytes: int) -> np.ndarray:

@@ -14,8 +14,7 @@ that cannot reach the target or cannot beat the cheapest one that did. The cheap
 setting reaching the target is returned as an :class:`OperatingPoint`.
 
 The grid is 6 candidate values x (6 nprobe values + flat), most of it pruned, so that tuning a
-1M-item index takes under a minute on one core once the partition stage exists (timings in
-benchmarks/README.md).
+large index stays short once the partition stage exists (timings in benchmarks/README.md).
 """
 
 from __future__ import annotations
@@ -32,10 +31,10 @@ from hashindex.core.errors import InputError
 from hashindex.core.validation import check_positive_int, check_recall
 
 DEFAULT_RECALL = 0.99
-# candidates per query tried for k = 10 (scaled up with k): at 1M, flat c = 100 / 200 / 500 gave
-# recall@1 0.986 / 0.988 / 0.993, partitioned c = 20 already 0.953 at nprobe = nlist / 8.
+# candidates per query tried for k = 10 (scaled up with k), spanning the counts the benchmarks
+# needed for the recall targets (benchmarks/README.md).
 CANDIDATE_GRID = (20, 50, 100, 200, 500, 1000)
-# nprobe = nlist / d: 1/64 .. 1/2 of the lists (0.99 needed about half at 1M).
+# nprobe = nlist / d: 1/64 .. 1/2 of the lists (high targets need a large share; benchmarks/README.md).
 NPROBE_DIVISORS = (64, 32, 16, 8, 4, 2)
 # a top-1 whose exact score equals the true top-1's is a hit (ties between distinct items)
 TIE_TOLERANCE = 1e-5
@@ -154,9 +153,12 @@ def tune(index, recall: float, k: int, sample: int, seed: int, progress: bool) -
     qids = np.sort(index.ids[rng.choice(n, sample, replace=False)])
     x = index.get_features(qids)
     kk = min(k + 1, n)  # one more than k: each query's own item is dropped from its results
-    gt_ids, gt_scores = drop_self(*index._exact_knn(x, kk), qids, kk - 1)
+    gt_ids, gt_scores = drop_self(*index.exact_search(x, kk), qids, kk - 1)
 
-    nlist, nprobes = index._tuning_partitions()
+    part = index.partition_info()
+    if part.lists is None and part.requested:  # asked for, but cannot be trained: say so
+        warnings.warn(f"tuning the flat scan only: {part.reason}", stacklevel=3)
+    nlist, nprobes = part.lists, (nprobe_grid(part.lists) if part.lists else [])
     cands = candidate_grid(k, n)
     ops = OperatingPointsWithRanges()
     ops.add_range("nprobe", [*nprobes, None])  # None (the flat scan) = every list: the top of the range

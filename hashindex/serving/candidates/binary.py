@@ -19,12 +19,9 @@ import threading
 import faiss
 import numpy as np
 
+from hashindex.serving.candidates.csr import Candidates, from_csr
+
 MAX_NFLIP = 3
-RangeResult = tuple[np.ndarray, np.ndarray, np.ndarray]  # lims [nq+1], positions [M], hamming [M]
-
-
-def _as_range_result(lims: np.ndarray, dist: np.ndarray, pos: np.ndarray) -> RangeResult:
-    return lims.astype(np.int64), pos.astype(np.int64), dist.astype(np.int32)
 
 
 class _BinaryCandidates:
@@ -54,14 +51,14 @@ class FlatCandidates(_BinaryCandidates):
     def __init__(self, bits: int):
         self.bits = bits
         self.index = faiss.IndexBinaryFlat(bits)
-        # counting-based k-NN (hammings_knn_mc): 2-2.5x faster than the heap at k >= 100 on
-        # 100k-1M codes, on par at k = 10; results are sorted by distance either way
+        # counting-based k-NN (hammings_knn_mc): faster than the heap at large k, on par at
+        # small k (benchmarks/README.md); results are sorted by distance either way
         self.index.use_heap = False
 
-    def range(self, queries: np.ndarray, radius: int, params: faiss.SearchParameters | None = None) -> RangeResult:
+    def range(self, queries: np.ndarray, radius: int, params: faiss.SearchParameters | None = None) -> Candidates:
         """``params``: a selector restricting the positions (candidates/filtered.py)."""
         lims, dist, pos = self.index.range_search(queries, radius + 1, params=params)
-        return _as_range_result(lims, dist, pos)
+        return from_csr(lims, pos, dist)
 
     def knn(self, queries: np.ndarray, k: int, params: faiss.SearchParameters | None = None) -> tuple[np.ndarray, np.ndarray]:
         """The k Hamming-nearest positions ``int64 [nq, k]`` (-1 padded) and distances."""
@@ -93,12 +90,12 @@ class HashCandidates(_BinaryCandidates):
         # probes grow as sum_{i<=nflip} C(hash_bits, i); past nflip 3 a scan is cheaper
         return radius <= MAX_NFLIP
 
-    def range(self, queries: np.ndarray, radius: int) -> RangeResult:
+    def range(self, queries: np.ndarray, radius: int) -> Candidates:
         with self._lock:
             # FAISS loops forever when nflip exceeds the key width; hash_bits flips probe every bucket
             self.index.nflip = min(radius, self.hash_bits)
             lims, dist, pos = self.index.range_search(queries, radius + 1)
-        return _as_range_result(lims, dist, pos)
+        return from_csr(lims, pos, dist)
 
 
 class MultiHashCandidates(_BinaryCandidates):
@@ -119,10 +116,9 @@ class MultiHashCandidates(_BinaryCandidates):
 
     @staticmethod
     def default_params(bits: int, n: int) -> tuple[int, int]:
-        """(nhash, hash_bits): 2-4 tables of 16+ bit slices, about log2(N) bits each.
-
-        Measured at 1M codes (benchmarks/backends.py): 4 x 16 at 64 bits and 2 x 16 at 32 bits;
-        8-bit slices (4 x 8 at 32 bits) leave buckets so full that a scan is faster.
+        """(nhash, hash_bits): 2-4 tables of 16+ bit slices, about log2(N) bits each; narrower
+        slices leave buckets so full that a scan is faster (benchmarks/backends.py, results in
+        benchmarks/README.md).
         """
         nhash = max(2, min(4, bits // 16))
         hash_bits = int(min(bits // nhash, 64, max(8, round(math.log2(max(n, 2))))))
@@ -134,8 +130,8 @@ class MultiHashCandidates(_BinaryCandidates):
     def nflip_for(self, radius: int) -> int:
         return min(-(-(radius + 1) // self.nhash) - 1, self.hash_bits)  # smallest nflip with nhash*(nflip+1) > radius
 
-    def range(self, queries: np.ndarray, radius: int) -> RangeResult:
+    def range(self, queries: np.ndarray, radius: int) -> Candidates:
         with self._lock:
             self.index.nflip = self.nflip_for(radius)
             lims, dist, pos = self.index.range_search(queries, radius + 1)
-        return _as_range_result(lims, dist, pos)
+        return from_csr(lims, pos, dist)

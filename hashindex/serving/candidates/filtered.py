@@ -17,14 +17,16 @@ import faiss
 import numpy as np
 
 from hashindex.serving.candidates.asymmetric import code_signs
+from hashindex.serving.candidates.binary import FlatCandidates
+from hashindex.serving.candidates.csr import Candidates, from_csr
 
 _CHUNK = 65_536  # rows expanded to {-1, +1} floats at a time
 
 
 # When to scan a copy of the allowed codes (a flat index of their own) rather than every row
 # through the selector: the selector still visits every row and a random mask costs branch
-# mispredictions (1M codes, one thread: a 50% random mask scans 1.9x slower than no mask, 90%
-# 1.1x), while the copy costs one gather (~15 ms for 500k codes) per search call. So: always for
+# mispredictions, while the copy costs one gather per search call (both measured in
+# benchmarks/README.md). So: always for
 # a list of at most SUBSET_MAX_FRACTION of the rows, and up to SUBSET_BATCH_FRACTION for a batch
 # of at least SUBSET_BATCH_QUERIES queries, over which the gather is shared.
 SUBSET_MAX_FRACTION = 0.25
@@ -36,7 +38,9 @@ class AllowedRows:
     """The row positions a filtered search may return: a boolean mask, scanned either as a
     FAISS selector over the full flat index or as a flat index of the allowed codes alone."""
 
-    def __init__(self, mask: np.ndarray, codes: np.ndarray, bits: int, nq: int = 1):
+    def __init__(self, mask: np.ndarray, flat: FlatCandidates, codes: np.ndarray, nq: int = 1):
+        self.flat = flat  # the full index's exact scan, used through the selector
+        bits = flat.bits
         self.mask = np.asarray(mask, dtype=bool)
         self.count = int(self.mask.sum())
         self.positions = np.flatnonzero(self.mask)
@@ -53,17 +57,17 @@ class AllowedRows:
             self._selector = faiss.IDSelectorBitmap(self.mask.size, faiss.swig_ptr(self._bitmap))
             self.params = faiss.SearchParameters(sel=self._selector)
 
-    def range(self, flat, queries: np.ndarray, radius: int):
-        """Exact range search (Hamming <= radius) among the allowed rows; ``flat``: the full FlatCandidates."""
+    def range(self, queries: np.ndarray, radius: int) -> Candidates:
+        """Exact range search (Hamming <= radius) among the allowed rows."""
         if self.subset is None:
-            return flat.range(queries, radius, self.params)
+            return self.flat.range(queries, radius, self.params)
         lims, dist, pos = self.subset.range_search(queries, radius + 1)
-        return lims.astype(np.int64), self.positions[pos], dist.astype(np.int32)
+        return from_csr(lims, self.positions[pos], dist)
 
-    def knn(self, flat, queries: np.ndarray, c: int) -> tuple[np.ndarray, np.ndarray]:
+    def knn(self, queries: np.ndarray, c: int) -> tuple[np.ndarray, np.ndarray]:
         """The c Hamming-nearest allowed positions ``[nq, c]`` (-1 padded) and distances."""
         if self.subset is None:
-            return flat.knn(queries, c, self.params)
+            return self.flat.knn(queries, c, self.params)
         dist, pos = self.subset.search(queries, c)
         return np.where(pos >= 0, self.positions[np.maximum(pos, 0)], -1), dist.astype(np.int32)
 

@@ -38,8 +38,8 @@ import numpy as np
 
 from hashindex.serving.candidates.asymmetric import SUB_BITS, sign_patterns
 
-# faiss.Kmeans samples at most this many points per centroid; 64 keeps k-means at 1M items and
-# 2048 lists to ~10-30 s on one core with recall indistinguishable from 256 (benchmarks/README.md).
+# faiss.Kmeans samples at most this many points per centroid; 64 keeps k-means on large galleries
+# fast with recall indistinguishable from larger samples (benchmarks/README.md).
 TRAIN_POINTS_PER_LIST = 64
 # FAISS warns below 39 training points per centroid; we refuse fewer than one (see
 # check_trainable) and leave the warning to FAISS's own threshold.
@@ -50,8 +50,8 @@ KMEANS_SEED = 1234
 def nlist_for(n: int) -> int:
     """Lists for ``n`` items: about ``2 * sqrt(n)`` rounded to a power of two, at least 16.
 
-    1024 and 2048 lists behaved alike at 1M at equal probed fraction, 2048 slightly better at
-    <= 12.5% probed; 4096 quadruples k-means time (benchmarks/README.md).
+    Nearby powers of two behave alike at an equal probed fraction, and more lists cost k-means
+    time (benchmarks/README.md, "Partition stage").
     """
     return int(max(16, 2 ** round(np.log2(2 * np.sqrt(max(n, 1))))))
 
