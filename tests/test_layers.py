@@ -140,3 +140,29 @@ def test_old_module_paths_still_import_with_a_warning(old, new):
     assert module is importlib.import_module(target)
     assert module.__name__ == target and module.__spec__.name == target
     assert any(issubclass(w.category, DeprecationWarning) and target in str(w.message) for w in caught)
+
+
+BENCHMARKS = PKG.parent / "benchmarks"
+
+
+def private_reads(source: str) -> list[str]:
+    """``x._name`` attribute reads where ``x`` is not ``self`` / ``cls`` (a script's own objects
+    keep their privates on ``self``; anything else is another object's private state, e.g. a
+    HashIndex's ``index._part``)."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__"):
+            if not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls")):
+                found.append(f"line {node.lineno}: {ast.unparse(node)}")
+    return found
+
+
+def test_benchmarks_read_no_private_attribute_of_library_objects():
+    bad = {str(p.relative_to(BENCHMARKS)): hits for p in sorted(BENCHMARKS.rglob("*.py"))
+           if (hits := private_reads(p.read_text()))}  # fmt: skip
+    assert not bad, f"benchmarks read private attributes (use public API, e.g. SearchResult / HashIndex fields): {bad}"
+
+
+def test_private_read_check_catches_a_broken_example():
+    broken = "def scanned(method):\n    stage = method.index._part\n    return self._ok, stage\n"
+    assert private_reads(broken) == ["line 2: method.index._part"]
