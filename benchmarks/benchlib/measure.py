@@ -205,3 +205,15 @@ def machine_info(threads: Sequence[int]) -> dict:
         "threads": threads[0] if len(threads) == 1 else list(threads),
         "git_commit": commit,
     }
+
+
+def round_robin(runs: dict[str, "callable"], rounds: int) -> dict[str, float]:
+    """Best wall time of each zero-argument callable over ``rounds`` turns, the callables timed in
+    turn (round-robin) so that load from other work hits them all alike."""
+    best = dict.fromkeys(runs, math.inf)
+    for _ in range(rounds):
+        for name, run in runs.items():
+            t = time.perf_counter()
+            run()
+            best[name] = min(best[name], time.perf_counter() - t)
+    return best
