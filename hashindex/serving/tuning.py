@@ -7,7 +7,8 @@ meeting both.
 Queries: the caller's (``queries=``, features as they will be searched), else ``sample`` stored
 items drawn with ``seed``, half of them searched as they are with their own match excluded
 (a held-out item against the rest) and half perturbed like a new capture of the same subject:
-moved in a random direction by the distance to their nearest other item. Ground truth is the
+moved in a random direction by the median distance between an item and its nearest other item.
+Ground truth is the
 exact top-k over every stored item.
 
 Grid: every candidate count ``c`` from just above k to ``min(n, MAX_CANDIDATES)`` (geometric,
@@ -15,7 +16,9 @@ ratio ``CANDIDATE_RATIO``) at the flat scan and at ``nprobe`` = 1, 2, 4, ..., nl
 grows with c at a fixed nprobe, so each nprobe is searched by bisection for its smallest c
 meeting the targets, starting from the previous nprobe's answer (more lists need no more
 candidates); nprobe stops growing once its cheapest measured setting is slower than the best
-found. The few fastest feasible settings are re-timed in turns before one is kept.
+found. The grid is screened on ``SCREEN_QUERIES`` of the queries; the few fastest settings
+found are then verified on all of them (a step or two more candidates if they fall short) and
+re-timed in turns before one is kept.
 
 The point reports its confidence: the number of queries and a Wilson lower bound on recall@1.
 """
@@ -38,7 +41,9 @@ DEFAULT_RECALL_AT_K = 0.95  # recall@k target of tune(k > 1) unless the caller p
 CANDIDATE_RATIO = 1.5  # geometric candidate grid
 MAX_CANDIDATES = 20_000  # largest candidate count tried (at most the index size)
 NPROBE_RATIO = 2  # geometric nprobe grid, 1 .. nlist
-RETIME = 3  # fastest feasible settings re-timed, in turns, before one is kept
+RETIME = 3  # fastest feasible settings verified on every query and re-timed, in turns
+SCREEN_QUERIES = 300  # the grid is searched on this many of the queries, the finalists on all
+VERIFY_STEPS = 2  # a finalist short of the targets on every query may take this many more candidate steps
 PERTURBED_SHARE = 0.5  # share of generated queries that are perturbed copies
 WILSON_Z = 1.96  # 95% two-sided
 # a result whose exact score equals the true neighbour's is a hit (ties between distinct items)
@@ -198,32 +203,39 @@ class _Queries:
     self_ids: np.ndarray  # int64 [nq]: the stored item a query is, or -1
 
 
-def tuning_queries(index, sample: int, seed: int, queries: np.ndarray | None) -> _Queries:
-    """The caller's queries, else stored items: half held out as they are, half perturbed."""
+def tuning_queries(index, sample: int, seed: int, queries: np.ndarray | None, kk: int):
+    """(queries, ground-truth ids ``[nq, kk-1]``, their scores): the caller's queries, else stored
+    items, the first half held out as they are (their own match excluded), the second half
+    perturbed like new captures: moved in a random direction by the median distance between a
+    held-out item and its nearest other item. One exact pass over the index per half."""
+    def truth(x, self_ids):
+        return drop_self(*index._exact_knn(x, kk), self_ids, kk - 1)
+
     if queries is not None:
         x = index._prepare_features(queries, name="queries")
         if x.shape[0] == 0:
             raise InputError("tune(queries=...) needs at least one query")
-        return _Queries(x, np.full(x.shape[0], -1, np.int64))
+        none = np.full(x.shape[0], -1, np.int64)
+        return _Queries(x, none), *truth(x, none)
     ids, x = index.sample_items(sample, seed)  # one snapshot: a concurrent remove cannot split it
-    n_pert = int(round(len(ids) * PERTURBED_SHARE)) if len(index) > 2 else 0
+    n_pert = int(round(len(ids) * PERTURBED_SHARE)) if len(ids) > 1 else 0
+    held = len(ids) - n_pert
+    gt_ids, gt_scores = truth(x[:held], ids[:held])
     if n_pert == 0:
-        return _Queries(x, ids)
-    # each perturbed copy moves by its item's distance to its nearest other item, in a random direction
-    held, pert = slice(0, len(ids) - n_pert), slice(len(ids) - n_pert, None)
-    nn_ids, nn_scores = drop_self(*index._exact_knn(x[pert], 2), ids[pert], 1)
-    sq = np.einsum("ij,ij->i", x[pert], x[pert]).astype(np.float64)
-    s = nn_scores[:, 0].astype(np.float64)
+        return _Queries(x, ids), gt_ids, gt_scores
+    sq = np.einsum("ij,ij->i", x[:held], x[:held]).astype(np.float64)
+    s = gt_scores[:, 0].astype(np.float64)
     dist2 = s if index.metric == "l2" else 2 * sq - 2 * s  # ip / cosine: |x|^2 + |y|^2 - 2<x, y>, |y| ~ |x|
-    dist = np.sqrt(np.clip(np.where(nn_ids[:, 0] >= 0, dist2, 0.0), 0.0, None))
-    g = np.random.default_rng(seed + 1).standard_normal(x[pert].shape)
+    scale = float(np.sqrt(np.median(np.clip(dist2[gt_ids[:, 0] >= 0], 0.0, None)))) if (gt_ids[:, 0] >= 0).any() else 0.0
+    g = np.random.default_rng(seed + 1).standard_normal((n_pert, x.shape[1]))
     g /= np.linalg.norm(g, axis=1, keepdims=True) + 1e-12
-    moved = (x[pert] + g * dist[:, None]).astype(np.float32)
+    moved = (x[held:] + scale * g).astype(np.float32)
     if index.metric == "cosine":
         moved /= np.linalg.norm(moved, axis=1, keepdims=True) + 1e-12
-    self_ids = ids.copy()
-    self_ids[pert] = -1  # a new capture: its original is a legitimate neighbour
-    return _Queries(np.concatenate([x[held], moved]), self_ids)
+    none = np.full(n_pert, -1, np.int64)  # a new capture: its original is a legitimate neighbour
+    p_ids, p_scores = truth(moved, none)
+    return (_Queries(np.concatenate([x[:held], moved]), np.concatenate([ids[:held], none])),
+            np.concatenate([gt_ids, p_ids]), np.concatenate([gt_scores, p_scores]))  # fmt: skip
 
 
 @dataclass
@@ -248,63 +260,74 @@ def tune(
     if n < 2 and queries is None:
         raise InputError(f"tuning needs at least 2 items (each query is a stored item, its own match excluded); the index holds {n}")
     target_k = recall_at_k if k > 1 else None
-    q = tuning_queries(index, min(sample, n), seed, queries)
-    nq = q.x.shape[0]
     kk = min(k + 1, n)  # one more than k: a stored item's own match is dropped from its results
-    gt_ids, gt_scores = drop_self(*index._exact_knn(q.x, kk), q.self_ids, kk - 1)
+    q, gt_ids, gt_scores = tuning_queries(index, min(sample, n), seed, queries, kk)
+    nq = q.x.shape[0]
     higher = index.metric != "l2"
 
     nlist, nprobes = index._tuning_partitions()
     cands = candidate_grid(k, n)
     bar = tqdm(desc=f"tuning recall@1 >= {recall:g}" + (f", recall@{k} >= {target_k:g}" if target_k else ""),
                unit="setting", disable=not progress)  # fmt: skip
-    measured: dict[tuple[int | None, int], _Measure] = {}
+    screen = np.sort(np.random.default_rng(seed + 2).permutation(nq)[: min(nq, SCREEN_QUERIES)])
+    measured: dict[tuple[int | None, int, bool], _Measure] = {}
 
-    def run(nprobe, c):
-        return index.search(q.x, kk, candidates=c, nprobe=nprobe, ranking="asymmetric")
+    def run(nprobe, c, rows=slice(None)):
+        return index.search(q.x[rows], kk, candidates=c, nprobe=nprobe, ranking="asymmetric")
 
-    def measure(nprobe, c) -> _Measure:
-        if (nprobe, c) not in measured:
+    def measure(nprobe, c, full: bool = False) -> _Measure:
+        """recall and time at (nprobe, c) on the screening queries, or on all of them."""
+        key = (nprobe, c, full or len(screen) == nq)
+        if key not in measured:
+            rows = slice(None) if key[2] else screen
             start = time.perf_counter()
-            res = run(nprobe, c)
-            secs = (time.perf_counter() - start) / nq
-            ids, scores = drop_self(res.ids, res.scores, q.self_ids, kk - 1)
-            r1 = recall_at_1(ids, scores, gt_ids, gt_scores)
-            rk = topk_recall(ids, scores, gt_ids, gt_scores, higher) if target_k else None
-            measured[(nprobe, c)] = _Measure(nprobe, c, r1, rk, secs)
+            res = run(nprobe, c, rows)
+            secs = (time.perf_counter() - start) / res.ids.shape[0]
+            ids, scores = drop_self(res.ids, res.scores, q.self_ids[rows], kk - 1)
+            r1 = recall_at_1(ids, scores, gt_ids[rows], gt_scores[rows])
+            rk = topk_recall(ids, scores, gt_ids[rows], gt_scores[rows], higher) if target_k else None
+            measured[key] = _Measure(nprobe, c, r1, rk, secs)
             bar.update(1)
-        return measured[(nprobe, c)]
+        return measured[key]
 
     def meets(m: _Measure) -> bool:
         return m.r1 >= recall and (target_k is None or m.rk >= target_k)
 
     try:
         for nprobe in {nprobes[0] if nprobes else None, None}:  # build lazily built structures untimed
-            run(nprobe, cands[0])
+            run(nprobe, cands[0], screen[:1])
         feasible: list[_Measure] = []
         start = min(range(len(cands)), key=lambda j: abs(cands[j] - 10 * (k + 1)))  # first guess: ~10 k
-        # the flat scan first (the baseline every partitioned setting must beat), then nprobe upward
+        # screening: the flat scan first (the baseline every partitioned setting must beat), then nprobe upward
         for nprobe in [None, *nprobes]:
             best = min((m.secs for m in feasible), default=math.inf)
-            found, slowest_start = _smallest_candidates(lambda j, p=nprobe: measure(p, cands[j]), meets, start,
-                                                        len(cands), best)  # fmt: skip
+            found, first_secs = _smallest_candidates(lambda j, p=nprobe: measure(p, cands[j]), meets, start,
+                                                     cands, best)  # fmt: skip
             if found is not None:
                 feasible.append(measure(nprobe, cands[found]))
                 start = found  # the next nprobe starts from here (more lists need about as many or fewer)
                 bar.set_postfix_str(f"best {min(m.secs for m in feasible) * 1e3:.3f} ms/query")
-            if nprobe is not None and slowest_start > best:
+            if nprobe is not None and first_secs > best:
                 break  # this many lists cost more than the best at any candidate count: more cost more
-        if feasible:  # re-time the fastest few in turns (the machine may be shared)
-            feasible.sort(key=lambda m: m.secs)
-            finalists = feasible[:RETIME]
+        # verification: the fastest few on every query, each raised a step or two of c if it falls short
+        verified: list[_Measure] = []
+        for m in sorted(feasible, key=lambda m: m.secs)[:RETIME]:
+            j = cands.index(m.candidates)
+            for j in range(j, min(j + VERIFY_STEPS + 1, len(cands))):
+                full = measure(m.nprobe, cands[j], full=True)
+                if meets(full):
+                    verified.append(full)
+                    break
+        if verified:  # re-time in turns (the machine may be shared)
             for _ in range(2):
-                for m in finalists:
+                for m in verified:
                     start = time.perf_counter()
-                    run(m.nprobe, m.candidates)
-                    m.secs = min(m.secs, (time.perf_counter() - start) / nq)
-            chosen = min(finalists, key=lambda m: m.secs)
+                    run(m.nprobe, m.candidates, screen)
+                    m.secs = min(m.secs, (time.perf_counter() - start) / len(screen))
+            chosen = min(verified, key=lambda m: m.secs)
         else:
-            chosen = max(measured.values(), key=lambda m: (m.r1 + (m.rk or 0), -m.secs))
+            pool = [m for (_, _, full), m in measured.items() if full] or list(measured.values())
+            chosen = max(pool, key=lambda m: (m.r1 + (m.rk or 0), -m.secs))
             got = f"recall@1 {chosen.r1:.4f}" + (f", recall@{k} {chosen.rk:.4f}" if target_k else "")
             warnings.warn(
                 f"no setting reached recall@1 {recall:g}" + (f" and recall@{k} {target_k:g}" if target_k else "")
@@ -329,18 +352,19 @@ def tune(
     )
 
 
-def _smallest_candidates(measure, meets, start: int, size: int, best: float) -> tuple[int | None, float]:
+def _smallest_candidates(measure, meets, start: int, cands: list[int], best: float) -> tuple[int | None, float]:
     """Smallest grid index j meeting the targets at one nprobe (recall grows with j), searched by
-    galloping from ``start`` (up if it fails, down if it meets) then bisection; a measurement
-    slower than ``best`` ends the search upward (more candidates only cost more). Returns
-    (j or None, seconds of the first measurement)."""
+    galloping from ``start`` (up if it fails, down if it meets) then bisection. Upward, a step
+    whose predicted time (the last time scaled by the candidate ratio, as if the rerank
+    dominated) exceeds ``best`` is not taken: more candidates only cost more. Returns (j or
+    None, seconds of the first measurement)."""
     first = measure(start)
     ok, fail = (start, -1) if meets(first) else (None, start)
     step = 1
     while ok is None:  # gallop up
-        if measure(fail).secs > best or fail == size - 1:
+        j = min(len(cands) - 1, fail + step)
+        if j == fail or measure(fail).secs * cands[j] / cands[fail] > best:
             return None, first.secs
-        j = min(size - 1, fail + step)
         if meets(measure(j)):
             ok = j
         else:
