@@ -19,11 +19,13 @@ Search modes (``radius`` is inclusive, ARCHITECTURE.md §2):
 - ``candidates=c``: the c best-ranked items;
 - ``nprobe=p`` (asymmetric, backends with a partition stage): rank only the items of the p
   k-means lists nearest to the query (serving/candidates/partitions.py);
-- ``recall=r``: the index's tuned operating point for recall@1 >= r (serving/tuning.py;
-  tuned on the spot if the index has none for that target);
+- ``recall=r``: the index's tuned operating point for recall@1 >= r (and recall@k >= 0.95, see
+  serving/tuning.py; tuned on the spot if the index has none for that target, or if it was
+  measured on fewer than half or more than twice today's items);
 - none of these: Hamming ranking takes the smallest radius giving each query at least
   ``10 * k`` candidates (multi-probe); asymmetric ranking takes the operating point tuned for
-  :data:`DEFAULT_RECALL` if the index has one, else the flat scan with
+  :data:`DEFAULT_RECALL` if the index has one (measured on the first such search where the
+  index has or can build a partition stage), else the flat scan with
   :func:`default_candidates` (``max(50 * k, 500)``) candidates.
 Candidates are reranked by exact similarity on the stored features, best first.
 
