@@ -132,7 +132,7 @@ def select(cfg: BenchConfig, cc: CompareConfig, families: Sequence[str], log) ->
             if best is None or key < best[0]:
                 best = (key, point)
         chosen[family] = {"point": best[1], "meets": not best[0][0]}
-        if family == "itq":  # the library's own choice is reported too, whatever the grid says
+        if family == "itq" and best[1].params:  # the library's own choice is reported too, whatever the grid says
             chosen["itq-default"] = {"point": Point(f"{method.name} default", "search(q, k)", {}), "meets": None}
         del method
     return chosen, rows

@@ -427,3 +427,19 @@ def test_tune_while_another_thread_removes_items(gallery):
         stop.set()
         t.join()
     assert not errors
+
+
+def test_a_partitioned_index_measures_its_default_point_on_first_search(gallery, monkeypatch, capsys, tmp_path):
+    x, _ = gallery
+    index = _index(gallery, partitions=16)
+    index.search(x[:5], k=10)
+    assert not index.operating_points  # below AUTO_TUNE_MIN_ITEMS: the flat scan, untuned
+    monkeypatch.setattr(tuning, "AUTO_TUNE_MIN_ITEMS", 1000)
+    res = index.search(x[:5], k=10)
+    point = index.operating_point(DEFAULT_RECALL, 10)
+    assert point is not None and point.items == len(index) and point.target_k == tuning.DEFAULT_RECALL_AT_K
+    assert "tuning" in capsys.readouterr().err  # measured with a progress bar (no tune(progress=False) before)
+    ref = index.search(x[:5], k=10, candidates=point.candidates, nprobe=point.nprobe)
+    np.testing.assert_array_equal(res.ids, ref.ids)
+    index.save(tmp_path / "ix")
+    assert HashIndex.load(tmp_path / "ix").operating_point(DEFAULT_RECALL, 10) == point

@@ -606,7 +606,9 @@ class IndexFront:
         n = len(self)
         if point is not None and not point.is_stale(n):
             return point
-        if not explicit and point is None and getattr(self, "partition_lists", None) is None:
+        if not explicit and point is None and (
+            n < tuning.AUTO_TUNE_MIN_ITEMS or getattr(self, "partition_lists", None) is None
+        ):
             return None  # nothing to choose between: the flat scan with the default budget
         if n < 2:
             return point

@@ -38,6 +38,9 @@ from hashindex.core.validation import check_positive_int, check_recall
 
 DEFAULT_RECALL = 0.99
 DEFAULT_RECALL_AT_K = 0.95  # recall@k target of tune(k > 1) unless the caller passes recall_at_k
+# A default search on an index with (or able to build) a partition stage measures its own
+# operating point from this many items; below, the flat scan with the default budget is kept.
+AUTO_TUNE_MIN_ITEMS = 100_000
 CANDIDATE_RATIO = 1.5  # geometric candidate grid
 MAX_CANDIDATES = 20_000  # largest candidate count tried (at most the index size)
 NPROBE_RATIO = 2  # geometric nprobe grid, 1 .. nlist
