@@ -178,7 +178,11 @@ def table(record: dict) -> str:
              f"round-robin; targets recall@1 >= {c['recall_1']}, recall@{k} >= {c['recall_k']}", "",
              f"| method | setting (chosen on seed {c['select_seed']}) | met targets on selection seed | recall@1 | "
              f"recall@{k} | reranked | q/s | x exact |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    seen = set()
     for r in record["report"]:
+        if (r["method"], r["setting"]) in seen:  # the library default, when the grid chose it too
+            continue
+        seen.add((r["method"], r["setting"]))
         met = {True: "yes", False: "no (most accurate)", None: "(library default)"}[r["selected_meeting_targets"]]
         x = f"{r['x_exact']:.1f}" if r["x_exact"] else ""
         lines.append(f"| {r['method']} | {r['setting']} | {met} | {r['recall_at_1']:.3f} | {r[f'recall_at_{k}']:.3f} | "
