@@ -399,6 +399,7 @@ def test_search_with_recall_respects_the_callers_progress_choice(gallery, capsys
     assert "tuning" in capsys.readouterr().err
 
 
+@pytest.mark.filterwarnings("ignore:no setting reached")  # items vanish mid-measurement: targets may be missed
 def test_tune_while_another_thread_removes_items(gallery):
     import threading
 
