@@ -259,5 +259,5 @@ def test_the_private_read_check_sees_one(tmp_path):
 
 
 def test_benchmarks_read_no_private_attribute_of_the_library():
-    bad = [r for path in sorted(BENCHMARKS.glob("*.py")) for r in private_reads(path)]
+    bad = [r for path in sorted(BENCHMARKS.rglob("*.py")) for r in private_reads(path)]
     assert not bad, "benchmarks reach into private state (use SearchResult.n_scanned, partition_info()): " + "; ".join(bad)

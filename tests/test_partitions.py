@@ -436,3 +436,31 @@ def test_spill_beyond_the_number_of_lists_is_clamped_and_round_trips(data, tmp_p
     index.save(tmp_path / "ix")
     again = HashIndex.load(tmp_path / "ix")
     _same(before, again.search(q, k=3, nprobe=1, candidates=500))
+
+
+@pytest.mark.parametrize("spill", [1, 2])
+def test_adaptive_depth_scans_each_querys_own_number_of_lists(data, spill):
+    """With ``slack``, a query scans the lists whose centroid scores within slack of its best
+    one (numpy float64 oracle for the depth), and gets exactly what a fixed-nprobe probe of that
+    depth gives it; slack 0 is one list (no ties here), a huge slack is the fixed nprobe."""
+    from hashindex.serving.candidates.partitions import adaptive_depth
+
+    _, q, _ = data
+    index = _index(data, spill=spill)
+    stage = index._partitioned()
+    z = index._project(q)
+    sims = np.sort(q.astype(np.float64) @ stage.centroids.astype(np.float64).T, axis=1)[:, ::-1][:, :8]
+    for slack in (0.0, 0.05, 0.2, 10.0):
+        depth = np.maximum(1, (sims >= sims[:, :1] - slack).sum(axis=1))
+        np.testing.assert_array_equal(adaptive_depth(sims, slack), depth)
+        pos, scores = stage.knn(q, z, 30, 8, slack=slack)
+        for i, d in enumerate(depth):
+            ref_pos, ref_scores = stage.knn(q[i : i + 1], z[i : i + 1], 30, int(d))
+            assert sorted(pos[i][pos[i] >= 0]) == sorted(ref_pos[0][ref_pos[0] >= 0]), (slack, i, d)
+            np.testing.assert_allclose(np.sort(scores[i][pos[i] >= 0]), np.sort(ref_scores[0][ref_pos[0] >= 0]), atol=1e-5)
+        if slack == 0.0:
+            assert (depth == 1).all()
+        if slack == 10.0:
+            assert (depth == 8).all()
+            fixed = stage.knn(q, z, 30, 8)
+            np.testing.assert_array_equal(np.sort(pos, axis=1), np.sort(fixed[0], axis=1))

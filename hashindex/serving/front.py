@@ -20,11 +20,13 @@ Search modes (``radius`` is inclusive, ARCHITECTURE.md §2):
 - ``candidates=c``: the c best-ranked items;
 - ``nprobe=p`` (asymmetric, backends with a partition stage): rank only the items of the p
   k-means lists nearest to the query (serving/candidates/partitions.py);
-- ``recall=r``: the index's tuned operating point for recall@1 >= r (serving/tuning.py;
-  tuned on the spot if the index has none for that target);
+- ``recall=r``: the index's tuned operating point for recall@1 >= r (and recall@k >= 0.95, see
+  serving/tuning.py; tuned on the spot if the index has none for that target, or if it was
+  measured on fewer than half or more than twice today's items);
 - none of these: Hamming ranking takes the smallest radius giving each query at least
   ``10 * k`` candidates (multi-probe); asymmetric ranking takes the operating point tuned for
-  :data:`DEFAULT_RECALL` if the index has one, else the flat scan with
+  :data:`DEFAULT_RECALL` if the index has one (measured on the first such search where the
+  index has or can build a partition stage), else the flat scan with
   :func:`default_candidates` (``max(50 * k, 500)``) candidates (serving/plan.py resolves
   all of these in one planner).
 Candidates are reranked by exact similarity on the stored features, best first.
@@ -40,6 +42,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import threading
 from dataclasses import dataclass
 from typing import ClassVar, ContextManager
 
@@ -82,7 +85,7 @@ from hashindex.serving import tuning
 from hashindex.serving.interop import to_faiss_binary
 from hashindex.serving.plan import RANKINGS, Request, check_ranking, default_candidates  # noqa: F401 (kept importable here)
 from hashindex.serving.search import Queries, Rows, Scope, SearchResult
-from hashindex.serving.tuning import DEFAULT_RECALL, OperatingPoint
+from hashindex.serving.tuning import DEFAULT_RECALL, DEFAULT_RECALL_AT_K, OperatingPoint
 
 # 128-bit codes + rerank reach the recall 64-bit ones could not at the scale of the benchmarks
 # (benchmarks/README.md); 16 bytes a code is small beside the features.
@@ -188,6 +191,8 @@ class IndexFront:
         self._nbytes = self.bits // 8
         # (recall target, k) -> tuned setting; see tune() and serving/tuning.py
         self._operating_points: dict[tuple[float, int], OperatingPoint] = {}
+        self._tune_lock = threading.Lock()  # one measurement at a time (a search may start one)
+        self._tune_progress = True  # the caller's last tune(progress=) choice, for tunes a search starts
 
     # -- hooks --------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -436,6 +441,16 @@ class IndexFront:
         with self._reading():
             return self._features_of(ids)
 
+    def sample_items(self, count: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """``min(count, len)`` stored items drawn at random with ``seed``: ``(ids int64 [m],
+        features float32 [m, D])``, in storage order, read under one lock (a concurrent ``remove``
+        cannot take an id away between the two)."""
+        count = check_positive_int(count, "count")
+        with self._reading():
+            ids = self.ids
+            rows = np.sort(np.random.default_rng(seed).choice(len(ids), min(count, len(ids)), replace=False))
+            return ids[rows], self._features_of(ids[rows])
+
     def get_codes(self, ids: np.ndarray) -> np.ndarray:
         """Stored codes ``uint8 [n, bits/8]`` for ``ids``, in the order given."""
         ids = check_id_list(ids)
@@ -556,6 +571,26 @@ class IndexFront:
         x = self._prepare_features(queries, name="queries")
         return self._exact_knn(x, k)
 
+    def _current_point(self, recall: float, k: int, explicit: bool) -> OperatingPoint | None:
+        """The operating point a search should use, (re-)measured when missing or stale; None
+        where the default search should stay the flat scan (no target asked, no partitions)."""
+        point = self.operating_point(recall, k)
+        n = len(self)
+        if point is not None and not point.is_stale(n):
+            return point
+        if not explicit and point is None and (
+            n < tuning.AUTO_TUNE_MIN_ITEMS or getattr(self, "partition_lists", None) is None
+        ):
+            return None  # nothing to choose between: the flat scan with the default budget
+        if n < 2:
+            return point
+        with self._tune_lock:
+            point = self.operating_point(recall, k)  # another search may have measured it meanwhile
+            if point is None or point.is_stale(len(self)):
+                target_k = point.target_k if point is not None else DEFAULT_RECALL_AT_K
+                point = self.tune(recall=recall, k=k, recall_at_k=target_k, progress=self._tune_progress)
+        return point
+
     # -- recall targets ---------------------------------------------------------------------------
     @property
     def operating_points(self) -> dict[tuple[float, int], OperatingPoint]:
@@ -573,25 +608,34 @@ class IndexFront:
         return points[(recall, larger[0])] if larger else None
 
     def tune(
-        self, recall: float = DEFAULT_RECALL, k: int = 10, sample: int = 1000, seed: int = 0, *, progress: bool = True
-    ) -> OperatingPoint:
-        """Find and keep the cheapest asymmetric setting reaching recall@1 >= ``recall``.
+        self, recall: float = DEFAULT_RECALL, k: int = 10, sample: int = 1000, seed: int = 0, *,
+        recall_at_k: float | None = DEFAULT_RECALL_AT_K, queries: np.ndarray | None = None, progress: bool = True,
+    ) -> OperatingPoint:  # fmt: skip
+        """Find and keep the fastest asymmetric setting reaching recall@1 >= ``recall`` and, for
+        k > 1, recall@k >= ``recall_at_k`` (None: recall@1 only).
 
-        Measured on ``sample`` of the index's own items (each query is a stored item's feature,
-        its own match excluded): the flat scan at a few candidate counts and, where the index
-        has or can build partitions, nprobe x candidates (serving/tuning.py). The point is kept
-        under (recall, k), saved in the index manifest, and used by ``search`` when asked for
-        that recall (and by default for :data:`DEFAULT_RECALL`). If no setting reaches the
-        target, the most accurate one measured is kept, with a warning.
+        Measured on ``queries`` (features, as they will be searched) or, by default, on ``sample``
+        stored items: half searched as they are, their own match excluded, half perturbed like a
+        new capture (serving/tuning.py); the flat scan and, where the index has or can build
+        partitions, nprobe = 1, 2, 4 .. every list, each at its smallest sufficient candidate
+        count. The point (with its measured recalls and a lower confidence bound) is kept under
+        (recall, k), saved in the index manifest, and used by ``search`` when asked for that
+        recall (and by default for :data:`DEFAULT_RECALL`); it is measured again when the index
+        has halved or doubled since. If no setting reaches the targets, the most accurate one
+        measured is kept, with a warning. ``progress`` is remembered for measurements a search
+        starts.
         """
         recall, k = check_recall(recall), check_positive_int(k, "k")
         sample = check_positive_int(sample, "sample")
+        if recall_at_k is not None:
+            recall_at_k = check_recall(recall_at_k, "recall_at_k")
+        self._tune_progress = bool(progress)
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
             raise InputError(f"seed must be an integer, got {seed!r}")
         if "asymmetric" not in self.RANKINGS:
             raise UnsupportedError(f"tune() sets asymmetric search, which the {self.backend_name} backend does not do")
         self._project(np.zeros((0, self.dim), np.float32))  # a hasher without project(): say so before measuring
-        point = tuning.tune(self, recall, k, sample, int(seed), progress)
+        point = tuning.tune(self, recall, k, sample, int(seed), progress, recall_at_k=recall_at_k, queries=queries)
         with self._writing():
             self._operating_points[(recall, k)] = point
         return point

@@ -114,16 +114,16 @@ def plan_search(index: Any, req: Request) -> Plan:
 
 def asymmetric_settings(index: Any, k: int, candidates, nprobe, recall) -> tuple[int, int | None]:
     """(candidates, nprobe) of an asymmetric search: as given; else the operating point for
-    ``recall`` (tuned now if missing) or for DEFAULT_RECALL (if tuned); else the default."""
+    ``recall`` or for DEFAULT_RECALL, measured now when missing (for DEFAULT_RECALL: only where
+    the index has or can build a partition stage) or stale (measured on fewer than half or more
+    than twice today's items: ``IndexFront._current_point``); else the default flat scan."""
     if nprobe is not None:
         index._check_nprobe(nprobe)
     if candidates is not None or nprobe is not None:
         return (candidates if candidates is not None else default_candidates(k)), nprobe
-    point = index.operating_point(DEFAULT_RECALL if recall is None else recall, k)
+    point = index._current_point(DEFAULT_RECALL if recall is None else recall, k, explicit=recall is not None)
     if point is None:
-        if recall is None:
-            return default_candidates(k), None
-        point = index.tune(recall=recall, k=k)
+        return default_candidates(k), None
     if point.nprobe is not None:
         index._check_nprobe(point.nprobe)
     return max(point.candidates, k), point.nprobe

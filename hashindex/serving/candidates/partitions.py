@@ -261,13 +261,28 @@ def dedupe(positions: np.ndarray) -> np.ndarray:
     return out
 
 
+def adaptive_depth(centroid_scores: np.ndarray, slack: float, higher_is_better: bool = True) -> np.ndarray:
+    """Lists each query scans, ``int64 [nq]``, from its coarse scores ``[nq, nprobe]`` (best
+    first): every list whose centroid scores within ``slack`` of the query's best list (at least
+    one). A query close to one centroid stops after a few lists; one between several scans them
+    all (query-adaptive depth, capped at ``nprobe``)."""
+    s = np.asarray(centroid_scores, dtype=np.float64)
+    keep = s >= s[:, :1] - slack if higher_is_better else s <= s[:, :1] + slack
+    return np.maximum(1, keep.sum(axis=1)).astype(np.int64)
+
+
 def probe(
-    coarse: faiss.Index, ivf: faiss.IndexIVFPQFastScan, x: np.ndarray, z: np.ndarray, c: int, nprobe: int
-) -> tuple[np.ndarray, np.ndarray]:
+    coarse: faiss.Index, ivf: faiss.IndexIVFPQFastScan, x: np.ndarray, z: np.ndarray, c: int, nprobe: int,
+    slack: float | None = None,
+) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     """Top-``c`` positions ``int64 [nq, c]`` (-1 padded; repeats -1 when items spill) and their
     approximate scores ``float32 [nq, c]`` among the ``nprobe`` lists nearest to the features
-    ``x [nq, D]``, scored by the projections ``z [nq, K]``."""
-    _, lists = coarse.search(np.ascontiguousarray(x, dtype=np.float32), nprobe)
+    ``x [nq, D]``, scored by the projections ``z [nq, K]``. With ``slack``, each query scans
+    only its first :func:`adaptive_depth` lists (the others are passed to FAISS as -1: skipped)."""
+    coarse_scores, lists = coarse.search(np.ascontiguousarray(x, dtype=np.float32), nprobe)
+    if slack is not None:
+        depth = adaptive_depth(coarse_scores, slack, higher_is_better=coarse.metric_type == faiss.METRIC_INNER_PRODUCT)
+        lists = np.where(np.arange(lists.shape[1])[None, :] < depth[:, None], lists, -1)
     zeros = np.zeros(lists.shape, dtype=np.float32)  # coarse distances: unused without residuals
     z = np.ascontiguousarray(z, dtype=np.float32)
     scores = np.empty((z.shape[0], c), dtype=np.float32)
@@ -340,13 +355,16 @@ class PartitionStage:
         """Forget the lists (positions changed); the next :meth:`build` makes them again."""
         self.ivf, self._placeholder = None, None
 
-    def knn(self, x: np.ndarray, z: np.ndarray, c: int, nprobe: int) -> tuple[np.ndarray, np.ndarray]:
-        """See :func:`probe`. When items spill, ``spill * c`` are scanned for and repeats dropped
-        before the top ``c`` are kept, so a twice-found item does not take a candidate's slot."""
+    def knn(
+        self, x: np.ndarray, z: np.ndarray, c: int, nprobe: int, slack: float | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+        """See :func:`probe` (``slack``: query-adaptive depth, at most ``nprobe`` lists). When
+        items spill, ``spill * c`` are scanned for and repeats dropped before the top ``c`` are
+        kept, so a twice-found item does not take a candidate's slot."""
         nprobe = min(nprobe, self.nlist)
         if self.spill == 1:
-            return probe(self.coarse, self.ivf, x, z, c, nprobe)
-        pos, scores = probe(self.coarse, self.ivf, x, z, self.spill * c, nprobe)
+            return probe(self.coarse, self.ivf, x, z, c, nprobe, slack)
+        pos, scores = probe(self.coarse, self.ivf, x, z, self.spill * c, nprobe, slack)
         pos = dedupe(pos)
         keep = np.argsort(pos < 0, axis=1, kind="stable")[:, :c]  # distinct ones first, in score order
         return np.take_along_axis(pos, keep, 1), np.take_along_axis(scores, keep, 1)
