@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from typing import ClassVar, ContextManager
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from hashindex.core.codes import binarize, check_codes, pre_tanh
 from hashindex.core.errors import DuplicateIdError, InputError, ModelMismatchError, NotFittedError, UnsupportedError
@@ -48,6 +49,7 @@ from hashindex.core.bits import check_bits
 from hashindex.core.validation import (
     MAX_K,
     as_array,
+    check_features,
     auto_ids,
     check_recall,
     check_tuning_args,
@@ -84,6 +86,14 @@ DEFAULT_BITS = 128
 CSR = tuple[np.ndarray, np.ndarray, np.ndarray]  # lims [nq+1], ids or positions [M], hamming [M]
 
 
+# add(): rows checked, encoded and stored at a time (the input is never copied whole); an
+# unfitted default hasher is fitted on this many evenly spaced rows of a large first add; a bar
+# is shown for adds of at least PROGRESS_MIN_ROWS rows
+ADD_CHUNK_ROWS = 65_536
+FIT_SAMPLE_ROWS = 262_144
+PROGRESS_MIN_ROWS = 1_000_000
+
+
 def default_candidates(k: int) -> int:
     """Candidates of an untuned asymmetric search: ``max(50 * k, 500)``.
 
@@ -105,6 +115,10 @@ class SearchResult:
     hamming: int32 ``[nq, k]``: Hamming distance of each result's code to the query's (-1 pad).
     n_candidates: int64 ``[nq]``: how many items were reranked for each query.
     labels: int64 ``[nq, k]``: each result's label (-1 pad); None when the index has no labels.
+    exact_scores: whether ``scores`` are exact on the stored features. An index with a compact
+        rerank store (``HashIndex(rerank="int8" | "float16")``) ranks the candidates on it and
+        then rescores the k returned rows from its float store (exact, True); a grouped search
+        on a compact store keeps the compact store's scores (False).
 
     With ``group_by="label"`` and ``group_size=g`` the arrays are ``[nq, k * g]``: label block j
     in columns ``j*g .. j*g+g-1`` (``ids.reshape(nq, k, g)``: one row per label), best first.
@@ -115,6 +129,7 @@ class SearchResult:
     hamming: np.ndarray
     n_candidates: np.ndarray
     labels: np.ndarray | None = None
+    exact_scores: bool = True
 
 
 def resolve_hasher(dim: int, hasher: Hasher | str | None, encoder: Hasher | None, bits: int | None) -> Hasher:
@@ -360,14 +375,23 @@ class IndexFront:
         return isinstance(self.hasher, LinearHasher) and not self.hasher.is_fitted and not self._hasher_frozen()
 
     # -- mutation -------------------------------------------------------------------------------
-    def add(self, features: np.ndarray, ids: np.ndarray | None = None, labels: np.ndarray | None = None) -> np.ndarray:
+    def add(
+        self, features: np.ndarray, ids: np.ndarray | None = None, labels: np.ndarray | None = None,
+        *, progress: bool | None = None,
+    ) -> np.ndarray:  # fmt: skip
         """Encode and add ``features float [N, D]``; returns the int64 ids used.
 
         ``labels``: int64 ``[N]``, each item's identity (>= 0). An index labels all its items or
         none; its first insert decides.
         An unfitted default hasher is fitted on this first batch (needs >= 2 * bits rows).
+        More than :data:`ADD_CHUNK_ROWS` rows (e.g. a memory-mapped ``np.load(path, mmap_mode="r")``)
+        are checked, encoded and stored a chunk at a time: the input is never copied whole
+        (:meth:`_add_chunked`); ``progress`` shows a bar (default: above ``PROGRESS_MIN_ROWS``).
         """
-        x = self._prepare_features(features)
+        raw = as_array(features, "features")
+        if raw.ndim == 2 and raw.shape[0] > ADD_CHUNK_ROWS:
+            return self._add_chunked(raw, ids, labels, progress)
+        x = self._prepare_features(raw)
         labels = None if labels is None else check_labels(labels, x.shape[0])
         if self._needs_first_fit():
             with self._writing():  # two first adds must not both fit
@@ -381,6 +405,45 @@ class IndexFront:
                         )
                     self.hasher.fit(x)
         return self._add_checked(self._encode(x), x, ids, labels)
+
+    def _reserve(self, n: int, labelled: bool = False) -> None:
+        """Room for ``n`` more rows (a backend hook: one allocation for a bulk add)."""
+
+    def _add_chunked(self, raw: np.ndarray, ids, labels, progress: bool | None) -> np.ndarray:
+        """:meth:`add` of a large array, ``ADD_CHUNK_ROWS`` rows at a time.
+
+        Everything is checked before anything is stored (a first pass over the chunks for NaN /
+        zero rows, the ids and labels whole), so bad input still leaves the index unchanged; an
+        unfitted default hasher is fitted on ``FIT_SAMPLE_ROWS`` evenly spaced rows. The rows
+        are then stored under one write lock (searches wait for the bulk add).
+        """
+        n = raw.shape[0]
+        check_features(raw[:0], self.dim, "features")  # shape and dtype, no copy
+        labels = None if labels is None else check_labels(labels, n)
+        for lo in range(0, n, ADD_CHUNK_ROWS):
+            try:
+                self._prepare_features(raw[lo : lo + ADD_CHUNK_ROWS])
+            except InputError as e:
+                raise InputError(f"{e} (rows counted from {lo:,}, the start of the chunk that failed)") from None
+        with self._writing():
+            new_ids = self._new_ids(ids, n)
+            self._check_label_state(labels)
+            if self._needs_first_fit():
+                rows = np.unique(np.linspace(0, n - 1, min(n, FIT_SAMPLE_ROWS)).astype(np.int64))
+                self.hasher.fit(self._prepare_features(raw[rows]))
+            self._reserve(n, labelled=labels is not None)
+            show = n >= PROGRESS_MIN_ROWS if progress is None else bool(progress)
+            bar = tqdm(total=n, desc="add", unit="rows", disable=not show, leave=False)
+            for lo in range(0, n, ADD_CHUNK_ROWS):
+                hi = min(lo + ADD_CHUNK_ROWS, n)
+                x = self._prepare_features(raw[lo:hi])
+                codes = self._encode(x)
+                if codes.shape[0] != x.shape[0]:
+                    raise ModelMismatchError(f"the hasher returned {codes.shape[0]} codes for {x.shape[0]} rows")
+                self._insert(codes, x, new_ids[lo:hi], None if labels is None else labels[lo:hi])
+                bar.update(hi - lo)
+            bar.close()
+        return new_ids
 
     def add_codes(
         self, codes: np.ndarray, features: np.ndarray, ids: np.ndarray | None = None, labels: np.ndarray | None = None

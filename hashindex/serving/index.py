@@ -49,8 +49,8 @@ from hashindex.serving.filters import Restriction, SearchOptions
 from hashindex.serving.grouping import csr_scores, group_top, widen_for_labels
 from hashindex.serving.hashers import Hasher, LinearHasher
 from hashindex.serving.locks import ReadWriteLock
-from hashindex.serving.rerank import rerank
-from hashindex.serving.store import RowStore
+from hashindex.serving.rerank import rerank, rescore_exact
+from hashindex.serving.store import RERANK_KINDS, CompactStore, RowStore, advise, mapped_resident_bytes
 from hashindex.serving.tuning import nprobe_grid, points_from_manifest, points_to_manifest
 
 __all__ = ["HashIndex", "SearchResult", "DEFAULT_BITS", "RANKINGS", "check_ranking", "describe"]
@@ -84,6 +84,12 @@ class HashIndex(IndexFront):
         metric: "cosine" (features L2-normalised on the way in), "ip" or "l2".
         backend: "flat", "hash", "multihash" or "auto".
         feature_dtype: "float32" or "float16" for the feature store.
+        rerank: the store candidates are reranked on: "float32" (default: the feature store
+            itself), or a compact copy beside it, "int8" (FAISS QT_8bit, one byte per dimension,
+            per-dimension range learnt from the first rows added) or "float16" (QT_fp16). With a
+            compact store the k returned rows are rescored exactly from the feature store, which
+            a loaded index memory-maps (``load(mmap=True)``): serving then holds the compact
+            store in memory and reads the float rows of the results only (benchmarks/memory.py).
         partitions: the partition stage searched with ``nprobe`` (asymmetric ranking):
             ``"auto"`` (default) builds ``nlist_for(N)`` (~2 sqrt(N), a power of two) lists once
             the index holds ``PARTITION_MIN_ITEMS`` items; an int builds that many lists (the
@@ -108,8 +114,11 @@ class HashIndex(IndexFront):
         feature_dtype: str = "float32",
         partitions: str | int | None = "auto",
         partition_spill: int = 2,
+        rerank: str = "float32",
     ):
         dim = check_positive_int(dim, "dim")
+        if rerank not in RERANK_KINDS:
+            raise InputError(f"rerank must be one of {RERANK_KINDS}, got {rerank!r}")
         if partitions is not None and partitions not in PARTITION_MODES:
             if isinstance(partitions, str):
                 raise InputError(f"partitions must be 'auto', a number of lists or None, got {partitions!r}")
@@ -128,7 +137,12 @@ class HashIndex(IndexFront):
         self._labels = RowStore((), np.int64)  # filled only when the index is labelled
         self._labelled: bool | None = None  # decided by the first insert
         self._next_id = 0
-        self._flat = FlatCandidates(self.bits)
+        self.rerank = rerank
+        # the compact rerank store (None: rerank on the feature store itself)
+        self._compact: CompactStore | None = None if rerank == "float32" else CompactStore(rerank, self.dim)
+        # the FAISS flat binary index: a second copy of the codes, built on first Hamming use
+        # (the asymmetric default never needs it), dropped by remove
+        self._flat: FlatCandidates | None = None
         # built on first use, kept in step by add, dropped by remove
         self._accel: dict[str, HashCandidates | MultiHashCandidates | AsymmetricCandidates] = {}
         self._id_lookup: tuple[np.ndarray, np.ndarray] | None = None  # (sorted ids, positions)
@@ -148,7 +162,8 @@ class HashIndex(IndexFront):
     def __repr__(self) -> str:
         return (
             f"HashIndex(dim={self.dim}, bits={self.bits}, n={len(self)}, metric={self.metric!r}, "
-            f"backend={self.backend!r}, feature_dtype={self.feature_dtype!r}, partitions={self.partitions!r})"
+            f"backend={self.backend!r}, feature_dtype={self.feature_dtype!r}, partitions={self.partitions!r}, "
+            f"rerank={self.rerank!r})"
         )
 
     @property
@@ -164,20 +179,40 @@ class HashIndex(IndexFront):
         return view
 
     def memory_usage(self) -> dict[str, int]:
-        """Bytes held per component (codes are held twice: the store and the FAISS flat index;
-        a third time once an asymmetric search has built its scanner, and "codes" also counts
-        the partition stage: its lists of codes and ids, assignment and centroids)."""
-        asym = self._accel.get("asymmetric")
-        part = 0
-        if self._part is not None:
-            part = self._part.nbytes + self._part_assign.nbytes
-        usage = {
-            "codes": self._codes.nbytes * 2 + (asym.nbytes if asym is not None else 0) + part,
-            "ids": self._ids.nbytes,
-            "features": self._features.nbytes,
-        }
+        """Bytes of memory held per part; their sum is what the index holds (benchmarks/memory.py
+        checks it against the process's resident memory).
+
+        Always: ``codes`` (the code store), ``ids``, ``features`` (the float store; when it is
+        memory-mapped, only its resident pages: a loaded index touches the rows of the results).
+        Present once held: ``rerank`` (the compact store), ``labels``, ``id_lookup`` (sorted ids
+        for id -> row, built by the first lookup), ``binary_flat`` (FAISS IndexBinaryFlat: a copy
+        of the codes, built on first Hamming use), ``hash`` / ``multihash`` (their tables, an
+        estimate: codes + 8-byte ids), ``asymmetric_scan`` (the flat fast-scan copy of the codes,
+        capacity included), ``partition_lists`` (codes in 32-item blocks + 8-byte ids, ``spill``
+        times), ``partition_centroids``, ``partition_assign``. Buffers count with their spare
+        capacity (a row store grows by doubling)."""
+
+        def held(store: RowStore) -> int:
+            return store.held_bytes if not store.is_mmap else mapped_resident_bytes(store.array)
+
+        usage = {"codes": held(self._codes), "ids": held(self._ids), "features": held(self._features)}
+        if self._compact is not None:
+            usage["rerank"] = self._compact.held_bytes
         if self._labelled:
-            usage["labels"] = self._labels.nbytes
+            usage["labels"] = held(self._labels)
+        if self._id_lookup is not None:
+            usage["id_lookup"] = int(sum(a.nbytes for a in self._id_lookup))
+        if self._flat is not None:
+            usage["binary_flat"] = self._flat.index.ntotal * self._nbytes
+        for name, accel in self._accel.items():
+            if name == "asymmetric":
+                usage["asymmetric_scan"] = accel.nbytes
+            else:
+                usage[name] = accel.index.ntotal * (self._nbytes + 8)
+        if self._part is not None:
+            usage["partition_centroids"] = 4 * self._part.nlist * self._part.dim
+            usage["partition_lists"] = self._part.nbytes - usage["partition_centroids"]
+            usage["partition_assign"] = held(self._part_assign)
         return usage
 
     # -- storage hooks (under the front's locks) ---------------------------------------------
@@ -193,6 +228,15 @@ class HashIndex(IndexFront):
     def _has_labels(self) -> bool | None:
         return self._labelled
 
+    def _reserve(self, n: int, labelled: bool = False) -> None:
+        need = len(self) + n
+        for store in (self._codes, self._ids, self._features) + ((self._labels,) if labelled else ()):
+            store.reserve(need)
+        if self._compact is not None:
+            self._compact.reserve(need)
+        if self._part_assign is not None:
+            self._part_assign.reserve(need)
+
     def _insert(self, codes: np.ndarray, x: np.ndarray, ids: np.ndarray, labels: np.ndarray | None = None) -> None:
         # everything is validated; from here on nothing can fail on user input
         if self._part is not None:  # new items join their nearest lists
@@ -202,10 +246,13 @@ class HashIndex(IndexFront):
         self._codes.append(codes)
         self._ids.append(ids)
         self._features.append(x)
+        if self._compact is not None:
+            self._compact.append(x)
         self._labelled = labels is not None
         if labels is not None:
             self._labels.append(labels)
-        self._flat.add(codes)
+        if self._flat is not None:
+            self._flat.add(codes)
         for accel in self._accel.values():
             accel.add(codes)
         self._next_id = max(self._next_id, int(ids.max()) + 1)
@@ -217,7 +264,9 @@ class HashIndex(IndexFront):
         keep[positions] = False
         for store in (self._codes, self._ids, self._features) + ((self._labels,) if self._labelled else ()):
             store.keep(keep)
-        self._flat.rebuild(self._codes.array)
+        if self._compact is not None:
+            self._compact.keep(keep)
+        self._flat = None  # rebuilt from the codes on next Hamming use
         self._accel.clear()  # hash indexes have no remove_ids: rebuilt lazily on next use
         if self._part is not None:
             # positions compact: keep the assignment's rows, rebuild the lists from it on next use
@@ -278,9 +327,21 @@ class HashIndex(IndexFront):
             return "multihash"
         return "hash" if radius <= 2 else "multihash"
 
+    def _flat_index(self) -> FlatCandidates:
+        """The flat binary index, built from the code store on first use."""
+        flat = self._flat
+        if flat is None:
+            with self._build_lock:
+                if self._flat is None:
+                    flat = FlatCandidates(self.bits)
+                    flat.rebuild(self._codes.array)
+                    self._flat = flat
+                flat = self._flat
+        return flat
+
     def _generator(self, name: str):
         if name == "flat":
-            return self._flat
+            return self._flat_index()
         accel = self._accel.get(name)
         if accel is None:
             n = len(self)
@@ -296,14 +357,15 @@ class HashIndex(IndexFront):
 
     def _range(self, qcodes: np.ndarray, radius: int, allowed: AllowedRows | None = None):
         if allowed is not None:  # exact flat scans only (candidates/filtered.py)
-            return allowed.range(self._flat, qcodes, radius)
+            return allowed.range(self._flat_index(), qcodes, radius)
         generator = self._generator(self.backend_for(radius))
         if not generator.handles(radius):
-            generator = self._flat  # exact too, and cheaper than probing this many buckets
+            generator = self._flat_index()  # exact too, and cheaper than probing this many buckets
         return generator.range(qcodes, radius)
 
     def _knn(self, qcodes: np.ndarray, c: int, allowed: AllowedRows | None = None):
-        return knn_to_csr(*(self._flat.knn(qcodes, c) if allowed is None else allowed.knn(self._flat, qcodes, c)))
+        flat = self._flat_index()
+        return knn_to_csr(*(flat.knn(qcodes, c) if allowed is None else allowed.knn(flat, qcodes, c)))
 
     def _candidates(self, qcodes: np.ndarray, k: int, radius: int | None, candidates: int | None, allowed=None):
         return select_candidates(
@@ -378,6 +440,7 @@ class HashIndex(IndexFront):
                 self._part = stage
             if not self._part.has_lists:
                 self._part.build(self._codes.array, self._part_assign.array)
+                advise(self._part_assign.array, "dontneed")  # a mapped assignment: read once, not held
             return self._part
 
     def _tuning_partitions(self) -> tuple[int | None, list[int]]:
@@ -431,10 +494,14 @@ class HashIndex(IndexFront):
                 lims, positions, hamming = self._asymmetric_candidates(x, z, k, candidates, nprobe, allowed)
             else:
                 lims, positions, hamming = self._candidates(qcodes, k, radius, candidates, allowed)
+            exact = self._compact is None
             if options.grouped:
                 lims, pos, scores, ham = self._grouped(x, qcodes, z, k, radius, allowed, (lims, positions, hamming), options)
             else:
-                pos, scores, ham = rerank(x, self._features.array, lims, positions, hamming, k, self.metric)
+                pos, scores, ham = rerank(x, self._rerank_rows(), lims, positions, hamming, k, self.metric)
+                if not exact:  # the k returned rows, rescored on the float store
+                    pos, scores, ham = rescore_exact(x, self._features.array, pos, ham, self.metric)
+                    exact = True
             if z is not None:  # Hamming distances of the results only, not of every candidate
                 rows, cols = np.nonzero(pos >= 0)
                 ham[rows, cols] = hamming_pairs(qcodes[rows], self._codes.array[pos[rows, cols]])
@@ -444,7 +511,7 @@ class HashIndex(IndexFront):
             if self._labelled:
                 labels = np.full(pos.shape, -1, dtype=np.int64)
                 labels[pos >= 0] = self._labels.array[pos[pos >= 0]]
-        return SearchResult(ids, scores, ham, np.diff(lims), labels)
+        return SearchResult(ids, scores, ham, np.diff(lims), labels, exact_scores=exact)
 
     def _grouped(self, x, qcodes, z, k, radius, allowed, csr, options: SearchOptions):
         """group_by="label": widen the candidates to k labels, score them all, keep the best per label."""
@@ -457,11 +524,15 @@ class HashIndex(IndexFront):
             refetch = lambda qi, c: self._knn(qcodes[qi], c, allowed)  # noqa: E731
         labels = self._labels.array
         lims, positions, hamming = widen_for_labels(csr, k, n_allowed, lambda p: labels[p], refetch)
-        scores = csr_scores(x, self._features.array, lims, positions, self.metric)
+        scores = csr_scores(x, self._rerank_rows(), lims, positions, self.metric)
         pos, scores, ham, _ = group_top(
             lims, positions, hamming, scores, labels[positions], k, options.group_size, self.metric
         )
         return lims, pos, scores, ham
+
+    def _rerank_rows(self):
+        """What candidates are scored on: the compact store, or the feature rows themselves."""
+        return self._compact if self._compact is not None else self._features.array
 
     def _range_encoded(self, qcodes: np.ndarray, radius: int):
         lims, positions, hamming = self._range(qcodes, radius)
@@ -497,6 +568,7 @@ class HashIndex(IndexFront):
                 part, assign = self._part, self._part_assign
                 writers["partition_centroids.npy"] = lambda p: np.save(p, part.centroids)
                 writers["partition_assign.npy"] = lambda p: np.save(p, assign.array)
+            self._save_compact(manifest, writers)
             if self._operating_points:
                 manifest["operating_points"] = points_to_manifest(self._operating_points)
             if isinstance(self.hasher, LinearHasher):
@@ -511,6 +583,30 @@ class HashIndex(IndexFront):
             else:
                 raise InputError(f"cannot save a hasher of type {type(self.hasher).__name__}")
             persist.write_index_dir(path, writers, manifest)
+
+    # the compact rerank store's files (kept apart from the rest of save / load)
+    def _save_compact(self, manifest: dict, writers: dict) -> None:
+        """``rerank`` in the manifest (absent: float32, as indexes saved before it); a compact
+        store adds ``rerank_codes.npy`` (uint8 ``[N, code_size]``) and ``rerank_params.npy``
+        (float32: the int8 range, vmin then vdiff per dimension; empty for float16)."""
+        if self._compact is None:
+            return
+        manifest["rerank"] = self.rerank
+        store = self._compact
+        writers["rerank_codes.npy"] = lambda p: np.save(p, store.rows.array)
+        writers["rerank_params.npy"] = lambda p: np.save(p, store.params)
+
+    def _load_compact(self, d: persist.IndexDir, m: dict) -> None:
+        kind = m.get("rerank", "float32")
+        has_files = "rerank_codes.npy" in m["files"]
+        if (kind != "float32") != has_files:
+            raise IndexFormatError(f"{d.root}: rerank={kind!r} but rerank_codes.npy is {'present' if has_files else 'missing'}")
+        if kind == "float32":
+            return
+        probe = CompactStore(kind, self.dim)
+        params = d.load_array("rerank_params.npy", np.float32, (0 if kind == "float16" else 2 * self.dim,))
+        codes = d.load_array("rerank_codes.npy", np.uint8, (len(self), probe.code_size))
+        self._compact = CompactStore(kind, self.dim, params, codes)
 
     def _copy_model(self, dest: Path) -> None:
         shutil.copyfile(self.hasher.path, dest)
@@ -564,12 +660,14 @@ class HashIndex(IndexFront):
             index = cls(
                 dim, hasher, metric=metric, backend=backend, feature_dtype=fdtype,
                 partitions=m.get("partitions", "auto"), partition_spill=m.get("partition_spill", 1),
+                rerank=m.get("rerank", "float32"),
             )  # fmt: skip
         except InputError as e:
             raise IndexFormatError(f"{root}: invalid manifest ({e})") from None
         codes = d.load_array("codes.npy", np.uint8, (count, bits // 8))
         ids = d.load_array("ids.npy", np.int64, (count,))
         features = d.load_array("features.npy", np.dtype(fdtype), (count, dim), mmap=mmap)
+        advise(features, "random")  # mapped: a search touches only the pages of the rows it reads
         if count and (ids.min() < 0 or ids.max() > MAX_ID):
             bad = ids[(ids < 0) | (ids > MAX_ID)]
             raise IndexFormatError(f"{d.path_of('ids.npy')}: ids outside [0, 2**63 - 2]: {bad[:5].tolist()}")
@@ -579,7 +677,7 @@ class HashIndex(IndexFront):
         index._ids = RowStore((), np.int64, ids)
         index._features = RowStore((dim,), np.dtype(fdtype), features)
         index._load_labels(d, m, mmap)
-        index._flat.rebuild(codes)
+        index._load_compact(d, m)
         index._next_id = max(m["next_id"], int(ids.max()) + 1 if count else 0)
         index._load_partitions(d, m, mmap)
         return index
@@ -636,7 +734,7 @@ def describe(path: str | os.PathLike) -> str:
         root, m = d.root, d.manifest
     size = sum(f["bytes"] for f in m["files"].values())
     lines = [f"{root}: hashindex format {m['format']}, all checksums OK"]
-    for key in ("count", "dim", "bits", "metric", "backend", "feature_dtype", "model_sha256"):
+    for key in ("count", "dim", "bits", "metric", "backend", "feature_dtype", "rerank", "model_sha256"):
         if key in m:
             lines.append(f"  {key:14s} {m[key]}")
     lines.append(f"  {'hasher':14s} {json.dumps(m.get('hasher'))}")

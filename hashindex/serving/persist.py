@@ -9,6 +9,7 @@ Layout of an index directory::
     hasher.npz      a LinearHasher, or
     model.onnx      the ONNX model the codes were made with (its SHA-256 is in the manifest)
     labels.npy      int64 [N], each item's label (only in a labelled index: ``labelled: true``)
+    rerank_codes.npy, rerank_params.npy   a compact rerank store (``rerank: int8 | float16``)
 
 Saving writes a complete temporary sibling directory, fsyncs it, then swaps it into place.
 On Linux the swap is one ``renameat2(RENAME_EXCHANGE)`` call, so the path always names a whole
@@ -306,6 +307,8 @@ INDEX_SCHEMA: dict[str, Field] = {
     "operating_points": Field(dict, lambda v: True, "an object", required=False),
     # identity-aware search: whether every item has a label (labels.npy), decided by the first insert
     "labelled": Field(bool, lambda v: True, "true or false", required=False),
+    # the compact rerank store (absent: float32, the feature store itself); its files below
+    "rerank": Field(str, lambda v: v in ("float32", "float16", "int8"), "one of float32, float16, int8", required=False),
 }
 """Top-level fields of a HashIndex manifest (other keys are ignored); ``hasher`` and ``files``
 are checked by :func:`check_manifest` (their shape depends on the hasher type)."""
@@ -317,7 +320,11 @@ LINEAR_HASHER_SCHEMA: dict[str, Field] = {
     "dim": _int_in(1, MAX_DIM),
 }
 # files an index has only with some features; each group is listed whole or not at all
-OPTIONAL_FILE_GROUPS = (("partition_centroids.npy", "partition_assign.npy"), ("labels.npy",))
+OPTIONAL_FILE_GROUPS = (
+    ("partition_centroids.npy", "partition_assign.npy"),
+    ("labels.npy",),
+    ("rerank_codes.npy", "rerank_params.npy"),  # a compact rerank store (manifest "rerank")
+)
 ONNX_HASHER_SCHEMA: dict[str, Field] = {"type": _one_of("onnx")}
 FILE_SCHEMA: dict[str, Field] = {"sha256": _sha(), "bytes": _int_in(0, 1 << 50)}
 
