@@ -406,8 +406,9 @@ class IndexFront:
                     self.hasher.fit(x)
         return self._add_checked(self._encode(x), x, ids, labels)
 
-    def _reserve(self, n: int, labelled: bool = False) -> None:
-        """Room for ``n`` more rows (a backend hook: one allocation for a bulk add)."""
+    def _reserve(self, n: int, labelled: bool = False, sample: np.ndarray | None = None) -> None:
+        """Room for ``n`` more rows (a backend hook: one allocation for a bulk add); ``sample``:
+        prepared rows spread over the whole input, for anything trained on the first rows."""
 
     def _add_chunked(self, raw: np.ndarray, ids, labels, progress: bool | None) -> np.ndarray:
         """:meth:`add` of a large array, ``ADD_CHUNK_ROWS`` rows at a time.
@@ -428,10 +429,11 @@ class IndexFront:
         with self._writing():
             new_ids = self._new_ids(ids, n)
             self._check_label_state(labels)
+            rows = np.unique(np.linspace(0, n - 1, min(n, FIT_SAMPLE_ROWS)).astype(np.int64))
+            sample = self._prepare_features(raw[rows])
             if self._needs_first_fit():
-                rows = np.unique(np.linspace(0, n - 1, min(n, FIT_SAMPLE_ROWS)).astype(np.int64))
-                self.hasher.fit(self._prepare_features(raw[rows]))
-            self._reserve(n, labelled=labels is not None)
+                self.hasher.fit(sample)
+            self._reserve(n, labelled=labels is not None, sample=sample)
             show = n >= PROGRESS_MIN_ROWS if progress is None else bool(progress)
             bar = tqdm(total=n, desc="add", unit="rows", disable=not show, leave=False)
             for lo in range(0, n, ADD_CHUNK_ROWS):

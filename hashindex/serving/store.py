@@ -158,12 +158,17 @@ class CompactStore:
         vdiff = self.params[self.dim :]
         return (vdiff / 255 / 2).astype(np.float32)
 
+    def train(self, sample: np.ndarray) -> None:
+        """Learn the int8 range from ``sample`` (float32 rows), once; a no-op afterwards."""
+        if not self.trained and len(sample):
+            step = -(-len(sample) // INT8_TRAIN_ROWS)  # evenly spaced rows, at most INT8_TRAIN_ROWS
+            self.sq.train(np.ascontiguousarray(sample[::step], dtype=np.float32))
+            self.trained = True
+
     def append(self, x: np.ndarray) -> None:
         """Encode and append float32 rows (the first rows train the int8 range)."""
         x = np.ascontiguousarray(x, dtype=np.float32)
-        if not self.trained:
-            self.sq.train(x[:INT8_TRAIN_ROWS])
-            self.trained = True
+        self.train(x)
         for lo in range(0, x.shape[0], _DECODE_ROWS):
             self.rows.append(self.sq.compute_codes(x[lo : lo + _DECODE_ROWS]))
 
