@@ -50,7 +50,7 @@ from hashindex.serving.grouping import csr_scores, group_top, widen_for_labels
 from hashindex.serving.hashers import Hasher, LinearHasher
 from hashindex.serving.locks import ReadWriteLock
 from hashindex.serving.rerank import rerank, rescore_exact
-from hashindex.serving.store import RERANK_KINDS, CompactStore, RowStore, advise, mapped_resident_bytes
+from hashindex.serving.store import RERANK_KINDS, CompactStore, FileRows, RowStore, advise, mapped_resident_bytes
 from hashindex.serving.tuning import nprobe_grid, points_from_manifest, points_to_manifest
 
 __all__ = ["HashIndex", "SearchResult", "DEFAULT_BITS", "RANKINGS", "check_ranking", "describe"]
@@ -143,6 +143,8 @@ class HashIndex(IndexFront):
         # the FAISS flat binary index: a second copy of the codes, built on first Hamming use
         # (the asymmetric default never needs it), dropped by remove
         self._flat: FlatCandidates | None = None
+        # a loaded, mapped float store read by pread for the final rescoring (store.FileRows)
+        self._feature_file: FileRows | None = None
         # built on first use, kept in step by add, dropped by remove
         self._accel: dict[str, HashCandidates | MultiHashCandidates | AsymmetricCandidates] = {}
         self._id_lookup: tuple[np.ndarray, np.ndarray] | None = None  # (sorted ids, positions)
@@ -248,6 +250,7 @@ class HashIndex(IndexFront):
         self._codes.append(codes)
         self._ids.append(ids)
         self._features.append(x)
+        self._feature_file = None  # the float store is in memory from here on
         if self._compact is not None:
             self._compact.append(x)
         self._labelled = labels is not None
@@ -266,6 +269,7 @@ class HashIndex(IndexFront):
         keep[positions] = False
         for store in (self._codes, self._ids, self._features) + ((self._labels,) if self._labelled else ()):
             store.keep(keep)
+        self._feature_file = None  # rows moved: the store is in memory now
         if self._compact is not None:
             self._compact.keep(keep)
         self._flat = None  # rebuilt from the codes on next Hamming use
@@ -440,6 +444,7 @@ class HashIndex(IndexFront):
                 stage = PartitionStage.train(self.bits, self._features.array, nlist, self.metric, self.partition_spill)
                 self._part_assign = RowStore((stage.spill,), np.int32, stage.assign(self._features.array))
                 self._part = stage
+                advise(self._features.array, "dontneed")  # a mapped float store: read once, not held
             if not self._part.has_lists:
                 self._part.build(self._codes.array, self._part_assign.array)
                 advise(self._part_assign.array, "dontneed")  # a mapped assignment: read once, not held
@@ -467,6 +472,7 @@ class HashIndex(IndexFront):
                 d, i = faiss.knn(x, block, k, metric=metric)
                 heap.add_result(d, np.where(i >= 0, i + lo, -1))
             heap.finalize()
+            advise(features, "dontneed")  # a mapped float store: scanned once, not held
             return self._ids.array[heap.I], heap.D
 
     def _allowed(self, restriction: Restriction | None, nq: int = 1) -> AllowedRows | None:
@@ -502,7 +508,8 @@ class HashIndex(IndexFront):
             else:
                 pos, scores, ham = rerank(x, self._rerank_rows(), lims, positions, hamming, k, self.metric)
                 if not exact:  # the k returned rows, rescored on the float store
-                    pos, scores, ham = rescore_exact(x, self._features.array, pos, ham, self.metric)
+                    float_rows = self._feature_file if self._feature_file is not None else self._features.array
+                    pos, scores, ham = rescore_exact(x, float_rows, pos, ham, self.metric)
                     exact = True
             if z is not None:  # Hamming distances of the results only, not of every candidate
                 rows, cols = np.nonzero(pos >= 0)
@@ -680,6 +687,9 @@ class HashIndex(IndexFront):
         index._features = RowStore((dim,), np.dtype(fdtype), features)
         index._load_labels(d, m, mmap)
         index._load_compact(d, m)
+        if index._compact is not None and mmap and count:
+            f = d.file("features.npy")
+            index._feature_file = FileRows(f.fileno(), features.offset, (count, dim), np.dtype(fdtype))
         index._next_id = max(m["next_id"], int(ids.max()) + 1 if count else 0)
         index._load_partitions(d, m, mmap)
         return index
@@ -741,6 +751,22 @@ def describe(path: str | os.PathLike) -> str:
             lines.append(f"  {key:14s} {m[key]}")
     lines.append(f"  {'hasher':14s} {json.dumps(m.get('hasher'))}")
     lines.append(f"  {'bytes on disk':14s} {size:,} ({size / max(m['count'], 1):.1f} per item)")
+    n = max(m["count"], 1)
     for name, info in sorted(m["files"].items()):
-        lines.append(f"    {name:14s} {info['bytes']:>14,}  sha256 {info['sha256'][:16]}...")
+        lines.append(f"    {name:22s} {info['bytes']:>14,} {info['bytes'] / n:>9.1f} B/item  sha256 {info['sha256'][:16]}...")
+    lines.append(f"  {'in memory':14s} ~{serving_bytes_per_item(m):.0f} B/item while serving, loaded with mmap=True "
+                 "(estimate: benchmarks/README.md, Memory)")
     return "\n".join(lines)
+
+
+def serving_bytes_per_item(m: dict) -> float:
+    """Resident bytes per item of a loaded (``mmap=True``) index serving searches, from its
+    manifest: codes, ids, the compact rerank store (a float32 one is mapped: its pages are read
+    for the candidates, and count once touched), the flat asymmetric scanner, the partition
+    lists (``spill`` x (code + 8-byte position)) when saved with a partition stage. Matches
+    ``memory_usage()`` at 1M within a few bytes (benchmarks/memory.py)."""
+    code = m["bits"] / 8
+    rerank = m.get("rerank", "float32")
+    store = {"int8": m["dim"], "float16": 2 * m["dim"]}.get(rerank, m["dim"] * np.dtype(m["feature_dtype"]).itemsize)
+    lists = m.get("partition_spill", 1) * (code + 8) if "partition_nlist" in m else 0
+    return code + 8 + store + code + lists

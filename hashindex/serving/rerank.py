@@ -116,7 +116,14 @@ def rescore_exact(
     ``features`` store (may be memory-mapped: only these rows are read), re-sorted best first
     (ties by position), with ``hamming`` carried along. The compact stores' final step."""
     sign = np.float32(-1.0 if higher_is_better(metric) else 1.0)
-    key = sign * score_matrix(queries, features, positions, metric)
+    if hasattr(features, "take") and not isinstance(features, np.ndarray):  # rows read from disk (store.FileRows)
+        valid = positions >= 0
+        local = np.full(positions.shape, -1, dtype=np.int64)
+        local[valid] = np.arange(int(valid.sum()))
+        rows = features.take(positions[valid]) if valid.any() else np.zeros((1, queries.shape[1]), np.float32)
+        key = sign * score_matrix(queries, np.ascontiguousarray(rows), local, metric)
+    else:
+        key = sign * score_matrix(queries, features, positions, metric)
     tie = np.where(positions >= 0, positions, np.iinfo(np.int64).max)
     order = np.lexsort((tie, key), axis=1)
     pos = np.take_along_axis(positions, order, 1)

@@ -7,6 +7,8 @@ lets a loaded, memory-mapped array be used in place until the first mutation.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 
@@ -227,3 +229,28 @@ def advise(array: np.ndarray, advice: str) -> None:
         m.madvise(getattr(mmap, flag))
     except (OSError, ValueError):
         pass
+
+
+class FileRows:
+    """Rows of a memory-mapped ``.npy`` store read with ``os.pread`` (a duplicate of the file's
+    descriptor): the few rows a search rescores come through the page cache without being
+    mapped into the process (a mapped read maps ~16 neighbouring pages per row: Linux fault-
+    around ignores MADV_RANDOM), so the float store on disk adds nothing to the resident set."""
+
+    def __init__(self, fileno: int, offset: int, shape: tuple[int, int], dtype: np.dtype):
+        self._fd = os.dup(fileno)
+        self.offset, self.shape, self.dtype = int(offset), tuple(shape), np.dtype(dtype)
+        self.row_bytes = self.shape[1] * self.dtype.itemsize
+
+    def __del__(self):
+        try:
+            os.close(self._fd)
+        except (OSError, AttributeError, TypeError):
+            pass
+
+    def take(self, positions: np.ndarray) -> np.ndarray:
+        """float32 ``[len(positions), D]`` (positions >= 0)."""
+        out = np.empty((len(positions), self.shape[1]), dtype=self.dtype)
+        for i, p in enumerate(np.asarray(positions, dtype=np.int64).tolist()):
+            out[i] = np.frombuffer(os.pread(self._fd, self.row_bytes, self.offset + p * self.row_bytes), self.dtype)
+        return out.astype(np.float32, copy=False)

@@ -68,7 +68,8 @@ class AsymmetricCandidates:
 
     @property
     def nbytes(self) -> int:
-        return self.index.ntotal * self.bits // 8
+        """Bytes of its code table as allocated: FAISS's AlignedTable rounds it to a power of two."""
+        return int(faiss.AlignedTableUint8.round_capacity(self.index.codes.size()))
 
     def knn(self, z: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """The ``k`` best positions ``int64 [nq, k]`` (-1 padded) and their approximate scores."""
