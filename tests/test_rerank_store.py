@@ -179,3 +179,24 @@ def test_chunked_add_checks_every_chunk_before_storing_any(monkeypatch):
 def test_unknown_rerank_kind_is_refused():
     with pytest.raises(InputError, match="rerank"):
         HashIndex(DIM, rerank="int4")
+
+
+def test_a_loaded_int8_index_reads_float_rows_from_disk_only(tmp_path):
+    x, q = _gallery(n_people=1000)
+    index = HashIndex(DIM, bits=BITS, partitions=None, rerank="int8")
+    index.add(x)
+    index.save(tmp_path / "ix")
+    loaded = HashIndex.load(tmp_path / "ix", mmap=True)
+    res = loaded.search(q, k=10)
+    assert res.exact_scores
+    # the rescored rows came through pread: no page of the mapped float store is resident
+    assert loaded.memory_usage()["features"] == 0
+    want = np.einsum("qkd,qd->qk", loaded.get_features(res.ids.ravel()).reshape(len(q), 10, DIM), _unit(q))
+    np.testing.assert_allclose(res.scores, want, atol=1e-5)
+    # a float32 index maps and touches its store while reranking, and says so
+    index32 = HashIndex(DIM, hasher=index.hasher, partitions=None)
+    index32.add(x)
+    index32.save(tmp_path / "ix32")
+    loaded32 = HashIndex.load(tmp_path / "ix32", mmap=True)
+    loaded32.search(q, k=10)
+    assert loaded32.memory_usage()["features"] > 0
