@@ -13,6 +13,7 @@ import datetime as _dt
 import json
 import math
 from collections.abc import Mapping
+import dataclasses
 from dataclasses import dataclass, field
 from hashindex.core.bits import check_bits
 from hashindex.core.errors import IndexFormatError, InputError
@@ -95,36 +96,36 @@ def _today() -> str:
     return _dt.date.today().isoformat()
 
 
+class _FlatRecord:
+    """A metadata record of ``str`` / ``int`` fields that reads and writes one JSON object."""
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping):
+        """Every field present, each cast to its annotated type, so a value of the wrong kind
+        fails here (KeyError / ValueError, which the caller turns into IndexFormatError)."""
+        casts = {"str": str, "int": int}
+        return cls(**{f.name: casts[f.type](d[f.name]) for f in dataclasses.fields(cls)})
+
+
 @dataclass(frozen=True)
-class TrainingInfo:
+class TrainingInfo(_FlatRecord):
     """Where the hash function came from: loss (or fitting recipe), data, date (ISO 8601)."""
 
     loss: str
     data: str
     date: str = field(default_factory=_today)
 
-    def to_dict(self) -> dict:
-        return {"loss": self.loss, "data": self.data, "date": self.date}
-
-    @classmethod
-    def from_dict(cls, d: Mapping) -> "TrainingInfo":
-        return cls(str(d["loss"]), str(d["data"]), str(d["date"]))
-
 
 @dataclass(frozen=True)
-class BackboneInfo:
+class BackboneInfo(_FlatRecord):
     """The feature extractor fused in front of the head (fused models only)."""
 
     name: str
     sha256: str
     output_dim: int
-
-    def to_dict(self) -> dict:
-        return {"name": self.name, "sha256": self.sha256, "output_dim": self.output_dim}
-
-    @classmethod
-    def from_dict(cls, d: Mapping) -> "BackboneInfo":
-        return cls(str(d["name"]), str(d["sha256"]), int(d["output_dim"]))
 
 
 @dataclass(frozen=True)
