@@ -200,3 +200,15 @@ def test_a_loaded_int8_index_reads_float_rows_from_disk_only(tmp_path):
     loaded32 = HashIndex.load(tmp_path / "ix32", mmap=True)
     loaded32.search(q, k=10)
     assert loaded32.memory_usage()["features"] > 0
+
+
+def test_compact_scores_do_not_depend_on_the_decode_grouping(monkeypatch):
+    from hashindex.serving import store as store_module
+
+    x, q = _gallery(n_people=300)
+    store = CompactStore("int8", DIM)
+    store.append(_unit(x).astype(np.float32))
+    pos = np.random.default_rng(2).integers(-1, len(x), (q.shape[0], 40))
+    whole = store.score(q, pos, "ip")
+    monkeypatch.setattr(store_module, "_DECODE_ROWS", 37)  # groups of one or two queries
+    np.testing.assert_array_equal(store.score(q, pos, "ip"), whole)

@@ -103,8 +103,9 @@ def mapped_resident_bytes(array: np.ndarray) -> int:
 
 # -- compact rerank stores ----------------------------------------------------------------------
 RERANK_KINDS = ("float32", "float16", "int8")
-# rows decoded per FAISS call when scoring candidates (keeps the float32 scratch small)
-_DECODE_ROWS = 1 << 15
+# rows decoded per FAISS call when scoring candidates: keeps the float32 scratch at ~4 MB
+# (128-d), small enough that glibc returns it to the system instead of keeping it in its heap
+_DECODE_ROWS = 1 << 13
 # int8: the per-dimension range learnt from the first rows is widened by this share of its
 # width on each side, so later items slightly outside it are not clipped (FAISS RS_minmax arg)
 INT8_RANGE_MARGIN = 0.05
@@ -194,16 +195,23 @@ class CompactStore:
         out = np.empty((nq, width), dtype=np.float32)
         if nq == 0 or width == 0:
             return out
-        valid = positions >= 0
-        local = np.full(positions.shape, -1, dtype=np.int64)
-        local[valid] = np.arange(int(valid.sum()))
-        decoded = np.ascontiguousarray(self.decode(positions[valid]))
         q = np.ascontiguousarray(queries, dtype=np.float32)
         fn = faiss.fvec_L2sqr_by_idx if metric == "l2" else faiss.fvec_inner_products_by_idx
-        if decoded.shape[0] == 0:
-            decoded = np.zeros((1, self.dim), np.float32)
-        fn(faiss.swig_ptr(out), faiss.swig_ptr(q), faiss.swig_ptr(decoded), faiss.swig_ptr(local),
-           self.dim, nq, width)  # fmt: skip
+        cum = np.cumsum((positions >= 0).sum(axis=1))
+        start = 0
+        while start < nq:  # groups of queries with at most _DECODE_ROWS candidates (one query at least)
+            limit = (cum[start - 1] if start else 0) + _DECODE_ROWS
+            stop = max(start + 1, int(np.searchsorted(cum, limit, side="right")))
+            sub = positions[start:stop]
+            valid = sub >= 0
+            local = np.full(sub.shape, -1, dtype=np.int64)
+            local[valid] = np.arange(int(valid.sum()))
+            decoded = np.ascontiguousarray(self.decode(sub[valid]))
+            if decoded.shape[0] == 0:
+                decoded = np.zeros((1, self.dim), np.float32)
+            fn(faiss.swig_ptr(out[start:stop]), faiss.swig_ptr(q[start:stop]), faiss.swig_ptr(decoded),
+               faiss.swig_ptr(local), self.dim, stop - start, width)  # fmt: skip
+            start = stop
         return out
 
     @property

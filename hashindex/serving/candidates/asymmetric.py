@@ -27,7 +27,7 @@ import faiss
 import numpy as np
 
 SUB_BITS = 4  # bits per sub-quantizer: fast-scan's 16-entry tables
-_ADD_CHUNK = 65536  # codes expanded to float32 {-1, +1} per add call
+_ADD_CHUNK = 8192  # codes expanded to float32 {-1, +1} per add call (4 MB at 128 bits: glibc hands it back)
 
 
 def sign_patterns(bits: int = SUB_BITS) -> np.ndarray:
