@@ -193,6 +193,8 @@ def test_a_loaded_int8_index_reads_float_rows_from_disk_only(tmp_path):
     assert loaded.memory_usage()["features"] == 0
     want = np.einsum("qkd,qd->qk", loaded.get_features(res.ids.ravel()).reshape(len(q), 10, DIM), _unit(q))
     np.testing.assert_allclose(res.scores, want, atol=1e-5)
+    np.testing.assert_array_equal(loaded.get_features(res.ids[:, 0]), index.get_features(res.ids[:, 0]))
+    assert loaded.memory_usage()["features"] == 0  # get_features reads rows too
     # a float32 index maps and touches its store while reranking, and says so
     index32 = HashIndex(DIM, hasher=index.hasher, partitions=None)
     index32.add(x)

@@ -281,6 +281,8 @@ class HashIndex(IndexFront):
         self._id_lookup = None
 
     def _features_of(self, ids: np.ndarray) -> np.ndarray:
+        if self._feature_file is not None:  # a loaded compact-store index: read, never map, the rows
+            return self._feature_file.take(self._positions_of(ids))
         return np.asarray(self._features.take(self._positions_of(ids)), dtype=np.float32)
 
     def _codes_of(self, ids: np.ndarray) -> np.ndarray:
