@@ -678,7 +678,6 @@ class HashIndex(IndexFront):
         codes = d.load_array("codes.npy", np.uint8, (count, bits // 8))
         ids = d.load_array("ids.npy", np.int64, (count,))
         features = d.load_array("features.npy", np.dtype(fdtype), (count, dim), mmap=mmap)
-        advise(features, "random")  # mapped: a search touches only the pages of the rows it reads
         if count and (ids.min() < 0 or ids.max() > MAX_ID):
             bad = ids[(ids < 0) | (ids > MAX_ID)]
             raise IndexFormatError(f"{d.path_of('ids.npy')}: ids outside [0, 2**63 - 2]: {bad[:5].tolist()}")

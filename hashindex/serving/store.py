@@ -221,9 +221,10 @@ class CompactStore:
 
 def advise(array: np.ndarray, advice: str) -> None:
     """``madvise`` the memory map under ``array`` (no-op for in-memory arrays or where the
-    platform lacks it): ``"random"`` stops the kernel mapping 16 neighbouring pages around every
-    touched row (a rescore of k rows then maps k pages, not 16 k); ``"dontneed"`` drops the
-    mapping's pages from the resident set (they stay in the page cache)."""
+    platform lacks it): ``"dontneed"`` drops the mapping's pages from the resident set (they
+    stay in the page cache), after a one-pass scan; ``"random"`` turns readahead off (it does
+    not stop Linux's fault-around, which maps ~16 neighbouring pages per touched row: hence
+    :class:`FileRows` for the rows a search rescores)."""
     import mmap
 
     m = getattr(array, "_mmap", None)
