@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import ClassVar, ContextManager
+from typing import Callable, ClassVar, ContextManager
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -406,8 +406,8 @@ class IndexFront:
                     self.hasher.fit(x)
         return self._add_checked(self._encode(x), x, ids, labels)
 
-    def _reserve(self, n: int, labelled: bool = False, sample: np.ndarray | None = None) -> None:
-        """Room for ``n`` more rows (a backend hook: one allocation for a bulk add); ``sample``:
+    def _reserve(self, n: int, labelled: bool = False, sample: Callable[[], np.ndarray] | None = None) -> None:
+        """Room for ``n`` more rows (a backend hook: one allocation for a bulk add); ``sample()``:
         prepared rows spread over the whole input, for anything trained on the first rows."""
 
     def _add_chunked(self, raw: np.ndarray, ids, labels, progress: bool | None) -> np.ndarray:
@@ -429,11 +429,18 @@ class IndexFront:
         with self._writing():
             new_ids = self._new_ids(ids, n)
             self._check_label_state(labels)
-            rows = np.unique(np.linspace(0, n - 1, min(n, FIT_SAMPLE_ROWS)).astype(np.int64))
-            sample = self._prepare_features(raw[rows])
+            drawn: list[np.ndarray] = []
+
+            def sample() -> np.ndarray:  # FIT_SAMPLE_ROWS evenly spaced rows, prepared once, if asked for
+                if not drawn:
+                    rows = np.unique(np.linspace(0, n - 1, min(n, FIT_SAMPLE_ROWS)).astype(np.int64))
+                    drawn.append(self._prepare_features(raw[rows]))
+                return drawn[0]
+
             if self._needs_first_fit():
-                self.hasher.fit(sample)
+                self.hasher.fit(sample())
             self._reserve(n, labelled=labels is not None, sample=sample)
+            drawn.clear()
             show = n >= PROGRESS_MIN_ROWS if progress is None else bool(progress)
             bar = tqdm(total=n, desc="add", unit="rows", disable=not show, leave=False)
             for lo in range(0, n, ADD_CHUNK_ROWS):

@@ -230,14 +230,14 @@ class HashIndex(IndexFront):
     def _has_labels(self) -> bool | None:
         return self._labelled
 
-    def _reserve(self, n: int, labelled: bool = False, sample: np.ndarray | None = None) -> None:
+    def _reserve(self, n: int, labelled: bool = False, sample=None) -> None:
         need = len(self) + n
         for store in (self._codes, self._ids, self._features) + ((self._labels,) if labelled else ()):
             store.reserve(need)
         if self._compact is not None:
             self._compact.reserve(need)
-            if sample is not None:
-                self._compact.train(sample)  # the int8 range from the whole input, not its first chunk
+            if sample is not None and not self._compact.trained:
+                self._compact.train(sample())  # the int8 range from the whole input, not its first chunk
         if self._part_assign is not None:
             self._part_assign.reserve(need)
 
