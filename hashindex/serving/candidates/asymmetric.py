@@ -68,8 +68,10 @@ class AsymmetricCandidates:
 
     @property
     def nbytes(self) -> int:
-        """Bytes of its code table as allocated: FAISS's AlignedTable rounds it to a power of two."""
-        return int(faiss.AlignedTableUint8.round_capacity(self.index.codes.size()))
+        """Bytes of its code table in use. FAISS's AlignedTable allocates a power of two, but a
+        table this large is its own memory map whose untouched tail never becomes resident
+        (measured at 10M: 160 MB resident of a 268 MB allocation)."""
+        return int(self.index.codes.size())
 
     def knn(self, z: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """The ``k`` best positions ``int64 [nq, k]`` (-1 padded) and their approximate scores."""
