@@ -189,10 +189,10 @@ class HashIndex(IndexFront):
         Present once held: ``rerank`` (the compact store), ``labels``, ``id_lookup`` (sorted ids
         for id -> row, built by the first lookup), ``binary_flat`` (FAISS IndexBinaryFlat: a copy
         of the codes, built on first Hamming use), ``hash`` / ``multihash`` (their tables, an
-        estimate: codes + 8-byte ids), ``asymmetric_scan`` (the flat fast-scan copy of the codes,
-        capacity included), ``partition_lists`` (codes in 32-item blocks + 8-byte ids, ``spill``
-        times), ``partition_centroids``, ``partition_assign``. Buffers count with their spare
-        capacity (a row store grows by doubling)."""
+        estimate: codes + 8-byte ids), ``asymmetric_scan`` (the flat fast-scan copy of the codes),
+        ``partition_lists`` (codes in 32-item blocks, each list's table as FAISS allocates it,
+        + 8-byte ids, ``spill`` times), ``partition_centroids``, ``partition_assign``. Row stores
+        count with their spare capacity (they grow by doubling)."""
 
         def held(store: RowStore) -> int:
             return store.held_bytes if not store.is_mmap else mapped_resident_bytes(store.array)
