@@ -161,7 +161,7 @@ SERVING = PKG / "serving"
 SEARCH_STEPS = {
     **{name: "plan" for name in ("plan_search", "resolve_ranking", "asymmetric_settings", "default_candidates")},
     **{name: "search" for name in (
-        "execute", "restrict", "candidates", "widen", "group", "rerank_rows", "fill_rows", "threshold",
+        "execute", "restrict", "candidates", "widen", "group", "rerank_rows", "rescore", "fill_rows", "threshold",
         "rankable_projection",
     )},  # fmt: skip
     "select_candidates": "candidates.modes",
@@ -171,6 +171,7 @@ SEARCH_STEPS = {
     "below_threshold": "grouping",
     "rerank": "rerank",
     "score_matrix": "rerank",
+    "rescore_exact": "rerank",
     "merge": "candidates.csr",
     "from_knn": "candidates.csr",
 }

@@ -44,9 +44,10 @@ import contextlib
 import inspect
 import threading
 from dataclasses import dataclass
-from typing import ClassVar, ContextManager
+from typing import Callable, ClassVar, ContextManager
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from hashindex.core.codes import binarize, check_codes, pre_tanh
 from hashindex.core.errors import DuplicateIdError, InputError, ModelMismatchError, NotFittedError, UnsupportedError
@@ -54,6 +55,7 @@ from hashindex.core.bits import check_bits
 from hashindex.core.validation import (
     MAX_K,
     as_array,
+    check_features,
     auto_ids,
     check_recall,
     check_tuning_args,
@@ -106,6 +108,14 @@ class PartitionInfo:
     built: bool = False
     requested: bool = False
     reason: str = ""
+
+
+# add(): rows checked, encoded and stored at a time (the input is never copied whole); an
+# unfitted default hasher is fitted on this many evenly spaced rows of a large first add; a bar
+# is shown for adds of at least PROGRESS_MIN_ROWS rows
+ADD_CHUNK_ROWS = 65_536
+FIT_SAMPLE_ROWS = 262_144
+PROGRESS_MIN_ROWS = 1_000_000
 
 
 def resolve_hasher(dim: int, hasher: Hasher | str | None, encoder: Hasher | None, bits: int | None) -> Hasher:
@@ -162,7 +172,8 @@ class IndexFront:
     ``_features_of``, ``_codes_of``, ``_labels_of``, ``_has_labels``, the search protocol of
     :mod:`hashindex.serving.search` (``_restrict``, ``_hamming_range``, ``_hamming_knn``,
     ``_rows``; with asymmetric ranking ``_asymmetric_knn``; optionally ``_rerank``,
-    ``_probed_sizes``, ``_max_candidates``), and optionally ``_reading`` / ``_writing`` (lock
+    ``_exact_features`` (with a compact rerank store), ``_probed_sizes``, ``_max_candidates``),
+    and optionally ``_reserve`` (room for a bulk add), ``_reading`` / ``_writing`` (lock
     contexts), ``_hasher_frozen``, ``_exact_knn`` and ``RANKINGS``.
     """
 
@@ -260,6 +271,11 @@ class IndexFront:
     def _rerank(self, x: np.ndarray, cands: Candidates, k: int):
         """The exact top-k of each query's candidates: ``(keys, scores, hamming)`` ``[nq, k]``."""
         return pipeline.rerank_rows(self, x, cands, k)
+
+    def _exact_features(self, keys: np.ndarray) -> np.ndarray:
+        """float32 feature rows ``[M, D]`` of ``keys`` (>= 0): what the results are rescored on
+        when ``_rows`` scores candidates on a compact rerank store (``Rows.exact`` False)."""
+        raise NotImplementedError
 
     def _range_scans(self, radius: int, scope: Scope) -> bool:
         """Whether a range search at ``radius`` scans every code of ``scope`` (else it probes
@@ -366,27 +382,96 @@ class IndexFront:
         return isinstance(self.hasher, LinearHasher) and not self.hasher.is_fitted and not self._hasher_frozen()
 
     # -- mutation -------------------------------------------------------------------------------
-    def add(self, features: np.ndarray, ids: np.ndarray | None = None, labels: np.ndarray | None = None) -> np.ndarray:
+    def add(
+        self, features: np.ndarray, ids: np.ndarray | None = None, labels: np.ndarray | None = None,
+        *, progress: bool | None = None,
+    ) -> np.ndarray:  # fmt: skip
         """Encode and add ``features float [N, D]``; returns the int64 ids used.
 
         ``labels``: int64 ``[N]``, each item's identity (>= 0). An index labels all its items or
         none; its first insert decides.
         An unfitted default hasher is fitted on this first batch (needs >= 2 * bits rows).
+        More than :data:`ADD_CHUNK_ROWS` rows (e.g. a memory-mapped ``np.load(path, mmap_mode="r")``)
+        are checked, encoded and stored a chunk at a time: the input is never copied whole
+        (:meth:`_add_chunked`); ``progress`` shows a bar (default: above ``PROGRESS_MIN_ROWS``).
         """
-        x = self._prepare_features(features)
+        raw = as_array(features, "features")
+        if raw.ndim == 2 and raw.shape[0] > ADD_CHUNK_ROWS:
+            return self._add_chunked(raw, ids, labels, progress)
+        x = self._prepare_features(raw)
         labels = None if labels is None else check_labels(labels, x.shape[0])
         if self._needs_first_fit():
             with self._writing():  # two first adds must not both fit
                 if self._needs_first_fit():
                     self._new_ids(ids, x.shape[0])  # reject bad ids before fitting changes anything
                     self._check_label_state(labels)
-                    check_fit_rows(self.hasher, x.shape[0], NotFittedError,
-                                   " (the first batch fits the hasher; or call index.fit(sample) first)")  # fmt: skip
-                    self._fitting_hasher(lambda: self.hasher.fit(x))
+                    self._first_fit(x)
         # encoded outside the write lock (searches go on meanwhile); _add_checked re-encodes under
         # the lock if fit() changed the hasher in between, so stored codes always match it
         version = self._hasher_version
         return self._add_checked(self._encode(x), x, ids, labels, version)
+
+    def _first_fit(self, x: np.ndarray) -> None:
+        """Fit the unfitted default hasher on ``x``, the first add's rows (under ``_writing``),
+        as a versioned fit (:meth:`_fitting_hasher`): an add encoding meanwhile encodes again."""
+        check_fit_rows(self.hasher, x.shape[0], NotFittedError,
+                       " (the first batch fits the hasher; or call index.fit(sample) first)")  # fmt: skip
+        self._fitting_hasher(lambda: self.hasher.fit(x))
+
+    def _encoded(self, x: np.ndarray) -> np.ndarray:
+        """Codes of ``x``, one per row (else ModelMismatchError)."""
+        return self._check_code_count(self._encode(x), x)
+
+    @staticmethod
+    def _check_code_count(codes: np.ndarray, x: np.ndarray) -> np.ndarray:
+        if codes.shape[0] != x.shape[0]:
+            raise ModelMismatchError(f"the hasher returned {codes.shape[0]} codes for {x.shape[0]} rows")
+        return codes
+
+    def _reserve(self, n: int, labelled: bool = False, sample: Callable[[], np.ndarray] | None = None) -> None:
+        """Room for ``n`` more rows (a backend hook: one allocation for a bulk add); ``sample()``:
+        prepared rows spread over the whole input, for anything trained on the first rows."""
+
+    def _add_chunked(self, raw: np.ndarray, ids, labels, progress: bool | None) -> np.ndarray:
+        """:meth:`add` of a large array, ``ADD_CHUNK_ROWS`` rows at a time.
+
+        Everything is checked before anything is stored (a first pass over the chunks for NaN /
+        zero rows, the ids and labels whole), so bad input still leaves the index unchanged; an
+        unfitted default hasher is fitted on ``FIT_SAMPLE_ROWS`` evenly spaced rows. The rows
+        are then stored under one write lock (searches wait for the bulk add).
+        """
+        n = raw.shape[0]
+        check_features(raw[:0], self.dim, "features")  # shape and dtype, no copy
+        labels = None if labels is None else check_labels(labels, n)
+        for lo in range(0, n, ADD_CHUNK_ROWS):
+            try:
+                self._prepare_features(raw[lo : lo + ADD_CHUNK_ROWS])
+            except InputError as e:
+                raise InputError(f"{e} (rows counted from {lo:,}, the start of the chunk that failed)") from None
+        with self._writing():
+            new_ids = self._new_ids(ids, n)
+            self._check_label_state(labels)
+            drawn: list[np.ndarray] = []
+
+            def sample() -> np.ndarray:  # FIT_SAMPLE_ROWS evenly spaced rows, prepared once, if asked for
+                if not drawn:
+                    rows = np.unique(np.linspace(0, n - 1, min(n, FIT_SAMPLE_ROWS)).astype(np.int64))
+                    drawn.append(self._prepare_features(raw[rows]))
+                return drawn[0]
+
+            if self._needs_first_fit():
+                self._first_fit(sample())
+            self._reserve(n, labelled=labels is not None, sample=sample)
+            drawn.clear()
+            show = n >= PROGRESS_MIN_ROWS if progress is None else bool(progress)
+            bar = tqdm(total=n, desc="add", unit="rows", disable=not show, leave=False)
+            for lo in range(0, n, ADD_CHUNK_ROWS):
+                hi = min(lo + ADD_CHUNK_ROWS, n)
+                x = self._prepare_features(raw[lo:hi])
+                self._insert(self._encoded(x), x, new_ids[lo:hi], None if labels is None else labels[lo:hi])
+                bar.update(hi - lo)
+            bar.close()
+        return new_ids
 
     def add_codes(
         self, codes: np.ndarray, features: np.ndarray, ids: np.ndarray | None = None, labels: np.ndarray | None = None
@@ -414,13 +499,10 @@ class IndexFront:
         ``codes`` were encoded from ``x``; if fit() has changed the hasher since, the rows are
         encoded again here, under the lock (fit() takes it too), so no code of a replaced hasher
         is ever stored."""
-        if codes.shape[0] != x.shape[0]:
-            raise ModelMismatchError(f"the hasher returned {codes.shape[0]} codes for {x.shape[0]} rows")
+        self._check_code_count(codes, x)
         with self._writing():
             if hasher_version is not None and hasher_version != self._hasher_version:
-                codes = self._encode(x)
-                if codes.shape[0] != x.shape[0]:
-                    raise ModelMismatchError(f"the hasher returned {codes.shape[0]} codes for {x.shape[0]} rows")
+                codes = self._encoded(x)
             new_ids = self._new_ids(ids, x.shape[0])
             self._check_label_state(labels)
             if x.shape[0]:

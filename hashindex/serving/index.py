@@ -47,7 +47,7 @@ from hashindex.serving.filters import Restriction
 from hashindex.serving.hashers import Hasher, LinearHasher
 from hashindex.serving.index_format import describe
 from hashindex.serving.locks import ReadWriteLock
-from hashindex.serving.store import RowStore
+from hashindex.serving.store import RERANK_KINDS, CompactStore, FileRows, RowStore, advise, mapped_resident_bytes
 
 __all__ = ["HashIndex", "SearchResult", "DEFAULT_BITS", "RANKINGS", "check_ranking", "describe"]
 
@@ -78,6 +78,12 @@ class HashIndex(IndexFront):
         metric: "cosine" (features L2-normalised on the way in), "ip" or "l2".
         backend: "flat", "hash", "multihash" or "auto".
         feature_dtype: "float32" or "float16" for the feature store.
+        rerank: the store candidates are reranked on: "float32" (default: the feature store
+            itself), or a compact copy beside it, "int8" (FAISS QT_8bit, one byte per dimension,
+            per-dimension range learnt from the first rows added) or "float16" (QT_fp16). With a
+            compact store the k returned rows are rescored exactly from the feature store, which
+            a loaded index memory-maps (``load(mmap=True)``): serving then holds the compact
+            store in memory and reads the float rows of the results only (benchmarks/memory.py).
         partitions: the partition stage searched with ``nprobe`` (asymmetric ranking):
             ``"auto"`` (default) builds ``nlist_for(N)`` (~2 sqrt(N), a power of two) lists once
             the index holds ``PARTITION_MIN_ITEMS`` items; an int builds that many lists (the
@@ -102,12 +108,14 @@ class HashIndex(IndexFront):
         feature_dtype: str = "float32",
         partitions: str | int | None = "auto",
         partition_spill: int = 2,
+        rerank: str = "float32",
     ):
         # the limits index_format's schema checks on load too (core/validation.py)
         dim = check_dim(dim)
         partitions = check_partitions(partitions)
         partition_spill = check_partition_spill(partition_spill)
         check_choice("backend", backend, BACKENDS)
+        check_choice("rerank", rerank, RERANK_KINDS)
         if feature_dtype not in FEATURE_DTYPES:
             raise InputError(f"feature_dtype must be one of {FEATURE_DTYPES}, got {feature_dtype!r}")
         hasher = resolve_hasher(dim, hasher, encoder, bits)
@@ -123,7 +131,14 @@ class HashIndex(IndexFront):
         self._labels = RowStore((), np.int64)  # filled only when the index is labelled
         self._labelled: bool | None = None  # decided by the first insert
         self._next_id = 0
-        self._flat = FlatCandidates(self.bits)
+        self.rerank = rerank
+        # the compact rerank store (None: rerank on the feature store itself)
+        self._compact: CompactStore | None = None if rerank == "float32" else CompactStore(rerank, self.dim)
+        # the FAISS flat binary index: a second copy of the codes, built on first Hamming use
+        # (the asymmetric default never needs it), dropped by remove
+        self._flat: FlatCandidates | None = None
+        # a loaded, mapped float store read by pread for the final rescoring (store.FileRows)
+        self._feature_file: FileRows | None = None
         # built on first use, kept in step by add, dropped by remove
         self._accel: dict[str, HashCandidates | MultiHashCandidates | AsymmetricCandidates] = {}
         self._id_lookup: tuple[np.ndarray, np.ndarray] | None = None  # (sorted ids, positions)
@@ -144,7 +159,8 @@ class HashIndex(IndexFront):
     def __repr__(self) -> str:
         return (
             f"HashIndex(dim={self.dim}, bits={self.bits}, n={len(self)}, metric={self.metric!r}, "
-            f"backend={self.backend!r}, feature_dtype={self.feature_dtype!r}, partitions={self.partitions!r})"
+            f"backend={self.backend!r}, feature_dtype={self.feature_dtype!r}, partitions={self.partitions!r}, "
+            f"rerank={self.rerank!r})"
         )
 
     @property
@@ -160,20 +176,40 @@ class HashIndex(IndexFront):
         return view
 
     def memory_usage(self) -> dict[str, int]:
-        """Bytes held per component (codes are held twice: the store and the FAISS flat index;
-        a third time once an asymmetric search has built its scanner, and "codes" also counts
-        the partition stage: its lists of codes and ids, assignment and centroids)."""
-        asym = self._accel.get("asymmetric")
-        part = 0
-        if self._part is not None:
-            part = self._part.nbytes + self._part_assign.nbytes
-        usage = {
-            "codes": self._codes.nbytes * 2 + (asym.nbytes if asym is not None else 0) + part,
-            "ids": self._ids.nbytes,
-            "features": self._features.nbytes,
-        }
+        """Bytes of memory held per part; their sum is what the index holds (benchmarks/memory.py
+        checks it against the process's resident memory).
+
+        Always: ``codes`` (the code store), ``ids``, ``features`` (the float store; when it is
+        memory-mapped, only its resident pages: a loaded index touches the rows of the results).
+        Present once held: ``rerank`` (the compact store), ``labels``, ``id_lookup`` (sorted ids
+        for id -> row, built by the first lookup), ``binary_flat`` (FAISS IndexBinaryFlat: a copy
+        of the codes, built on first Hamming use), ``hash`` / ``multihash`` (their tables, an
+        estimate: codes + 8-byte ids), ``asymmetric_scan`` (the flat fast-scan copy of the codes),
+        ``partition_lists`` (codes in 32-item blocks, each list's table as FAISS allocates it,
+        + 8-byte ids, ``spill`` times), ``partition_centroids``, ``partition_assign``. Row stores
+        count with their spare capacity (they grow by doubling)."""
+
+        def held(store: RowStore) -> int:
+            return store.held_bytes if not store.is_mmap else mapped_resident_bytes(store.array)
+
+        usage = {"codes": held(self._codes), "ids": held(self._ids), "features": held(self._features)}
+        if self._compact is not None:
+            usage["rerank"] = self._compact.held_bytes
         if self._labelled:
-            usage["labels"] = self._labels.nbytes
+            usage["labels"] = held(self._labels)
+        if self._id_lookup is not None:
+            usage["id_lookup"] = int(sum(a.nbytes for a in self._id_lookup))
+        if self._flat is not None:
+            usage["binary_flat"] = self._flat.index.ntotal * self._nbytes
+        for name, accel in self._accel.items():
+            if name == "asymmetric":
+                usage["asymmetric_scan"] = accel.nbytes
+            else:
+                usage[name] = accel.index.ntotal * (self._nbytes + 8)
+        if self._part is not None:
+            usage["partition_centroids"] = 4 * self._part.nlist * self._part.dim
+            usage["partition_lists"] = self._part.nbytes - usage["partition_centroids"]
+            usage["partition_assign"] = held(self._part_assign)
         return usage
 
     # -- storage hooks (under the front's locks) ---------------------------------------------
@@ -189,6 +225,17 @@ class HashIndex(IndexFront):
     def _has_labels(self) -> bool | None:
         return self._labelled
 
+    def _reserve(self, n: int, labelled: bool = False, sample=None) -> None:
+        need = len(self) + n
+        for store in (self._codes, self._ids, self._features) + ((self._labels,) if labelled else ()):
+            store.reserve(need)
+        if self._compact is not None:
+            self._compact.reserve(need)
+            if sample is not None and not self._compact.trained:
+                self._compact.train(sample())  # the int8 range from the whole input, not its first chunk
+        if self._part_assign is not None:
+            self._part_assign.reserve(need)
+
     def _insert(self, codes: np.ndarray, x: np.ndarray, ids: np.ndarray, labels: np.ndarray | None = None) -> None:
         # everything is validated; from here on nothing can fail on user input
         if self._part is not None:  # new items join their nearest lists
@@ -198,10 +245,14 @@ class HashIndex(IndexFront):
         self._codes.append(codes)
         self._ids.append(ids)
         self._features.append(x)
+        self._feature_file = None  # the float store is in memory from here on
+        if self._compact is not None:
+            self._compact.append(x)
         self._labelled = labels is not None
         if labels is not None:
             self._labels.append(labels)
-        self._flat.add(codes)
+        if self._flat is not None:
+            self._flat.add(codes)
         for accel in self._accel.values():
             accel.add(codes)
         self._next_id = max(self._next_id, int(ids.max()) + 1)
@@ -213,7 +264,10 @@ class HashIndex(IndexFront):
         keep[positions] = False
         for store in (self._codes, self._ids, self._features) + ((self._labels,) if self._labelled else ()):
             store.keep(keep)
-        self._flat.rebuild(self._codes.array)
+        self._feature_file = None  # rows moved: the store is in memory now
+        if self._compact is not None:
+            self._compact.keep(keep)
+        self._flat = None  # rebuilt from the codes on next Hamming use
         self._accel.clear()  # hash indexes have no remove_ids: rebuilt lazily on next use
         if self._part is not None:
             # positions compact: keep the assignment's rows, rebuild the lists from it on next use
@@ -222,7 +276,14 @@ class HashIndex(IndexFront):
         self._id_lookup = None
 
     def _features_of(self, ids: np.ndarray) -> np.ndarray:
-        return np.asarray(self._features.take(self._positions_of(ids)), dtype=np.float32)
+        return self._exact_features(self._positions_of(ids))
+
+    def _exact_features(self, positions: np.ndarray) -> np.ndarray:
+        """float32 feature rows ``[M, D]`` of ``positions`` (>= 0); a loaded compact-store index
+        reads them from its file (pread), never through the mapping."""
+        if self._feature_file is not None:
+            return self._feature_file.take(positions)
+        return np.asarray(self._features.take(positions), dtype=np.float32)
 
     def _codes_of(self, ids: np.ndarray) -> np.ndarray:
         return self._codes.take(self._positions_of(ids))
@@ -275,9 +336,21 @@ class HashIndex(IndexFront):
             return "multihash"
         return "hash" if radius <= 2 else "multihash"
 
+    def _flat_index(self) -> FlatCandidates:
+        """The flat binary index, built from the code store on first use."""
+        flat = self._flat
+        if flat is None:
+            with self._build_lock:
+                if self._flat is None:
+                    flat = FlatCandidates(self.bits)
+                    flat.rebuild(self._codes.array)
+                    self._flat = flat
+                flat = self._flat
+        return flat
+
     def _generator(self, name: str):
         if name == "flat":
-            return self._flat
+            return self._flat_index()
         accel = self._accel.get(name)
         if accel is None:
             n = len(self)
@@ -303,7 +376,7 @@ class HashIndex(IndexFront):
             mask = np.ones(n, dtype=bool)
         if restriction.labels is not None:
             mask &= np.isin(self._labels.array, restriction.labels)
-        allowed = AllowedRows(mask, self._flat, self._codes.array, nq)
+        allowed = AllowedRows(mask, self._flat_index, self._codes.array, self.bits, nq)
         return Scope(allowed.count, allowed)
 
     def _hamming_range(self, qcodes: np.ndarray, radius: int, scope: Scope) -> Candidates:
@@ -314,14 +387,14 @@ class HashIndex(IndexFront):
     def _range_generator(self, radius: int):
         generator = self._generator(self.backend_for(radius))
         if not generator.handles(radius):
-            generator = self._flat  # exact too, and cheaper than probing this many buckets
+            generator = self._flat_index()  # exact too, and cheaper than probing this many buckets
         return generator
 
     def _range_scans(self, radius: int, scope: Scope) -> bool:
-        return scope.handle is not None or self._range_generator(radius) is self._flat
+        return scope.handle is not None or isinstance(self._range_generator(radius), FlatCandidates)
 
     def _hamming_knn(self, qcodes: np.ndarray, c: int, scope: Scope) -> Candidates:
-        return from_knn(*(self._flat if scope.handle is None else scope.handle).knn(qcodes, c))
+        return from_knn(*(self._flat_index() if scope.handle is None else scope.handle).knn(qcodes, c))
 
     def _asymmetric_knn(self, x: np.ndarray, z: np.ndarray, c: int, nprobe: int | None, scope: Scope) -> Candidates:
         """Positions by asymmetric score, from every code, (``nprobe``) the nearest lists, or (a
@@ -340,9 +413,12 @@ class HashIndex(IndexFront):
         return from_knn(pos, np.zeros(pos.shape, np.int32))
 
     def _rows(self, keys: np.ndarray, *, features: bool = False, labels: bool = False, codes: bool = False) -> Rows:
-        """Positions are keys: the stores themselves, no copy."""
-        return Rows(keys, self._ids.array, self._features.array, self._labels.array if self._labelled else None,
-                    self._codes.array)  # fmt: skip
+        """Positions are keys: the stores themselves, no copy. Candidates are scored on the
+        compact rerank store when there is one (approximate: the pipeline rescores the rows it
+        returns through :meth:`_exact_features`), else on the feature store."""
+        compact = self._compact
+        return Rows(keys, self._ids.array, self._features.array if compact is None else compact,
+                    self._labels.array if self._labelled else None, self._codes.array, exact=compact is None)  # fmt: skip
 
     def _probed_sizes(self, x: np.ndarray, nprobe: int) -> np.ndarray:
         """Items in the ``nprobe`` lists nearest each query (spilled items count per list)."""
@@ -402,8 +478,10 @@ class HashIndex(IndexFront):
                 stage = PartitionStage.train(self.bits, self._features.array, nlist, self.metric, self.partition_spill)
                 self._part_assign = RowStore((stage.spill,), np.int32, stage.assign(self._features.array))
                 self._part = stage
+                advise(self._features.array, "dontneed")  # a mapped float store: read once, not held
             if not self._part.has_lists:
                 self._part.build(self._codes.array, self._part_assign.array)
+                advise(self._part_assign.array, "dontneed")  # a mapped assignment: read once, not held
             return self._part
 
     def partition_info(self) -> PartitionInfo:
@@ -425,6 +503,7 @@ class HashIndex(IndexFront):
                 d, i = faiss.knn(x, block, k, metric=metric)
                 heap.add_result(d, np.where(i >= 0, i + lo, -1))
             heap.finalize()
+            advise(features, "dontneed")  # a mapped float store: scanned once, not held
             return self._ids.array[heap.I], heap.D
 
     # -- persistence (the format: serving/index_format.py) -------------------------------------
@@ -445,10 +524,14 @@ class HashIndex(IndexFront):
         if self._part is not None:  # centroids + assignment; the lists are rebuilt from the codes
             arrays["partition_centroids"] = self._part.centroids
             arrays["partition_assign"] = self._part_assign.array
+        if self._compact is not None:  # the compact rerank store: codes + the quantizer's parameters
+            arrays["rerank_codes"] = self._compact.rows.array
+            arrays["rerank_params"] = self._compact.params
         return index_format.IndexState(
             dim=self.dim, bits=self.bits, metric=self.metric, backend=self.backend, feature_dtype=self.feature_dtype,
             partitions=self.partitions, partition_spill=self.partition_spill, hasher=self.hasher, arrays=arrays,
             next_id=self._next_id, labelled=self._labelled, operating_points=dict(self._operating_points),
+            rerank=self.rerank,
         )  # fmt: skip
 
     @classmethod
@@ -492,9 +575,11 @@ class HashIndex(IndexFront):
         if "labels" in a:
             self._labels = RowStore((), np.int64, a["labels"])
         self._labelled = state.labelled
-        self._flat.rebuild(a["codes"])
         self._next_id = state.next_id
         if "partition_centroids" in a:
             self._part = PartitionStage(self.bits, a["partition_centroids"], self.metric, self.partition_spill)
             self._part_assign = RowStore((self._part.spill,), np.int32, a["partition_assign"])
         self._operating_points = dict(state.operating_points)
+        if "rerank_codes" in a:
+            self._compact = CompactStore(self.rerank, self.dim, a["rerank_params"], a["rerank_codes"])
+        self._feature_file = state.feature_file  # a mapped float store with a compact one: rows by pread

@@ -9,6 +9,9 @@ Layout of an index directory::
     labels.npy              int64 [N], each item's label (only when ``labelled: true``)
     partition_centroids.npy float32 [nlist, D]       (only with ``partition_nlist``)
     partition_assign.npy    int32 [N, min(spill, nlist)] (only with ``partition_nlist``)
+    rerank_codes.npy        uint8 [N, D] (int8) or [N, 2 D] (float16): the compact rerank store
+                            (only with ``rerank: int8 | float16``; absent: float32, the features)
+    rerank_params.npy       float32 [2 D] (int8: vmin then vdiff per dimension) or [0] (float16)
     hasher.npz              a LinearHasher, or
     model.onnx              the ONNX model the codes were made with (its SHA-256 is in the manifest)
 
@@ -56,6 +59,7 @@ from hashindex.core.validation import (
 from hashindex.serving import persist
 from hashindex.serving.hashers import Hasher, LinearHasher
 from hashindex.serving.rerank import METRICS
+from hashindex.serving.store import COMPACT_CODE_BYTES, COMPACT_PARAMS, RERANK_KINDS, FileRows
 from hashindex.serving.tuning import OperatingPoint, points_from_manifest, points_to_manifest
 
 FORMAT_VERSION = 1
@@ -92,6 +96,12 @@ def _partitioned(m: dict) -> bool:
     return "partition_nlist" in m
 
 
+def _compact(m: dict) -> bool:
+    """A compact rerank store (``rerank`` int8 / float16); absent, as in indexes saved before
+    it existed: float32, the feature store itself."""
+    return m.get("rerank", "float32") != "float32"
+
+
 @dataclass(frozen=True)
 class ArrayFile:
     """One ``.npy`` file of an index: ``{name}.npy``, holding ``IndexState.arrays[name]``.
@@ -123,6 +133,8 @@ ARRAYS: tuple[ArrayFile, ...] = (
         "partition_assign", lambda m: np.int32,
         lambda m: (m["count"], min(m.get("partition_spill", 1), m["partition_nlist"])), _partitioned, True, _assign_problem,
     ),  # fmt: skip
+    ArrayFile("rerank_codes", lambda m: np.uint8, lambda m: (m["count"], COMPACT_CODE_BYTES[m["rerank"]] * m["dim"]), _compact),
+    ArrayFile("rerank_params", lambda m: np.float32, lambda m: (COMPACT_PARAMS[m["rerank"]] * m["dim"],), _compact),
 )
 HASHER_FILES = {"linear": "hasher.npz", "onnx": "model.onnx"}
 DATA_FILES = tuple(a.file for a in ARRAYS if a.present({}))  # the files every index has
@@ -153,8 +165,8 @@ def _int_in(lo: int, hi: int, required: bool = True) -> Field:
     return Field(int, lambda v: lo <= v <= hi, f"an integer in [{lo}, {hi}]", required)
 
 
-def _one_of(*values: str) -> Field:
-    return Field(str, lambda v: v in values, f"one of {', '.join(values)}")
+def _one_of(*values: str, required: bool = True) -> Field:
+    return Field(str, lambda v: v in values, f"one of {', '.join(values)}", required)
 
 
 def _sha() -> Field:
@@ -185,6 +197,8 @@ INDEX_SCHEMA: dict[str, Field] = {
     "operating_points": Field(dict, lambda v: True, "an object", required=False),
     # identity-aware search: whether every item has a label (labels.npy), decided by the first insert
     "labelled": Field(bool, lambda v: True, "true or false", required=False),
+    # the store candidates are reranked on (absent: float32, the feature store itself)
+    "rerank": _one_of(*RERANK_KINDS, required=False),
 }
 """Top-level fields of a HashIndex manifest (other keys are ignored); ``hasher``, ``files`` and
 ``operating_points`` are checked by :func:`check_manifest`."""
@@ -373,8 +387,12 @@ class IndexState:
     """Everything an index directory holds, as arrays and plain values (no FAISS objects).
 
     ``arrays``: :data:`ARRAYS` names -> arrays (codes, ids, features; labels when labelled;
-    partition_centroids and partition_assign when the partition stage was built).
+    partition_centroids and partition_assign when the partition stage was built; rerank_codes
+    and rerank_params with a compact rerank store).
     ``labelled``: None until the first insert decided it. ``next_id``: the next automatic id.
+    ``rerank``: the rerank store's kind. ``feature_file``: (read with ``mmap`` and a compact
+    store only) the features file opened for ``pread``: the rows a search rescores are read
+    from it, never mapped (:class:`~hashindex.serving.store.FileRows`).
     """
 
     dim: int
@@ -389,12 +407,14 @@ class IndexState:
     next_id: int = 0
     labelled: bool | None = None
     operating_points: dict[tuple[float, int], OperatingPoint] = field(default_factory=dict)
+    rerank: str = "float32"
+    feature_file: FileRows | None = None
 
     @property
     def config(self) -> dict[str, Any]:
         """The index constructor's keywords (besides ``dim`` and ``hasher``)."""
         return {"metric": self.metric, "backend": self.backend, "feature_dtype": self.feature_dtype,
-                "partitions": self.partitions, "partition_spill": self.partition_spill}  # fmt: skip
+                "partitions": self.partitions, "partition_spill": self.partition_spill, "rerank": self.rerank}  # fmt: skip
 
 
 def _manifest_of(state: IndexState) -> dict:
@@ -533,7 +553,9 @@ def read_index(d: persist.SnapshotDir, mmap: bool = True, encoder: Hasher | None
     """The state held by an open index directory (manifest already checked by the open).
 
     ``mmap``: memory-map the :data:`ARRAYS` marked ``mmap`` (features, labels, the partition
-    assignment). ``encoder``: use it instead of the stored ONNX model (same SHA-256 and bits).
+    assignment); with a compact rerank store, the features file is also kept open for ``pread``
+    (``IndexState.feature_file``). ``encoder``: use it instead of the stored ONNX model (same
+    SHA-256 and bits).
     """
     m = d.manifest
     hasher = _read_hasher(d, encoder)
@@ -550,25 +572,48 @@ def read_index(d: persist.SnapshotDir, mmap: bool = True, encoder: Hasher | None
         points = points_from_manifest(m.get("operating_points", {}))
     except InputError as e:
         raise IndexFormatError(f"{d.root}: bad operating_points in the manifest ({e})") from None
+    rerank, feature_file = m.get("rerank", "float32"), None
+    if rerank != "float32" and isinstance(arrays["features"], np.memmap):
+        features = arrays["features"]
+        feature_file = FileRows(d.file("features.npy").fileno(), features.offset, features.shape, features.dtype)
     return IndexState(
         dim=m["dim"], bits=m["bits"], metric=m["metric"], backend=m["backend"], feature_dtype=m["feature_dtype"],
         partitions=m.get("partitions", "auto"), partition_spill=m.get("partition_spill", 1), hasher=hasher,
         arrays=arrays, next_id=max(m["next_id"], int(ids.max()) + 1 if count else 0),
-        labelled=m.get("labelled", False if count else None), operating_points=points,
+        labelled=m.get("labelled", False if count else None), operating_points=points, rerank=rerank,
+        feature_file=feature_file,
     )  # fmt: skip
 
 
 def describe(path: Any) -> str:
-    """Human-readable summary of an index directory (for ``hashindex info``)."""
+    """Human-readable summary of an index directory (for ``hashindex info``): its fields, each
+    file's bytes (per item too) and the resident bytes per item it would serve with."""
     with open_index_dir(path, verify=True) as d:
         root, m = d.root, d.manifest
     size = sum(f["bytes"] for f in m["files"].values())
     lines = [f"{root}: hashindex format {m['format']}, all checksums OK"]
-    for key in ("count", "dim", "bits", "metric", "backend", "feature_dtype", "model_sha256"):
+    for key in ("count", "dim", "bits", "metric", "backend", "feature_dtype", "rerank", "model_sha256"):
         if key in m:
             lines.append(f"  {key:14s} {m[key]}")
     lines.append(f"  {'hasher':14s} {json.dumps(m.get('hasher'))}")
     lines.append(f"  {'bytes on disk':14s} {size:,} ({size / max(m['count'], 1):.1f} per item)")
+    n = max(m["count"], 1)
     for name, info in sorted(m["files"].items()):
-        lines.append(f"    {name:14s} {info['bytes']:>14,}  sha256 {info['sha256'][:16]}...")
+        lines.append(f"    {name:22s} {info['bytes']:>14,} {info['bytes'] / n:>9.1f} B/item  sha256 {info['sha256'][:16]}...")
+    lines.append(f"  {'in memory':14s} ~{serving_bytes_per_item(m):.0f} B/item while serving, loaded with mmap=True "
+                 "(estimate: benchmarks/README.md, Memory)")  # fmt: skip
     return "\n".join(lines)
+
+
+def serving_bytes_per_item(m: dict) -> float:
+    """Resident bytes per item of a loaded (``mmap=True``) index serving searches, from its
+    manifest: codes, ids, the compact rerank store (a float32 one is mapped: its pages are read
+    for the candidates, and count once touched), the flat asymmetric scanner, the partition
+    lists (``spill`` x (code + 8-byte position)) when saved with a partition stage. Within ~1% of
+    ``memory_usage()`` at 1M x 128-d, int8 (benchmarks/memory.py: 229 vs 231 B/item)."""
+    code = m["bits"] / 8
+    rerank = m.get("rerank", "float32")
+    per_dim = COMPACT_CODE_BYTES.get(rerank, np.dtype(m["feature_dtype"]).itemsize)
+    # FAISS allocates each list's block table rounded up to a power of two: ~1.4x its codes at 1M
+    lists = m.get("partition_spill", 1) * (1.4 * code + 8) if "partition_nlist" in m else 0
+    return code + 8 + per_dim * m["dim"] + code + lists

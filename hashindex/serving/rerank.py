@@ -29,7 +29,11 @@ def score_matrix(queries: np.ndarray, features: np.ndarray, positions: np.ndarra
     Padding (position -1) scores -inf for similarities and +inf for l2. A contiguous float32
     store (in memory or memory-mapped) is scored in place by FAISS's ``fvec_*_by_idx``, in
     C++ without gathering the candidates; a float16 store is gathered and scored by numpy.
+    ``features`` may also be a compact store (serving/store.py ``CompactStore``): anything with
+    ``score(queries, positions, metric)`` scores itself.
     """
+    if hasattr(features, "score"):
+        return features.score(queries, positions, metric)
     nq, width = positions.shape
     out = np.empty((nq, width), dtype=np.float32)
     if features.dtype == np.float32 and features.flags.c_contiguous and nq and width:
@@ -103,3 +107,21 @@ def rerank(
             out_ham[start + r, c] = hamming[lo:hi][chosen]
         start = stop
     return out_pos, out_score, out_ham
+
+
+def rescore_exact(
+    queries: np.ndarray, rows: np.ndarray, positions: np.ndarray, hamming: np.ndarray, metric: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Exact scores of the returned rows ``positions int64 [nq, k]`` (-1 padded), given their
+    float32 features ``rows [M, D]`` (one per valid position, in row-major order), re-sorted best
+    first (ties by position), with ``hamming`` carried along. The compact stores' final step."""
+    sign = np.float32(-1.0 if higher_is_better(metric) else 1.0)
+    valid = positions >= 0
+    local = np.full(positions.shape, -1, dtype=np.int64)
+    local[valid] = np.arange(int(valid.sum()))
+    rows = np.ascontiguousarray(rows, dtype=np.float32) if len(rows) else np.zeros((1, queries.shape[1]), np.float32)
+    key = sign * score_matrix(queries, rows, local, metric)
+    tie = np.where(valid, positions, np.iinfo(np.int64).max)
+    order = np.lexsort((tie, key), axis=1)
+    pos = np.take_along_axis(positions, order, 1)
+    return pos, sign * np.take_along_axis(key, order, 1), np.take_along_axis(hamming, order, 1)

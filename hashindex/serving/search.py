@@ -12,7 +12,9 @@ A backend supplies a narrow protocol (hooks on the index object, all under its r
 - ``_hamming_range(qcodes, radius, scope)`` / ``_hamming_knn(qcodes, c, scope)`` and
   (asymmetric backends) ``_asymmetric_knn(x, z, c, nprobe, scope)`` -> :class:`Candidates`,
   whose keys are the backend's row keys;
-- ``_rows(keys, features=, labels=, codes=) -> Rows``: the stored rows of those keys;
+- ``_rows(keys, features=, labels=, codes=) -> Rows``: the stored rows of those keys; their
+  ``features`` may be a compact rerank store (``Rows.exact`` False: HashIndex(rerank="int8")),
+  and then ``_exact_features(keys) -> float32 [M, D]`` gives the rows the results are rescored on;
 - optionally ``_rerank(x, candidates, k)`` (Milvus reranks on its server), ``_range_scans`` and
   ``_probed_sizes`` (what ``n_scanned`` counts) and ``_max_candidates`` (a server's cap).
 
@@ -33,7 +35,7 @@ from hashindex.serving.candidates.csr import Candidates, empty
 from hashindex.serving.candidates.modes import multiprobe_scans, select_candidates
 from hashindex.serving.filters import Restriction
 from hashindex.serving.grouping import below_threshold, csr_scores, group_top, widen_for_labels
-from hashindex.serving.rerank import higher_is_better, rerank
+from hashindex.serving.rerank import higher_is_better, rerank, rescore_exact
 from hashindex.serving.plan import Plan
 
 # a projection row whose largest entry exceeds this is rescaled before the fast-scan tables are
@@ -56,7 +58,11 @@ class SearchResult:
         runs on hash tables; widening for ``group_by`` one more per round), the items in the
         probed lists with ``nprobe``, the candidates found for a radius on HashIndex's hash
         tables (they probe buckets, not every code); for Milvus's BIN_IVF_FLAT an upper bound.
-    n_reranked: int64 ``[nq]``: items scored exactly on their features (= ``n_candidates``).
+    n_reranked: int64 ``[nq]``: items scored on their rerank store (= ``n_candidates``).
+    exact_scores: whether ``scores`` are exact on the stored features. An index with a compact
+        rerank store (``HashIndex(rerank="int8" | "float16")``) ranks the candidates on it and
+        then rescores the k returned rows from its float store (exact, True); a grouped search
+        on a compact store keeps the compact store's scores (False).
 
     With ``group_by="label"`` and ``group_size=g`` the arrays are ``[nq, k * g]``: label block j
     in columns ``j*g .. j*g+g-1`` (``ids.reshape(nq, k, g)``: one row per label), best first.
@@ -69,6 +75,7 @@ class SearchResult:
     labels: np.ndarray | None = None
     n_scanned: np.ndarray | None = None
     n_reranked: np.ndarray | None = None
+    exact_scores: bool = True
 
 
 def no_result(nq: int, width: int, metric: str, labelled: bool) -> SearchResult:
@@ -103,7 +110,9 @@ class Scope:
 class Rows:
     """Stored rows of some keys: table arrays (``[R]`` / ``[R, ...]``, only those asked for) and
     ``at int64 [M]``, the table row of each key asked. ``keys``: the key of each table row, or
-    None when a table row's number is its key (HashIndex: the stores themselves, no copy)."""
+    None when a table row's number is its key (HashIndex: the stores themselves, no copy).
+    ``features``: what candidates are scored on: the feature rows, or (``exact`` False) a compact
+    rerank store that scores itself (serving/store.py ``CompactStore.score``, approximate)."""
 
     at: np.ndarray
     ids: np.ndarray
@@ -111,6 +120,7 @@ class Rows:
     labels: np.ndarray | None = None
     codes: np.ndarray | None = None
     keys: np.ndarray | None = None
+    exact: bool = True
 
     def key_of(self, rows: np.ndarray) -> np.ndarray:
         """Table rows (-1 padded, any shape) -> keys (-1 padded)."""
@@ -131,15 +141,16 @@ def execute(index: Any, plan: Plan, q: Queries) -> SearchResult:
     with index._reading():
         scope = restrict(index, plan.options.restriction, nq)
         cands, scanned = candidates(index, plan, q, scope)
-        labels = None
+        labels, exact = None, True
         if plan.options.grouped:
             cands = widen(index, plan, q, scope, cands, scanned)
-            keys, scores, ham, labels = group(index, plan, q.x, cands)
+            keys, scores, ham, labels, exact = group(index, plan, q.x, cands)
         else:
             keys, scores, ham = index._rerank(q.x, cands, plan.k)
         ids, labels, ham = fill_rows(index, q, keys, ham, labels if labelled else None, labelled, plan.asymmetric)
     n = cands.counts
-    return threshold(SearchResult(ids, scores, ham, n, labels, scanned, n.copy()), plan.options.min_score, index.metric)
+    res = SearchResult(ids, scores, ham, n, labels, scanned, n.copy(), exact)
+    return threshold(res, plan.options.min_score, index.metric)
 
 
 def restrict(index: Any, restriction: Restriction | None, nq: int) -> Scope:
@@ -193,21 +204,33 @@ def widen(index: Any, plan: Plan, q: Queries, scope: Scope, cands: Candidates, s
 
 def group(index: Any, plan: Plan, x: np.ndarray, cands: Candidates):
     """Score every candidate, keep the k best labels with ``group_size`` items each:
-    ``(keys, scores, hamming, labels)``, each ``[nq, k * group_size]``."""
+    ``(keys, scores, hamming, labels)``, each ``[nq, k * group_size]``, and whether the scores
+    are exact (not on a compact rerank store, whose scores are kept: rescoring would reorder
+    the groups)."""
     rows = index._rows(cands.keys, features=True, labels=True)
     scores = csr_scores(x, rows.features, cands.lims, rows.at, index.metric)
     pos, scores, ham, labels = group_top(
         cands.lims, rows.at, cands.hamming, scores, rows.labels[rows.at], plan.k, plan.options.group_size, index.metric
     )
-    return rows.key_of(pos), scores, ham, labels
+    return rows.key_of(pos), scores, ham, labels, rows.exact
 
 
 def rerank_rows(index: Any, x: np.ndarray, cands: Candidates, k: int):
     """The exact top-k of each query's candidates on their stored features: ``(keys, scores,
-    hamming)`` ``[nq, k]``; equal scores in table-row order (HashIndex: storage; Milvus: id)."""
+    hamming)`` ``[nq, k]``; equal scores in table-row order (HashIndex: storage; Milvus: id).
+    On a compact rerank store the top-k is ranked on it, then rescored exactly (:func:`rescore`)."""
     rows = index._rows(cands.keys, features=True)
     pos, scores, ham = rerank(x, rows.features, cands.lims, rows.at, cands.hamming, k, index.metric)
+    if not rows.exact:
+        return rescore(index, x, rows.key_of(pos), ham)
     return rows.key_of(pos), scores, ham
+
+
+def rescore(index: Any, x: np.ndarray, keys: np.ndarray, ham: np.ndarray):
+    """The returned ``keys [nq, k]`` (-1 padded) scored exactly on their float rows
+    (``_exact_features``: only these rows are read) and re-sorted best first (ties by key)."""
+    valid = keys >= 0
+    return rescore_exact(x, index._exact_features(keys[valid]), keys, ham, index.metric)
 
 
 def fill_rows(index: Any, q: Queries, keys: np.ndarray, ham: np.ndarray, labels, labelled: bool, asymmetric: bool):

@@ -7,6 +7,8 @@ lets a loaded, memory-mapped array be used in place until the first mutation.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 
@@ -60,3 +62,213 @@ class RowStore:
         kept = np.ascontiguousarray(self.array[mask])
         self._buf = kept
         self._n = kept.shape[0]
+
+    def reserve(self, n: int) -> None:
+        """Make room for ``n`` rows in all (one allocation), so a large add grows no further."""
+        if n > self._buf.shape[0] or not self._buf.flags.writeable or self.is_mmap:
+            grown = np.empty((max(n, self._n), *self.row_shape), dtype=self.dtype)
+            grown[: self._n] = self._buf[: self._n]
+            self._buf = grown
+
+    @property
+    def held_bytes(self) -> int:
+        """Bytes this store holds in memory: its whole buffer (capacity included); 0 when the
+        rows are a memory map (see :func:`mapped_resident_bytes` for its resident pages)."""
+        if self.is_mmap:
+            return 0
+        return int(self._buf.nbytes)
+
+
+def mapped_resident_bytes(array: np.ndarray) -> int:
+    """Resident bytes of the memory mapping holding ``array`` (Linux ``/proc/self/smaps``; 0
+    where it cannot be read). Pages of a mapped file count in the process's resident set once
+    touched, so :meth:`HashIndex.memory_usage` reports them for memory-mapped stores."""
+    if array.size == 0:
+        return 0
+    addr = array.__array_interface__["data"][0]
+    try:
+        with open("/proc/self/smaps") as f:
+            inside = False
+            for line in f:
+                head = line.split(None, 1)[0]
+                if "-" in head and not head.endswith(":"):
+                    lo, hi = (int(v, 16) for v in head.split("-"))
+                    inside = lo <= addr < hi
+                elif inside and head == "Rss:":
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        return 0
+    return 0
+
+
+# -- compact rerank stores ----------------------------------------------------------------------
+RERANK_KINDS = ("float32", "float16", "int8")
+# per dimension, for the saved files: bytes of a compact code, float32 values of the trained
+# parameters (int8: vmin then vdiff; float16: none)
+COMPACT_CODE_BYTES = {"int8": 1, "float16": 2}
+COMPACT_PARAMS = {"int8": 2, "float16": 0}
+# rows decoded per FAISS call when scoring candidates: keeps the float32 scratch at ~4 MB
+# (128-d), small enough that glibc returns it to the system instead of keeping it in its heap
+_DECODE_ROWS = 1 << 13
+# int8: the per-dimension range learnt from the first rows is widened by this share of its
+# width on each side, so later items slightly outside it are not clipped (FAISS RS_minmax arg)
+INT8_RANGE_MARGIN = 0.05
+INT8_TRAIN_ROWS = 65_536
+
+
+class CompactStore:
+    """Rerank rows held as FAISS scalar-quantizer codes: ``int8`` (QT_8bit: one byte per
+    dimension, a per-dimension min/max range) or ``float16`` (QT_fp16, IEEE half).
+
+    Candidates are scored by decoding only their rows with ``faiss.ScalarQuantizer.decode`` and
+    scoring the decoded block with FAISS's ``fvec_*_by_idx`` kernels, so no float copy of the
+    gallery is ever made. Scores are approximate: the decoded row differs from the float32 one
+    by at most half a quantisation step per dimension (int8: ``range_d / 255 / 2``; float16:
+    a relative 2**-11), see :meth:`error_bound`.
+
+    The codes are a :class:`RowStore` of ``uint8 [N, code_size]`` (they append, compact, save
+    and memory-map like the index's other row arrays); ``params`` is the quantizer's trained
+    vector (int8: ``vmin[D]`` then ``vdiff[D]``; float16: empty).
+    """
+
+    def __init__(self, kind: str, dim: int, params: np.ndarray | None = None, codes: np.ndarray | None = None):
+        import faiss
+
+        if kind not in ("float16", "int8"):
+            raise ValueError(f"compact store kind must be float16 or int8, got {kind!r}")
+        self.kind, self.dim = kind, int(dim)
+        qtype = faiss.ScalarQuantizer.QT_8bit if kind == "int8" else faiss.ScalarQuantizer.QT_fp16
+        self.sq = faiss.ScalarQuantizer(self.dim, qtype)
+        self.sq.rangestat = faiss.ScalarQuantizer.RS_minmax
+        self.sq.rangestat_arg = INT8_RANGE_MARGIN
+        self.trained = kind == "float16"
+        if params is not None and params.size and codes is not None and len(codes):  # (no rows: learnt again)
+            faiss.copy_array_to_vector(np.ascontiguousarray(params, dtype=np.float32), self.sq.trained)
+            self.trained = True
+        self.code_size = int(self.sq.code_size)
+        assert self.code_size == COMPACT_CODE_BYTES[kind] * self.dim
+        self.rows = RowStore((self.code_size,), np.uint8, codes)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def params(self) -> np.ndarray:
+        """The quantizer's trained vector, float32 ``[COMPACT_PARAMS[kind] * D]`` (zeros while
+        the int8 range is unlearnt, i.e. before any row was added)."""
+        import faiss
+
+        if not self.trained:
+            return np.zeros(COMPACT_PARAMS[self.kind] * self.dim, np.float32)
+        return faiss.vector_to_array(self.sq.trained).astype(np.float32)
+
+    def error_bound(self) -> np.ndarray:
+        """Per-dimension bound on ``|decoded - original|`` for values inside the trained range
+        (int8: half a step); float16: relative, ``2**-11`` of the value."""
+        if self.kind == "float16":
+            return np.full(self.dim, 2.0**-11, dtype=np.float32)
+        vdiff = self.params[self.dim :]
+        return (vdiff / 255 / 2).astype(np.float32)
+
+    def train(self, sample: np.ndarray) -> None:
+        """Learn the int8 range from ``sample`` (float32 rows), once; a no-op afterwards."""
+        if not self.trained and len(sample):
+            step = -(-len(sample) // INT8_TRAIN_ROWS)  # evenly spaced rows, at most INT8_TRAIN_ROWS
+            self.sq.train(np.ascontiguousarray(sample[::step], dtype=np.float32))
+            self.trained = True
+
+    def append(self, x: np.ndarray) -> None:
+        """Encode and append float32 rows (the first rows train the int8 range)."""
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        self.train(x)
+        for lo in range(0, x.shape[0], _DECODE_ROWS):
+            self.rows.append(self.sq.compute_codes(x[lo : lo + _DECODE_ROWS]))
+
+    def keep(self, mask: np.ndarray) -> None:
+        self.rows.keep(mask)
+
+    def reserve(self, n: int) -> None:
+        self.rows.reserve(n)
+
+    def decode(self, positions: np.ndarray) -> np.ndarray:
+        """float32 ``[len(positions), D]``: the decoded rows."""
+        codes = np.ascontiguousarray(self.rows.take(positions))
+        return self.sq.decode(codes) if len(codes) else np.empty((0, self.dim), np.float32)
+
+    def score(self, queries: np.ndarray, positions: np.ndarray, metric: str) -> np.ndarray:
+        """``float32 [nq, w]``: query i against the decoded rows ``positions[i]`` (-1 pads score
+        -inf, +inf for l2), by FAISS's ``fvec_inner_products_by_idx`` / ``fvec_L2sqr_by_idx``."""
+        import faiss
+
+        nq, width = positions.shape
+        out = np.empty((nq, width), dtype=np.float32)
+        if nq == 0 or width == 0:
+            return out
+        q = np.ascontiguousarray(queries, dtype=np.float32)
+        fn = faiss.fvec_L2sqr_by_idx if metric == "l2" else faiss.fvec_inner_products_by_idx
+        cum = np.cumsum((positions >= 0).sum(axis=1))
+        start = 0
+        while start < nq:  # groups of queries with at most _DECODE_ROWS candidates (one query at least)
+            limit = (cum[start - 1] if start else 0) + _DECODE_ROWS
+            stop = max(start + 1, int(np.searchsorted(cum, limit, side="right")))
+            sub = positions[start:stop]
+            valid = sub >= 0
+            local = np.full(sub.shape, -1, dtype=np.int64)
+            local[valid] = np.arange(int(valid.sum()))
+            decoded = np.ascontiguousarray(self.decode(sub[valid]))
+            if decoded.shape[0] == 0:
+                decoded = np.zeros((1, self.dim), np.float32)
+            fn(faiss.swig_ptr(out[start:stop]), faiss.swig_ptr(q[start:stop]), faiss.swig_ptr(decoded),
+               faiss.swig_ptr(local), self.dim, stop - start, width)  # fmt: skip
+            start = stop
+        return out
+
+    @property
+    def held_bytes(self) -> int:
+        return self.rows.held_bytes + 4 * int(self.sq.trained.size())
+
+
+def advise(array: np.ndarray, advice: str) -> None:
+    """``madvise`` the memory map under ``array`` (no-op for in-memory arrays or where the
+    platform lacks it): ``"dontneed"`` drops the mapping's pages from the resident set (they
+    stay in the page cache), after a one-pass scan; ``"random"`` turns readahead off (it does
+    not stop Linux's fault-around, which maps ~16 neighbouring pages per touched row: hence
+    :class:`FileRows` for the rows a search rescores)."""
+    import mmap
+
+    m = getattr(array, "_mmap", None)
+    if m is None:
+        base = getattr(array, "base", None)
+        m = getattr(base, "_mmap", None)
+    flag = {"random": "MADV_RANDOM", "dontneed": "MADV_DONTNEED"}[advice]
+    if m is None or not hasattr(mmap, flag) or not hasattr(m, "madvise"):
+        return
+    try:
+        m.madvise(getattr(mmap, flag))
+    except (OSError, ValueError):
+        pass
+
+
+class FileRows:
+    """Rows of a memory-mapped ``.npy`` store read with ``os.pread`` (a duplicate of the file's
+    descriptor): the few rows a search rescores come through the page cache without being
+    mapped into the process (a mapped read maps ~16 neighbouring pages per row: Linux fault-
+    around ignores MADV_RANDOM), so the float store on disk adds nothing to the resident set."""
+
+    def __init__(self, fileno: int, offset: int, shape: tuple[int, int], dtype: np.dtype):
+        self._fd = os.dup(fileno)
+        self.offset, self.shape, self.dtype = int(offset), tuple(shape), np.dtype(dtype)
+        self.row_bytes = self.shape[1] * self.dtype.itemsize
+
+    def __del__(self):
+        try:
+            os.close(self._fd)
+        except (OSError, AttributeError, TypeError):
+            pass
+
+    def take(self, positions: np.ndarray) -> np.ndarray:
+        """float32 ``[len(positions), D]`` (positions >= 0)."""
+        out = np.empty((len(positions), self.shape[1]), dtype=self.dtype)
+        for i, p in enumerate(np.asarray(positions, dtype=np.int64).tolist()):
+            out[i] = np.frombuffer(os.pread(self._fd, self.row_bytes, self.offset + p * self.row_bytes), self.dtype)
+        return out.astype(np.float32, copy=False)

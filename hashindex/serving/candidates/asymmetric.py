@@ -27,7 +27,7 @@ import faiss
 import numpy as np
 
 SUB_BITS = 4  # bits per sub-quantizer: fast-scan's 16-entry tables
-_ADD_CHUNK = 65536  # codes expanded to float32 {-1, +1} per add call
+_ADD_CHUNK = 8192  # codes expanded to float32 {-1, +1} per add call (4 MB at 128 bits: glibc hands it back)
 
 
 def sign_patterns(bits: int = SUB_BITS) -> np.ndarray:
@@ -68,7 +68,10 @@ class AsymmetricCandidates:
 
     @property
     def nbytes(self) -> int:
-        return self.index.ntotal * self.bits // 8
+        """Bytes of its code table in use. FAISS's AlignedTable allocates a power of two, but a
+        table this large is its own memory map whose untouched tail never becomes resident
+        (measured at 10M: 160 MB resident of a 268 MB allocation)."""
+        return int(self.index.codes.size())
 
     def knn(self, z: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """The ``k`` best positions ``int64 [nq, k]`` (-1 padded) and their approximate scores."""

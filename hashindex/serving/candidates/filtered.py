@@ -13,6 +13,8 @@ filtered asymmetric search scores the allowed rows' bits exactly in numpy
 
 from __future__ import annotations
 
+from typing import Callable
+
 import faiss
 import numpy as np
 
@@ -36,11 +38,12 @@ SUBSET_BATCH_QUERIES = 8
 
 class AllowedRows:
     """The row positions a filtered search may return: a boolean mask, scanned either as a
-    FAISS selector over the full flat index or as a flat index of the allowed codes alone."""
+    FAISS selector over the full flat index or as a flat index of the allowed codes alone.
+    ``flat()``: the full index's flat scan (HashIndex builds it on first use: asked for only when
+    the selector is used)."""
 
-    def __init__(self, mask: np.ndarray, flat: FlatCandidates, codes: np.ndarray, nq: int = 1):
-        self.flat = flat  # the full index's exact scan, used through the selector
-        bits = flat.bits
+    def __init__(self, mask: np.ndarray, flat: Callable[[], FlatCandidates], codes: np.ndarray, bits: int, nq: int = 1):
+        self.flat = flat
         self.mask = np.asarray(mask, dtype=bool)
         self.count = int(self.mask.sum())
         self.positions = np.flatnonzero(self.mask)
@@ -60,14 +63,14 @@ class AllowedRows:
     def range(self, queries: np.ndarray, radius: int) -> Candidates:
         """Exact range search (Hamming <= radius) among the allowed rows."""
         if self.subset is None:
-            return self.flat.range(queries, radius, self.params)
+            return self.flat().range(queries, radius, self.params)
         lims, dist, pos = self.subset.range_search(queries, radius + 1)
         return from_csr(lims, self.positions[pos], dist)
 
     def knn(self, queries: np.ndarray, c: int) -> tuple[np.ndarray, np.ndarray]:
         """The c Hamming-nearest allowed positions ``[nq, c]`` (-1 padded) and distances."""
         if self.subset is None:
-            return self.flat.knn(queries, c, self.params)
+            return self.flat().knn(queries, c, self.params)
         dist, pos = self.subset.search(queries, c)
         return np.where(pos >= 0, self.positions[np.maximum(pos, 0)], -1), dist.astype(np.int32)
 

@@ -386,9 +386,10 @@ class PartitionStage:
 
     @property
     def nbytes(self) -> int:
-        """Centroids, plus the lists' blocks (padded to 32 per list) and 8-byte ids once built."""
+        """Centroids, plus the lists' blocks (padded to 32 per list, each list's table allocated
+        as FAISS's AlignedTable does: rounded up to a power of two) and 8-byte ids once built."""
         total = 4 * self.nlist * self.dim
         if self.ivf is not None:
-            layout = BlockLayout.of(self.ivf)
-            total += int(sum(layout.nbytes_for(int(n)) for n in self.list_sizes())) + 8 * int(self.ivf.ntotal)
+            layout, cap = BlockLayout.of(self.ivf), faiss.AlignedTableUint8.round_capacity
+            total += int(sum(cap(layout.nbytes_for(int(n))) for n in self.list_sizes())) + 8 * int(self.ivf.ntotal)
         return total

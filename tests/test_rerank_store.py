@@ -1,0 +1,282 @@
+"""Compact rerank stores (serving/store.py CompactStore, HashIndex(rerank=...)), chunked adds and
+memory_usage, against numpy oracles."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from hashindex import HashIndex
+from hashindex.core.errors import InputError
+from hashindex.serving import front
+from hashindex.serving.store import CompactStore
+
+DIM, BITS = 64, 64
+
+
+def _gallery(n_people=1500, per=4, seed=0, dim=DIM):
+    rng = np.random.default_rng(seed)
+    people = rng.standard_normal((n_people, dim))
+    x = (np.repeat(people, per, axis=0) + 0.6 * rng.standard_normal((n_people * per, dim))).astype(np.float32)
+    q = (people[:200] + 0.6 * rng.standard_normal((200, dim))).astype(np.float32)
+    return x, q
+
+
+def _unit(a):
+    a = np.asarray(a, dtype=np.float64)
+    return a / np.linalg.norm(a, axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("kind", ["int8", "float16"])
+@pytest.mark.parametrize("metric", ["ip", "l2"])
+def test_compact_scores_within_quantisation_bounds(kind, metric):
+    x, q = _gallery()
+    x, q = _unit(x).astype(np.float32), _unit(q).astype(np.float32)
+    store = CompactStore(kind, DIM)
+    store.append(x)
+    rng = np.random.default_rng(1)
+    pos = rng.integers(0, len(x), (q.shape[0], 30))
+    pos[:, -3:] = -1  # padding
+    got = store.score(q, pos, metric)
+    xs = x[np.maximum(pos, 0)].astype(np.float64)
+    qq = q.astype(np.float64)[:, None, :]
+    exact = ((xs - qq) ** 2).sum(-1) if metric == "l2" else (xs * qq).sum(-1)
+    err = store.error_bound().astype(np.float64)  # per dimension: |decoded - x| <= err (int8), err*|x| (float16)
+    per_dim = np.broadcast_to(err, xs.shape) if kind == "int8" else err * np.abs(xs)
+    if metric == "l2":  # |(a+e)^2 - a^2| <= 2|a||e| + e^2, a = x - q
+        bound = (2 * np.abs(xs - qq) * per_dim + per_dim**2).sum(-1)
+    else:
+        bound = (np.abs(qq) * per_dim).sum(-1)
+    valid = pos >= 0
+    assert (np.abs(got - exact)[valid] <= bound[valid] + 1e-5).all()
+    assert np.isinf(got[~valid]).all()
+    # the quantisation really happened (int8 is not float32 in disguise)
+    if kind == "int8":
+        assert np.abs(got - exact)[valid].max() > 1e-5
+
+
+def test_int8_rerank_keeps_float32_recall_and_returns_exact_scores():
+    x, q = _gallery(n_people=2500)
+    ref = HashIndex(DIM, bits=BITS, partitions=None)
+    ref.add(x)
+    comp = HashIndex(DIM, bits=BITS, partitions=None, rerank="int8")
+    comp.fit(x)
+    comp.add(x)
+    # the true nearest neighbour by brute force
+    truth = np.argmax(_unit(q) @ _unit(x).T, axis=1)
+    a = ref.search(q, k=10, candidates=300)
+    b = comp.search(q, k=10, candidates=300)
+    ra, rb = (a.ids[:, 0] == truth).mean(), (b.ids[:, 0] == truth).mean()
+    assert rb >= ra - 0.01, (ra, rb)
+    assert (a.ids[:, 0] == b.ids[:, 0]).mean() >= 0.98
+    assert a.exact_scores and b.exact_scores
+    # the final scores are the float32 ones of the returned rows, best first
+    feats = comp.get_features(b.ids[:, :10].ravel()).reshape(len(q), 10, DIM)
+    want = np.einsum("qkd,qd->qk", feats.astype(np.float64), _unit(q))
+    np.testing.assert_allclose(b.scores, want, atol=1e-5)
+    assert (np.diff(b.scores, axis=1) <= 1e-7).all()
+
+
+def test_grouped_search_on_a_compact_store_says_its_scores_are_approximate():
+    x, q = _gallery(n_people=300)
+    labels = np.repeat(np.arange(300), 4)
+    index = HashIndex(DIM, bits=BITS, partitions=None, rerank="int8")
+    index.add(x, labels=labels)
+    res = index.search(q[:20], k=3, group_by="label")
+    assert not res.exact_scores
+    feats = index.get_features(res.ids[:, 0])
+    np.testing.assert_allclose(res.scores[:, 0], (feats * _unit(q[:20])).sum(1), atol=0.02)
+
+
+@pytest.mark.parametrize("kind", ["float32", "int8", "float16"])
+@pytest.mark.parametrize("mmap", [True, False])
+def test_save_load_round_trip_of_each_store(kind, mmap, tmp_path):
+    x, q = _gallery(n_people=400)
+    index = HashIndex(DIM, bits=BITS, partitions=None, rerank=kind)
+    index.add(x)
+    index.remove(np.arange(0, 1600, 7))  # the stores compact together
+    before = index.search(q, k=5)
+    index.save(tmp_path / "ix")
+    manifest = json.loads((tmp_path / "ix" / "manifest.json").read_text())
+    assert manifest.get("rerank", "float32") == kind
+    assert ("rerank_codes.npy" in manifest["files"]) == (kind != "float32")
+    again = HashIndex.load(tmp_path / "ix", mmap=mmap)
+    assert again.rerank == kind
+    after = again.search(q, k=5)
+    np.testing.assert_array_equal(before.ids, after.ids)
+    np.testing.assert_allclose(before.scores, after.scores, atol=1e-6)
+    if kind != "float32":
+        np.testing.assert_array_equal(index._compact.rows.array, again._compact.rows.array)
+    np.testing.assert_array_equal(index.get_features(index.ids[:10]), again.get_features(index.ids[:10]))
+
+
+def test_removed_rows_leave_the_compact_store_aligned():
+    x, q = _gallery(n_people=400)
+    index = HashIndex(DIM, bits=BITS, partitions=None, rerank="int8")
+    index.add(x)
+    gone = np.arange(0, 1600, 3)
+    index.remove(gone)
+    res = index.search(x[:50], k=3)
+    assert not np.isin(res.ids, gone).any()
+    keep = np.setdiff1d(np.arange(1600), gone)
+    # the compact row of every remaining id decodes close to its feature
+    decoded = index._compact.decode(np.arange(len(index)))
+    np.testing.assert_allclose(decoded, _unit(x[keep]), atol=float(index._compact.error_bound().max()) + 1e-6)
+
+
+def test_memory_usage_parts_match_array_sizes():
+    x, q = _gallery(n_people=500)
+    index = HashIndex(DIM, bits=BITS, partitions=None, rerank="int8")
+    index.add(x)
+    n = len(index)
+    usage = index.memory_usage()
+    assert usage["codes"] == n * BITS // 8
+    assert usage["ids"] == n * 8
+    assert usage["features"] == n * DIM * 4
+    assert usage["rerank"] == n * DIM + 2 * DIM * 4  # codes + the per-dimension range
+    assert "binary_flat" not in usage and "asymmetric_scan" not in usage  # nothing built yet
+    index.search(q[:3], k=3, ranking="hamming", candidates=20)
+    assert index.memory_usage()["binary_flat"] == n * BITS // 8
+    index.search(q[:3], k=3, ranking="asymmetric")
+    assert index.memory_usage()["asymmetric_scan"] >= n * BITS // 8
+    index.get_features(index.ids[:3])
+    assert index.memory_usage()["id_lookup"] == 16 * n
+
+
+def test_chunked_add_from_a_memory_map_matches_one_add(tmp_path, monkeypatch):
+    x, q = _gallery(n_people=600)
+    path = tmp_path / "x.npy"
+    np.save(path, x)
+    one = HashIndex(DIM, bits=BITS, partitions=None, rerank="int8")
+    one.fit(x)
+    monkeypatch.setattr(front, "ADD_CHUNK_ROWS", 500)
+    chunked = HashIndex(DIM, hasher=one.hasher, partitions=None, rerank="int8")
+    chunked.add(np.load(path, mmap_mode="r"), ids=np.arange(len(x)) + 10, progress=False)
+    monkeypatch.setattr(front, "ADD_CHUNK_ROWS", 1 << 30)
+    one.add(x, ids=np.arange(len(x)) + 10)
+    np.testing.assert_array_equal(one.codes, chunked.codes)
+    np.testing.assert_array_equal(one.ids, chunked.ids)
+    a, b = one.search(q, k=5), chunked.search(q, k=5)
+    np.testing.assert_array_equal(a.ids, b.ids)
+    # one reservation: the stores hold exactly the rows (no doubling)
+    assert chunked.memory_usage()["features"] == len(x) * DIM * 4
+
+
+def test_chunked_add_checks_every_chunk_before_storing_any(monkeypatch):
+    x, _ = _gallery(n_people=600)
+    x[2100, 3] = np.nan
+    monkeypatch.setattr(front, "ADD_CHUNK_ROWS", 500)
+    index = HashIndex(DIM, bits=BITS, partitions=None)
+    with pytest.raises(InputError, match="NaN"):
+        index.add(x)
+    assert len(index) == 0 and not index.hasher.is_fitted
+    with pytest.raises(InputError):
+        index.add(x[:, :10])
+
+
+def test_unknown_rerank_kind_is_refused():
+    with pytest.raises(InputError, match="rerank"):
+        HashIndex(DIM, rerank="int4")
+
+
+def test_a_loaded_int8_index_reads_float_rows_from_disk_only(tmp_path):
+    x, q = _gallery(n_people=1000)
+    index = HashIndex(DIM, bits=BITS, partitions=None, rerank="int8")
+    index.add(x)
+    index.save(tmp_path / "ix")
+    loaded = HashIndex.load(tmp_path / "ix", mmap=True)
+    res = loaded.search(q, k=10)
+    assert res.exact_scores
+    # the rescored rows came through pread: no page of the mapped float store is resident
+    assert loaded.memory_usage()["features"] == 0
+    want = np.einsum("qkd,qd->qk", loaded.get_features(res.ids.ravel()).reshape(len(q), 10, DIM), _unit(q))
+    np.testing.assert_allclose(res.scores, want, atol=1e-5)
+    np.testing.assert_array_equal(loaded.get_features(res.ids[:, 0]), index.get_features(res.ids[:, 0]))
+    assert loaded.memory_usage()["features"] == 0  # get_features reads rows too
+    # a float32 index maps and touches its store while reranking, and says so
+    index32 = HashIndex(DIM, hasher=index.hasher, partitions=None)
+    index32.add(x)
+    index32.save(tmp_path / "ix32")
+    loaded32 = HashIndex.load(tmp_path / "ix32", mmap=True)
+    loaded32.search(q, k=10)
+    assert loaded32.memory_usage()["features"] > 0
+
+
+def test_compact_scores_do_not_depend_on_the_decode_grouping(monkeypatch):
+    from hashindex.serving import store as store_module
+
+    x, q = _gallery(n_people=300)
+    store = CompactStore("int8", DIM)
+    store.append(_unit(x).astype(np.float32))
+    pos = np.random.default_rng(2).integers(-1, len(x), (q.shape[0], 40))
+    whole = store.score(q, pos, "ip")
+    monkeypatch.setattr(store_module, "_DECODE_ROWS", 37)  # groups of one or two queries
+    np.testing.assert_array_equal(store.score(q, pos, "ip"), whole)
+
+
+def test_an_index_saved_before_rerank_existed_loads_as_float32(tmp_path, rewrite_manifest):
+    x, q = _gallery(n_people=200)
+    index = HashIndex(DIM, bits=BITS, partitions=None)
+    index.add(x)
+    index.save(tmp_path / "ix")
+    rewrite_manifest(tmp_path / "ix", lambda m: m.pop("rerank", None))  # what main wrote
+    again = HashIndex.load(tmp_path / "ix")
+    assert again.rerank == "float32" and again._compact is None
+    np.testing.assert_array_equal(again.search(q, k=3).ids, index.search(q, k=3).ids)
+
+
+@pytest.mark.parametrize(
+    "mutate, match",
+    [
+        (lambda m: m.update(rerank="int4"), "rerank"),
+        (lambda m: m.update(rerank="float32"), "rerank_codes.npy"),  # files of a compact store without one
+        (lambda m: m.pop("rerank"), "rerank_codes.npy"),
+        (lambda m: m["files"].pop("rerank_params.npy") and None, "rerank_params.npy"),
+        (lambda m: m.update(rerank="float16"), "rerank_codes.npy"),  # int8's files are the wrong size for float16
+    ],
+)
+def test_a_manifest_whose_rerank_store_does_not_match_its_files_is_refused(tmp_path, rewrite_manifest, mutate, match):
+    from hashindex.core.errors import IndexFormatError
+
+    x, _ = _gallery(n_people=200)
+    index = HashIndex(DIM, bits=BITS, partitions=None, rerank="int8")
+    index.add(x)
+    index.save(tmp_path / "ix")
+    rewrite_manifest(tmp_path / "ix", mutate)
+    with pytest.raises(IndexFormatError, match=match):
+        HashIndex.load(tmp_path / "ix")
+
+
+def test_an_empty_int8_index_saves_and_learns_its_range_on_the_first_add(tmp_path):
+    x, q = _gallery(n_people=200)
+    index = HashIndex(DIM, bits=BITS, partitions=None, rerank="int8")
+    index.fit(x)
+    index.save(tmp_path / "ix")
+    again = HashIndex.load(tmp_path / "ix")
+    assert len(again) == 0 and not again._compact.trained
+    again.add(x)
+    assert again._compact.trained
+    assert (again.search(q, k=3).ids[:, 0] >= 0).all()
+
+
+def test_a_fit_during_a_chunked_add_bumps_the_hasher_version(monkeypatch):
+    x, _ = _gallery(n_people=600)
+    monkeypatch.setattr(front, "ADD_CHUNK_ROWS", 500)
+    index = HashIndex(DIM, bits=BITS, partitions=None)
+    before = index._hasher_version
+    index.add(x, progress=False)  # chunked: the first add fits the default hasher on a sample
+    assert index.hasher.is_fitted and index._hasher_version == before + 2
+    np.testing.assert_array_equal(index.codes, index.hasher.encode(_unit(x).astype(np.float32)))
+
+
+def test_a_chunked_first_add_too_small_to_fit_says_so(monkeypatch):
+    from hashindex.core.errors import NotFittedError
+
+    x = _gallery(n_people=200)[0][:80]  # 80 rows, 2 * bits = 128 needed
+    monkeypatch.setattr(front, "ADD_CHUNK_ROWS", 30)
+    index = HashIndex(DIM, bits=BITS, partitions=None)
+    with pytest.raises(NotFittedError, match="2 \\* bits"):
+        index.add(x, progress=False)
+    assert len(index) == 0
