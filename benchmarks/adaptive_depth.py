@@ -14,7 +14,6 @@ round-robin, best of 3.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shlex
 import sys
@@ -29,9 +28,8 @@ import numpy as np  # noqa: E402
 from hashindex import HashIndex  # noqa: E402
 from hashindex.serving.candidates.partitions import PartitionStage, adaptive_depth, nlist_for  # noqa: E402
 
-from benchlib.config import BenchConfig  # noqa: E402
-from benchlib.measure import machine_info, round_robin  # noqa: E402
-from benchlib.sources import make_source  # noqa: E402
+from benchlib.measure import machine_info, round_robin, write_record  # noqa: E402
+from benchlib.sources import add_study_arguments, gallery_in_memory  # noqa: E402
 
 
 def share_found(pos: np.ndarray, truth: np.ndarray) -> float:
@@ -41,25 +39,16 @@ def share_found(pos: np.ndarray, truth: np.ndarray) -> float:
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--n", type=int, default=200_000)
-    ap.add_argument("--seed", type=int, default=21)
-    ap.add_argument("--probes", type=int, default=500)
-    ap.add_argument("--k", type=int, default=10)
+    add_study_arguments(ap)
     ap.add_argument("--candidates", type=int, nargs="+", default=[200, 1000])
     ap.add_argument("--nprobe", type=int, nargs="+", default=[16, 32, 64, 128, 256])
     ap.add_argument("--max-nprobe", type=int, default=256, help="adaptive depth: at most this many lists")
     ap.add_argument("--slack", type=float, nargs="+", default=[0.02, 0.04, 0.06, 0.08, 0.1, 0.12])
-    ap.add_argument("--name", default="")
-    ap.add_argument("--out-dir", default="benchmarks/results")
     argv = list(sys.argv[1:] if argv is None else argv)
     a = ap.parse_args(argv)
     faiss.omp_set_num_threads(1)
-    source = make_source(BenchConfig(n=a.n, seed=a.seed, probes=a.probes))
-    x = np.concatenate(list(source.chunks(100_000)))
-    q, k = source.probes.features, a.k
-    exact = faiss.IndexFlatIP(x.shape[1])
-    exact.add(x)
-    truth = exact.search(q, k)[1]
+    g = gallery_in_memory(a.n, a.seed, a.probes, a.k)
+    source, x, q, truth, k = g.source, g.x, g.q, g.truth, a.k
 
     index = HashIndex(x.shape[1], "itq", bits=128, partitions=None)
     index.fit(source.train)
@@ -96,9 +85,7 @@ def main(argv=None) -> dict:
               f"{stop} | {row['recall_at_1']:.3f} | {row[f'recall_at_{k}']:.3f} | {row['ms_per_query']:.3f} |")  # fmt: skip
     record = {"command": shlex.join(["python", "benchmarks/adaptive_depth.py", *argv]), "machine": machine_info((1,)),
               "n": a.n, "seed": a.seed, "nlist": stage.nlist, "probes": len(q), "k": k, "rows": rows}  # fmt: skip
-    out = Path(a.out_dir) / f"{a.name or f'adaptive_depth_{a.n // 1000}k'}.json"
-    out.write_text(json.dumps(record, indent=1))
-    print(f"wrote {out}")
+    write_record(record, a.out_dir, a.name or f"adaptive_depth_{a.n // 1000}k")
     return record
 
 

@@ -12,7 +12,6 @@ round-robin (best of ``--rounds``) on one thread.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shlex
 import sys
@@ -23,36 +22,25 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import faiss  # noqa: E402
-import numpy as np  # noqa: E402
 
 from hashindex import HashIndex  # noqa: E402
 from hashindex.evaluation.exact import recall_at_k_vs_exact  # noqa: E402
 
-from benchlib.config import BenchConfig  # noqa: E402
-from benchlib.measure import machine_info, round_robin  # noqa: E402
-from benchlib.sources import make_source  # noqa: E402
+from benchlib.measure import machine_info, round_robin, write_record  # noqa: E402
+from benchlib.sources import add_study_arguments, gallery_in_memory  # noqa: E402
 
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--n", type=int, default=200_000)
-    ap.add_argument("--seed", type=int, default=21, help="gallery seed (not one the other benchmarks use)")
-    ap.add_argument("--probes", type=int, default=500)
+    add_study_arguments(ap)
     ap.add_argument("--recall", type=float, default=0.99)
     ap.add_argument("--recall-at-k", type=float, default=0.95)
-    ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--name", default="")
-    ap.add_argument("--out-dir", default="benchmarks/results")
     argv = list(sys.argv[1:] if argv is None else argv)
     a = ap.parse_args(argv)
     faiss.omp_set_num_threads(1)
-    source = make_source(BenchConfig(n=a.n, seed=a.seed, probes=a.probes))
-    x = np.concatenate(list(source.chunks(100_000)))
-    q, k = source.probes.features, a.k
-    exact = faiss.IndexFlatIP(x.shape[1])
-    exact.add(x)
-    truth = exact.search(q, k)[1]
+    g = gallery_in_memory(a.n, a.seed, a.probes, a.k)
+    source, x, q, truth, exact, k = g.source, g.x, g.q, g.truth, g.exact, a.k
 
     index = HashIndex(x.shape[1], "itq", bits=128, partitions="auto")
     t = time.perf_counter()
@@ -86,9 +74,7 @@ def main(argv=None) -> dict:
     record = {"command": shlex.join(["python", "benchmarks/tuner.py", *argv]), "machine": machine_info((1,)),
               "n": a.n, "seed": a.seed, "probes": len(q), "k": k, "rounds": a.rounds, "build_s": build_s,
               "partition_build_s": part_s, "tune_s": tune_s, "point": point.to_dict(), "rows": rows}  # fmt: skip
-    out = Path(a.out_dir) / f"{a.name or f'tuner_{a.n // 1000}k'}.json"
-    out.write_text(json.dumps(record, indent=1))
-    print(f"wrote {out}")
+    write_record(record, a.out_dir, a.name or f"tuner_{a.n // 1000}k")
     return record
 
 

@@ -160,3 +160,19 @@ def test_load_images_draws_a_bar_per_image(files, capsys):
     x = load_images(_paths(files), OnnxEncoder(files / "fused.onnx").preprocessing, progress=True)
     assert x.shape == (12, 3, SIZE, SIZE)
     assert "12/12" in capsys.readouterr().err
+
+
+def test_tuning_an_image_index_says_what_to_pass_instead(files):
+    """tune() / search_images(recall=) search stored features, which an image model cannot take:
+    one UnsupportedError naming what to pass (was "images must be 4-D ... (0, 128)")."""
+    from hashindex.core.errors import UnsupportedError
+
+    enc = OnnxEncoder(files / "fused.onnx")
+    images = enc.load_images(_paths(files))
+    index = HashIndex(DIM, encoder=enc)
+    index.add_images(images)
+    with pytest.raises(UnsupportedError, match="candidates="):
+        index.tune(recall=0.9, k=2, progress=False)
+    with pytest.raises(UnsupportedError, match="candidates="):
+        index.search_images(images[:2], k=2, recall=0.9)
+    assert (index.search_images(images[:2], k=1).ids[:, 0] == [0, 1]).all()  # the default search still runs

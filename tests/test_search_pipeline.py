@@ -173,7 +173,7 @@ def test_exact_search_and_partition_info_are_public():
 
 # -- the planner, a pure function of the request and the index's tuned points ------------------------
 class _Untuned:
-    def operating_point(self, recall, k):
+    def _current_point(self, recall, k, explicit):
         return None
 
     def _check_nprobe(self, nprobe):

@@ -5,6 +5,7 @@ load from other work hits them all alike.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import platform
@@ -217,3 +218,11 @@ def round_robin(runs: dict[str, "callable"], rounds: int) -> dict[str, float]:
             run()
             best[name] = min(best[name], time.perf_counter() - t)
     return best
+
+
+def write_record(record: dict, out_dir: str, name: str) -> Path:
+    """One results file ``out_dir/name.json`` (the tables in benchmarks/README.md are read from these)."""
+    out = Path(out_dir) / f"{name}.json"
+    out.write_text(json.dumps(record, indent=1))
+    print(f"wrote {out}")
+    return out

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
+import faiss
 import numpy as np
 
 from hashindex.core.errors import InputError
@@ -185,3 +186,35 @@ def exact_neighbours(chunks: Iterator[np.ndarray], probes: Probes, k: int) -> np
     for x in chunks:
         top.add(x)
     return top.ids(k, probes.self_ids)
+
+
+@dataclass
+class InMemoryGallery:
+    """A synthetic gallery held whole (the 200k-1M studies): ``source``, ``x float32 [n, D]``,
+    probes ``q float32 [nq, D]``, their exact inner-product top-k ``truth int64 [nq, k]`` and the
+    exact index that found it (the baseline a study times)."""
+
+    source: SyntheticSource | NpzSource
+    x: np.ndarray
+    q: np.ndarray
+    truth: np.ndarray
+    exact: faiss.Index
+
+
+def gallery_in_memory(n: int, seed: int, probes: int, k: int) -> InMemoryGallery:
+    source = make_source(BenchConfig(n=n, seed=seed, probes=probes))
+    x = np.concatenate(list(source.chunks(100_000)))
+    q = source.probes.features
+    exact = faiss.IndexFlatIP(x.shape[1])
+    exact.add(x)
+    return InMemoryGallery(source, x, q, exact.search(q, k)[1], exact)
+
+
+def add_study_arguments(ap) -> None:
+    """The flags every in-memory study shares (gallery size, seed, probes, k, where results go)."""
+    ap.add_argument("--n", type=int, default=200_000)
+    ap.add_argument("--seed", type=int, default=21, help="gallery seed (not one the other benchmarks use)")
+    ap.add_argument("--probes", type=int, default=500)
+    ap.add_argument("--k", type=int, default=10)
+    ap.add_argument("--name", default="", help="results file name (default: the study and the gallery size)")
+    ap.add_argument("--out-dir", default="benchmarks/results")

@@ -660,10 +660,10 @@ class IndexFront:
         n = len(self)
         if point is not None and not point.is_stale(n):
             return point
-        if not explicit and point is None and (
-            n < tuning.AUTO_TUNE_MIN_ITEMS or getattr(self, "partition_lists", None) is None
+        if not explicit and (point is None or self._takes_images()) and (
+            n < tuning.AUTO_TUNE_MIN_ITEMS or getattr(self, "partition_lists", None) is None or self._takes_images()
         ):
-            return None  # nothing to choose between: the flat scan with the default budget
+            return None  # nothing to choose between (or nothing to measure with): the flat scan, default budget
         if n < 2:
             return point
         with self._tune_lock:
@@ -716,6 +716,11 @@ class IndexFront:
             raise InputError(f"seed must be an integer, got {seed!r}")
         if "asymmetric" not in self.RANKINGS:
             raise UnsupportedError(f"tune() sets asymmetric search, which the {self.backend_name} backend does not do")
+        if self._takes_images():
+            raise UnsupportedError(
+                "tune() measures by searching the stored features, and this index's image model takes images, "
+                "not features: pass candidates= (and nprobe=) to search_images instead of recall="
+            )
         self._project(np.zeros((0, self.dim), np.float32))  # a hasher without project(): say so before measuring
         point = tuning.tune(self, recall, k, sample, int(seed), progress, recall_at_k=recall_at_k, queries=queries)
         with self._writing():
@@ -739,6 +744,10 @@ class IndexFront:
             return lims, rows.ids[rows.at], hamming
 
     # -- images, through a fused ONNX model (backbone + hash head in one graph) -------------------
+    def _takes_images(self) -> bool:
+        """Whether queries are images (a fused image model), not feature rows."""
+        return getattr(self.hasher, "kind", None) == "images"
+
     def _image_encoder(self):
         if not getattr(self.hasher, "has_features", False):
             raise InputError(
