@@ -132,6 +132,79 @@ def load_rows(path: str | os.PathLike, what: str = "embeddings"):
     return data
 
 
+NPY_MAGIC = b"\x93NUMPY"
+NPY_DTYPES = (np.float32, np.float16, np.float64)
+
+
+def is_npy(path: str | os.PathLike) -> bool:
+    """True when ``path`` starts as a ``.npy`` array does (whatever its name); False for
+    anything else, or a file that cannot be read (the .npz loader then names the problem)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(NPY_MAGIC)) == NPY_MAGIC
+    except OSError:
+        return False
+
+
+def map_rows(path: str | os.PathLike, what: str = "features") -> np.memmap:
+    """A ``.npy`` of float rows ``[N, D]`` opened with ``np.load(path, mmap_mode="r")``: its
+    header is read and checked, its rows are left on disk (read a chunk at a time by whoever
+    indexes the map). Never unpickles.
+
+    Raises:
+        InputError: naming ``path``: object (pickled) or non-float dtype, not 2-D, no rows, no
+            columns, a truncated file or an unreadable header.
+    """
+    path = os.fspath(path)
+    try:
+        rows = np.load(path, mmap_mode="r", allow_pickle=False)
+    except ValueError as e:  # the header is parsed before anything is mapped
+        if "Python objects" in str(e) or "pickle" in str(e):
+            raise InputError(
+                f"{path}: holds an object (pickled) array, which hashindex never loads; save the {what} "
+                "as float32 rows [N, D] (np.save(path, x.astype(np.float32)))"
+            ) from None
+        if "mmap length" in str(e):
+            raise InputError(f"{path}: truncated .npy (the file is shorter than its header says)") from None
+        raise InputError(f"{path}: not a readable .npy of {what} ({e})") from None
+    if rows.dtype.fields is not None or rows.dtype.type not in NPY_DTYPES:
+        raise InputError(f"{path}: {what} must be float32, float16 or float64 rows [N, D], got dtype {rows.dtype}")
+    if rows.ndim != 2:
+        raise InputError(f"{path}: {what} must be a 2-D array [N, D], got shape {rows.shape}")
+    if not rows.shape[0]:
+        raise InputError(f"{path}: the {what} file has no rows")
+    if not rows.shape[1]:
+        raise InputError(f"{path}: the {what} rows have no columns (shape {rows.shape})")
+    return rows
+
+
+def read_npy_labels(path: str | os.PathLike, n: int, features: str) -> np.ndarray:
+    """``int64 [n]`` labels from the ``.npy`` at ``path`` (``build --labels``): integers >= 0, or
+    strings mapped to 0..C-1; one per row of ``features``."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: no such labels file")
+    if not is_npy(path):
+        raise InputError(f"{path}: --labels takes a .npy array of labels (np.save(path, labels))")
+    try:
+        labels = np.load(path, allow_pickle=False)
+    except ValueError as e:
+        if "pickle" in str(e):
+            raise InputError(f"{path}: holds an object (pickled) array, which hashindex never loads; "
+                             "save the labels as integers or strings") from None  # fmt: skip
+        raise InputError(f"{path}: not a readable .npy of labels ({e})") from None
+    if labels.ndim == 1 and (np.issubdtype(labels.dtype, np.str_) or np.issubdtype(labels.dtype, np.bytes_)):
+        labels = np.unique(labels.astype(str), return_inverse=True)[1].reshape(-1)
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+        raise InputError(f"{path}: --labels must be 1-D integers or strings, got {labels.dtype} {labels.shape}")
+    if labels.shape[0] != n:
+        raise InputError(f"{path}: {labels.shape[0]:,} labels for the {n:,} rows of {features}")
+    labels = labels.astype(np.int64)  # unsigned values beyond int64 turn negative and are refused
+    if labels.size and labels.min() < 0:
+        raise InputError(f"{path}: labels must be non-negative, got minimum {labels.min()}")
+    return labels
+
+
 _ROWS = re.compile(r"\brows \[([\d, ]+)\]")
 
 

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import dataclass
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from hashindex.cli.common import in_rows, load_rows, non_negative_int, out_dir, out_file, positive_int
+from hashindex.cli.common import (
+    in_rows, is_npy, load_rows, map_rows, non_negative_int, out_dir, out_file, positive_int, read_npy_labels,
+)
 from hashindex.cli.identity_commands import add_search_options, read_labels, search_options
 from hashindex.cli.image_folder import check_image_model, list_images, stream_images, takes_images
 from hashindex.core.errors import HashIndexError, InputError
@@ -36,6 +39,53 @@ def _chunks(n: int, size: int = CHUNK):
     return [(s, min(s + size, n)) for s in range(0, n, size)]
 
 
+@dataclass(frozen=True)
+class FeatureSource:
+    """The rows ``build --features`` adds: an .npz read whole, or a .npy memory map (``mapped``)."""
+
+    path: str
+    features: np.ndarray  # float [N, D]; an np.memmap when mapped
+    ids: np.ndarray
+    labels: np.ndarray | None
+    mapped: bool
+
+    @property
+    def n(self) -> int:
+        return self.features.shape[0]
+
+    @property
+    def dim(self) -> int:
+        return self.features.shape[1]
+
+    def named(self, e: HashIndexError) -> HashIndexError:
+        """``e`` (from fitting or adding the mapped rows) naming the user's file (an .npz's
+        errors are left as they were)."""
+        if not self.mapped or str(e).startswith(self.path):
+            return e
+        return in_rows(e, self.path, 0, self.n, self.n)
+
+
+def feature_source(args: argparse.Namespace) -> FeatureSource:
+    """``--features``: a ``.npy`` of float rows ``[N, D]`` is memory-mapped (its header checked,
+    its rows left on disk) with labels from ``--labels FILE.npy``; an ``.npz`` is read whole,
+    with labels from ``--labels-key``."""
+    path = str(args.features)
+    if is_npy(path):
+        if args.labels_key:
+            raise InputError(f"--labels-key names an array of an .npz; {path} is a single .npy array: "
+                             "give its labels with --labels FILE.npy")  # fmt: skip
+        rows = map_rows(path, "features")
+        labels = read_npy_labels(args.labels, rows.shape[0], path) if args.labels else None
+        return FeatureSource(path, rows, np.arange(rows.shape[0], dtype=np.int64), labels, mapped=True)
+    if args.labels:
+        raise InputError(f"--labels FILE.npy goes with a .npy of features; {path} is not one "
+                         "(an .npz keeps its labels inside: --labels-key labels)")  # fmt: skip
+    data = load_rows(path, "features")
+    labels = read_labels(path, args.labels_key, len(data)) if args.labels_key else None
+    ids = data.ids if data.ids is not None else np.arange(len(data), dtype=np.int64)
+    return FeatureSource(path, data.features, ids, labels, mapped=False)
+
+
 def cmd_build(args: argparse.Namespace) -> int:
     from hashindex.serving.hashers import make_hasher
     from hashindex.serving.index import HashIndex
@@ -44,26 +94,40 @@ def cmd_build(args: argparse.Namespace) -> int:
     check_save_target(out)  # a directory save() would refuse is refused before fit, add and tune
     if args.images:
         return build_from_images(args, out)
-    data = load_rows(args.features, "features")
-    labels = read_labels(args.features, args.labels_key, len(data)) if args.labels_key else None
+    source = feature_source(args)
     if args.model:
         from hashindex.serving.encoder import OnnxEncoder
 
         hasher = OnnxEncoder(args.model)
         if takes_images(hasher):
             raise InputError(f"--model {args.model} takes images: build from an image folder with --images DIR")
+        model_dim = getattr(hasher, "dim", None)
+        if source.mapped and model_dim is not None and model_dim != source.dim:
+            raise InputError(f"{source.path}: rows of dimension {source.dim}, --model {args.model} takes {model_dim}")
     else:
-        hasher = make_hasher(args.hasher, data.dim, args.bits)
-    index = HashIndex(data.dim, hasher, metric=args.metric, backend=args.backend, feature_dtype=args.feature_dtype)
+        try:
+            hasher = make_hasher(args.hasher, source.dim, args.bits)
+        except HashIndexError as e:
+            raise source.named(e) from e
+    index = HashIndex(source.dim, hasher, metric=args.metric, backend=args.backend, feature_dtype=args.feature_dtype)
     if not args.model:
         rng = np.random.default_rng(args.seed)
-        sample = rng.choice(len(data), size=min(args.fit_sample, len(data)), replace=False)
+        sample = rng.choice(source.n, size=min(args.fit_sample, source.n), replace=False)
         t = time.perf_counter()
-        index.fit(data.features[np.sort(sample)])
+        try:  # a memory map reads only the sampled rows
+            index.fit(source.features[np.sort(sample)])
+        except HashIndexError as e:
+            raise source.named(e) from e
         print(f"fitted {args.hasher} hasher ({index.bits} bits) on {sample.size} vectors in {time.perf_counter() - t:.1f}s")
-    ids = data.ids if data.ids is not None else np.arange(len(data), dtype=np.int64)
-    for lo, hi in tqdm(_chunks(len(data)), desc="adding", unit="chunk", disable=args.quiet):
-        index.add(data.features[lo:hi], ids[lo:hi], None if labels is None else labels[lo:hi])
+    labels = source.labels
+    if source.mapped:  # add() reads the map a chunk at a time (never the whole file), with a bar
+        try:
+            index.add(source.features, source.ids, labels, progress=not args.quiet)
+        except HashIndexError as e:
+            raise source.named(e) from e
+    else:
+        for lo, hi in tqdm(_chunks(source.n), desc="adding", unit="chunk", disable=args.quiet):
+            index.add(source.features[lo:hi], source.ids[lo:hi], None if labels is None else labels[lo:hi])
     if args.tune and index.default_ranking == "asymmetric" and len(index) >= 2:
         t = time.perf_counter()
         point = index.tune(recall=args.recall, k=args.k, progress=not args.quiet)
@@ -85,8 +149,9 @@ def build_from_images(args: argparse.Namespace, out) -> int:
 
     if not args.model:
         raise InputError("--images needs --model: a fused image model (hashindex export --backbone ... --head ...)")
-    if args.labels_key:
-        raise InputError("--labels-key reads an array of --features; with --images the labels are the sub-folders")
+    if args.labels_key or args.labels:
+        flag = "--labels-key" if args.labels_key else "--labels"
+        raise InputError(f"{flag} gives labels for --features; with --images the labels are the sub-folders")
     encoder = OnnxEncoder(args.model)
     check_image_model(encoder, "--model")
     folder = list_images(args.images)
@@ -172,9 +237,10 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def add_parsers(sub) -> None:
-    p = sub.add_parser("build", help="build an index directory from an embeddings .npz (or an image folder)")
+    p = sub.add_parser("build", help="build an index directory from an embeddings .npz or .npy (or an image folder)")
     source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--features", help=".npz with 'embeddings' (and optional 'ids', 'labels')")
+    source.add_argument("--features", help=".npz with 'embeddings' (and optional 'ids', 'labels'), or a .npy of "
+                        "float rows [N, D], memory-mapped and added a chunk at a time (never read whole)")  # fmt: skip
     source.add_argument("--images", metavar="DIR", help="a folder of images, or one sub-folder per person (labels): "
                         "encoded in chunks with --model, a fused image model")  # fmt: skip
     p.add_argument("--hasher", choices=HASHER_KINDS, default="itq")
@@ -187,6 +253,8 @@ def add_parsers(sub) -> None:
     p.add_argument("--seed", type=non_negative_int, default=0)
     p.add_argument("--labels-key", metavar="KEY", help="store each item's label (identity) from this array of "
                    "--features (e.g. labels): enables --group-by / --filter-labels at search time")  # fmt: skip
+    p.add_argument("--labels", metavar="FILE.npy", help="with a .npy of --features: one label (integer or string) "
+                   "per row, stored as with --labels-key")  # fmt: skip
     p.add_argument("--out", required=True, help="index directory to write")
     p.add_argument("--recall", type=recall_target, default=DEFAULT_RECALL,
                    help="tune the default search for this recall@1 on the index's own items (saved with it)")
