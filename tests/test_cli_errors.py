@@ -10,6 +10,7 @@ import pytest
 
 from hashindex.cli import main
 from hashindex.training.data import EmbeddingSet, save_embeddings
+from cli_helpers import run
 
 
 @pytest.fixture(scope="module")
@@ -24,17 +25,6 @@ def files(tmp_path_factory):
     (root / "a_dir").mkdir()
     assert main(["build", "--features", str(root / "gallery.npz"), "--bits", "8", "--out", str(root / "idx"), "--quiet"]) == 0
     return root
-
-
-def run(capsys, argv: list[str]) -> str:
-    capsys.readouterr()
-    assert main(argv) == 2
-    err = capsys.readouterr().err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert "Traceback" not in err
-    assert lines[0].startswith("hashindex")
-    return lines[0]
 
 
 def search(files, *extra: str) -> list[str]:

@@ -11,6 +11,7 @@ from hashindex.cli import main
 from hashindex.serving.hashers import make_hasher
 from hashindex.serving.index import HashIndex
 from hashindex.training.data import EmbeddingSet, save_embeddings
+from cli_helpers import run
 
 N, D, BITS, SEED, FIT = 1_000, 16, 8, 3, 400
 
@@ -100,16 +101,6 @@ def test_a_float64_npy_builds(rows, tmp_path):
     np.save(tmp_path / "wide.npy", x.astype(np.float64))
     assert main(build(root, "--features", str(tmp_path / "wide.npy"), "--out", str(tmp_path / "idx"))) == 0
     np.testing.assert_array_equal(HashIndex.load(tmp_path / "idx").codes, in_memory(x, None).codes)
-
-
-def run(capsys, argv: list[str]) -> str:
-    capsys.readouterr()
-    assert main(argv) == 2
-    err = capsys.readouterr().err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert "Traceback" not in err
-    return lines[0]
 
 
 def bad_files(root):
