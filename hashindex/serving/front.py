@@ -41,6 +41,7 @@ probes the partition stage: the allowed rows are scanned exactly (serving/filter
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import threading
 from dataclasses import dataclass
@@ -451,18 +452,16 @@ class IndexFront:
         with self._writing():
             new_ids = self._new_ids(ids, n)
             self._check_label_state(labels)
-            drawn: list[np.ndarray] = []
 
+            @functools.cache
             def sample() -> np.ndarray:  # FIT_SAMPLE_ROWS evenly spaced rows, prepared once, if asked for
-                if not drawn:
-                    rows = np.unique(np.linspace(0, n - 1, min(n, FIT_SAMPLE_ROWS)).astype(np.int64))
-                    drawn.append(self._prepare_features(raw[rows]))
-                return drawn[0]
+                rows = np.unique(np.linspace(0, n - 1, min(n, FIT_SAMPLE_ROWS)).astype(np.int64))
+                return self._prepare_features(raw[rows])
 
             if self._needs_first_fit():
                 self._first_fit(sample())
             self._reserve(n, labelled=labels is not None, sample=sample)
-            drawn.clear()
+            sample.cache_clear()  # its rows are not kept while the chunks are stored
             show = n >= PROGRESS_MIN_ROWS if progress is None else bool(progress)
             bar = tqdm(total=n, desc="add", unit="rows", disable=not show, leave=False)
             for lo in range(0, n, ADD_CHUNK_ROWS):

@@ -37,6 +37,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import zipfile
 import zlib
 from dataclasses import dataclass, field
@@ -374,7 +375,7 @@ def recognise(path: Path) -> str | None:
             st = os.lstat(path / name)
         except OSError:
             return f"{name}, listed in its manifest, is missing"
-        if not os.path.isfile(path / name) or os.path.islink(path / name):
+        if not stat.S_ISREG(st.st_mode):  # lstat: a symlink is not a regular file either
             return f"{name} is not a regular file"
         if st.st_size != size:
             return f"{name} is {st.st_size} bytes, its manifest says {size}"
