@@ -24,7 +24,7 @@ from hashindex.core.errors import (
     SavePathError,
     UnknownIdError,
 )
-from hashindex.serving.hashers import ITQHasher, LinearHasher, PCASignHasher, SignHasher, make_hasher
+from hashindex.serving.hashers import ITQHasher, LinearHasher, PCASignHasher, ResidualHasher, SignHasher, make_hasher
 from hashindex.serving.index import HashIndex, SearchResult
 from hashindex import _moved
 
@@ -40,6 +40,7 @@ __all__ = [
     "SignHasher",
     "PCASignHasher",
     "ITQHasher",
+    "ResidualHasher",
     "make_hasher",
     "pack_bits",
     "unpack_bits",

@@ -17,6 +17,7 @@ from hashindex.cli.image_folder import check_image_model, list_images, stream_im
 from hashindex.core.errors import HashIndexError, InputError
 from hashindex.core.io import atomic_write
 from hashindex.serving.hashers import HASHER_KINDS
+from hashindex.serving.front import default_bits
 from hashindex.serving.index import DEFAULT_BITS
 from hashindex.serving.index_format import check_save_target
 from hashindex.serving.tuning import DEFAULT_RECALL
@@ -106,7 +107,7 @@ def cmd_build(args: argparse.Namespace) -> int:
             raise InputError(f"{source.path}: rows of dimension {source.dim}, --model {args.model} takes {model_dim}")
     else:
         try:
-            hasher = make_hasher(args.hasher, source.dim, args.bits)
+            hasher = make_hasher(args.hasher, source.dim, args.bits or default_bits(args.hasher, source.dim))
         except HashIndexError as e:
             raise source.named(e) from e
     index = HashIndex(source.dim, hasher, metric=args.metric, backend=args.backend, feature_dtype=args.feature_dtype)
@@ -244,7 +245,8 @@ def add_parsers(sub) -> None:
     source.add_argument("--images", metavar="DIR", help="a folder of images, or one sub-folder per person (labels): "
                         "encoded in chunks with --model, a fused image model")  # fmt: skip
     p.add_argument("--hasher", choices=HASHER_KINDS, default="itq")
-    p.add_argument("--bits", type=positive_int, default=DEFAULT_BITS, help="code length (capped by the hasher: <= feature dim)")
+    p.add_argument("--bits", type=positive_int, help=f"code length (default {DEFAULT_BITS}, at most the feature dim; "
+                   "residual: 1.5x that, 192 at 128-d)")  # fmt: skip
     p.add_argument("--model", help="an exported ONNX hash model to use instead of an untrained hasher")
     p.add_argument("--metric", choices=("cosine", "ip", "l2"), default="cosine")
     p.add_argument("--backend", choices=("auto", "flat", "hash", "multihash"), default="auto")

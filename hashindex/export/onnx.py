@@ -183,6 +183,11 @@ def export_linear_hasher(
     """
     if not hasher.is_fitted:
         raise NotFittedError(f"{hasher.kind} hasher is not fitted: call fit(features) before exporting")
+    if hasher.stages:
+        raise InputError(
+            f"a residual hasher ({'+'.join(map(str, hasher.stages))} bits) is not one sign per projection, which is "
+            "what the ONNX contract's codes are; export an 'itq' hasher, or serve this one from Python"
+        )
     if training is None:
         training = TrainingInfo(loss=f"none ({hasher.kind} projection fitted without a loss)", data="unspecified")
     metadata = ModelMetadata(bits=hasher.bits, input=InputSpec.features(hasher.dim, note), training=training)

@@ -119,6 +119,13 @@ FIT_SAMPLE_ROWS = 262_144
 PROGRESS_MIN_ROWS = 1_000_000
 
 
+def default_bits(kind: str, dim: int) -> int:
+    """Code length when none is given: ``DEFAULT_BITS`` capped at ``dim`` (rounded down to bytes);
+    a residual hasher adds a half-length refinement stage (192 bits at 128-d)."""
+    first = min(DEFAULT_BITS, max(8, dim - dim % 8))
+    return first + (first // 2 // 8) * 8 if kind == "residual" else first
+
+
 def resolve_hasher(dim: int, hasher: Hasher | str | None, encoder: Hasher | None, bits: int | None) -> Hasher:
     """The hasher an index of dimension ``dim`` uses: the one given (an object, or a kind name
     such as ``"itq"``), else an unfitted ITQ hasher of ``bits`` (default 128, capped at ``dim``)."""
@@ -128,9 +135,9 @@ def resolve_hasher(dim: int, hasher: Hasher | str | None, encoder: Hasher | None
     if isinstance(hasher, str):
         if hasher not in HASHER_KINDS:
             raise InputError(f"unknown hasher {hasher!r}; choose one of {', '.join(HASHER_KINDS)} or pass a hasher object")
-        hasher = make_hasher(hasher, dim, bits or min(DEFAULT_BITS, dim - dim % 8))
+        hasher = make_hasher(hasher, dim, bits or default_bits(hasher, dim))
     elif hasher is None:
-        hasher = make_hasher("itq", dim, bits or min(DEFAULT_BITS, dim - dim % 8))
+        hasher = make_hasher("itq", dim, bits or default_bits("itq", dim))
     elif not (hasattr(hasher, "encode") and isinstance(getattr(hasher, "bits", None), (int, np.integer))):
         raise InputError(
             f"hasher must be a hasher object with bits and encode() (or one of {', '.join(HASHER_KINDS)}), "

@@ -146,7 +146,8 @@ def _hasher_from_record(rec: dict[str, Any], given: Hasher | None, where: str) -
             weight, bias = _unb64(rec["weight"], (bits, dim)), _unb64(rec["bias"], (bits,))
             if not (np.isfinite(weight).all() and np.isfinite(bias).all()):
                 raise ValueError("weights contain NaN or inf")
-            stored = LinearHasher(check_hasher_kind(rec["kind"]), bits, dim, weight, bias)
+            stages = tuple(_json_int(b, "stages") for b in rec.get("stages", []))
+            stored = LinearHasher(check_hasher_kind(rec["kind"]), bits, dim, weight, bias, stages)
         except (KeyError, ValueError, TypeError, OverflowError) as e:  # InputError is a ValueError
             raise IndexFormatError(f"{where}: unreadable hasher record ({e})") from None
         if given is None:
@@ -156,6 +157,7 @@ def _hasher_from_record(rec: dict[str, Any], given: Hasher | None, where: str) -
             and given.is_fitted
             and np.array_equal(given.weight, stored.weight)
             and np.array_equal(given.bias, stored.bias)
+            and given.stages == stored.stages
         )
         if not same:
             raise ModelMismatchError(f"{where} was built with another hasher ({stored.kind}, {stored.bits} bits)")
