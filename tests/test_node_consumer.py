@@ -70,7 +70,7 @@ def robust_inputs(model, pool, n):
     return pool[keep]
 
 
-@pytest.mark.parametrize("kind,bits", [("itq", 32), ("sign", 48)])
+@pytest.mark.parametrize("kind,bits", [("itq", 32), ("sign", 48), ("residual", 96)])
 def test_node_codes_identical_to_python_linear(node_kit, tmp_path, kind, bits):
     rng = np.random.default_rng(11)
     train = rng.standard_normal((3000, 48)).astype(np.float32)

@@ -19,14 +19,16 @@ from hashindex.core.bits import check_bits
 from hashindex.core.errors import IndexFormatError, InputError
 from hashindex.core.preprocess import ImagePreprocessing
 
-FORMAT_VERSION = 1
-"""Version of the metadata/I-O contract written into ``hashindex.format``."""
+FORMAT_VERSION = 2
+"""Version of the metadata/I-O contract written into ``hashindex.format``: 2 for a model whose
+codes are residual (``hashindex.stages``), 1 for every other (so older readers still take them)."""
 
 KEY_FORMAT = "hashindex.format"
 KEY_BITS = "hashindex.bits"
 KEY_INPUT = "hashindex.input"
 KEY_TRAINING = "hashindex.training"
 KEY_BACKBONE = "hashindex.backbone"
+KEY_STAGES = "hashindex.stages"
 
 INPUT_KINDS = ("features", "images")
 BATCH_DIM = "N"
@@ -136,10 +138,18 @@ class ModelMetadata:
     input: InputSpec
     training: TrainingInfo
     backbone: BackboneInfo | None = None
-    format: int = FORMAT_VERSION
+    format: int | None = None  # None: the lowest version that can say what this model is
+    stages: tuple[int, ...] = ()  # a residual hasher's bits per stage: codes are not sign(embedding)
 
     def __post_init__(self) -> None:
         check_bits(self.bits)
+        object.__setattr__(self, "stages", tuple(self.stages))
+        if self.stages and (sum(self.stages) != self.bits or any(b <= 0 or b % 8 for b in self.stages)):
+            raise InputError(f"stages {list(self.stages)} must be positive multiples of 8 summing to bits={self.bits}")
+        if self.format is None:
+            object.__setattr__(self, "format", 2 if self.stages else 1)
+        if self.stages and self.format < 2:
+            raise InputError(f"a residual model (stages {list(self.stages)}) needs format 2, got {self.format}")
 
     def to_props(self) -> dict[str, str]:
         """String key/values for ``ModelProto.metadata_props``."""
@@ -151,6 +161,8 @@ class ModelMetadata:
         }
         if self.backbone is not None:
             props[KEY_BACKBONE] = json.dumps(self.backbone.to_dict())
+        if self.stages:
+            props[KEY_STAGES] = json.dumps(list(self.stages))
         return props
 
     @classmethod
@@ -168,7 +180,7 @@ class ModelMetadata:
                 f"{source}: not a hashindex model (metadata_props lack {', '.join(missing)}); "
                 "export it with hashindex.export.onnx"
             )
-        for key in (KEY_FORMAT, KEY_BITS, KEY_INPUT, KEY_TRAINING, KEY_BACKBONE):
+        for key in (KEY_FORMAT, KEY_BITS, KEY_INPUT, KEY_TRAINING, KEY_BACKBONE, KEY_STAGES):
             value = props.get(key)
             if value is not None and (not isinstance(value, str) or len(value) > MAX_PROP_CHARS):
                 raise IndexFormatError(f"{source}: {key} must be a string of at most {MAX_PROP_CHARS} characters")
@@ -198,7 +210,9 @@ class ModelMetadata:
             key = KEY_BACKBONE
             backbone = props.get(KEY_BACKBONE)
             backbone = BackboneInfo.from_dict(_json_object(backbone, KEY_BACKBONE, source)) if backbone else None
-            return cls(bits=bits, input=spec, training=training, backbone=backbone, format=version)
+            key = KEY_STAGES
+            stages = _json_int_list(props[KEY_STAGES], KEY_STAGES, source) if KEY_STAGES in props else ()
+            return cls(bits=bits, input=spec, training=training, backbone=backbone, format=version, stages=stages)
         except IndexFormatError:
             raise
         except (ValueError, KeyError, TypeError, IndexError, AttributeError, OverflowError, RecursionError) as e:
@@ -230,6 +244,17 @@ def _json_object(text: str, key: str, source: str) -> dict:
     if not isinstance(value, dict):
         raise IndexFormatError(f"{source}: {key} must be a JSON object, got {type(value).__name__}")
     return value
+
+
+def _json_int_list(text: str, key: str, source: str) -> tuple[int, ...]:
+    """``json.loads`` of a metadata value that must be a short list of integers."""
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError) as e:
+        raise IndexFormatError(f"{source}: malformed hashindex metadata: {key} is not JSON ({e})") from None
+    if not (isinstance(value, list) and len(value) <= 64 and all(type(v) is int for v in value)):
+        raise IndexFormatError(f"{source}: {key} must be a list of integers, got {text[:80]!r}")
+    return tuple(value)
 
 
 def _no_constant(name: str):

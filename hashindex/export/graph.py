@@ -81,11 +81,12 @@ def code_packing_nodes(bits: int, h: str = EMBEDDING, codes: str = CODES, prefix
     return nodes, inits
 
 
-def add_code_outputs(model: "onnx.ModelProto", bits: int) -> "onnx.ModelProto":
+def add_code_outputs(model: "onnx.ModelProto", bits: int, signs: str = EMBEDDING) -> "onnx.ModelProto":
     """Append the packing tail to a model whose graph outputs ``embedding [N, bits]``.
 
-    The outputs become ``codes`` then ``embedding`` (then any others, e.g. ``features``).
-    Modifies and returns ``model``.
+    The outputs become ``codes`` then ``embedding`` (then any others, e.g. ``features``); the
+    codes are the signs of ``signs`` (a tensor ``[N, bits]`` of the graph: the embedding unless
+    the bits are not its signs, as for a residual hasher). Modifies and returns ``model``.
     """
     float_t, uint8_t = require_onnx().TensorProto.FLOAT, require_onnx().TensorProto.UINT8
     graph = model.graph
@@ -94,7 +95,7 @@ def add_code_outputs(model: "onnx.ModelProto", bits: int) -> "onnx.ModelProto":
         raise InputError(f"graph has no '{EMBEDDING}' output (outputs: {names})")
     if CODES in names:
         raise InputError("graph already has a 'codes' output")
-    nodes, inits = code_packing_nodes(bits)
+    nodes, inits = code_packing_nodes(bits, h=signs)
     graph.node.extend(nodes)
     graph.initializer.extend(inits)
     others = [o for o in graph.output if o.name != EMBEDDING]
@@ -135,12 +136,47 @@ def data_inputs(graph) -> list:
     return [i for i in graph.input if i.name not in init_names]
 
 
-def make_linear_hasher_model(weight: np.ndarray, bias: np.ndarray, metadata: ModelMetadata) -> "onnx.ModelProto":
+def residual_sign_nodes(stages: tuple[int, ...], gram: np.ndarray, rounds: int, h: str, signs: str, prefix: str = "residual/"):
+    """Nodes + initializers computing a residual hasher's signs ``float [N, K]`` from ``h`` (as
+    :func:`hashindex.serving.hashers.residual_signs`: stage i is the sign of ``h_i - sum_j
+    gram_ij s_j`` over the stages j already coded, then ``rounds`` passes over all others)."""
+    onnx = require_onnx()
+    make_node, const = onnx.helper.make_node, onnx.numpy_helper.from_array
+    p, bounds = prefix, np.cumsum((0, *stages))
+    inits = [const(np.array(1.0, np.float32), p + "one"), const(np.array(-1.0, np.float32), p + "minus_one"),
+             const(np.zeros((), np.float32), p + "zero"), const(np.array([1], np.int64), p + "axis")]  # fmt: skip
+    nodes, coded = [], {}
+    for i, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:])):
+        inits += [const(np.array([lo], np.int64), f"{p}lo{i}"), const(np.array([hi], np.int64), f"{p}hi{i}")]
+        nodes.append(make_node("Slice", [h, f"{p}lo{i}", f"{p}hi{i}", p + "axis"], [f"{p}h{i}"], name=f"{p}slice{i}"))
+    for step in range(rounds + 1):
+        for i, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:])):
+            v = f"{p}h{i}"
+            for j, (jlo, jhi) in enumerate(zip(bounds[:-1], bounds[1:])):
+                if j == i or j not in coded:
+                    continue
+                g, t, out = f"{p}g{j}_{i}", f"{p}t{step}_{i}_{j}", f"{p}v{step}_{i}_{j}"
+                if g not in {x.name for x in inits}:
+                    inits.append(const(np.ascontiguousarray(gram[jlo:jhi, lo:hi], dtype=np.float32), g))
+                nodes += [make_node("MatMul", [coded[j], g], [t], name=t), make_node("Sub", [v, t], [out], name=out)]
+                v = out
+            pos, s = f"{p}pos{step}_{i}", f"{p}s{step}_{i}"
+            nodes += [make_node("Greater", [v, p + "zero"], [pos], name=pos),
+                      make_node("Where", [pos, p + "one", p + "minus_one"], [s], name=s)]  # fmt: skip
+            coded[i] = s
+    nodes.append(make_node("Concat", [coded[i] for i in range(len(stages))], [signs], axis=1, name=p + "concat"))
+    return nodes, inits
+
+
+def make_linear_hasher_model(
+    weight: np.ndarray, bias: np.ndarray, metadata: ModelMetadata, stages: tuple[int, ...] = (), rounds: int = 0
+) -> "onnx.ModelProto":  # fmt: skip
     """Graph for ``h = tanh(x @ W.T + b)`` (``W float32 [K, D]``, ``b [K]``) plus the packing tail.
 
     The tanh changes no bit; it makes ``embedding`` the bounded continuous code that
     ARCHITECTURE.md §3 promises for every model, so a consumer (e.g. asymmetric ranking,
-    :func:`hashindex.core.codes.pre_tanh`) reads every exported model the same way."""
+    :func:`hashindex.core.codes.pre_tanh`) reads every exported model the same way. With
+    ``stages`` (a residual hasher) the codes are :func:`residual_sign_nodes` of ``h``."""
     onnx = require_onnx()
     make_node, const = onnx.helper.make_node, onnx.numpy_helper.from_array
     weight = np.asarray(weight, np.float32)
@@ -162,8 +198,12 @@ def make_linear_hasher_model(weight: np.ndarray, bias: np.ndarray, metadata: Mod
         outputs=[_tensor_info(EMBEDDING, onnx.TensorProto.FLOAT, [BATCH_DIM, k])],
         initializer=[const(np.ascontiguousarray(weight.T), "hasher/weight_t"), const(bias, "hasher/bias")],
     )
+    if stages:
+        nodes, inits = residual_sign_nodes(stages, weight @ weight.T, rounds, "hasher/z", "hasher/signs")
+        graph.node.extend(nodes)
+        graph.initializer.extend(inits)
     model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", OPSET)])
-    return finalize_model(add_code_outputs(model, k), metadata)
+    return finalize_model(add_code_outputs(model, k, "hasher/signs" if stages else EMBEDDING), metadata)
 
 
 def to_common_version(model: "onnx.ModelProto") -> "onnx.ModelProto":

@@ -31,7 +31,7 @@ import numpy as np
 from hashindex.core.codes import binarize
 from hashindex.core.errors import InputError, NotFittedError
 from hashindex.core.io import atomic_write_bytes
-from hashindex.serving.hashers import LinearHasher
+from hashindex.serving.hashers import RESIDUAL_ROUNDS, LinearHasher
 from hashindex.core.onnx_contract import EMBEDDING, BackboneInfo, InputSpec, ModelMetadata, TrainingInfo
 from hashindex.export.graph import (
     OPSET,
@@ -177,21 +177,18 @@ def export_linear_hasher(
     training: TrainingInfo | None = None,
     note: str | None = None,
 ) -> ModelMetadata:
-    """Export a fitted :class:`~hashindex.serving.hashers.LinearHasher` (sign / pca / itq); no torch.
+    """Export a fitted :class:`~hashindex.serving.hashers.LinearHasher` (sign / pca / itq /
+    residual: its stages run in the graph, and ``hashindex.stages`` says so); no torch.
 
     ``note`` describes the expected features (recorded as the input's preprocessing).
     """
     if not hasher.is_fitted:
         raise NotFittedError(f"{hasher.kind} hasher is not fitted: call fit(features) before exporting")
-    if hasher.stages:
-        raise InputError(
-            f"a residual hasher ({'+'.join(map(str, hasher.stages))} bits) is not one sign per projection, which is "
-            "what the ONNX contract's codes are; export an 'itq' hasher, or serve this one from Python"
-        )
     if training is None:
         training = TrainingInfo(loss=f"none ({hasher.kind} projection fitted without a loss)", data="unspecified")
-    metadata = ModelMetadata(bits=hasher.bits, input=InputSpec.features(hasher.dim, note), training=training)
-    save_model(make_linear_hasher_model(hasher.weight, hasher.bias, metadata), path)
+    metadata = ModelMetadata(bits=hasher.bits, input=InputSpec.features(hasher.dim, note), training=training,
+                             stages=hasher.stages)  # fmt: skip
+    save_model(make_linear_hasher_model(hasher.weight, hasher.bias, metadata, hasher.stages, RESIDUAL_ROUNDS), path)
     return metadata
 
 

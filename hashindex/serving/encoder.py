@@ -263,7 +263,8 @@ class OnnxEncoder:
 
     def _check_outputs(self, outputs: list, n: int) -> list:
         """One run's outputs against the contract: rows, widths, dtypes, finite embedding, and
-        codes that are exactly the packed signs of the embedding (ModelMismatchError otherwise)."""
+        codes that are exactly the packed signs of the embedding, unless the model says its codes
+        are residual (``hashindex.stages``) (ModelMismatchError otherwise)."""
         codes, embedding = outputs[0], outputs[1]
         widths = [(CODES, np.uint8, self.bits // 8), (EMBEDDING, np.float32, self.bits)]
         if self.has_features:
@@ -281,6 +282,8 @@ class OnnxEncoder:
         if self.has_features and not np.isfinite(outputs[2]).all():
             rows = np.flatnonzero(~np.isfinite(outputs[2]).all(axis=1))
             raise ModelMismatchError(f"{self.path}: output '{FEATURES}' holds NaN or inf (rows {rows[:5].tolist()} of the batch)")
+        if self.metadata.stages:  # residual codes are not the embedding's signs: widths checked above
+            return outputs
         wrong = (codes != pack_bits(embedding > 0)).any(axis=1)
         if wrong.any():
             raise ModelMismatchError(
