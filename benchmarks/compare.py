@@ -2,7 +2,8 @@
 
 Methods: exact (FAISS IndexFlatIP), FAISS ``IVF{nlist},PQ{D/4}x4fs,RFlat`` (nprobe x k_factor_rf),
 ScaNN (tree + SOAR + AH + float reorder; skipped with a note when the ``scann`` package is
-absent: ``pip install -e '.[bench]'``), and hashindex ITQ-128 (``partitions="auto"``):
+absent: ``pip install -e '.[bench]'``), and hashindex (``--hasher``, by default what ``HashIndex(dim)``
+builds; ``partitions="auto"``):
 ``search(q, k)`` with no mode arguments (what a user gets) and its nprobe x candidates grid.
 
 Protocol (one thread, one process):
@@ -39,7 +40,8 @@ import faiss  # noqa: E402
 import numpy as np  # noqa: E402
 
 from hashindex.evaluation.exact import recall_at_k_vs_exact  # noqa: E402
-from hashindex.serving.hashers import ITQHasher  # noqa: E402
+from hashindex.serving.front import default_bits  # noqa: E402
+from hashindex.serving.hashers import make_hasher  # noqa: E402
 
 from benchlib.config import BenchConfig, add_arguments, from_namespace, opt  # noqa: E402
 from benchlib.measure import build, machine_info, round_robin, thread_count  # noqa: E402
@@ -56,14 +58,16 @@ class CompareConfig:
     recall_1: float = opt(0.99, "target recall@1")
     recall_k: float = opt(0.95, "target recall@k (k = --k)")
     rounds: int = opt(5, "report: round-robin rounds (best of)")
-    hash_bits: int = opt(128, "hashindex code length")
+    hasher: str = opt("default", "hashindex's hasher: 'default' (what HashIndex(dim) builds: residual ITQ, 192 bits at "
+                      "128-d), or a kind ('itq', 'residual', ...)")
+    hash_bits: int | None = opt(None, "hashindex code length (default: the hasher's default)")
     table: str | None = opt(None, "print the report table of this results JSON and exit")
 
 
 GRID_DEFAULTS = dict(
     n=200_000, probes=500, anchor_nprobe=(32, 64, 128, 256, 512), k_factor=(5, 10, 20, 50, 100),
     scann_search=(25, 50, 100, 200, 300, 400), scann_reorder=(50, 100, 200, 500),
-    part_nprobe=(16, 32, 64, 128, 256, 512), part_candidates=(50, 100, 200, 500, 1000), partitions="auto",
+    part_nprobe=(16, 32, 64, 128, 192, 256, 384, 512), part_candidates=(50, 100, 200, 300, 500, 1000), partitions="auto",
     spill=(2,), methods=("exact", "ivfpq", "scann", "itq"), out_dir="benchmarks/results",
 )  # fmt: skip
 BENCH_FIELDS = ("n", "dim", "per_identity", "probes", "k", "threads", "chunk", "anchor_nlist", "anchor_nprobe",
@@ -84,7 +88,10 @@ def make(cfg: BenchConfig, cc: CompareConfig, family: str, dim: int, n_items: in
         return ScannMethod(dim, cfg.scann_lists(n_items), cfg.scann_search, cfg.scann_reorder,
                            cfg.scann_dims_per_block, cfg.scann_soar, max(cfg.threads))  # fmt: skip
     if family == "itq":
-        return HashMethod(f"itq-{cc.hash_bits}", dim, ITQHasher(dim, cc.hash_bits), True, "float32", candidates=(),
+        kind = "residual" if cc.hasher == "default" else cc.hasher
+        bits = cc.hash_bits or default_bits(kind, dim)
+        hasher = None if cc.hasher == "default" and cc.hash_bits is None else make_hasher(kind, dim, bits)
+        return HashMethod(f"hashindex-{kind}{bits}", dim, hasher, True, "float32", candidates=(),
                           default=True, asymmetric=cfg.part_candidates, partitions="auto", spill=2,
                           part_nprobe=cfg.part_nprobe)  # fmt: skip
     raise ValueError(family)

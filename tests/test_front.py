@@ -35,9 +35,17 @@ def test_both_backends_share_the_front(make_index):
         assert hasattr(index, name), name
 
 
-def test_default_bits_are_the_same(make_index):
-    assert make_index(256).bits == DEFAULT_BITS
-    assert make_index(40).bits == 40
+def test_default_hashers(make_index):
+    """HashIndex ranks asymmetrically by default, where a residual refinement stage pays
+    (benchmarks/README.md); Milvus ranks by Hamming distance, and keeps one ITQ stage."""
+    if make_index.backend == "faiss":
+        assert (make_index(128).hasher.kind, make_index(128).hasher.stages) == ("residual", (DEFAULT_BITS, DEFAULT_BITS // 2))
+        assert make_index(256).bits == 192 and make_index(256).hasher.stages == ()  # one stage holds 192 bits of 256-d
+        assert make_index(40).hasher.stages == (40, 16)
+        assert make_index(256, bits=DEFAULT_BITS).hasher.kind == "itq"  # bits one stage holds: plain ITQ
+    else:
+        assert (make_index(256).bits, make_index(256).hasher.kind) == (DEFAULT_BITS, "itq")
+        assert make_index(40).bits == 40
 
 
 def test_add_search_remove_against_brute_force(make_index, oracle):

@@ -165,7 +165,7 @@ def test_a_hasher_fits_tiny_and_huge_rows_as_it_fits_unit_rows(kind):
 
 # -- item 15: too few rows to fit ----------------------------------------------------------------
 def test_one_rule_for_the_rows_a_hasher_needs(make_index):
-    index = make_index(128)  # ITQ, 128 bits: 256 rows
+    index = make_index(128, bits=128)  # ITQ, 128 bits: 256 rows (the residual default: 2 * 192)
     for n in (5, 127, 200, 255):  # < 128 crashed inside FAISS's PCA; 128-255 were accepted by fit only
         with pytest.raises(InputError, match=r"itq hasher \(128 bits\) needs at least 2 \* bits = 256 rows, got " + str(n)):
             index.fit(_unit_rows(n, 128))

@@ -126,9 +126,12 @@ def default_bits(kind: str, dim: int) -> int:
     return first + (first // 2 // 8) * 8 if kind == "residual" else first
 
 
-def resolve_hasher(dim: int, hasher: Hasher | str | None, encoder: Hasher | None, bits: int | None) -> Hasher:
+def resolve_hasher(
+    dim: int, hasher: Hasher | str | None, encoder: Hasher | None, bits: int | None, default_kind: str = "itq"
+) -> Hasher:  # fmt: skip
     """The hasher an index of dimension ``dim`` uses: the one given (an object, or a kind name
-    such as ``"itq"``), else an unfitted ITQ hasher of ``bits`` (default 128, capped at ``dim``)."""
+    such as ``"itq"``), else an unfitted hasher of ``default_kind`` and ``bits`` (default
+    :func:`default_bits`). A residual default with ``bits`` that one ITQ stage holds is plain ITQ."""
     hasher = single_hasher(hasher, encoder)
     if bits is not None:
         bits = check_bits(bits)
@@ -137,7 +140,8 @@ def resolve_hasher(dim: int, hasher: Hasher | str | None, encoder: Hasher | None
             raise InputError(f"unknown hasher {hasher!r}; choose one of {', '.join(HASHER_KINDS)} or pass a hasher object")
         hasher = make_hasher(hasher, dim, bits or default_bits(hasher, dim))
     elif hasher is None:
-        hasher = make_hasher("itq", dim, bits or default_bits("itq", dim))
+        kind = default_kind if bits is None or bits > default_bits("itq", dim) else "itq"
+        hasher = make_hasher(kind, dim, bits or default_bits(kind, dim))
     elif not (hasattr(hasher, "encode") and isinstance(getattr(hasher, "bits", None), (int, np.integer))):
         raise InputError(
             f"hasher must be a hasher object with bits and encode() (or one of {', '.join(HASHER_KINDS)}), "

@@ -12,7 +12,8 @@ Ground truth is the
 exact top-k over every stored item.
 
 Grid: every candidate count ``c`` from just above k to ``min(n, MAX_CANDIDATES)`` (geometric,
-ratio ``CANDIDATE_RATIO``) at the flat scan and at ``nprobe`` = 1, 2, 4, ..., nlist lists. Recall
+ratio ``CANDIDATE_RATIO``) at the flat scan and at ``nprobe`` = 1, 2, 4, ..., nlist lists (and
+the fastest one's nprobe / sqrt(2), between two grid points). Recall
 grows with c at a fixed nprobe, so each nprobe is searched by bisection for its smallest c
 meeting the targets, starting from the previous nprobe's answer (more lists need no more
 candidates); nprobe stops growing once its cheapest measured setting is slower than the best
@@ -315,6 +316,17 @@ def tune(
                 bar.set_postfix_str(f"best {min(m.secs for m in feasible) * 1e3:.3f} ms/query")
             if nprobe is not None and first_secs > best:
                 break  # this many lists cost more than the best at any candidate count: more cost more
+        # between grid points: the fastest partitioned setting's nprobe / sqrt(2) (the grid doubles,
+        # and the cheapest depth for a high target often lies between two of its points)
+        part_feasible = [m for m in feasible if m.nprobe is not None and m.nprobe > 2]
+        if part_feasible:
+            m = min(part_feasible, key=lambda m: m.secs)
+            between = int(round(m.nprobe / math.sqrt(NPROBE_RATIO)))
+            best = min(f.secs for f in feasible)
+            found, _ = _smallest_candidates(lambda j: measure(between, cands[j]), meets, cands.index(m.candidates),
+                                            cands, best)  # fmt: skip
+            if found is not None:
+                feasible.append(measure(between, cands[found]))
         # verification: the fastest few on every query, each raised a step or two of c if it falls short
         verified: list[_Measure] = []
         for m in sorted(feasible, key=lambda m: m.secs)[:RETIME]:
