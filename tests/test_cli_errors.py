@@ -83,7 +83,7 @@ def test_out_of_the_wrong_kind(files, capsys):
 
 def test_library_errors_are_one_line(files, capsys):
     # the hasher rejects more bits than the feature dimension
-    line = run(capsys, ["build", "--features", str(files / "gallery.npz"), "--bits", "64", "--out", str(files / "y")])
+    line = run(capsys, ["build", "--features", str(files / "gallery.npz"), "--hasher", "itq", "--bits", "64", "--out", str(files / "y")])
     assert "bits" in line
     line = run(capsys, ["export", "--hasher", "itq", "--out", str(files / "m.onnx")])
     assert "--data" in line

@@ -141,7 +141,7 @@ def test_a_bad_npy_exits_2_naming_the_file(tmp_path, capsys, name, words):
 
 def test_bits_beyond_the_npy_dimension_name_the_file(rows, tmp_path, capsys):
     root, _, _ = rows
-    line = run(capsys, ["build", "--features", str(root / "big.npy"), "--bits", "64", "--out", str(tmp_path / "x")])
+    line = run(capsys, ["build", "--features", str(root / "big.npy"), "--hasher", "itq", "--bits", "64", "--out", str(tmp_path / "x")])
     assert str(root / "big.npy") in line and "64" in line
 
 

@@ -244,7 +244,7 @@ def add_parsers(sub) -> None:
                         "float rows [N, D], memory-mapped and added a chunk at a time (never read whole)")  # fmt: skip
     source.add_argument("--images", metavar="DIR", help="a folder of images, or one sub-folder per person (labels): "
                         "encoded in chunks with --model, a fused image model")  # fmt: skip
-    p.add_argument("--hasher", choices=HASHER_KINDS, default="itq")
+    p.add_argument("--hasher", choices=HASHER_KINDS, default="residual", help="untrained hasher (default: residual ITQ, as HashIndex(dim) builds)")
     p.add_argument("--bits", type=positive_int, help=f"code length (default {DEFAULT_BITS}, at most the feature dim; "
                    "residual: 1.5x that, 192 at 128-d)")  # fmt: skip
     p.add_argument("--model", help="an exported ONNX hash model to use instead of an untrained hasher")
