@@ -447,3 +447,18 @@ def test_a_partitioned_index_measures_its_default_point_on_first_search(gallery,
     np.testing.assert_array_equal(res.ids, ref.ids)
     index.save(tmp_path / "ix")
     assert HashIndex.load(tmp_path / "ix").operating_point(DEFAULT_RECALL, 10) == point
+
+
+def test_a_partitioned_point_releases_the_flat_scan_until_a_flat_search_needs_it(gallery, monkeypatch):
+    index = _index(gallery, partitions=16)
+    q = gallery[0][:50]
+    flat = index.search(q, 10, candidates=200, ranking="asymmetric")  # builds the flat fast-scan copy
+    assert index.memory_usage()["asymmetric_scan"] >= len(index) * index.bits // 8
+    chosen = OperatingPoint(nprobe=4, candidates=200, recall=0.99, seconds_per_query=1e-4, target=0.99, k=10,
+                            nlist=16, items=len(index), sample=100)  # fmt: skip
+    monkeypatch.setattr(tuning, "tune", lambda *a, **kw: chosen)  # the measurement is not under test here
+    assert index.tune(recall=0.99, k=10, progress=False) == chosen
+    assert "asymmetric_scan" not in index.memory_usage()
+    again = index.search(q, 10, candidates=200, ranking="asymmetric")  # the flat scan is rebuilt on demand
+    np.testing.assert_array_equal(again.ids, flat.ids)
+    assert index.memory_usage()["asymmetric_scan"] >= len(index) * index.bits // 8

@@ -735,7 +735,12 @@ class IndexFront:
         point = tuning.tune(self, recall, k, sample, int(seed), progress, recall_at_k=recall_at_k, queries=queries)
         with self._writing():
             self._operating_points[(recall, k)] = point
+            self._release_scans(point)
         return point
+
+    def _release_scans(self, point: OperatingPoint) -> None:
+        """Drop derived scan structures ``point`` does not use (under the write lock); a backend
+        that keeps none has nothing to drop."""
 
     def range_search(self, queries: np.ndarray, radius: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """All items within Hamming <= ``radius``, without reranking.

@@ -48,6 +48,7 @@ from hashindex.serving.hashers import Hasher, LinearHasher
 from hashindex.serving.index_format import describe
 from hashindex.serving.locks import ReadWriteLock
 from hashindex.serving.store import RERANK_KINDS, CompactStore, FileRows, RowStore, advise, mapped_resident_bytes
+from hashindex.serving.tuning import OperatingPoint
 
 __all__ = ["HashIndex", "SearchResult", "DEFAULT_BITS", "RANKINGS", "check_ranking", "describe"]
 
@@ -366,6 +367,12 @@ class HashIndex(IndexFront):
             accel.rebuild(self._codes.array)
             self._accel[name] = accel
         return accel
+
+    def _release_scans(self, point: OperatingPoint) -> None:
+        # the tuner measured the flat scan to compare with; a partitioned point never reads its
+        # copy of the codes (bits/8 bytes per item), so it goes until a flat search asks again
+        if point.nprobe is not None and all(p.nprobe is not None for p in self._operating_points.values()):
+            self._accel.pop("asymmetric", None)
 
     # -- the search protocol (serving/search.py; under the read lock) ----------------------------
     def _restrict(self, restriction: Restriction, nq: int) -> Scope:
