@@ -38,6 +38,11 @@ from hashindex.serving.grouping import below_threshold, csr_scores, group_top, w
 from hashindex.serving.rerank import higher_is_better, rerank, rescore_exact
 from hashindex.serving.plan import Plan
 
+# rows per result a compact (int8 / float16) store hands to the exact rescoring: its scores
+# swap near-ties around the k-th; 3k float rows read per query bring recall@k back to the
+# float32 rerank's (benchmarks/README.md, "Memory per item")
+COMPACT_RESCORE = 3
+
 # a projection row whose largest entry exceeds this is rescaled before the fast-scan tables are
 # built (their float32 sums must not overflow); ranking by <z, 2b - 1> ignores the scale
 _MAX_PROJECTION = 1e30
@@ -218,11 +223,15 @@ def group(index: Any, plan: Plan, x: np.ndarray, cands: Candidates):
 def rerank_rows(index: Any, x: np.ndarray, cands: Candidates, k: int):
     """The exact top-k of each query's candidates on their stored features: ``(keys, scores,
     hamming)`` ``[nq, k]``; equal scores in table-row order (HashIndex: storage; Milvus: id).
-    On a compact rerank store the top-k is ranked on it, then rescored exactly (:func:`rescore`)."""
+    On a compact rerank store the top ``COMPACT_RESCORE * k`` are ranked on it, then rescored
+    exactly (:func:`rescore`) and the k best kept."""
     rows = index._rows(cands.keys, features=True)
-    pos, scores, ham = rerank(x, rows.features, cands.lims, rows.at, cands.hamming, k, index.metric)
     if not rows.exact:
-        return rescore(index, x, rows.key_of(pos), ham)
+        # the compact store's order blurs near the k-th score: rescore a few more rows exactly
+        pos, _, ham = rerank(x, rows.features, cands.lims, rows.at, cands.hamming, COMPACT_RESCORE * k, index.metric)
+        keys, scores, ham = rescore(index, x, rows.key_of(pos), ham)
+        return keys[:, :k], scores[:, :k], ham[:, :k]
+    pos, scores, ham = rerank(x, rows.features, cands.lims, rows.at, cands.hamming, k, index.metric)
     return rows.key_of(pos), scores, ham
 
 
