@@ -85,7 +85,7 @@ class HashIndex(IndexFront):
         rerank: the store candidates are reranked on: "float32" (default: the feature store
             itself), or a compact copy beside it, "int8" (FAISS QT_8bit, one byte per dimension,
             per-dimension range learnt from the first rows added) or "float16" (QT_fp16). With a
-            compact store the k returned rows are rescored exactly from the feature store, which
+            compact store its best 3k rows are rescored exactly from the feature store (k kept), which
             a loaded index memory-maps (``load(mmap=True)``): serving then holds the compact
             store in memory and reads the float rows of the results only (benchmarks/memory.py).
         partitions: the partition stage searched with ``nprobe`` (asymmetric ranking):

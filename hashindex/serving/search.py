@@ -66,7 +66,7 @@ class SearchResult:
     n_reranked: int64 ``[nq]``: items scored on their rerank store (= ``n_candidates``).
     exact_scores: whether ``scores`` are exact on the stored features. An index with a compact
         rerank store (``HashIndex(rerank="int8" | "float16")``) ranks the candidates on it and
-        then rescores the k returned rows from its float store (exact, True); a grouped search
+        then rescores its best 3k rows from its float store and keeps k (exact, True); a grouped search
         on a compact store keeps the compact store's scores (False).
 
     With ``group_by="label"`` and ``group_size=g`` the arrays are ``[nq, k * g]``: label block j
