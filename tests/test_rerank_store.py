@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from hashindex import HashIndex
-from hashindex.core.errors import InputError
+from hashindex.core.errors import InputError, UnknownIdError
 from hashindex.serving import front
 from hashindex.serving.store import CompactStore
 
@@ -159,7 +159,15 @@ def test_memory_usage_parts_match_array_sizes():
     index.search(q[:3], k=3, ranking="asymmetric")
     assert index.memory_usage()["asymmetric_scan"] >= n * BITS // 8
     index.get_features(index.ids[:3])
-    assert index.memory_usage()["id_lookup"] == 16 * n
+    assert "id_lookup" not in index.memory_usage()  # auto ids are stored in order: no sorted copy
+    shuffled = HashIndex(DIM, index.hasher, partitions=None)
+    ids = np.random.default_rng(1).permutation(n) * 3 + 7
+    shuffled.add(x, ids=ids)
+    np.testing.assert_array_equal(shuffled.get_features(ids[::-1][:50]), index.get_features(np.arange(n)[::-1][:50]))
+    assert shuffled.memory_usage()["id_lookup"] == 16 * n
+    np.testing.assert_allclose(index.get_features(np.array([n - 1, 0, 5])), _unit(x[[n - 1, 0, 5]]), atol=1e-6)
+    with pytest.raises(UnknownIdError):
+        index.get_features(np.array([n]))
 
 
 def test_chunked_add_from_a_memory_map_matches_one_add(tmp_path, monkeypatch):

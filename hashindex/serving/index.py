@@ -145,7 +145,7 @@ class HashIndex(IndexFront):
         self._feature_file: FileRows | None = None
         # built on first use, kept in step by add, dropped by remove
         self._accel: dict[str, HashCandidates | MultiHashCandidates | AsymmetricCandidates] = {}
-        self._id_lookup: tuple[np.ndarray, np.ndarray] | None = None  # (sorted ids, positions)
+        self._id_lookup: tuple[np.ndarray, np.ndarray | None] | None = None  # see _lookup
         self._lock = ReadWriteLock()
         self.partitions = partitions
         self.partition_spill = partition_spill
@@ -186,7 +186,7 @@ class HashIndex(IndexFront):
         Always: ``codes`` (the code store), ``ids``, ``features`` (the float store; when it is
         memory-mapped, only its resident pages: a loaded index touches the rows of the results).
         Present once held: ``rerank`` (the compact store), ``labels``, ``id_lookup`` (sorted ids
-        for id -> row, built by the first lookup), ``binary_flat`` (FAISS IndexBinaryFlat: a copy
+        for id -> row, built by the first lookup unless the ids are stored in increasing order), ``binary_flat`` (FAISS IndexBinaryFlat: a copy
         of the codes, built on first Hamming use), ``hash`` / ``multihash`` (their tables, an
         estimate: codes + 8-byte ids), ``asymmetric_scan`` (the flat fast-scan copy of the codes),
         ``partition_lists`` (codes in 32-item blocks, each list's table as FAISS allocates it,
@@ -201,7 +201,7 @@ class HashIndex(IndexFront):
             usage["rerank"] = self._compact.held_bytes
         if self._labelled:
             usage["labels"] = held(self._labels)
-        if self._id_lookup is not None:
+        if self._id_lookup is not None and self._id_lookup[1] is not None:
             usage["id_lookup"] = int(sum(a.nbytes for a in self._id_lookup))
         if self._flat is not None:
             usage["binary_flat"] = self._flat.index.ntotal * self._nbytes
@@ -296,11 +296,16 @@ class HashIndex(IndexFront):
         return np.asarray(self._labels.take(self._positions_of(ids)), dtype=np.int64)
 
     # -- id lookup ---------------------------------------------------------------------------
-    def _lookup(self) -> tuple[np.ndarray, np.ndarray]:
+    def _lookup(self) -> tuple[np.ndarray, np.ndarray | None]:
+        """(ids in increasing order, their positions; None: the stored order already is)."""
         table = self._id_lookup
         if table is None:
-            order = np.argsort(self._ids.array, kind="stable")
-            table = (self._ids.array[order], order)
+            ids = self._ids.array
+            if bool((ids[1:] > ids[:-1]).all()):  # auto ids, or ids added in order: no sorted copy
+                table = (ids, None)
+            else:
+                order = np.argsort(ids, kind="stable")
+                table = (ids[order], order)
             self._id_lookup = table
         return table
 
@@ -316,7 +321,8 @@ class HashIndex(IndexFront):
         if not present.all():
             raise UnknownIdError(f"ids not in the index: {ids[~present][:5].tolist()}")
         sorted_ids, order = self._lookup()
-        return order[np.searchsorted(sorted_ids, ids)]
+        at = np.searchsorted(sorted_ids, ids)
+        return at if order is None else order[at]
 
     # -- Hamming stage ------------------------------------------------------------------------
     def backend_for(self, radius: int) -> str:
