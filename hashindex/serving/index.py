@@ -33,6 +33,7 @@ from hashindex.serving.candidates.filtered import AllowedRows, asymmetric_knn_ro
 from hashindex.serving.candidates.partitions import PartitionStage, nlist_for
 from hashindex.serving.front import (
     DEFAULT_BITS,
+    PROGRESS_MIN_ROWS,
     RANKINGS,
     IndexFront,
     check_choice,
@@ -475,8 +476,10 @@ class HashIndex(IndexFront):
                 nlist, why = self._partition_plan()
                 if nlist is None:
                     raise InputError(why)
-                stage = PartitionStage.train(self.bits, self._features.array, nlist, self.metric, self.partition_spill)
-                self._part_assign = RowStore((stage.spill,), np.int32, stage.assign(self._features.array))
+                show = len(self) >= PROGRESS_MIN_ROWS  # bars for k-means and the assignment, as add() shows
+                stage = PartitionStage.train(self.bits, self._features.array, nlist, self.metric, self.partition_spill,
+                                             progress=show)  # fmt: skip
+                self._part_assign = RowStore((stage.spill,), np.int32, stage.assign(self._features.array, progress=show))
                 self._part = stage
                 advise(self._features.array, "dontneed")  # a mapped float store: read once, not held
             if not self._part.has_lists:
