@@ -155,15 +155,20 @@ def test_spilled_items_sit_in_two_lists_and_come_back_once(data, oracle):
     assert (np.diff(few_scores, axis=1) <= 0).all()
 
 
-def test_spilled_lists_follow_soar_against_a_numpy_oracle(data):
+@pytest.mark.parametrize("metric", ["cosine", "l2"])
+def test_spilled_lists_follow_soar_against_a_numpy_oracle(data, metric):
     """The second list is SOAR's: among the 16 nearest centroids but the first, the smallest
-    ||x - c||^2 + <x - c, r>^2, r the unit residual to the nearest centroid (float64 loops)."""
-    x = data[0][:300]
-    stage = PartitionStage.train(BITS, data[0], 40, "cosine", spill=2)
+    ||x - c||^2 + <x - c, r>^2, r the unit residual to the nearest centroid (float64 loops;
+    the stage computes it from the coarse search's scores, for l2 its distances)."""
+    train = data[0]
+    if metric == "l2":  # not unit rows, so ||x|| and ||c|| matter
+        train = train * np.random.default_rng(5).uniform(0.5, 2.0, (len(train), 1)).astype(np.float32)
+    x = train[:300]
+    stage = PartitionStage.train(BITS, train, 40, metric, spill=2)
     got = stage.assign(x)
     c = stage.centroids.astype(np.float64)
     for row, lists in zip(x.astype(np.float64), got):
-        near = np.argsort(-(c @ row), kind="stable")[:16]
+        near = np.argsort(((row - c) ** 2).sum(1) if metric == "l2" else -(c @ row), kind="stable")[:16]
         r = row - c[near[0]]
         r /= np.linalg.norm(r)
         loss = [np.sum((row - c[j]) ** 2) + np.dot(row - c[j], r) ** 2 for j in near[1:]]
@@ -464,3 +469,18 @@ def test_adaptive_depth_scans_each_querys_own_number_of_lists(data, spill):
             assert (depth == 8).all()
             fixed = stage.knn(q, z, 30, 8)
             np.testing.assert_array_equal(np.sort(pos, axis=1), np.sort(fixed[0], axis=1))
+
+
+@pytest.mark.parametrize("spherical", [True, False])
+def test_kmeans_one_iteration_per_call_matches_one_faiss_run(spherical):
+    """train_centroids runs k-means one iteration per call (a bar between them): the centroids
+    are those of one faiss.Kmeans run of KMEANS_NITER iterations on the same rows."""
+    from hashindex.serving.candidates import partitions
+
+    x = _clustered(3000, 7)
+    got = partitions.train_centroids(x, 32, spherical)
+    rows = np.sort(np.random.default_rng(partitions.KMEANS_SEED).choice(len(x), 32 * 64, replace=False))
+    km = faiss.Kmeans(DIM, 32, niter=partitions.KMEANS_NITER, seed=partitions.KMEANS_SEED, spherical=spherical,
+                      max_points_per_centroid=64)  # fmt: skip
+    km.train(np.ascontiguousarray(x[rows]))
+    np.testing.assert_allclose(got, km.centroids, atol=1e-6)

@@ -113,7 +113,7 @@ class PartitionInfo:
 
 # add(): rows checked, encoded and stored at a time (the input is never copied whole); an
 # unfitted default hasher is fitted on this many evenly spaced rows of a large first add; a bar
-# is shown for adds of at least PROGRESS_MIN_ROWS rows
+# is shown for adds (and the partition stage's k-means and assignment) of at least PROGRESS_MIN_ROWS rows
 ADD_CHUNK_ROWS = 65_536
 FIT_SAMPLE_ROWS = 262_144
 PROGRESS_MIN_ROWS = 1_000_000

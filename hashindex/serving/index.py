@@ -33,6 +33,7 @@ from hashindex.serving.candidates.filtered import AllowedRows, asymmetric_knn_ro
 from hashindex.serving.candidates.partitions import PartitionStage, nlist_for
 from hashindex.serving.front import (
     DEFAULT_BITS,
+    PROGRESS_MIN_ROWS,
     RANKINGS,
     IndexFront,
     check_choice,
@@ -62,7 +63,7 @@ _EXACT_BLOCK = 1 << 18  # gallery rows per exact-search block (float16 stores ar
 # costs time per item and the partition stage a fixed overhead (coarse search, per-list costs)
 # plus the lists it scans, so it can only win where the flat scan costs well above that
 # overhead (an estimate from the measurements in benchmarks/README.md); below it k-means would
-# also train on fewer than 64 points per list of 2*sqrt(N) lists.
+# also train on fewer than 64 points per list of nlist_for(N) lists.
 PARTITION_MIN_ITEMS = 100_000
 
 
@@ -89,7 +90,7 @@ class HashIndex(IndexFront):
             a loaded index memory-maps (``load(mmap=True)``): serving then holds the compact
             store in memory and reads the float rows of the results only (benchmarks/memory.py).
         partitions: the partition stage searched with ``nprobe`` (asymmetric ranking):
-            ``"auto"`` (default) builds ``nlist_for(N)`` (~2 sqrt(N), a power of two) lists once
+            ``"auto"`` (default) builds ``nlist_for(N)`` (~1.5 sqrt(N), a power of two) lists once
             the index holds ``PARTITION_MIN_ITEMS`` items; an int builds that many lists (the
             index must hold at least that many items); ``None`` never builds one. It is built
             on first use (``nprobe=``, or :meth:`tune`), kept in step by ``add``, rebuilt after
@@ -491,8 +492,10 @@ class HashIndex(IndexFront):
                 nlist, why = self._partition_plan()
                 if nlist is None:
                     raise InputError(why)
-                stage = PartitionStage.train(self.bits, self._features.array, nlist, self.metric, self.partition_spill)
-                self._part_assign = RowStore((stage.spill,), np.int32, stage.assign(self._features.array))
+                show = len(self) >= PROGRESS_MIN_ROWS  # bars for k-means and the assignment, as add() shows
+                stage = PartitionStage.train(self.bits, self._features.array, nlist, self.metric, self.partition_spill,
+                                             progress=show)  # fmt: skip
+                self._part_assign = RowStore((stage.spill,), np.int32, stage.assign(self._features.array, progress=show))
                 self._part = stage
                 advise(self._features.array, "dontneed")  # a mapped float store: read once, not held
             if not self._part.has_lists:

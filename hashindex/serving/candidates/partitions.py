@@ -25,7 +25,7 @@ Whether it pays depends on the recall target: on face-like embeddings high targe
 share of the lists probed, where the flat scan is as fast (benchmarks/README.md, "Partition
 stage"), so the tuner (serving/tuning.py) decides per index.
 
-This module is numpy + faiss only: a small functional core (layout, k-means, assignment,
+This module is numpy + faiss (and tqdm for the bars of a long build) only: a small functional core (layout, k-means, assignment,
 packing, probing) and :class:`PartitionStage`, which holds one coarse quantizer and its lists.
 """
 
@@ -35,6 +35,7 @@ import threading
 
 import faiss
 import numpy as np
+from tqdm.auto import tqdm
 
 from hashindex.serving.candidates.asymmetric import SUB_BITS, sign_patterns
 
@@ -43,17 +44,21 @@ from hashindex.serving.candidates.asymmetric import SUB_BITS, sign_patterns
 TRAIN_POINTS_PER_LIST = 64
 # FAISS warns below 39 training points per centroid; we refuse fewer than one (see
 # check_trainable) and leave the warning to FAISS's own threshold.
-KMEANS_NITER = 20
+# 10 iterations, not FAISS's default 20: the same recall at 1M at half the k-means time
+# (benchmarks/README.md, "10M").
+KMEANS_NITER = 10
 KMEANS_SEED = 1234
 
 
 def nlist_for(n: int) -> int:
-    """Lists for ``n`` items: about ``2 * sqrt(n)`` rounded to a power of two, at least 16.
+    """Lists for ``n`` items: about ``1.5 * sqrt(n)`` rounded to a power of two, at least 16.
 
-    Nearby powers of two behave alike at an equal probed fraction, and more lists cost k-means
-    time (benchmarks/README.md, "Partition stage").
+    Nearby powers of two behave alike at an equal probed fraction (at 1M, half the lists lose
+    no recall@1 and ~0.01 recall@10 there, for ~10% more queries per second), while k-means and
+    the assignment cost time in proportion to the lists: 1.5 keeps 100k and 1M at 512 and 2048
+    lists and makes 10M 4096, not 8192, which halves its build (benchmarks/README.md, "10M").
     """
-    return int(max(16, 2 ** round(np.log2(2 * np.sqrt(max(n, 1))))))
+    return int(max(16, 2 ** round(np.log2(1.5 * np.sqrt(max(n, 1))))))
 
 
 # -- fast-scan block layout ---------------------------------------------------------------------
@@ -151,28 +156,47 @@ def make_lists(bits: int, nlist: int) -> tuple[faiss.IndexIVFPQFastScan, faiss.I
     return ivf, placeholder
 
 
-def train_centroids(features: np.ndarray, nlist: int, spherical: bool, seed: int = KMEANS_SEED) -> np.ndarray:
+def train_centroids(
+    features: np.ndarray, nlist: int, spherical: bool, seed: int = KMEANS_SEED, progress: bool = False
+) -> np.ndarray:  # fmt: skip
     """k-means centroids ``float32 [nlist, D]`` from ``features [N, D]`` (N >= nlist).
 
     At most ``TRAIN_POINTS_PER_LIST * nlist`` rows, drawn with ``seed``, are clustered; spherical
-    (unit centroids, for cosine / inner product) unless ``spherical`` is false (l2).
+    (unit centroids, for cosine / inner product) unless ``spherical`` is false (l2). ``progress``:
+    a bar over the iterations.
     """
     n = features.shape[0]
     take = min(n, TRAIN_POINTS_PER_LIST * nlist)
     rows = np.sort(np.random.default_rng(seed).choice(n, take, replace=False)) if take < n else slice(None)
     x = np.ascontiguousarray(features[rows], dtype=np.float32)
     km = faiss.Kmeans(
-        x.shape[1], nlist, niter=KMEANS_NITER, seed=seed, spherical=spherical,
+        x.shape[1], nlist, niter=1, seed=seed, spherical=spherical,
         max_points_per_centroid=TRAIN_POINTS_PER_LIST, verbose=False,
     )  # fmt: skip
-    km.train(x)
-    return np.ascontiguousarray(km.centroids, dtype=np.float32)
+    # one iteration per call, each starting from the last one's centroids: the same iterations as
+    # one call with niter=KMEANS_NITER (FAISS seeds only the first call's initial centroids), with
+    # a bar between them
+    centroids = None
+    for _ in tqdm(range(KMEANS_NITER), desc=f"k-means, {nlist} lists", unit="iter", disable=not progress, leave=False):
+        km.train(x, init_centroids=centroids)
+        centroids = km.centroids
+    return np.ascontiguousarray(centroids, dtype=np.float32)
 
 
-def nearest_lists(coarse: faiss.Index, features: np.ndarray, spill: int, chunk: int = 65536) -> np.ndarray:
+def _chunks(n: int, chunk: int, progress: bool, desc: str):
+    """``range(0, n, chunk)`` under a bar counting rows (``progress``)."""
+    with tqdm(total=n, desc=desc, unit="rows", disable=not progress, leave=False) as bar:
+        for lo in range(0, n, chunk):
+            yield lo
+            bar.update(min(chunk, n - lo))
+
+
+def nearest_lists(
+    coarse: faiss.Index, features: np.ndarray, spill: int, chunk: int = 65536, progress: bool = False
+) -> np.ndarray:  # fmt: skip
     """int32 ``[n, spill]``: each row's ``spill`` nearest lists, nearest first."""
     out = np.empty((features.shape[0], spill), dtype=np.int32)
-    for lo in range(0, features.shape[0], chunk):
+    for lo in _chunks(features.shape[0], chunk, progress, "assigning lists"):
         _, lists = coarse.search(np.ascontiguousarray(features[lo : lo + chunk], dtype=np.float32), spill)
         out[lo : lo + chunk] = lists
     return out
@@ -187,24 +211,34 @@ SOAR_LAMBDA = 1.0
 
 
 def soar_lists(
-    coarse: faiss.Index, centroids: np.ndarray, features: np.ndarray, spill: int, chunk: int = 16384
-) -> np.ndarray:
+    coarse: faiss.Index, centroids: np.ndarray, features: np.ndarray, spill: int, chunk: int = 16384,
+    progress: bool = False,
+) -> np.ndarray:  # fmt: skip
     """int32 ``[n, spill]``: each row's nearest list, then ``spill - 1`` more lists by SOAR's loss.
 
     Among the ``SOAR_CANDIDATES`` nearest centroids ``c'`` other than the primary ``c1``, the
     lists with the smallest ``||x - c'||^2 + lambda * <x - c', r>^2``, ``r`` the unit primary
     residual ``(x - c1) / ||x - c1||``, best first.
+
+    Both terms come from inner products the coarse search already returned (``<x, c>``, or the
+    distance for l2) plus ``<c', c1>``: a ``[n, width - 1]`` product of gathered centroid rows,
+    never the ``[n, width - 1, D]`` residual arrays (8x faster, benchmarks/README.md).
     """
     out = np.empty((features.shape[0], spill), dtype=np.int32)
     width = min(max(SOAR_CANDIDATES, spill), centroids.shape[0])
-    for lo in range(0, features.shape[0], chunk):
+    cnorm = np.einsum("ld,ld->l", centroids, centroids)  # ||c||^2
+    for lo in _chunks(features.shape[0], chunk, progress, "assigning lists (SOAR)"):
         x = np.ascontiguousarray(features[lo : lo + chunk], dtype=np.float32)
-        _, near = coarse.search(x, width)
-        r = x - centroids[near[:, 0]]
-        r /= np.linalg.norm(r, axis=1, keepdims=True) + 1e-12
-        others = x[:, None, :] - centroids[near[:, 1:]]  # [n, width - 1, D]
-        loss = (others**2).sum(-1) + SOAR_LAMBDA * np.einsum("nld,nd->nl", others, r) ** 2
-        best = np.argsort(loss, axis=1, kind="stable")[:, : spill - 1]
+        got, near = coarse.search(x, width)
+        xx = np.einsum("nd,nd->n", x, x)[:, None]
+        if coarse.metric_type == faiss.METRIC_INNER_PRODUCT:
+            dot, d2 = got, xx + cnorm[near] - 2 * got  # <x, c>, ||x - c||^2
+        else:
+            dot, d2 = (xx + cnorm[near] - got) / 2, got
+        c1c = np.einsum("nld,nd->nl", centroids[near[:, 1:]], centroids[near[:, 0]])  # <c', c1>
+        # <x - c', x - c1> = <x, x> - <x, c1> - <x, c'> + <c', c1>; divided by ||x - c1|| it is <x - c', r>
+        along = (xx - dot[:, :1] - dot[:, 1:] + c1c) ** 2 / np.maximum(d2[:, :1], 1e-12)
+        best = np.argsort(d2[:, 1:] + SOAR_LAMBDA * along, axis=1, kind="stable")[:, : spill - 1]
         out[lo : lo + chunk, 0] = near[:, 0]
         out[lo : lo + chunk, 1:] = np.take_along_axis(near[:, 1:], best, axis=1)
     return out
@@ -320,8 +354,10 @@ class PartitionStage:
         self._placeholder: faiss.Index | None = None
 
     @classmethod
-    def train(cls, bits: int, features: np.ndarray, nlist: int, metric: str, spill: int = 1) -> "PartitionStage":
-        return cls(bits, train_centroids(features, nlist, spherical=metric != "l2"), metric, spill)
+    def train(
+        cls, bits: int, features: np.ndarray, nlist: int, metric: str, spill: int = 1, progress: bool = False
+    ) -> "PartitionStage":  # fmt: skip
+        return cls(bits, train_centroids(features, nlist, spherical=metric != "l2", progress=progress), metric, spill)
 
     @property
     def centroids(self) -> np.ndarray:
@@ -332,11 +368,11 @@ class PartitionStage:
     def has_lists(self) -> bool:
         return self.ivf is not None
 
-    def assign(self, features: np.ndarray) -> np.ndarray:
+    def assign(self, features: np.ndarray, progress: bool = False) -> np.ndarray:
         """int32 ``[n, spill]`` lists for new items: the nearest, then SOAR's picks (spilling)."""
         if self.spill == 1:
-            return nearest_lists(self.coarse, features, 1)
-        return soar_lists(self.coarse, self.centroids, features, self.spill)
+            return nearest_lists(self.coarse, features, 1, progress=progress)
+        return soar_lists(self.coarse, self.centroids, features, self.spill, progress=progress)
 
     def build(self, codes: np.ndarray, assign: np.ndarray) -> None:
         """Lists from scratch for positions ``0 .. N-1`` (``codes [N, K/8]``, ``assign [N, s]``)."""
