@@ -12,7 +12,8 @@ Configurations (every one a hasher that ``HashIndex`` holds through its public A
 - ``itq2x256``: ITQ 128 plus a second 128-bit code of the same centred, PCA-rotated features
   under another rotation (random orthogonal start, refined by ITQ iterations), concatenated: a
   ``LinearHasher`` of 256 bits at 128-d (32 bytes).
-- ``resid<b1>+<b2>[+...]``: stacked residual sign codes (:class:`ResidualHasher`): stage 1 the
+- ``resid<b1>+<b2>[+...]``: stacked residual sign codes (the library's :class:`~hashindex.ResidualHasher`, since
+  this study the default of ``HashIndex(dim)``): stage 1 the
   ITQ code of ``b1`` bits, stage i the ITQ code of what the stages before it leave (``x - m``
   minus their scaled reconstructions), refined jointly; scored by the query against the sum of
   the stages' reconstructions (``resid64+64`` 16 bytes, ``resid128+64`` 24, ``resid128+128``
@@ -45,7 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import faiss  # noqa: E402
 import numpy as np  # noqa: E402
 
-from hashindex import HashIndex, ITQHasher, LinearHasher, binarize  # noqa: E402
+from hashindex import HashIndex, ITQHasher, LinearHasher  # noqa: E402
 from hashindex.evaluation.exact import recall_at_k_vs_exact  # noqa: E402
 
 from benchlib.measure import machine_info, round_robin, write_record  # noqa: E402
@@ -66,50 +67,11 @@ def itq_rotation(v: np.ndarray, seed: int, iters: int = 50) -> np.ndarray:
     return q.astype(np.float32)
 
 
-class ResidualHasher:
-    """Stacked residual sign codes: stage i holds ``b_i`` bits ``s_i = sign(W_i r_i)``, where
-    ``r_1 = x - m`` and ``r_{i+1} = r_i - a_i W_i^T s_i``; ``W_i`` (orthonormal rows) is the ITQ
-    projection (:class:`~hashindex.ITQHasher`) of the training residual at stage i. The codes
-    are then refined jointly (``rounds`` passes re-encoding each stage against the others'
-    residual, scales refitted by least squares). ``project`` gives ``[a_i W_i x]``: the score
-    ``<z, 2b - 1>`` is ``<x, sum_i a_i W_i^T s_i>``, the query against the items' reconstruction
-    ``x_hat - m``; ``centre_query`` projects ``x - m`` instead, as the library's linear hashers do."""
-
-    def __init__(self, stages: list[int], train: np.ndarray, centre_query: bool = True, rounds: int = 2):
-        self.centre_query, self.rounds = centre_query, rounds
-        self.kind = "resid" + "+".join(map(str, stages))
-        self.bits = int(sum(stages))
-        self.m = train.mean(axis=0, dtype=np.float64).astype(np.float32)
-        r, self.w, self.a = train - self.m, [], []
-        for b in stages:
-            w = ITQHasher(train.shape[1], b).fit(r).weight
-            s = np.where(r @ w.T > 0, 1.0, -1.0).astype(np.float32)
-            self.w.append(w)
-            self.a.append(float(np.abs(r @ w.T).mean()))
-            r = r - self.a[-1] * s @ w
-        for _ in range(rounds):  # refit the scales to the jointly refined codes
-            s = self._codes(train - self.m)
-            rest = train - self.m - sum(a * si @ w for a, si, w in zip(self.a, s, self.w))
-            self.a = [float(((rest + a * si @ w) @ w.T * si).mean()) for a, si, w in zip(self.a, s, self.w)]
-
-    def _codes(self, u: np.ndarray) -> list[np.ndarray]:
-        s, r = [], u
-        for a, w in zip(self.a, self.w):
-            s.append(np.where(r @ w.T > 0, 1.0, -1.0).astype(np.float32))
-            r = r - a * s[-1] @ w
-        for _ in range(self.rounds):  # re-encode each stage against the residual of all the others
-            for i, (a, w) in enumerate(zip(self.a, self.w)):
-                r_i = r + a * s[i] @ w
-                s[i] = np.where(r_i @ w.T > 0, 1.0, -1.0).astype(np.float32)
-                r = r_i - a * s[i] @ w
-        return s
-
-    def encode(self, features: np.ndarray) -> np.ndarray:
-        return binarize(np.hstack(self._codes(np.asarray(features, np.float32) - self.m)))
-
-    def project(self, features: np.ndarray) -> np.ndarray:
-        x = np.asarray(features, np.float32) - (self.m if self.centre_query else 0.0)
-        return np.hstack([a * (x @ w.T) for a, w in zip(self.a, self.w)]).astype(np.float32)
+def residual(stages: list[int], train: np.ndarray, centre_query: bool = True):
+    """The library's stacked residual ITQ code (:class:`~hashindex.ResidualHasher`, here with
+    explicit ``stages``), its query centred as the library does, or not (``-ipq``)."""
+    h = LinearHasher("residual", sum(stages), train.shape[1], stages=tuple(stages)).fit(train)
+    return h if centre_query else UncentredQuery(h)
 
 
 class UncentredQuery:
@@ -139,11 +101,11 @@ def make_hashers(train: np.ndarray, dim: int) -> dict:
         "itq128": itq,
         "itq128-ipq": UncentredQuery(itq),
         "itq2x256": x2,
-        "resid64+64": ResidualHasher([64, 64], train),
-        "resid128+64": ResidualHasher([128, 64], train),
-        "resid128+128": ResidualHasher([128, 128], train),
-        "resid128+128-ipq": ResidualHasher([128, 128], train, centre_query=False),
-        "resid128x3": ResidualHasher([128, 128, 128], train),
+        "resid64+64": residual([64, 64], train),
+        "resid128+64": residual([128, 64], train),
+        "resid128+128": residual([128, 128], train),
+        "resid128+128-ipq": residual([128, 128], train, centre_query=False),
+        "resid128x3": residual([128, 128, 128], train),
     }
 
 

@@ -72,10 +72,11 @@ def test_stage_split():
     assert default_bits("residual", 32) == 48 and default_bits("itq", 512) == 128
 
 
-def test_fit_gives_orthonormal_stages_and_codes_match_the_oracle(data):
+@pytest.mark.parametrize("stages", [None, (16, 16, 32)])
+def test_fit_gives_orthonormal_stages_and_codes_match_the_oracle(data, stages):
     x, _ = data
-    h = ResidualHasher(DIM, 2 * DIM).fit(x)
-    assert h.stages == (DIM, DIM) and h.weight.shape == (2 * DIM, DIM)
+    h = (ResidualHasher(DIM, 2 * DIM) if stages is None else LinearHasher("residual", 2 * DIM, DIM, stages=stages)).fit(x)
+    assert h.stages == (stages or (DIM, DIM)) and h.weight.shape == (2 * DIM, DIM)
     mean, parts = _stage_parts(h)
     np.testing.assert_allclose(mean, x.mean(axis=0), atol=1e-3)
     for a, rot in parts:

@@ -97,7 +97,11 @@ class LinearHasher:
         # (a failed SVD, or a silently wrong PCA) on rows with large norms and underflows on tiny
         # ones. Directions do not depend on the scale; the bias scales back by the same factor.
         exp = _fit_exponent(x)
-        weight, bias = _FITTERS[self.kind](np.ldexp(x, -exp) if exp else x, self.bits)
+        scaled = np.ldexp(x, -exp) if exp else x
+        if self.kind == "residual":
+            weight, bias = _fit_residual(scaled, self.stages or (self.bits,))
+        else:
+            weight, bias = _FITTERS[self.kind](scaled, self.bits)
         with np.errstate(over="ignore"):
             if exp and self.kind == "residual":  # its rows carry the reconstruction scale, in x's units
                 weight, bias = np.ldexp(weight, exp), np.ldexp(bias, 2 * exp)
@@ -275,12 +279,11 @@ def residual_signs(h: np.ndarray, gram: np.ndarray, stages: tuple[int, ...], rou
     return s
 
 
-def _fit_residual(x: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
-    """Stacked ITQ codes (:func:`residual_stages`): each stage's rotation is ITQ on what the
+def _fit_residual(x: np.ndarray, stages: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Stacked ITQ codes of ``stages`` bits each: each stage's rotation is ITQ on what the
     stages before it leave; its scale ``a`` the mean ``|R r|`` (the least-squares scale of a sign
     code), then refitted by least squares to the jointly re-encoded codes. ``W = [a_i R_i]``,
     ``b = -W mean``."""
-    stages = residual_stages(bits, x.shape[1])
     mean = x.mean(axis=0, dtype=np.float64).astype(np.float32)
     r, rows, scales = x - mean, [], []
     for b in stages:
@@ -302,7 +305,7 @@ def _fit_residual(x: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
     return weight, -(weight @ mean)
 
 
-_FITTERS = {"sign": _fit_sign, "pca": _fit_pca, "itq": _fit_itq, "residual": _fit_residual}
+_FITTERS = {"sign": _fit_sign, "pca": _fit_pca, "itq": _fit_itq, "residual": _fit_residual}  # residual: takes stages
 HASHER_KINDS = tuple(_FITTERS)
 
 
