@@ -18,8 +18,10 @@ search, each phase timed (the stage's methods wrapped with timers), peak RSS; th
 ``compare`` (one thread): exact ``IndexFlatIP``; hashindex loaded with ``mmap=True``, searched
 with ``search(q, k=10)`` (no mode arguments: its first search tunes an operating point for
 recall@1 0.99 / recall@10 0.95 on its own sample, timed separately); FAISS
-``IVF4096,PQ32x4fs,RFlat``, trained on 262,144 evenly spaced rows, whose fastest
-(nprobe, k_factor_rf) meeting both targets on the select probes is kept. The report probes
+``IVF4096,PQ32x4fs,RFlat``, trained on 262,144 evenly spaced rows (saved beside the gallery and
+read back by a later run), whose fastest (nprobe, k_factor_rf) meeting both targets on the
+select probes is kept (none: its most accurate, flagged). ``--candidates`` (and ``--nprobe``)
+search hashindex at an earlier run's tuned point instead of tuning again. The report probes
 are then timed round-robin, best of ``--rounds``. Settings are chosen on probes of the *same*
 gallery (a second 10M gallery was not built): other images, not other identities. ScaNN is
 not run at 10M (its build alone would not fit the time this was run in).
@@ -82,7 +84,8 @@ def gen(a) -> None:
         pos += len(chunk)
     x.flush()
     print(f"gallery {a.n:,} x 128 written in {time.time() - t:.0f}s", flush=True)
-    probes = {name: unit_rows(g.probes(a.probes, seed=s)[0]).astype(np.float32) for name, s in (("select", 1), ("report", 2))}
+    probes = {name: unit_rows(g.probes(a.probes, seed=s)[0]).astype(np.float32)
+              for name, s in (("select", 1), ("report", 2))}  # fmt: skip
     t = time.time()
     index = exact_index(np.load(d / "x.npy", mmap_mode="r"))
     for name, q in probes.items():
@@ -123,7 +126,8 @@ def build(a) -> None:
     t_part = time.time() - t
     log(record, f"partition stage, {index.partition_lists} lists (first nprobe search): {t_part:.0f}s = "
                 + ", ".join(f"{k} {v:.0f}s" for k, v in phases.items()))  # fmt: skip
-    log(record, f"add + partition stage: {t_add + t_part:.0f}s; peak RSS {peak_rss_gb():.1f} GB (includes the mapped input's pages)")
+    log(record, f"add + partition stage: {t_add + t_part:.0f}s; peak RSS {peak_rss_gb():.1f} GB "
+                "(includes the mapped input's pages)")  # fmt: skip
     record.update(add_s=t_add, partition_s=t_part, phases_s=phases, nlist=index.partition_lists, peak_rss_gb=peak_rss_gb(),
                   memory_usage=index.memory_usage())  # fmt: skip
     t = time.time()
@@ -137,7 +141,8 @@ def compare(a) -> None:
 
     d = Path(a.dir)
     faiss.omp_set_num_threads(1)
-    record: dict = {"command": shlex.join(sys.argv), "machine": machine_info((1,)), "build": json.loads((d / "build.json").read_text())}
+    record: dict = {"command": shlex.join(sys.argv), "machine": machine_info((1,)),
+                    "build": json.loads((d / "build.json").read_text())}  # fmt: skip
     x = np.load(d / "x.npy", mmap_mode="r")
     qs, ts = np.load(d / "q_select.npy"), np.load(d / "truth_select.npy")
     qr, tr = np.load(d / "q_report.npy"), np.load(d / "truth_report.npy")
@@ -208,11 +213,13 @@ def compare(a) -> None:
     for name, sec in best.items():
         ids = out[names.get(name, "faiss")]
         r1, r10 = recalls(ids, tr)
-        rows.append({"method": name, "qps": len(qr) / sec, "ms_per_query": sec / len(qr) * 1e3, "recall@1": r1, "recall@10": r10})
+        rows.append({"method": name, "qps": len(qr) / sec, "ms_per_query": sec / len(qr) * 1e3,
+                     "recall@1": r1, "recall@10": r10})  # fmt: skip
     exact_qps = rows[0]["qps"]
     for r in rows:
         r["speedup_vs_exact"] = r["qps"] / exact_qps
-        log(record, f"| {r['method']} | {r['qps']:.0f} | {r['ms_per_query']:.2f} | {r['recall@1']:.3f} | {r['recall@10']:.3f} | {r['speedup_vs_exact']:.1f}x |")
+        log(record, f"| {r['method']} | {r['qps']:.0f} | {r['ms_per_query']:.2f} | {r['recall@1']:.3f} "
+                    f"| {r['recall@10']:.3f} | {r['speedup_vs_exact']:.1f}x |")  # fmt: skip
     record["report"] = rows
     record["hashindex_point"] = str(ours.operating_point())
     write_record(record, a.out_dir, a.name)

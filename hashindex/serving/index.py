@@ -495,7 +495,8 @@ class HashIndex(IndexFront):
                 show = len(self) >= PROGRESS_MIN_ROWS  # bars for k-means and the assignment, as add() shows
                 stage = PartitionStage.train(self.bits, self._features.array, nlist, self.metric, self.partition_spill,
                                              progress=show)  # fmt: skip
-                self._part_assign = RowStore((stage.spill,), np.int32, stage.assign(self._features.array, progress=show))
+                assign = stage.assign(self._features.array, progress=show)
+                self._part_assign = RowStore((stage.spill,), np.int32, assign)
                 self._part = stage
                 advise(self._features.array, "dontneed")  # a mapped float store: read once, not held
             if not self._part.has_lists:

@@ -25,8 +25,9 @@ Whether it pays depends on the recall target: on face-like embeddings high targe
 share of the lists probed, where the flat scan is as fast (benchmarks/README.md, "Partition
 stage"), so the tuner (serving/tuning.py) decides per index.
 
-This module is numpy + faiss (and tqdm for the bars of a long build) only: a small functional core (layout, k-means, assignment,
-packing, probing) and :class:`PartitionStage`, which holds one coarse quantizer and its lists.
+This module is numpy + faiss only (and tqdm, for the bars of a long build): a small functional
+core (layout, k-means, assignment, packing, probing) and :class:`PartitionStage`, which holds one
+coarse quantizer and its lists.
 """
 
 from __future__ import annotations
