@@ -11,7 +11,8 @@ Three steps, each its own process (so the build's peak memory is its own):
 identities (generator seeds 1 and 2): "select" (settings are chosen on it) and "report" (the
 table); exact top-10 of both from FAISS ``IndexFlatIP`` over the gallery in 1M-row blocks.
 
-``build``: ``HashIndex(128, "itq", bits=128, rerank="int8").add(np.load(path, mmap_mode="r"))``,
+``build``: ``HashIndex(128, rerank="int8").add(np.load(path, mmap_mode="r"))`` (``--hasher``: the
+default residual ITQ, 192 bits, or ``itq`` 128 bits),
 then the partition stage (``partitions="auto"``: k-means, assignment, lists) by one ``nprobe``
 search, each phase timed (the stage's methods wrapped with timers), peak RSS; then saved.
 
@@ -116,11 +117,11 @@ def build(a) -> None:
     PartitionStage.build = timed("lists", PartitionStage.build)
     x = np.load(d / "x.npy", mmap_mode="r")
     q = np.load(d / "q_select.npy")
-    index = HashIndex(128, "itq", bits=128, rerank="int8")
+    index = HashIndex(128, None if a.hasher == "default" else a.hasher, rerank="int8")
     t0 = time.time()
     index.add(x)
     t_add = time.time() - t0
-    log(record, f"add {x.shape[0]:,} rows (ITQ fit + check + encode + store): {t_add:.0f}s, peak RSS {peak_rss_gb():.1f} GB")
+    log(record, f"add {x.shape[0]:,} rows (hasher fit + check + encode + store): {t_add:.0f}s, peak RSS {peak_rss_gb():.1f} GB")
     t = time.time()
     index.search(q[:1], K, nprobe=1, candidates=K)
     t_part = time.time() - t
@@ -238,6 +239,7 @@ def main() -> None:
                    "point) instead of tuning on the first default search")  # fmt: skip
     p.add_argument("--nprobe", type=int, help="hashindex: with --candidates, this nprobe (default: the flat scan)")
     p.add_argument("--train-rows", type=int, default=262_144, help="FAISS training rows (evenly spaced)")
+    p.add_argument("--hasher", default="default", help="hashindex hasher: default (what HashIndex(dim) builds) or a kind (itq, ...)")
     p.add_argument("--build-threads", type=int, default=2, help="threads for the FAISS anchor's train + add")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--out-dir", default=str(Path(__file__).resolve().parent / "results"))

@@ -190,7 +190,7 @@ def test_build_on_a_tiny_file_names_the_rows_needed(tmp_path, capsys):
     assert main(["build", "--features", str(tmp_path / "five.npz"), "--out", str(tmp_path / "idx"), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
-    assert "needs at least 2 * bits = 256 rows, got 5" in err and "itq" in err
+    assert "needs at least 2 * bits = 384 rows, got 5" in err and "residual" in err  # the default: 192 bits
 
 
 # -- item 16: an image model's dimension at construction -------------------------------------------
