@@ -271,12 +271,17 @@ def residual_signs(h: np.ndarray, gram: np.ndarray, stages: tuple[int, ...], rou
     """
     bounds = np.cumsum((0, *stages))
     cut = [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
-    s = np.zeros(h.shape, dtype=np.float32)
-    for _ in range(rounds + 1):  # the first pass: s_j = 0 for the stages not yet coded
-        for i in cut:
-            s[:, i] = 0
-            s[:, i] = np.where(h[:, i] - s @ gram[:, i] > 0, 1.0, -1.0)
-    return s
+    blocks = {(j, i): np.ascontiguousarray(gram[cj, ci], dtype=np.float32)
+              for j, cj in enumerate(cut) for i, ci in enumerate(cut) if j != i}  # fmt: skip
+    s: list[np.ndarray | None] = [None] * len(cut)  # per stage, contiguous: only the other stages' blocks multiply
+    for _ in range(rounds + 1):  # the first pass: the stages not yet coded are left out
+        for i, ci in enumerate(cut):
+            v = np.array(h[:, ci], dtype=np.float32)
+            for j, sj in enumerate(s):
+                if j != i and sj is not None:
+                    v -= sj @ blocks[(j, i)]
+            s[i] = np.where(v > 0, np.float32(1.0), np.float32(-1.0))
+    return np.hstack(s)
 
 
 def _fit_residual(x: np.ndarray, stages: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
