@@ -10,9 +10,8 @@ stages before it left of ``x - mean`` (Jegou et al.'s residual quantization with
 Its bits are no longer one sign per projection, but its *projection* still is linear: with
 ``W`` the stages' rotations scaled by their reconstruction scales, the asymmetric score
 ``<h(q), 2b - 1>`` of a query against an item's bits is ``<q - mean, x_hat - mean>``, the query
-against the item's reconstruction, so the asymmetric scan scores it unchanged (192 bits at
-128-d need ~5x fewer reranked candidates than 128 for the same recall@10,
-benchmarks/README.md).
+against the item's reconstruction, so the asymmetric scan scores it unchanged (how many fewer
+candidates the refinement bits need for a recall@10 target: benchmarks/README.md, "More bits").
 
 Fitting uses FAISS's ``PCAMatrix`` and ``ITQTransform``; we only read back their matrices.
 """

@@ -75,8 +75,8 @@ class HashIndex(IndexFront):
         hasher: anything with ``bits`` and ``encode(features) -> uint8 [N, bits/8]``: a
             :class:`~hashindex.serving.hashers.LinearHasher` (default: residual ITQ, 128 + 64 bits
             at 128-d, fitted on the first ``add``) or an :class:`~hashindex.serving.encoder.OnnxEncoder`.
-            The refinement stage lets the asymmetric scan rank the true neighbours among ~5x fewer
-            candidates, which is what a recall@10 target costs (benchmarks/README.md).
+            The refinement stage lets the asymmetric scan rank the true neighbours among several
+            times fewer candidates, which is what a recall@10 target costs (benchmarks/README.md).
         encoder: alias of ``hasher`` for ONNX encoders.
         bits: code length when no hasher is given (default 1.5x ``DEFAULT_BITS`` capped at
             ``dim``: 192 at 128-d; a ``bits`` one ITQ stage holds, e.g. 128 at 128-d, is plain ITQ).
