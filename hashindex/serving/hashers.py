@@ -32,7 +32,7 @@ from hashindex.core.errors import IndexFormatError, InputError, NotFittedError
 from hashindex.core.validation import check_features
 
 HASHER_FORMAT = 2  # 2: residual hashers (``stages``); a one-stage hasher is still written as 1
-RESIDUAL_ROUNDS = 2  # joint re-encoding passes; more change < 0.1% of bits on face-like data
+RESIDUAL_ROUNDS = 2  # joint re-encoding passes after the greedy one (as benchmarks/more_bits.py measured them)
 
 
 @runtime_checkable
@@ -48,7 +48,8 @@ class Hasher(Protocol):
 
 @dataclass
 class LinearHasher:
-    """``h = x @ W.T + b``; code bit i = ``h_i > 0``.
+    """``h = x @ W.T + b``; code bit i = ``h_i > 0``, or with ``stages`` the residual signs of ``h``
+    (:func:`residual_signs`).
 
     Attributes:
         kind: the recipe that produced the projection ("sign", "pca", "itq", "residual", "linear").
