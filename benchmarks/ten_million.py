@@ -43,6 +43,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import faiss  # noqa: E402
 import numpy as np  # noqa: E402
 
+from hashindex.evaluation.exact import recall_at_k_vs_exact  # noqa: E402
+
 from benchlib.measure import machine_info, round_robin, write_record  # noqa: E402
 
 K = 10
@@ -58,9 +60,7 @@ def peak_rss_gb() -> float:
 
 
 def recalls(ids: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
-    r1 = float(np.mean(ids[:, 0] == truth[:, 0]))
-    r10 = float(np.mean([len(set(a[:K]) & set(b[:K])) / K for a, b in zip(ids, truth)]))
-    return r1, r10
+    return recall_at_k_vs_exact(ids, truth, 1), recall_at_k_vs_exact(ids, truth, K)
 
 
 def exact_index(x: np.ndarray, block: int = 1 << 20) -> faiss.IndexFlatIP:

@@ -143,22 +143,24 @@ def residual_sign_nodes(stages: tuple[int, ...], gram: np.ndarray, rounds: int, 
     onnx = require_onnx()
     make_node, const = onnx.helper.make_node, onnx.numpy_helper.from_array
     p, bounds = prefix, np.cumsum((0, *stages))
+    cuts = list(zip(bounds[:-1], bounds[1:]))
     inits = [const(np.array(1.0, np.float32), p + "one"), const(np.array(-1.0, np.float32), p + "minus_one"),
              const(np.zeros((), np.float32), p + "zero"), const(np.array([1], np.int64), p + "axis")]  # fmt: skip
-    nodes, coded = [], {}
-    for i, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:])):
+    nodes = []
+    for i, (lo, hi) in enumerate(cuts):
         inits += [const(np.array([lo], np.int64), f"{p}lo{i}"), const(np.array([hi], np.int64), f"{p}hi{i}")]
         nodes.append(make_node("Slice", [h, f"{p}lo{i}", f"{p}hi{i}", p + "axis"], [f"{p}h{i}"], name=f"{p}slice{i}"))
+        for j, (jlo, jhi) in enumerate(cuts):  # gram block (j, i): used once stage j is coded (j < i, or any pass after the first)
+            if j < i or (j != i and rounds > 0):
+                inits.append(const(np.ascontiguousarray(gram[jlo:jhi, lo:hi], dtype=np.float32), f"{p}g{j}_{i}"))
+    coded: dict[int, str] = {}
     for step in range(rounds + 1):
-        for i, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:])):
+        for i in range(len(cuts)):
             v = f"{p}h{i}"
-            for j, (jlo, jhi) in enumerate(zip(bounds[:-1], bounds[1:])):
-                if j == i or j not in coded:
-                    continue
-                g, t, out = f"{p}g{j}_{i}", f"{p}t{step}_{i}_{j}", f"{p}v{step}_{i}_{j}"
-                if g not in {x.name for x in inits}:
-                    inits.append(const(np.ascontiguousarray(gram[jlo:jhi, lo:hi], dtype=np.float32), g))
-                nodes += [make_node("MatMul", [coded[j], g], [t], name=t), make_node("Sub", [v, t], [out], name=out)]
+            for j in (j for j in coded if j != i):
+                t, out = f"{p}t{step}_{i}_{j}", f"{p}v{step}_{i}_{j}"
+                nodes += [make_node("MatMul", [coded[j], f"{p}g{j}_{i}"], [t], name=t),
+                          make_node("Sub", [v, t], [out], name=out)]  # fmt: skip
                 v = out
             pos, s = f"{p}pos{step}_{i}", f"{p}s{step}_{i}"
             nodes += [make_node("Greater", [v, p + "zero"], [pos], name=pos),

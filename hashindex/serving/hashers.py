@@ -310,8 +310,8 @@ def _fit_residual(x: np.ndarray, stages: tuple[int, ...]) -> tuple[np.ndarray, n
     return weight, -(weight @ mean)
 
 
-_FITTERS = {"sign": _fit_sign, "pca": _fit_pca, "itq": _fit_itq, "residual": _fit_residual}  # residual: takes stages
-HASHER_KINDS = tuple(_FITTERS)
+_FITTERS = {"sign": _fit_sign, "pca": _fit_pca, "itq": _fit_itq}  # (x, bits) -> (W, b); residual takes stages
+HASHER_KINDS = (*_FITTERS, "residual")
 
 
 def SignHasher(dim: int, bits: int | None = None) -> LinearHasher:
@@ -358,7 +358,7 @@ def fit_untrained(hasher: Hasher, features: np.ndarray) -> None:
 
 def make_hasher(kind: str, dim: int, bits: int | None = None) -> LinearHasher:
     """Build an unfitted hasher by name: "sign", "pca", "itq" or "residual"."""
-    if kind not in _FITTERS:
+    if kind not in HASHER_KINDS:
         raise InputError(f"unknown hasher {kind!r}; choose one of {', '.join(HASHER_KINDS)}")
     if kind != "sign" and bits is None:
         raise InputError(f"{kind} hasher needs bits")
