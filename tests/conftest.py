@@ -248,6 +248,9 @@ def make_index(request, tmp_path):
     def factory(dim: int, *hasher, name: str | None = None, **kw):
         if request.param == "faiss":
             kw.setdefault("backend", "flat")
+            # the oracles here are the exact top-k of the candidates, which a float32 rerank gives
+            # (Milvus reranks on its float field); the compact default has its own tests
+            kw.setdefault("rerank", "float32")
             return HashIndex(dim, *hasher, **kw)
         name = name or f"ix{len(opened)}"
         index = _milvus_index_class()(dim, *hasher, uri=str(tmp_path / f"{name}.db"), collection=name, **kw)

@@ -47,6 +47,7 @@ def data():
 
 def _index(data, n=None, nlist=16, spill=1, **kw):
     x, _, hasher = data
+    kw.setdefault("rerank", "float32")  # the oracle: the exact top-k of the probed lists' candidates
     index = HashIndex(DIM, hasher, partitions=nlist, partition_spill=spill, **kw)
     index.add(x[:n], ids=np.arange(len(x[:n])) * 3 + 1)
     return index

@@ -29,7 +29,7 @@ def _unit(a):
     return a / np.linalg.norm(a, axis=1, keepdims=True)
 
 
-@pytest.mark.parametrize("kind", ["int8", "float16"])
+@pytest.mark.parametrize("kind", ["int8", "int6", "float16"])
 @pytest.mark.parametrize("metric", ["ip", "l2"])
 def test_compact_scores_within_quantisation_bounds(kind, metric):
     x, q = _gallery()
@@ -44,7 +44,7 @@ def test_compact_scores_within_quantisation_bounds(kind, metric):
     qq = q.astype(np.float64)[:, None, :]
     exact = ((xs - qq) ** 2).sum(-1) if metric == "l2" else (xs * qq).sum(-1)
     err = store.error_bound().astype(np.float64)  # per dimension: |decoded - x| <= err (int8), err*|x| (float16)
-    per_dim = np.broadcast_to(err, xs.shape) if kind == "int8" else err * np.abs(xs)
+    per_dim = err * np.abs(xs) if kind == "float16" else np.broadcast_to(err, xs.shape)
     if metric == "l2":  # |(a+e)^2 - a^2| <= 2|a||e| + e^2, a = x - q
         bound = (2 * np.abs(xs - qq) * per_dim + per_dim**2).sum(-1)
     else:
@@ -52,14 +52,14 @@ def test_compact_scores_within_quantisation_bounds(kind, metric):
     valid = pos >= 0
     assert (np.abs(got - exact)[valid] <= bound[valid] + 1e-5).all()
     assert np.isinf(got[~valid]).all()
-    # the quantisation really happened (int8 is not float32 in disguise)
-    if kind == "int8":
+    # the quantisation really happened (int8 / int6 are not float32 in disguise)
+    if kind != "float16":
         assert np.abs(got - exact)[valid].max() > 1e-5
 
 
 def test_int8_rerank_keeps_float32_recall_and_returns_exact_scores():
     x, q = _gallery(n_people=2500)
-    ref = HashIndex(DIM, bits=BITS, partitions=None)
+    ref = HashIndex(DIM, bits=BITS, partitions=None, rerank="float32")
     ref.add(x)
     comp = HashIndex(DIM, bits=BITS, partitions=None, rerank="int8")
     comp.fit(x)
@@ -79,13 +79,13 @@ def test_int8_rerank_keeps_float32_recall_and_returns_exact_scores():
     assert (np.diff(b.scores, axis=1) <= 1e-7).all()
 
 
-@pytest.mark.parametrize("kind", ["int8", "float16"])
+@pytest.mark.parametrize("kind", ["int8", "int6", "float16"])
 def test_a_compact_store_returns_the_float32_top_k_of_the_same_candidates(kind):
     """Near-ties around the k-th score (many samples per person, so the 10th and 11th neighbours
     are close) are settled on the float rows: the compact index returns what a float32 rerank of
     the same candidates returns."""
     x, q = _gallery(n_people=300, per=12, seed=3)
-    ref = HashIndex(DIM, bits=BITS, partitions=None)
+    ref = HashIndex(DIM, bits=BITS, partitions=None, rerank="float32")
     ref.add(x)
     comp = HashIndex(DIM, ref.hasher, partitions=None, rerank=kind)
     comp.add(x)
@@ -96,18 +96,25 @@ def test_a_compact_store_returns_the_float32_top_k_of_the_same_candidates(kind):
     np.testing.assert_allclose(b.scores, a.scores, atol=1e-5)
 
 
-def test_grouped_search_on_a_compact_store_says_its_scores_are_approximate():
+@pytest.mark.parametrize("group_size", [1, 2])
+def test_grouped_search_on_a_compact_store_returns_the_float32_groups(group_size):
     x, q = _gallery(n_people=300)
     labels = np.repeat(np.arange(300), 4)
-    index = HashIndex(DIM, bits=BITS, partitions=None, rerank="int8")
+    ref = HashIndex(DIM, bits=BITS, partitions=None, rerank="float32")
+    ref.add(x, labels=labels)
+    index = HashIndex(DIM, ref.hasher, partitions=None, rerank="int6")
     index.add(x, labels=labels)
-    res = index.search(q[:20], k=3, group_by="label")
-    assert not res.exact_scores
-    feats = index.get_features(res.ids[:, 0])
-    np.testing.assert_allclose(res.scores[:, 0], (feats * _unit(q[:20])).sum(1), atol=0.02)
+    want = ref.search(q, k=3, candidates=400, group_by="label", group_size=group_size)
+    res = index.search(q, k=3, candidates=400, group_by="label", group_size=group_size)
+    assert res.exact_scores
+    np.testing.assert_array_equal(res.labels, want.labels)
+    np.testing.assert_array_equal(res.ids, want.ids)
+    valid = res.ids >= 0  # a label with one item left in the candidates pads its second slot
+    got = (index.get_features(res.ids[valid]) * _unit(q)[np.nonzero(valid)[0]]).sum(axis=1)
+    np.testing.assert_allclose(res.scores[valid], got, atol=1e-5)
 
 
-@pytest.mark.parametrize("kind", ["float32", "int8", "float16"])
+@pytest.mark.parametrize("kind", ["float32", "int8", "int6", "float16"])
 @pytest.mark.parametrize("mmap", [True, False])
 def test_save_load_round_trip_of_each_store(kind, mmap, tmp_path):
     x, q = _gallery(n_people=400)
@@ -221,7 +228,7 @@ def test_a_loaded_int8_index_reads_float_rows_from_disk_only(tmp_path):
     np.testing.assert_array_equal(loaded.get_features(res.ids[:, 0]), index.get_features(res.ids[:, 0]))
     assert loaded.memory_usage()["features"] == 0  # get_features reads rows too
     # a float32 index maps and touches its store while reranking, and says so
-    index32 = HashIndex(DIM, hasher=index.hasher, partitions=None)
+    index32 = HashIndex(DIM, hasher=index.hasher, partitions=None, rerank="float32")
     index32.add(x)
     index32.save(tmp_path / "ix32")
     loaded32 = HashIndex.load(tmp_path / "ix32", mmap=True)
@@ -243,7 +250,7 @@ def test_compact_scores_do_not_depend_on_the_decode_grouping(monkeypatch):
 
 def test_an_index_saved_before_rerank_existed_loads_as_float32(tmp_path, rewrite_manifest):
     x, q = _gallery(n_people=200)
-    index = HashIndex(DIM, bits=BITS, partitions=None)
+    index = HashIndex(DIM, bits=BITS, partitions=None, rerank="float32")
     index.add(x)
     index.save(tmp_path / "ix")
     rewrite_manifest(tmp_path / "ix", lambda m: m.pop("rerank", None))  # what main wrote
@@ -305,3 +312,26 @@ def test_a_chunked_first_add_too_small_to_fit_says_so(monkeypatch):
     with pytest.raises(NotFittedError, match="2 \\* bits"):
         index.add(x, progress=False)
     assert len(index) == 0
+
+
+@pytest.mark.parametrize("partitions, how", [(None, {}), (16, {"nprobe": 8, "candidates": 200})])
+def test_a_loaded_index_holds_one_copy_of_its_codes(tmp_path, partitions, how):
+    """The mapped code store is read once to build the scanner or the lists (which keep their own
+    copy) and then leaves the resident set; the results' Hamming distances read their rows by pread
+    and agree with a numpy popcount of the saved codes."""
+    x, q = _gallery(n_people=2000)
+    index = HashIndex(DIM, bits=BITS, partitions=partitions)  # the default compact store
+    index.add(x)
+    index.save(tmp_path / "ix")
+    loaded = HashIndex.load(tmp_path / "ix", mmap=True)
+    res = loaded.search(q, k=10, **how)
+    usage = loaded.memory_usage()
+    assert usage["codes"] == 0 and usage["features"] == 0
+    assert usage["asymmetric_scan" if partitions is None else "partition_lists"] >= len(x) * BITS // 8
+    saved = np.load(tmp_path / "ix" / "codes.npy")
+    stored_at = {i: p for p, i in enumerate(np.load(tmp_path / "ix" / "ids.npy").tolist())}
+    rows = saved[np.vectorize(stored_at.get)(res.ids)]
+    qcodes = loaded.hasher.encode(_unit(q).astype(np.float32))
+    want = np.unpackbits(qcodes[:, None, :] ^ rows, axis=2).sum(axis=2)
+    np.testing.assert_array_equal(res.hamming, want)
+    np.testing.assert_array_equal(res.ids, index.search(q, k=10, **how).ids)

@@ -83,12 +83,14 @@ class HashIndex(IndexFront):
         metric: "cosine" (features L2-normalised on the way in), "ip" or "l2".
         backend: "flat", "hash", "multihash" or "auto".
         feature_dtype: "float32" or "float16" for the feature store.
-        rerank: the store candidates are reranked on: "float32" (default: the feature store
-            itself), or a compact copy beside it, "int8" (FAISS QT_8bit, one byte per dimension,
-            per-dimension range learnt from the first rows added) or "float16" (QT_fp16). With a
-            compact store its best 3k rows are rescored exactly from the feature store (k kept), which
-            a loaded index memory-maps (``load(mmap=True)``): serving then holds the compact
-            store in memory and reads the float rows of the results only (benchmarks/memory.py).
+        rerank: the store candidates are ranked on before the exact rescoring: a compact copy of
+            the features, "int6" (default: FAISS QT_6bit, 3/4 byte per dimension, a per-dimension
+            range learnt from the first rows added), "int8" (QT_8bit) or "float16" (QT_fp16), or
+            "float32": the feature store itself. With a compact store its best 3k rows are
+            rescored exactly from the feature store (k kept), which a loaded index memory-maps
+            (``load(mmap=True)``): serving then holds the compact store in memory and reads the
+            float rows of the results only. An index built in this process holds its float rows
+            in memory as well until it is saved and loaded (benchmarks/memory.py).
         partitions: the partition stage searched with ``nprobe`` (asymmetric ranking):
             ``"auto"`` (default) builds ``nlist_for(N)`` (~1.5 sqrt(N), a power of two) lists once
             the index holds ``PARTITION_MIN_ITEMS`` items; an int builds that many lists (the
@@ -113,7 +115,7 @@ class HashIndex(IndexFront):
         feature_dtype: str = "float32",
         partitions: str | int | None = "auto",
         partition_spill: int = 2,
-        rerank: str = "float32",
+        rerank: str = "int6",
     ):
         # the limits index_format's schema checks on load too (core/validation.py)
         dim = check_dim(dim)
@@ -142,8 +144,11 @@ class HashIndex(IndexFront):
         # the FAISS flat binary index: a second copy of the codes, built on first Hamming use
         # (the asymmetric default never needs it), dropped by remove
         self._flat: FlatCandidates | None = None
-        # a loaded, mapped float store read by pread for the final rescoring (store.FileRows)
+        # a loaded, mapped float store read by pread for the final rescoring, and the mapped code
+        # store read the same way for the results' Hamming distances (store.FileRows): the few
+        # rows a search needs never bring their neighbours' pages into memory
         self._feature_file: FileRows | None = None
+        self._code_file: FileRows | None = None
         # built on first use, kept in step by add, dropped by remove
         self._accel: dict[str, HashCandidates | MultiHashCandidates | AsymmetricCandidates] = {}
         self._id_lookup: tuple[np.ndarray, np.ndarray | None] | None = None  # see _lookup
@@ -250,7 +255,7 @@ class HashIndex(IndexFront):
         self._codes.append(codes)
         self._ids.append(ids)
         self._features.append(x)
-        self._feature_file = None  # the float store is in memory from here on
+        self._feature_file = self._code_file = None  # the stores are in memory from here on
         if self._compact is not None:
             self._compact.append(x)
         self._labelled = labels is not None
@@ -269,7 +274,7 @@ class HashIndex(IndexFront):
         keep[positions] = False
         for store in (self._codes, self._ids, self._features) + ((self._labels,) if self._labelled else ()):
             store.keep(keep)
-        self._feature_file = None  # rows moved: the store is in memory now
+        self._feature_file = self._code_file = None  # rows moved: the stores are in memory now
         if self._compact is not None:
             self._compact.keep(keep)
         self._flat = None  # rebuilt from the codes on next Hamming use
@@ -355,6 +360,7 @@ class HashIndex(IndexFront):
                 if self._flat is None:
                     flat = FlatCandidates(self.bits)
                     flat.rebuild(self._codes.array)
+                    advise(self._codes.array, "dontneed")  # a mapped code store: read once, the copy is FAISS's
                     self._flat = flat
                 flat = self._flat
         return flat
@@ -372,6 +378,7 @@ class HashIndex(IndexFront):
             else:
                 accel = MultiHashCandidates(self.bits, *MultiHashCandidates.default_params(self.bits, n))
             accel.rebuild(self._codes.array)
+            advise(self._codes.array, "dontneed")  # a mapped code store: read once, the copy is the scanner's
             self._accel[name] = accel
         return accel
 
@@ -434,8 +441,9 @@ class HashIndex(IndexFront):
         compact rerank store when there is one (approximate: the pipeline rescores the rows it
         returns through :meth:`_exact_features`), else on the feature store."""
         compact = self._compact
+        codes = self._codes.array if self._code_file is None else self._code_file  # both index as codes[at]
         return Rows(keys, self._ids.array, self._features.array if compact is None else compact,
-                    self._labels.array if self._labelled else None, self._codes.array, exact=compact is None)  # fmt: skip
+                    self._labels.array if self._labelled else None, codes, exact=compact is None)  # fmt: skip
 
     def _probed_sizes(self, x: np.ndarray, nprobe: int) -> np.ndarray:
         """Items in the ``nprobe`` lists nearest each query (spilled items count per list)."""
@@ -501,7 +509,9 @@ class HashIndex(IndexFront):
                 advise(self._features.array, "dontneed")  # a mapped float store: read once, not held
             if not self._part.has_lists:
                 self._part.build(self._codes.array, self._part_assign.array)
-                advise(self._part_assign.array, "dontneed")  # a mapped assignment: read once, not held
+                # a mapped assignment and code store: read once, the lists hold the codes
+                advise(self._part_assign.array, "dontneed")
+                advise(self._codes.array, "dontneed")
             return self._part
 
     def partition_info(self) -> PartitionInfo:
@@ -603,3 +613,4 @@ class HashIndex(IndexFront):
         if "rerank_codes" in a:
             self._compact = CompactStore(self.rerank, self.dim, a["rerank_params"], a["rerank_codes"])
         self._feature_file = state.feature_file  # a mapped float store with a compact one: rows by pread
+        self._code_file = state.code_file  # a mapped code store: the results' rows by pread

@@ -9,9 +9,10 @@ Layout of an index directory::
     labels.npy              int64 [N], each item's label (only when ``labelled: true``)
     partition_centroids.npy float32 [nlist, D]       (only with ``partition_nlist``)
     partition_assign.npy    int32 [N, min(spill, nlist)] (only with ``partition_nlist``)
-    rerank_codes.npy        uint8 [N, D] (int8) or [N, 2 D] (float16): the compact rerank store
-                            (only with ``rerank: int8 | float16``; absent: float32, the features)
-    rerank_params.npy       float32 [2 D] (int8: vmin then vdiff per dimension) or [0] (float16)
+    rerank_codes.npy        uint8 [N, D] (int8), [N, ceil(3 D / 4)] (int6) or [N, 2 D] (float16): the
+                            compact rerank store (only with ``rerank: int6 | int8 | float16``;
+                            absent: float32, the features)
+    rerank_params.npy       float32 [2 D] (int8 / int6: vmin then vdiff per dimension) or [0] (float16)
     hasher.npz              a LinearHasher, or
     model.onnx              the ONNX model the codes were made with (its SHA-256 is in the manifest)
 
@@ -60,7 +61,7 @@ from hashindex.core.validation import (
 from hashindex.serving import persist
 from hashindex.serving.hashers import Hasher, LinearHasher
 from hashindex.serving.rerank import METRICS
-from hashindex.serving.store import COMPACT_CODE_BYTES, COMPACT_PARAMS, RERANK_KINDS, FileRows
+from hashindex.serving.store import COMPACT_PARAMS, RERANK_KINDS, FileRows, compact_code_bytes
 from hashindex.serving.tuning import OperatingPoint, points_from_manifest, points_to_manifest
 
 FORMAT_VERSION = 1
@@ -98,7 +99,7 @@ def _partitioned(m: dict) -> bool:
 
 
 def _compact(m: dict) -> bool:
-    """A compact rerank store (``rerank`` int8 / float16); absent, as in indexes saved before
+    """A compact rerank store (``rerank`` int6 / int8 / float16); absent, as in indexes saved before
     it existed: float32, the feature store itself."""
     return m.get("rerank", "float32") != "float32"
 
@@ -125,7 +126,7 @@ class ArrayFile:
 
 
 ARRAYS: tuple[ArrayFile, ...] = (
-    ArrayFile("codes", lambda m: np.uint8, lambda m: (m["count"], m["bits"] // 8)),
+    ArrayFile("codes", lambda m: np.uint8, lambda m: (m["count"], m["bits"] // 8), mmap=True),
     ArrayFile("ids", lambda m: np.int64, lambda m: (m["count"],), problem=_ids_problem),
     ArrayFile("features", lambda m: m["feature_dtype"], lambda m: (m["count"], m["dim"]), mmap=True),
     ArrayFile("labels", lambda m: np.int64, lambda m: (m["count"],), lambda m: m.get("labelled") is True, True, _labels_problem),
@@ -134,7 +135,7 @@ ARRAYS: tuple[ArrayFile, ...] = (
         "partition_assign", lambda m: np.int32,
         lambda m: (m["count"], min(m.get("partition_spill", 1), m["partition_nlist"])), _partitioned, True, _assign_problem,
     ),  # fmt: skip
-    ArrayFile("rerank_codes", lambda m: np.uint8, lambda m: (m["count"], COMPACT_CODE_BYTES[m["rerank"]] * m["dim"]), _compact),
+    ArrayFile("rerank_codes", lambda m: np.uint8, lambda m: (m["count"], compact_code_bytes(m["rerank"], m["dim"])), _compact),
     ArrayFile("rerank_params", lambda m: np.float32, lambda m: (COMPACT_PARAMS[m["rerank"]] * m["dim"],), _compact),
 )
 HASHER_FILES = {"linear": "hasher.npz", "onnx": "model.onnx"}
@@ -393,7 +394,8 @@ class IndexState:
     ``labelled``: None until the first insert decided it. ``next_id``: the next automatic id.
     ``rerank``: the rerank store's kind. ``feature_file``: (read with ``mmap`` and a compact
     store only) the features file opened for ``pread``: the rows a search rescores are read
-    from it, never mapped (:class:`~hashindex.serving.store.FileRows`).
+    from it, never mapped (:class:`~hashindex.serving.store.FileRows`). ``code_file``: (read
+    with ``mmap``) the codes file opened the same way, for the results' codes.
     """
 
     dim: int
@@ -410,6 +412,7 @@ class IndexState:
     operating_points: dict[tuple[float, int], OperatingPoint] = field(default_factory=dict)
     rerank: str = "float32"
     feature_file: FileRows | None = None
+    code_file: FileRows | None = None
 
     @property
     def config(self) -> dict[str, Any]:
@@ -553,9 +556,9 @@ def _read_hasher(d: persist.SnapshotDir, encoder: Hasher | None) -> Hasher:
 def read_index(d: persist.SnapshotDir, mmap: bool = True, encoder: Hasher | None = None) -> IndexState:
     """The state held by an open index directory (manifest already checked by the open).
 
-    ``mmap``: memory-map the :data:`ARRAYS` marked ``mmap`` (features, labels, the partition
-    assignment); with a compact rerank store, the features file is also kept open for ``pread``
-    (``IndexState.feature_file``). ``encoder``: use it instead of the stored ONNX model (same
+    ``mmap``: memory-map the :data:`ARRAYS` marked ``mmap`` (codes, features, labels, the
+    partition assignment); the codes file, and with a compact rerank store the features file, are
+    also kept open for ``pread`` (``IndexState.code_file`` / ``feature_file``). ``encoder``: use it instead of the stored ONNX model (same
     SHA-256 and bits).
     """
     m = d.manifest
@@ -576,13 +579,15 @@ def read_index(d: persist.SnapshotDir, mmap: bool = True, encoder: Hasher | None
     rerank, feature_file = m.get("rerank", "float32"), None
     if rerank != "float32" and isinstance(arrays["features"], np.memmap):
         features = arrays["features"]
-        feature_file = FileRows(d.file("features.npy").fileno(), features.offset, features.shape, features.dtype)
+        feature_file = FileRows.of(features, d.file("features.npy"))
+    codes = arrays["codes"]
+    code_file = FileRows.of(codes, d.file("codes.npy")) if isinstance(codes, np.memmap) and count else None
     return IndexState(
         dim=m["dim"], bits=m["bits"], metric=m["metric"], backend=m["backend"], feature_dtype=m["feature_dtype"],
         partitions=m.get("partitions", "auto"), partition_spill=m.get("partition_spill", 1), hasher=hasher,
         arrays=arrays, next_id=max(m["next_id"], int(ids.max()) + 1 if count else 0),
         labelled=m.get("labelled", False if count else None), operating_points=points, rerank=rerank,
-        feature_file=feature_file,
+        feature_file=feature_file, code_file=code_file,
     )  # fmt: skip
 
 
@@ -608,13 +613,18 @@ def describe(path: Any) -> str:
 
 def serving_bytes_per_item(m: dict) -> float:
     """Resident bytes per item of a loaded (``mmap=True``) index serving searches, from its
-    manifest: codes, ids, the compact rerank store (a float32 one is mapped: its pages are read
-    for the candidates, and count once touched), the flat asymmetric scanner, the partition
-    lists (``spill`` x (code + 8-byte position)) when saved with a partition stage. Within ~1% of
-    ``memory_usage()`` at 1M x 128-d, int8 (benchmarks/memory.py: 229 vs 231 B/item)."""
+    manifest: ids, the compact rerank store (a float32 one is mapped: its pages are read for the
+    candidates, and count once touched), and the one copy of the codes a search scans: the
+    partition lists (``spill`` x (code + 8-byte position)) when saved with a partition stage,
+    else the flat asymmetric scanner. The mapped code store is read once to build them and then
+    leaves the resident set (benchmarks/README.md, "Memory per item")."""
     code = m["bits"] / 8
     rerank = m.get("rerank", "float32")
-    per_dim = COMPACT_CODE_BYTES.get(rerank, np.dtype(m["feature_dtype"]).itemsize)
-    # FAISS allocates each list's block table rounded up to a power of two: ~1.4x its codes at 1M
-    lists = m.get("partition_spill", 1) * (1.4 * code + 8) if "partition_nlist" in m else 0
-    return code + 8 + per_dim * m["dim"] + code + lists
+    if rerank == "float32":
+        rerank_bytes = np.dtype(m["feature_dtype"]).itemsize * m["dim"]
+    else:
+        rerank_bytes = compact_code_bytes(rerank, m["dim"])
+    # FAISS allocates each list's block table rounded up (a power of two below 8 KB, else 8 KB
+    # steps): ~1.4x its codes at 1M
+    scanned = m.get("partition_spill", 1) * (1.4 * code + 8) if "partition_nlist" in m else code
+    return 8 + rerank_bytes + scanned

@@ -65,9 +65,9 @@ class SearchResult:
         tables (they probe buckets, not every code); for Milvus's BIN_IVF_FLAT an upper bound.
     n_reranked: int64 ``[nq]``: items scored on their rerank store (= ``n_candidates``).
     exact_scores: whether ``scores`` are exact on the stored features. An index with a compact
-        rerank store (``HashIndex(rerank="int8" | "float16")``) ranks the candidates on it and
-        then rescores its best 3k rows from its float store and keeps k (exact, True); a grouped search
-        on a compact store keeps the compact store's scores (False).
+        rerank store (``HashIndex(rerank="int6" | "int8" | "float16")``) ranks the candidates on it
+        and then rescores its best 3k rows from its float store and keeps k (a grouped search: the
+        best 3k labels, 3g items each, grouped again), so they are exact (True) on HashIndex.
 
     With ``group_by="label"`` and ``group_size=g`` the arrays are ``[nq, k * g]``: label block j
     in columns ``j*g .. j*g+g-1`` (``ids.reshape(nq, k, g)``: one row per label), best first.
@@ -210,14 +210,26 @@ def widen(index: Any, plan: Plan, q: Queries, scope: Scope, cands: Candidates, s
 def group(index: Any, plan: Plan, x: np.ndarray, cands: Candidates):
     """Score every candidate, keep the k best labels with ``group_size`` items each:
     ``(keys, scores, hamming, labels)``, each ``[nq, k * group_size]``, and whether the scores
-    are exact (not on a compact rerank store, whose scores are kept: rescoring would reorder
-    the groups)."""
+    are exact. On a compact rerank store the ``COMPACT_RESCORE * k`` best labels with
+    ``COMPACT_RESCORE * group_size`` items each are kept on its scores, then those rows are
+    scored exactly (``_exact_features``) and grouped again."""
     rows = index._rows(cands.keys, features=True, labels=True)
+    k, size = plan.k, plan.options.group_size
+    wide = (k, size) if rows.exact else (COMPACT_RESCORE * k, COMPACT_RESCORE * size)
     scores = csr_scores(x, rows.features, cands.lims, rows.at, index.metric)
     pos, scores, ham, labels = group_top(
-        cands.lims, rows.at, cands.hamming, scores, rows.labels[rows.at], plan.k, plan.options.group_size, index.metric
+        cands.lims, rows.at, cands.hamming, scores, rows.labels[rows.at], *wide, index.metric
     )
-    return rows.key_of(pos), scores, ham, labels, rows.exact
+    keys = rows.key_of(pos)
+    if rows.exact:
+        return keys, scores, ham, labels, True
+    # the compact store's order blurs near the k-th label: group the kept rows again on exact scores
+    valid = keys >= 0
+    kept = keys[valid]
+    lims = np.concatenate([[0], np.cumsum(valid.sum(axis=1))]).astype(np.int64)
+    exact = csr_scores(x, index._exact_features(kept), lims, np.arange(kept.size), index.metric)
+    keys, scores, ham, labels = group_top(lims, kept, ham[valid], exact, labels[valid], k, size, index.metric)
+    return keys, scores, ham, labels, True
 
 
 def rerank_rows(index: Any, x: np.ndarray, cands: Candidates, k: int):

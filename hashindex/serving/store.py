@@ -102,15 +102,26 @@ def mapped_resident_bytes(array: np.ndarray) -> int:
 
 
 # -- compact rerank stores ----------------------------------------------------------------------
-RERANK_KINDS = ("float32", "float16", "int8")
-# per dimension, for the saved files: bytes of a compact code, float32 values of the trained
-# parameters (int8: vmin then vdiff; float16: none)
-COMPACT_CODE_BYTES = {"int8": 1, "float16": 2}
-COMPACT_PARAMS = {"int8": 2, "float16": 0}
+RERANK_KINDS = ("float32", "float16", "int8", "int6")
+# the FAISS scalar quantizer of each compact kind
+COMPACT_QTYPES = {"int8": "QT_8bit", "int6": "QT_6bit", "float16": "QT_fp16"}
+# quantisation levels of the uniform kinds (their range is learnt from the first rows added)
+COMPACT_LEVELS = {"int8": 255, "int6": 63}
+# per dimension, for the saved files: float32 values of the trained parameters (uniform kinds:
+# vmin then vdiff; float16: none)
+COMPACT_PARAMS = {"int8": 2, "int6": 2, "float16": 0}
+
+
+def compact_code_bytes(kind: str, dim: int) -> int:
+    """Bytes of one row of a compact store (FAISS packs int6 four values to three bytes)."""
+    bits = {"int8": 8, "int6": 6, "float16": 16}[kind]
+    return (dim * bits + 7) // 8
+
+
 # rows decoded per FAISS call when scoring candidates: keeps the float32 scratch at ~4 MB
 # (128-d), small enough that glibc returns it to the system instead of keeping it in its heap
 _DECODE_ROWS = 1 << 13
-# int8: the per-dimension range learnt from the first rows is widened by this share of its
+# int8 / int6: the per-dimension range learnt from the first rows is widened by this share of its
 # width on each side, so later items slightly outside it are not clipped (FAISS RS_minmax arg)
 INT8_RANGE_MARGIN = 0.05
 INT8_TRAIN_ROWS = 65_536
@@ -118,27 +129,27 @@ INT8_TRAIN_ROWS = 65_536
 
 class CompactStore:
     """Rerank rows held as FAISS scalar-quantizer codes: ``int8`` (QT_8bit: one byte per
-    dimension, a per-dimension min/max range) or ``float16`` (QT_fp16, IEEE half).
+    dimension, a per-dimension min/max range), ``int6`` (QT_6bit: the same with 64 levels, 3/4
+    byte per dimension) or ``float16`` (QT_fp16, IEEE half).
 
     Candidates are scored by decoding only their rows with ``faiss.ScalarQuantizer.decode`` and
     scoring the decoded block with FAISS's ``fvec_*_by_idx`` kernels, so no float copy of the
     gallery is ever made. Scores are approximate: the decoded row differs from the float32 one
-    by at most half a quantisation step per dimension (int8: ``range_d / 255 / 2``; float16:
-    a relative 2**-11), see :meth:`error_bound`.
+    by at most half a quantisation step per dimension (int8: ``range_d / 255 / 2``, int6:
+    ``range_d / 63 / 2``; float16: a relative 2**-11), see :meth:`error_bound`.
 
     The codes are a :class:`RowStore` of ``uint8 [N, code_size]`` (they append, compact, save
     and memory-map like the index's other row arrays); ``params`` is the quantizer's trained
-    vector (int8: ``vmin[D]`` then ``vdiff[D]``; float16: empty).
+    vector (int8 / int6: ``vmin[D]`` then ``vdiff[D]``; float16: empty).
     """
 
     def __init__(self, kind: str, dim: int, params: np.ndarray | None = None, codes: np.ndarray | None = None):
         import faiss
 
-        if kind not in ("float16", "int8"):
-            raise ValueError(f"compact store kind must be float16 or int8, got {kind!r}")
+        if kind not in COMPACT_QTYPES:
+            raise ValueError(f"compact store kind must be one of {sorted(COMPACT_QTYPES)}, got {kind!r}")
         self.kind, self.dim = kind, int(dim)
-        qtype = faiss.ScalarQuantizer.QT_8bit if kind == "int8" else faiss.ScalarQuantizer.QT_fp16
-        self.sq = faiss.ScalarQuantizer(self.dim, qtype)
+        self.sq = faiss.ScalarQuantizer(self.dim, getattr(faiss.ScalarQuantizer, COMPACT_QTYPES[kind]))
         self.sq.rangestat = faiss.ScalarQuantizer.RS_minmax
         self.sq.rangestat_arg = INT8_RANGE_MARGIN
         self.trained = kind == "float16"
@@ -146,7 +157,7 @@ class CompactStore:
             faiss.copy_array_to_vector(np.ascontiguousarray(params, dtype=np.float32), self.sq.trained)
             self.trained = True
         self.code_size = int(self.sq.code_size)
-        assert self.code_size == COMPACT_CODE_BYTES[kind] * self.dim
+        assert self.code_size == compact_code_bytes(kind, self.dim)
         self.rows = RowStore((self.code_size,), np.uint8, codes)
 
     def __len__(self) -> int:
@@ -164,14 +175,14 @@ class CompactStore:
 
     def error_bound(self) -> np.ndarray:
         """Per-dimension bound on ``|decoded - original|`` for values inside the trained range
-        (int8: half a step); float16: relative, ``2**-11`` of the value."""
+        (int8 / int6: half a step); float16: relative, ``2**-11`` of the value."""
         if self.kind == "float16":
             return np.full(self.dim, 2.0**-11, dtype=np.float32)
         vdiff = self.params[self.dim :]
-        return (vdiff / 255 / 2).astype(np.float32)
+        return (vdiff / COMPACT_LEVELS[self.kind] / 2).astype(np.float32)
 
     def train(self, sample: np.ndarray) -> None:
-        """Learn the int8 range from ``sample`` (float32 rows), once; a no-op afterwards."""
+        """Learn the int8 / int6 range from ``sample`` (float32 rows), once; a no-op afterwards."""
         if not self.trained and len(sample):
             step = -(-len(sample) // INT8_TRAIN_ROWS)  # evenly spaced rows, at most INT8_TRAIN_ROWS
             self.sq.train(np.ascontiguousarray(sample[::step], dtype=np.float32))
@@ -260,6 +271,11 @@ class FileRows:
         self.offset, self.shape, self.dtype = int(offset), tuple(shape), np.dtype(dtype)
         self.row_bytes = self.shape[1] * self.dtype.itemsize
 
+    @classmethod
+    def of(cls, mapped: np.memmap, file) -> "FileRows":
+        """The rows of ``mapped`` (a 2-d ``np.memmap`` of the open ``.npy`` ``file``), by pread."""
+        return cls(file.fileno(), mapped.offset, mapped.shape, mapped.dtype)
+
     def __del__(self):
         try:
             os.close(self._fd)
@@ -267,8 +283,12 @@ class FileRows:
             pass
 
     def take(self, positions: np.ndarray) -> np.ndarray:
-        """float32 ``[len(positions), D]`` (positions >= 0)."""
+        """float32 ``[len(positions), D]`` (positions >= 0) for float rows, else the rows as stored."""
         out = np.empty((len(positions), self.shape[1]), dtype=self.dtype)
         for i, p in enumerate(np.asarray(positions, dtype=np.int64).tolist()):
             out[i] = np.frombuffer(os.pread(self._fd, self.row_bytes, self.offset + p * self.row_bytes), self.dtype)
-        return out.astype(np.float32, copy=False)
+        return out.astype(np.float32, copy=False) if out.dtype.kind == "f" else out
+
+    def __getitem__(self, positions: np.ndarray) -> np.ndarray:
+        """``rows[positions]``, as on the mapped array (a 1-d array of positions >= 0)."""
+        return self.take(positions)

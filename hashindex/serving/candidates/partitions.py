@@ -222,12 +222,13 @@ def soar_lists(
     residual ``(x - c1) / ||x - c1||``, best first.
 
     Both terms come from inner products the coarse search already returned (``<x, c>``, or the
-    distance for l2) plus ``<c', c1>``: a ``[n, width - 1]`` product of gathered centroid rows,
-    never the ``[n, width - 1, D]`` residual arrays (8x faster, benchmarks/README.md).
+    distance for l2) plus ``<c', c1>``, looked up in the centroids' Gram matrix: never the
+    ``[n, width - 1, D]`` residual arrays or gathered centroid rows (benchmarks/README.md).
     """
     out = np.empty((features.shape[0], spill), dtype=np.int32)
     width = min(max(SOAR_CANDIDATES, spill), centroids.shape[0])
     cnorm = np.einsum("ld,ld->l", centroids, centroids)  # ||c||^2
+    gram = centroids @ centroids.T  # <c', c1>: nlist^2 floats (64 MB at 4,096 lists)
     for lo in _chunks(features.shape[0], chunk, progress, "assigning lists (SOAR)"):
         x = np.ascontiguousarray(features[lo : lo + chunk], dtype=np.float32)
         got, near = coarse.search(x, width)
@@ -236,7 +237,7 @@ def soar_lists(
             dot, d2 = got, xx + cnorm[near] - 2 * got  # <x, c>, ||x - c||^2
         else:
             dot, d2 = (xx + cnorm[near] - got) / 2, got
-        c1c = np.einsum("nld,nd->nl", centroids[near[:, 1:]], centroids[near[:, 0]])  # <c', c1>
+        c1c = gram[near[:, :1], near[:, 1:]]  # <c', c1>
         # <x - c', x - c1> = <x, x> - <x, c1> - <x, c'> + <c', c1>; divided by ||x - c1|| it is <x - c', r>
         along = (xx - dot[:, :1] - dot[:, 1:] + c1c) ** 2 / np.maximum(d2[:, :1], 1e-12)
         best = np.argsort(d2[:, 1:] + SOAR_LAMBDA * along, axis=1, kind="stable")[:, : spill - 1]
