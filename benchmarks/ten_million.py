@@ -11,7 +11,7 @@ Three steps, each its own process (so the build's peak memory is its own):
 identities (generator seeds 1 and 2): "select" (settings are chosen on it) and "report" (the
 table); exact top-10 of both from FAISS ``IndexFlatIP`` over the gallery in 1M-row blocks.
 
-``build``: ``HashIndex(128, rerank="int8").add(np.load(path, mmap_mode="r"))`` (``--hasher``: the
+``build``: ``HashIndex(128).add(np.load(path, mmap_mode="r"))`` (the default int6 rerank store; ``--hasher``: the
 default residual ITQ, 192 bits, or ``itq`` 128 bits),
 then the partition stage (``partitions="auto"``: k-means, assignment, lists) by one ``nprobe``
 search, each phase timed (the stage's methods wrapped with timers), peak RSS; then saved.
@@ -117,7 +117,7 @@ def build(a) -> None:
     PartitionStage.build = timed("lists", PartitionStage.build)
     x = np.load(d / "x.npy", mmap_mode="r")
     q = np.load(d / "q_select.npy")
-    index = HashIndex(128, None if a.hasher == "default" else a.hasher, rerank="int8")
+    index = HashIndex(128, None if a.hasher == "default" else a.hasher)
     t0 = time.time()
     index.add(x)
     t_add = time.time() - t0

@@ -41,11 +41,10 @@ probes the partition stage: the allowed rows are scanned exactly (serving/filter
 from __future__ import annotations
 
 import contextlib
-import functools
 import inspect
 import threading
 from dataclasses import dataclass
-from typing import Callable, ClassVar, ContextManager
+from typing import ClassVar, ContextManager
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -440,9 +439,10 @@ class IndexFront:
             raise ModelMismatchError(f"the hasher returned {codes.shape[0]} codes for {x.shape[0]} rows")
         return codes
 
-    def _reserve(self, n: int, labelled: bool = False, sample: Callable[[], np.ndarray] | None = None) -> None:
-        """Room for ``n`` more rows (a backend hook: one allocation for a bulk add); ``sample()``:
-        prepared rows spread over the whole input, for anything trained on the first rows."""
+    def _reserve(self, n: int, labelled: bool = False, extent: np.ndarray | None = None) -> None:
+        """Room for ``n`` more rows (a backend hook: one allocation for a bulk add); ``extent``:
+        float32 ``[2, D]``, the per-dimension min and max of the whole prepared input, for
+        anything that would otherwise learn a range from the first rows."""
 
     def _add_chunked(self, raw: np.ndarray, ids, labels, progress: bool | None) -> np.ndarray:
         """:meth:`add` of a large array, ``ADD_CHUNK_ROWS`` rows at a time.
@@ -455,24 +455,21 @@ class IndexFront:
         n = raw.shape[0]
         check_features(raw[:0], self.dim, "features")  # shape and dtype, no copy
         labels = None if labels is None else check_labels(labels, n)
+        extent = None  # per-dimension min and max of the prepared rows
         for lo in range(0, n, ADD_CHUNK_ROWS):
             try:
-                self._prepare_features(raw[lo : lo + ADD_CHUNK_ROWS])
+                x = self._prepare_features(raw[lo : lo + ADD_CHUNK_ROWS])
             except InputError as e:
                 raise InputError(f"{e} (rows counted from {lo:,}, the start of the chunk that failed)") from None
+            low, high = x.min(axis=0), x.max(axis=0)
+            extent = (low, high) if extent is None else (np.minimum(extent[0], low), np.maximum(extent[1], high))
         with self._writing():
             new_ids = self._new_ids(ids, n)
             self._check_label_state(labels)
-
-            @functools.cache
-            def sample() -> np.ndarray:  # FIT_SAMPLE_ROWS evenly spaced rows, prepared once, if asked for
+            if self._needs_first_fit():  # on FIT_SAMPLE_ROWS evenly spaced rows
                 rows = np.unique(np.linspace(0, n - 1, min(n, FIT_SAMPLE_ROWS)).astype(np.int64))
-                return self._prepare_features(raw[rows])
-
-            if self._needs_first_fit():
-                self._first_fit(sample())
-            self._reserve(n, labelled=labels is not None, sample=sample)
-            sample.cache_clear()  # its rows are not kept while the chunks are stored
+                self._first_fit(self._prepare_features(raw[rows]))
+            self._reserve(n, labelled=labels is not None, extent=None if extent is None else np.stack(extent))
             show = n >= PROGRESS_MIN_ROWS if progress is None else bool(progress)
             bar = tqdm(total=n, desc="add", unit="rows", disable=not show, leave=False)
             for lo in range(0, n, ADD_CHUNK_ROWS):

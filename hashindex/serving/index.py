@@ -235,14 +235,14 @@ class HashIndex(IndexFront):
     def _has_labels(self) -> bool | None:
         return self._labelled
 
-    def _reserve(self, n: int, labelled: bool = False, sample=None) -> None:
+    def _reserve(self, n: int, labelled: bool = False, extent: np.ndarray | None = None) -> None:
         need = len(self) + n
         for store in (self._codes, self._ids, self._features) + ((self._labels,) if labelled else ()):
             store.reserve(need)
         if self._compact is not None:
             self._compact.reserve(need)
-            if sample is not None and not self._compact.trained:
-                self._compact.train(sample())  # the int8 range from the whole input, not its first chunk
+            if extent is not None:  # the range covers the whole input before its first chunk is stored
+                self._compact.cover(extent, self._features.array)
         if self._part_assign is not None:
             self._part_assign.reserve(need)
 
@@ -254,10 +254,10 @@ class HashIndex(IndexFront):
             self._part_assign.append(assign)
         self._codes.append(codes)
         self._ids.append(ids)
+        if self._compact is not None:
+            self._compact.append(x, self._features.array)
         self._features.append(x)
         self._feature_file = self._code_file = None  # the stores are in memory from here on
-        if self._compact is not None:
-            self._compact.append(x)
         self._labelled = labels is not None
         if labels is not None:
             self._labels.append(labels)

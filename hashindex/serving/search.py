@@ -117,13 +117,15 @@ class Rows:
     ``at int64 [M]``, the table row of each key asked. ``keys``: the key of each table row, or
     None when a table row's number is its key (HashIndex: the stores themselves, no copy).
     ``features``: what candidates are scored on: the feature rows, or (``exact`` False) a compact
-    rerank store that scores itself (serving/store.py ``CompactStore.score``, approximate)."""
+    rerank store that scores itself (serving/store.py ``CompactStore.score``, approximate).
+    ``codes``: anything ``codes[at]`` reads rows from: an array, or a loaded index's code file
+    (serving/store.py ``FileRows``, read by pread)."""
 
     at: np.ndarray
     ids: np.ndarray
     features: np.ndarray | None = None
     labels: np.ndarray | None = None
-    codes: np.ndarray | None = None
+    codes: Any = None
     keys: np.ndarray | None = None
     exact: bool = True
 

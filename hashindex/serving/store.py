@@ -63,6 +63,10 @@ class RowStore:
         self._buf = kept
         self._n = kept.shape[0]
 
+    @property
+    def capacity(self) -> int:
+        return int(self._buf.shape[0])
+
     def reserve(self, n: int) -> None:
         """Make room for ``n`` rows in all (one allocation), so a large add grows no further."""
         if n > self._buf.shape[0] or not self._buf.flags.writeable or self.is_mmap:
@@ -121,10 +125,12 @@ def compact_code_bytes(kind: str, dim: int) -> int:
 # rows decoded per FAISS call when scoring candidates: keeps the float32 scratch at ~4 MB
 # (128-d), small enough that glibc returns it to the system instead of keeping it in its heap
 _DECODE_ROWS = 1 << 13
-# int8 / int6: the per-dimension range learnt from the first rows is widened by this share of its
-# width on each side, so later items slightly outside it are not clipped (FAISS RS_minmax arg)
+# int8 / int6: the per-dimension range (the min and max of the rows it covers) is widened by this
+# share of its width on each side, so later items slightly outside it need no re-encoding
+# (FAISS RS_minmax arg)
 INT8_RANGE_MARGIN = 0.05
-INT8_TRAIN_ROWS = 65_536
+# rows per block when the range's extent is read from, or rows are re-encoded from, a float store
+_EXTENT_ROWS = 1 << 16
 
 
 class CompactStore:
@@ -136,7 +142,8 @@ class CompactStore:
     scoring the decoded block with FAISS's ``fvec_*_by_idx`` kernels, so no float copy of the
     gallery is ever made. Scores are approximate: the decoded row differs from the float32 one
     by at most half a quantisation step per dimension (int8: ``range_d / 255 / 2``, int6:
-    ``range_d / 63 / 2``; float16: a relative 2**-11), see :meth:`error_bound`.
+    ``range_d / 63 / 2``; float16: a relative 2**-11), see :meth:`error_bound`: the range always
+    covers every stored row (:meth:`cover` widens it, and re-encodes, when new rows leave it).
 
     The codes are a :class:`RowStore` of ``uint8 [N, code_size]`` (they append, compact, save
     and memory-map like the index's other row arrays); ``params`` is the quantizer's trained
@@ -181,17 +188,46 @@ class CompactStore:
         vdiff = self.params[self.dim :]
         return (vdiff / COMPACT_LEVELS[self.kind] / 2).astype(np.float32)
 
-    def train(self, sample: np.ndarray) -> None:
-        """Learn the int8 / int6 range from ``sample`` (float32 rows), once; a no-op afterwards."""
-        if not self.trained and len(sample):
-            step = -(-len(sample) // INT8_TRAIN_ROWS)  # evenly spaced rows, at most INT8_TRAIN_ROWS
-            self.sq.train(np.ascontiguousarray(sample[::step], dtype=np.float32))
-            self.trained = True
+    def covers(self, x: np.ndarray) -> bool:
+        """Whether every value of ``x [n, D]`` lies in the trained range (float16: always), so
+        that it is encoded within :meth:`error_bound`."""
+        if self.kind == "float16":
+            return True
+        if not self.trained:
+            return len(x) == 0
+        p = self.params
+        lo, width = p[: self.dim], p[self.dim :]
+        return bool(((x >= lo) & (x <= lo + width)).all())
 
-    def append(self, x: np.ndarray) -> None:
-        """Encode and append float32 rows (the first rows train the int8 range)."""
+    def cover(self, extent: np.ndarray, stored: np.ndarray) -> None:
+        """Make the range cover ``extent`` (rows: their per-dimension min and max count) if it
+        does not: it becomes the min / max over ``extent`` and ``stored`` (the float rows the
+        codes were made from, aligned with them; they are re-encoded on the new range).
+
+        A range learnt from the first rows alone would clip later rows outside it (an ``ip``
+        index's norms vary), and a clipped row's compact score can be off by far more than the
+        exact rescoring of the best 3k absorbs."""
+        if self.covers(extent):
+            return
+        lo, hi = extent.min(axis=0), extent.max(axis=0)
+        for start in range(0, len(stored), _EXTENT_ROWS):
+            block = np.asarray(stored[start : start + _EXTENT_ROWS], dtype=np.float32)
+            lo, hi = np.minimum(lo, block.min(axis=0)), np.maximum(hi, block.max(axis=0))
+        self.sq.train(np.ascontiguousarray(np.stack([lo, hi]), dtype=np.float32))  # RS_minmax: + the margin
+        self.trained = True
+        if len(self.rows):
+            rows = RowStore((self.code_size,), np.uint8)
+            rows.reserve(self.rows.capacity)
+            for start in range(0, len(stored), _EXTENT_ROWS):
+                block = np.ascontiguousarray(stored[start : start + _EXTENT_ROWS], dtype=np.float32)
+                rows.append(self.sq.compute_codes(block))
+            self.rows = rows
+
+    def append(self, x: np.ndarray, stored: np.ndarray) -> None:
+        """Encode and append float32 rows ``x``; ``stored``: the float rows of the codes so far
+        (re-encoded if ``x`` widens the range, see :meth:`cover`)."""
         x = np.ascontiguousarray(x, dtype=np.float32)
-        self.train(x)
+        self.cover(x, stored)
         for lo in range(0, x.shape[0], _DECODE_ROWS):
             self.rows.append(self.sq.compute_codes(x[lo : lo + _DECODE_ROWS]))
 
