@@ -485,3 +485,26 @@ def test_kmeans_one_iteration_per_call_matches_one_faiss_run(spherical):
                       max_points_per_centroid=64)  # fmt: skip
     km.train(np.ascontiguousarray(x[rows]))
     np.testing.assert_allclose(got, km.centroids, atol=1e-6)
+
+
+def test_centroid_blocks_leave_the_assignment_and_faiss_setting_as_they_were():
+    """The build raises FAISS's process-wide BLAS block size while it runs: the nearest lists
+    still match a float64 numpy argmax, and the setting comes back (also after an error)."""
+    import faiss
+
+    from hashindex.serving.candidates.partitions import centroid_blocks, nearest_lists
+
+    rng = np.random.default_rng(8)
+    centroids = rng.standard_normal((3000, 32)).astype(np.float32)
+    x = rng.standard_normal((4000, 32)).astype(np.float32)
+    coarse = faiss.IndexFlatIP(32)
+    coarse.add(centroids)
+    before = faiss.cvar.distance_compute_blas_database_bs
+    got = nearest_lists(coarse, x, 1)[:, 0]
+    np.testing.assert_array_equal(got, np.argmax(x.astype(np.float64) @ centroids.T.astype(np.float64), axis=1))
+    assert faiss.cvar.distance_compute_blas_database_bs == before
+    with pytest.raises(RuntimeError):
+        with centroid_blocks(3000):
+            assert faiss.cvar.distance_compute_blas_database_bs == max(before, 3000)
+            raise RuntimeError("inside")
+    assert faiss.cvar.distance_compute_blas_database_bs == before

@@ -85,7 +85,7 @@ class HashIndex(IndexFront):
         feature_dtype: "float32" or "float16" for the feature store.
         rerank: the store candidates are ranked on before the exact rescoring: a compact copy of
             the features, "int6" (default: FAISS QT_6bit, 3/4 byte per dimension, a per-dimension
-            range learnt from the first rows added), "int8" (QT_8bit) or "float16" (QT_fp16), or
+            range covering every stored row), "int8" (QT_8bit) or "float16" (QT_fp16), or
             "float32": the feature store itself. With a compact store its best 3k rows are
             rescored exactly from the feature store (k kept), which a loaded index memory-maps
             (``load(mmap=True)``): serving then holds the compact store in memory and reads the
@@ -570,8 +570,9 @@ class HashIndex(IndexFront):
     ) -> "HashIndex":
         """Load an index directory, checking every file's SHA-256 (``verify``).
 
-        ``mmap``: memory-map the feature and label stores (and the partition assignment) instead
-        of reading them into memory. Their sizes are checked against the manifest on open; a
+        ``mmap``: memory-map the code, feature and label stores (and the partition assignment)
+        instead of reading them into memory; the code store is read once to build the lists or
+        the scanner that search it, then leaves the resident set. Their sizes are checked against the manifest on open; a
         save over the path never changes mapped files (it writes a new directory), but another
         tool truncating one in place while the index is in use makes the next read of a lost
         page kill the process with SIGBUS: load with ``mmap=False`` where files may be touched.

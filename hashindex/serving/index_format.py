@@ -557,9 +557,9 @@ def read_index(d: persist.SnapshotDir, mmap: bool = True, encoder: Hasher | None
     """The state held by an open index directory (manifest already checked by the open).
 
     ``mmap``: memory-map the :data:`ARRAYS` marked ``mmap`` (codes, features, labels, the
-    partition assignment); the codes file, and with a compact rerank store the features file, are
-    also kept open for ``pread`` (``IndexState.code_file`` / ``feature_file``). ``encoder``: use it instead of the stored ONNX model (same
-    SHA-256 and bits).
+    partition assignment); the codes file, and with a compact rerank store the features file,
+    are also kept open for ``pread`` (``IndexState.code_file`` / ``feature_file``).
+    ``encoder``: use it instead of the stored ONNX model (same SHA-256 and bits).
     """
     m = d.manifest
     hasher = _read_hasher(d, encoder)
