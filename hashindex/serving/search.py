@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from hashindex.core.codes import hamming_pairs, unpack_bits
-from hashindex.serving.candidates.csr import Candidates, empty
+from hashindex.serving.candidates.csr import Candidates, empty, from_knn
 from hashindex.serving.candidates.modes import multiprobe_scans, select_candidates
 from hashindex.serving.filters import Restriction
 from hashindex.serving.grouping import below_threshold, csr_scores, group_top, widen_for_labels
@@ -226,11 +226,9 @@ def group(index: Any, plan: Plan, x: np.ndarray, cands: Candidates):
     if rows.exact:
         return keys, scores, ham, labels, True
     # the compact store's order blurs near the k-th label: group the kept rows again on exact scores
-    valid = keys >= 0
-    kept = keys[valid]
-    lims = np.concatenate([[0], np.cumsum(valid.sum(axis=1))]).astype(np.int64)
-    exact = csr_scores(x, index._exact_features(kept), lims, np.arange(kept.size), index.metric)
-    keys, scores, ham, labels = group_top(lims, kept, ham[valid], exact, labels[valid], k, size, index.metric)
+    kept = from_knn(keys, ham)
+    exact = csr_scores(x, index._exact_features(kept.keys), kept.lims, np.arange(kept.keys.size), index.metric)
+    keys, scores, ham, labels = group_top(*kept, exact, labels[keys >= 0], k, size, index.metric)
     return keys, scores, ham, labels, True
 
 

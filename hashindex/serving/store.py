@@ -107,10 +107,10 @@ def mapped_resident_bytes(array: np.ndarray) -> int:
 
 # -- compact rerank stores ----------------------------------------------------------------------
 RERANK_KINDS = ("float32", "float16", "int8", "int6")
-# the FAISS scalar quantizer of each compact kind
+# the FAISS scalar quantizer of each compact kind, and its bits per dimension (the uniform kinds
+# int8 / int6 have 2**bits - 1 steps over their range)
 COMPACT_QTYPES = {"int8": "QT_8bit", "int6": "QT_6bit", "float16": "QT_fp16"}
-# quantisation levels of the uniform kinds (their range is learnt from the first rows added)
-COMPACT_LEVELS = {"int8": 255, "int6": 63}
+COMPACT_BITS = {"int8": 8, "int6": 6, "float16": 16}
 # per dimension, for the saved files: float32 values of the trained parameters (uniform kinds:
 # vmin then vdiff; float16: none)
 COMPACT_PARAMS = {"int8": 2, "int6": 2, "float16": 0}
@@ -118,8 +118,7 @@ COMPACT_PARAMS = {"int8": 2, "int6": 2, "float16": 0}
 
 def compact_code_bytes(kind: str, dim: int) -> int:
     """Bytes of one row of a compact store (FAISS packs int6 four values to three bytes)."""
-    bits = {"int8": 8, "int6": 6, "float16": 16}[kind]
-    return (dim * bits + 7) // 8
+    return (dim * COMPACT_BITS[kind] + 7) // 8
 
 
 # rows decoded per FAISS call when scoring candidates: keeps the float32 scratch at ~4 MB
@@ -186,7 +185,7 @@ class CompactStore:
         if self.kind == "float16":
             return np.full(self.dim, 2.0**-11, dtype=np.float32)
         vdiff = self.params[self.dim :]
-        return (vdiff / COMPACT_LEVELS[self.kind] / 2).astype(np.float32)
+        return (vdiff / (2 ** COMPACT_BITS[self.kind] - 1) / 2).astype(np.float32)
 
     def covers(self, x: np.ndarray) -> bool:
         """Whether every value of ``x [n, D]`` lies in the trained range (float16: always), so
