@@ -72,7 +72,7 @@ def main(argv=None) -> dict:
     print(f"| setting | lists/query mean | p50 | p90 | max | stopped before {a.max_nprobe} | recall@1 | recall@{k} | "
           "ms/query (candidates) |\n|---|---|---|---|---|---|---|---|---|")  # fmt: skip
     for name, s in settings.items():
-        pos, _ = runs[name]()
+        pos = runs[name]().positions
         lists = s["lists"]
         row = {"setting": name, "lists_mean": float(lists.mean()), "lists_p50": float(np.median(lists)),
                "lists_p90": float(np.percentile(lists, 90)), "lists_max": int(lists.max()),

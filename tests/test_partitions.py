@@ -96,7 +96,7 @@ def _check_against_oracle(index, q, nprobe, oracle, k=5):
     assert sum(m is not None for m in members) >= len(q) - 2  # the oracle is not vacuous
     z = index.hasher.project(q)
     n = len(index)
-    pos, approx = stage.knn(q, z, n, nprobe)
+    pos, approx, _ = stage.knn(q, z, n, nprobe)
     exact = z.astype(np.float64) @ _signs(codes).T
     bound = _lut_bound(z, index.bits)
     res = index.search(q, k=k, nprobe=nprobe, candidates=n)  # every member is a candidate
@@ -112,7 +112,7 @@ def _check_against_oracle(index, q, nprobe, oracle, k=5):
         oracle.assert_topk(res.ids[i], res.scores[i], stored_ids[m], sims[i, m], k, index.metric)
     # fewer candidates than members: the stage's top-c by approximate score, reranked exactly
     c = 30
-    pos, _ = stage.knn(q, z, c, nprobe)
+    pos = stage.knn(q, z, c, nprobe).positions
     res = index.search(q, k=k, nprobe=nprobe, candidates=c)
     for i, m in enumerate(members):
         if m is None:
@@ -145,13 +145,13 @@ def test_spilled_items_sit_in_two_lists_and_come_back_once(data, oracle):
     _check_against_oracle(index, data[1], 3, oracle)
     stage = index._partitioned()
     assert stage.list_sizes().sum() == 2 * len(index)
-    pos, _ = stage.knn(data[1], index.hasher.project(data[1]), len(index), 8)
+    pos = stage.knn(data[1], index.hasher.project(data[1]), len(index), 8).positions
     for row in pos:
         got = row[row >= 0]
         assert np.unique(got).size == got.size
     # repeats are dropped before the top c: c distinct candidates, best-scored first
     z = index.hasher.project(data[1])
-    few, few_scores = stage.knn(data[1], z, 10, 8)
+    few, few_scores, _ = stage.knn(data[1], z, 10, 8)
     assert (few >= 0).all() and all(np.unique(row).size == 10 for row in few)
     assert (np.diff(few_scores, axis=1) <= 0).all()
 
@@ -459,9 +459,10 @@ def test_adaptive_depth_scans_each_querys_own_number_of_lists(data, spill):
     for slack in (0.0, 0.05, 0.2, 10.0):
         depth = np.maximum(1, (sims >= sims[:, :1] - slack).sum(axis=1))
         np.testing.assert_array_equal(adaptive_depth(sims, slack), depth)
-        pos, scores = stage.knn(q, z, 30, 8, slack=slack)
+        pos, scores, scanned = stage.knn(q, z, 30, 8, slack=slack)
         for i, d in enumerate(depth):
-            ref_pos, ref_scores = stage.knn(q[i : i + 1], z[i : i + 1], 30, int(d))
+            ref_pos, ref_scores, ref_scanned = stage.knn(q[i : i + 1], z[i : i + 1], 30, int(d))
+            assert scanned[i] == ref_scanned[0]
             assert sorted(pos[i][pos[i] >= 0]) == sorted(ref_pos[0][ref_pos[0] >= 0]), (slack, i, d)
             np.testing.assert_allclose(np.sort(scores[i][pos[i] >= 0]), np.sort(ref_scores[0][ref_pos[0] >= 0]), atol=1e-5)
         if slack == 0.0:

@@ -183,7 +183,7 @@ class IndexFront:
     ``_features_of``, ``_codes_of``, ``_labels_of``, ``_has_labels``, the search protocol of
     :mod:`hashindex.serving.search` (``_restrict``, ``_hamming_range``, ``_hamming_knn``,
     ``_rows``; with asymmetric ranking ``_asymmetric_knn``; optionally ``_rerank``,
-    ``_exact_features`` (with a compact rerank store), ``_probed_sizes``, ``_max_candidates``),
+    ``_exact_features`` (with a compact rerank store), ``_max_candidates``),
     and optionally ``_reserve`` (room for a bulk add), ``_reading`` / ``_writing`` (lock
     contexts), ``_hasher_frozen``, ``_exact_knn`` and ``RANKINGS``.
     """
@@ -271,8 +271,9 @@ class IndexFront:
         """The ``c`` Hamming-nearest items of ``scope``, each query's sorted by distance."""
         raise NotImplementedError
 
-    def _asymmetric_knn(self, x, z, c: int, nprobe: int | None, scope: Scope) -> Candidates:
-        """The ``c`` best items of ``scope`` by ``<z, 2b - 1>`` (from the lists nearest ``x`` with ``nprobe``)."""
+    def _asymmetric_knn(self, x, z, c: int, nprobe: int | None, scope: Scope) -> tuple[Candidates, np.ndarray]:
+        """The ``c`` best items of ``scope`` by ``<z, 2b - 1>`` (from the lists nearest ``x`` with
+        ``nprobe``), and the codes each query scored ``int64 [nq]``."""
         raise UnsupportedError(f"the {self.backend_name} backend has no asymmetric ranking")
 
     def _rows(self, keys: np.ndarray, *, features: bool = False, labels: bool = False, codes: bool = False) -> Rows:
@@ -292,10 +293,6 @@ class IndexFront:
         """Whether a range search at ``radius`` scans every code of ``scope`` (else it probes
         hash buckets, and ``n_scanned`` reports the candidates found)."""
         return True
-
-    def _probed_sizes(self, x: np.ndarray, nprobe: int) -> np.ndarray:
-        """Items in the ``nprobe`` lists each query scans, ``int64 [nq]``."""
-        raise UnsupportedError(f"nprobe= scans partition lists, which the {self.backend_name} backend does not have")
 
     def _check_nprobe(self, nprobe: int) -> None:
         """Raise unless this index can scan ``nprobe`` partition lists now."""

@@ -160,7 +160,6 @@ class HashIndex(IndexFront):
         self._part: PartitionStage | None = None
         self._part_assign: RowStore | None = None
         self._build_lock = threading.Lock()  # searches build lazily under the read lock: one at a time
-        self._list_sizes: tuple[tuple[int, int], np.ndarray] | None = None  # (lists' identity, sizes)
 
     # -- basic facts -----------------------------------------------------------------------
     def __len__(self) -> int:
@@ -420,21 +419,29 @@ class HashIndex(IndexFront):
     def _hamming_knn(self, qcodes: np.ndarray, c: int, scope: Scope) -> Candidates:
         return from_knn(*(self._flat_index() if scope.handle is None else scope.handle).knn(qcodes, c))
 
-    def _asymmetric_knn(self, x: np.ndarray, z: np.ndarray, c: int, nprobe: int | None, scope: Scope) -> Candidates:
+    def _asymmetric_knn(
+        self, x: np.ndarray, z: np.ndarray, c: int, nprobe: int | None, scope: Scope
+    ) -> tuple[Candidates, np.ndarray]:  # fmt: skip
         """Positions by asymmetric score, from every code, (``nprobe``) the nearest lists, or (a
         filtered scope) the allowed rows, scored exactly; their Hamming column is 0 (the pipeline
         fills in the results'). A query the fast-scan or the lists leave short of ``c`` (its
         8-bit tables can tie every item at the minimum; a degenerate query finds no list) is
-        scored exactly over every row instead."""
+        scored exactly over every row instead. Also the codes each query scored ``int64 [nq]``."""
+        nq = z.shape[0]
+        scanned = np.full(nq, scope.count, np.int64)
         if scope.handle is not None:
             pos = asymmetric_knn_rows(z, self._codes.array, scope.handle.positions, c)
         else:
-            pos = self._generator("asymmetric").knn(z, c)[0] if nprobe is None else self._partitioned().knn(x, z, c, nprobe)[0]
+            if nprobe is None:
+                pos = self._generator("asymmetric").knn(z, c)[0]
+            else:
+                pos, _, scanned = self._partitioned().knn(x, z, c, nprobe)
             short = (pos < 0).all(axis=1) if nprobe is not None else (pos < 0).any(axis=1)
             if short.any():
-                pos = pos.copy()
+                pos, scanned = pos.copy(), scanned.copy()
                 pos[short] = asymmetric_knn_rows(z[short], self._codes.array, np.arange(len(self)), c)
-        return from_knn(pos, np.zeros(pos.shape, np.int32))
+                scanned[short] += len(self)
+        return from_knn(pos, np.zeros(pos.shape, np.int32)), scanned
 
     def _rows(self, keys: np.ndarray, *, features: bool = False, labels: bool = False, codes: bool = False) -> Rows:
         """Positions are keys: the stores themselves, no copy. Candidates are scored on the
@@ -444,16 +451,6 @@ class HashIndex(IndexFront):
         codes = self._codes.array if self._code_file is None else self._code_file  # both index as codes[at]
         return Rows(keys, self._ids.array, self._features.array if compact is None else compact,
                     self._labels.array if self._labelled else None, codes, exact=compact is None)  # fmt: skip
-
-    def _probed_sizes(self, x: np.ndarray, nprobe: int) -> np.ndarray:
-        """Items in the ``nprobe`` lists nearest each query (spilled items count per list)."""
-        stage = self._partitioned()
-        _, lists = stage.coarse.search(np.ascontiguousarray(x, dtype=np.float32), min(nprobe, stage.nlist))
-        key = (id(stage.ivf), stage.ivf.ntotal)
-        if self._list_sizes is None or self._list_sizes[0] != key:
-            self._list_sizes = (key, stage.list_sizes())
-        sizes = self._list_sizes[1]
-        return np.where(lists >= 0, sizes[np.maximum(lists, 0)], 0).sum(axis=1).astype(np.int64)
 
     # -- partition stage -------------------------------------------------------------------------
     @property

@@ -9,14 +9,15 @@ A backend supplies a narrow protocol (hooks on the index object, all under its r
 
 - ``_restrict(restriction, nq) -> Scope``: how many items a search may return, and the
   backend's handle on them (an allow-list of rows, Milvus filter expressions, or None);
-- ``_hamming_range(qcodes, radius, scope)`` / ``_hamming_knn(qcodes, c, scope)`` and
-  (asymmetric backends) ``_asymmetric_knn(x, z, c, nprobe, scope)`` -> :class:`Candidates`,
-  whose keys are the backend's row keys;
+- ``_hamming_range(qcodes, radius, scope)`` / ``_hamming_knn(qcodes, c, scope)`` ->
+  :class:`Candidates`, whose keys are the backend's row keys, and (asymmetric backends)
+  ``_asymmetric_knn(x, z, c, nprobe, scope)`` -> ``(Candidates, scanned int64 [nq])``, the codes
+  each query scored (``n_scanned``: the probed lists' sizes with ``nprobe``);
 - ``_rows(keys, features=, labels=, codes=) -> Rows``: the stored rows of those keys; their
   ``features`` may be a compact rerank store (``Rows.exact`` False: HashIndex(rerank="int8")),
   and then ``_exact_features(keys) -> float32 [M, D]`` gives the rows the results are rescored on;
-- optionally ``_rerank(x, candidates, k)`` (Milvus reranks on its server), ``_range_scans`` and
-  ``_probed_sizes`` (what ``n_scanned`` counts) and ``_max_candidates`` (a server's cap).
+- optionally ``_rerank(x, candidates, k)`` (Milvus reranks on its server), ``_range_scans``
+  (what ``n_scanned`` counts for a radius) and ``_max_candidates`` (a server's cap).
 
 Shapes: ``x float32 [nq, D]``, ``codes uint8 [nq, bits/8]``, ``z float32 [nq, bits]``; results
 ``[nq, w]`` with ``w = k`` (``k * group_size`` when grouping), padded with id -1, score -inf
@@ -173,10 +174,7 @@ def candidates(index: Any, plan: Plan, q: Queries, scope: Scope) -> tuple[Candid
     if n == 0:
         return empty(nq), np.zeros(nq, np.int64)
     if plan.asymmetric:
-        cands = index._asymmetric_knn(q.x, q.z, min(plan.candidates, n), plan.nprobe, scope)
-        if plan.nprobe is not None:
-            return cands, index._probed_sizes(q.x, plan.nprobe)
-        return cands, np.full(nq, n, np.int64)
+        return index._asymmetric_knn(q.x, q.z, min(plan.candidates, n), plan.nprobe, scope)
     cands = select_candidates(
         q.codes, plan.radius, plan.candidates, plan.at_least, n, index.bits,
         lambda c, r: index._hamming_range(c, r, scope), lambda c, m: index._hamming_knn(c, m, scope),
@@ -194,7 +192,7 @@ def widen(index: Any, plan: Plan, q: Queries, scope: Scope, cands: Candidates, s
     refetch = None
     if plan.radius is None:
         if plan.asymmetric:
-            fetch = lambda qi, c: index._asymmetric_knn(q.x[qi], q.z[qi], c, None, scope)  # noqa: E731
+            fetch = lambda qi, c: index._asymmetric_knn(q.x[qi], q.z[qi], c, None, scope)[0]  # noqa: E731
         else:
             fetch = lambda qi, c: index._hamming_knn(q.codes[qi], c, scope)  # noqa: E731
 

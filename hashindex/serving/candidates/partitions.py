@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+from typing import NamedTuple
 
 import faiss
 import numpy as np
@@ -330,14 +331,25 @@ def adaptive_depth(centroid_scores: np.ndarray, slack: float, higher_is_better: 
     return np.maximum(1, keep.sum(axis=1)).astype(np.int64)
 
 
+class Probed(NamedTuple):
+    """What a partitioned scan returns: ``positions int64 [nq, c]`` (-1 padded), their approximate
+    ``scores float32 [nq, c]`` and ``scanned int64 [nq]``, the codes each query scored (the sizes
+    of the lists it scanned; a spilled item counts once per list)."""
+
+    positions: np.ndarray
+    scores: np.ndarray
+    scanned: np.ndarray
+
+
 def probe(
     coarse: faiss.Index, ivf: faiss.IndexIVFPQFastScan, x: np.ndarray, z: np.ndarray, c: int, nprobe: int,
     slack: float | None = None,
-) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
     """Top-``c`` positions ``int64 [nq, c]`` (-1 padded; repeats -1 when items spill) and their
     approximate scores ``float32 [nq, c]`` among the ``nprobe`` lists nearest to the features
-    ``x [nq, D]``, scored by the projections ``z [nq, K]``. With ``slack``, each query scans
-    only its first :func:`adaptive_depth` lists (the others are passed to FAISS as -1: skipped)."""
+    ``x [nq, D]``, scored by the projections ``z [nq, K]``, and the lists scanned ``int64 [nq,
+    nprobe]`` (-1: none). With ``slack``, each query scans only its first :func:`adaptive_depth`
+    lists (the others are passed to FAISS as -1: skipped)."""
     coarse_scores, lists = coarse.search(np.ascontiguousarray(x, dtype=np.float32), nprobe)
     if slack is not None:
         depth = adaptive_depth(coarse_scores, slack, higher_is_better=coarse.metric_type == faiss.METRIC_INNER_PRODUCT)
@@ -352,7 +364,7 @@ def probe(
         z.shape[0], faiss.swig_ptr(z), c, faiss.swig_ptr(lists), faiss.swig_ptr(zeros),
         faiss.swig_ptr(scores), faiss.swig_ptr(pos), False, params,
     )  # fmt: skip
-    return pos, scores
+    return pos, scores, lists
 
 
 # -- the stage ------------------------------------------------------------------------------------
@@ -377,6 +389,7 @@ class PartitionStage:
         self.coarse.add(centroids)
         self.ivf: faiss.IndexIVFPQFastScan | None = None
         self._placeholder: faiss.Index | None = None
+        self._sizes: np.ndarray | None = None  # list_sizes(), until the lists change
 
     @classmethod
     def train(
@@ -404,36 +417,43 @@ class PartitionStage:
         ivf, placeholder = make_lists(self.bits, self.nlist)
         append_to_lists(ivf, BlockLayout.of(ivf), np.ascontiguousarray(codes), np.arange(len(codes), dtype=np.int64),
                         np.asarray(assign, dtype=np.int32))  # fmt: skip
-        self.ivf, self._placeholder = ivf, placeholder
+        self.ivf, self._placeholder, self._sizes = ivf, placeholder, None
 
     def append(self, codes: np.ndarray, start: int, assign: np.ndarray) -> None:
         """Add items at positions ``start ..`` to built lists (no-op until :meth:`build`)."""
         if self.ivf is not None:
             positions = np.arange(start, start + len(codes), dtype=np.int64)
             append_to_lists(self.ivf, BlockLayout.of(self.ivf), np.ascontiguousarray(codes), positions, assign)
+            self._sizes = None
 
     def drop_lists(self) -> None:
         """Forget the lists (positions changed); the next :meth:`build` makes them again."""
-        self.ivf, self._placeholder = None, None
+        self.ivf, self._placeholder, self._sizes = None, None, None
 
-    def knn(
-        self, x: np.ndarray, z: np.ndarray, c: int, nprobe: int, slack: float | None = None
-    ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    def knn(self, x: np.ndarray, z: np.ndarray, c: int, nprobe: int, slack: float | None = None) -> Probed:
         """See :func:`probe` (``slack``: query-adaptive depth, at most ``nprobe`` lists). When
         items spill, ``spill * c`` are scanned for and repeats dropped before the top ``c`` are
         kept, so a twice-found item does not take a candidate's slot."""
         nprobe = min(nprobe, self.nlist)
         if self.spill == 1:
-            return probe(self.coarse, self.ivf, x, z, c, nprobe, slack)
-        pos, scores = probe(self.coarse, self.ivf, x, z, self.spill * c, nprobe, slack)
-        pos = dedupe(pos)
-        keep = np.argsort(pos < 0, axis=1, kind="stable")[:, :c]  # distinct ones first, in score order
-        return np.take_along_axis(pos, keep, 1), np.take_along_axis(scores, keep, 1)
+            pos, scores, lists = probe(self.coarse, self.ivf, x, z, c, nprobe, slack)
+        else:
+            pos, scores, lists = probe(self.coarse, self.ivf, x, z, self.spill * c, nprobe, slack)
+            pos = dedupe(pos)
+            keep = np.argsort(pos < 0, axis=1, kind="stable")[:, :c]  # distinct ones first, in score order
+            pos, scores = np.take_along_axis(pos, keep, 1), np.take_along_axis(scores, keep, 1)
+        sizes = self.list_sizes()
+        scanned = np.where(lists >= 0, sizes[np.maximum(lists, 0)], 0).sum(axis=1).astype(np.int64)
+        return Probed(pos, scores, scanned)
 
     # -- introspection (tests, memory_usage) --------------------------------------------------
     def list_sizes(self) -> np.ndarray:
-        inv = self.ivf.invlists
-        return np.array([inv.list_size(i) for i in range(self.nlist)], dtype=np.int64)
+        """int64 ``[nlist]``, read from FAISS once per state of the lists (a search needs them
+        for every query's scanned count)."""
+        if self._sizes is None:
+            inv = self.ivf.invlists
+            self._sizes = np.array([inv.list_size(i) for i in range(self.nlist)], dtype=np.int64)
+        return self._sizes
 
     def list_contents(self) -> list[tuple[np.ndarray, np.ndarray]]:
         """Per list: (positions int64 ``[n]``, codes uint8 ``[n, K/8]``) read back from FAISS."""
