@@ -38,7 +38,8 @@ from hashindex.serving.candidates.partitions import nlist_for, soar_lists, train
 from benchlib.measure import machine_info, write_record  # noqa: E402
 from benchlib.sources import add_study_arguments, gallery_in_memory  # noqa: E402
 
-SCHEDULE = (8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 320, 384, 512, 640, 768, 1024, 1536, 2048)
+SCHEDULE = (8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 320, 384, 512, 640, 768, 1024, 1280, 1536, 2048, 2560, 3072,
+            4096, 6144, 8192, 12288, 16384)
 
 
 def seen_by_depth(x, q, truth, order, assign, depths, k):
@@ -117,11 +118,12 @@ def main(argv=None) -> dict:
     add_study_arguments(ap)
     ap.add_argument("--target", type=float, default=0.95, help="recall@k the seen-so-far rule's lam must meet (recall@1: 0.99)")
     ap.add_argument("--cap", type=int, default=1024, help="seen-so-far: the most lists a query probes")
+    ap.add_argument("--nlist", type=int, default=0, help="lists (0: the library's nlist_for(n))")
     argv = list(sys.argv[1:] if argv is None else argv)
     a = ap.parse_args(argv)
     g = gallery_in_memory(a.n, a.seed, a.probes, a.k)
     x, q, truth, k = g.x, np.ascontiguousarray(g.q, dtype=np.float32), g.truth, a.k
-    nlist = nlist_for(a.n)
+    nlist = a.nlist or nlist_for(a.n)
     centroids = train_centroids(x, nlist, spherical=True)
     coarse = faiss.IndexFlatIP(x.shape[1])
     coarse.add(centroids)
