@@ -189,22 +189,19 @@ def widen(index: Any, plan: Plan, q: Queries, scope: Scope, cands: Candidates, s
     """group_by: widen each query's candidates to k labels through the flat ranking (never the
     lists, which may hold fewer labels; a radius ball is the rule and is not widened).
     ``scanned`` grows by one pass per round a query is widened."""
-    refetch = None
-    if plan.radius is None:
-        if plan.asymmetric:
-            fetch = lambda qi, c: index._asymmetric_knn(q.x[qi], q.z[qi], c, None, scope)[0]  # noqa: E731
-        else:
-            fetch = lambda qi, c: index._hamming_knn(q.codes[qi], c, scope)  # noqa: E731
 
-        def refetch(qi: np.ndarray, c: int) -> Candidates:
-            scanned[qi] += scope.count
-            return fetch(qi, c)
+    def refetch(qi: np.ndarray, c: int) -> Candidates:
+        scanned[qi] += scope.count
+        if plan.asymmetric:
+            return index._asymmetric_knn(q.x[qi], q.z[qi], c, None, scope)[0]
+        return index._hamming_knn(q.codes[qi], c, scope)
 
     def labels_of(keys: np.ndarray) -> np.ndarray:
         rows = index._rows(keys, labels=True)
         return rows.labels[rows.at]
 
-    return widen_for_labels(cands, plan.k, scope.count, labels_of, refetch, index._max_candidates)
+    return widen_for_labels(cands, plan.k, scope.count, labels_of, None if plan.radius is not None else refetch,
+                            index._max_candidates)
 
 
 def group(index: Any, plan: Plan, x: np.ndarray, cands: Candidates):
