@@ -86,9 +86,12 @@ def test_the_tuner_explores_partitions_and_keeps_the_cheapest(gallery, monkeypat
     monkeypatch.setattr(index, "search", spy)
     point = index.tune(recall=0.8, k=5, sample=300, progress=False)
     nprobes = {p for p, _ in seen}
-    assert None in nprobes and nprobes - {None} <= {1, 2, 3, 4, 6, 8, 11} and len(nprobes) > 1
+    # the doubling grid 1 .. 16 and the points between two of its steps (p / sqrt 2); how far up it
+    # goes before a setting is slower than the best depends on timing, so it is not asserted
+    grid = {1, 2, 4, 8, 16}
+    assert None in nprobes and nprobes - {None} <= grid | {3, 6, 11} and len(nprobes) > 1
     if point.nprobe is not None and point.nprobe > 2:  # a partitioned point won: the step below it was tried
-        assert nprobes - {None, 1, 2, 4, 8, 16}
+        assert nprobes - {None} - grid
     assert len(set(seen)) < len(candidate_grid(5, len(index))) * 5  # the frontier pruned some settings
     assert (point.nprobe, point.candidates) in seen
     assert point.nlist == (16 if point.nprobe is not None else None)
