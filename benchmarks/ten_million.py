@@ -74,6 +74,31 @@ def exact_index(x: np.ndarray, block: int = 1 << 20) -> faiss.IndexFlatIP:
     return index
 
 
+def choose_on_select(record: dict, label: str, select: list[dict], params: tuple[str, ...]) -> dict:
+    """The fastest of ``select`` meeting both targets on the select probes (none: its most
+    accurate, flagged ``met=False``), logged."""
+    ok = [s for s in select if s["r1"] >= 0.99 and s["r10"] >= 0.95]
+    chosen = max(ok, key=lambda s: s["qps"]) if ok else max(select, key=lambda s: (s["r10"], s["r1"]))
+    log(record, f"{label} chosen on the select probes: " + " ".join(f"{p}={chosen[p]}" for p in params)
+                + ("" if ok else " (no point met both targets: its most accurate)"))  # fmt: skip
+    return dict(chosen, met=bool(ok))
+
+
+def report_rows(record: dict, best: dict[str, float], ids_of: dict[str, np.ndarray], truth: np.ndarray) -> list[dict]:
+    """One row per timed method (``best``: seconds for the report probes, exact first), logged as
+    a table row, with recalls against ``truth`` and the ratio to exact."""
+    rows = []
+    for name, sec in best.items():
+        r1, r10 = recalls(ids_of[name], truth)
+        rows.append({"method": name, "qps": len(truth) / sec, "ms_per_query": sec / len(truth) * 1e3,
+                     "recall@1": r1, "recall@10": r10})  # fmt: skip
+    for r in rows:
+        r["speedup_vs_exact"] = r["qps"] / rows[0]["qps"]
+        log(record, f"| {r['method']} | {r['qps']:.0f} | {r['ms_per_query']:.2f} | {r['recall@1']:.3f} "
+                    f"| {r['recall@10']:.3f} | {r['speedup_vs_exact']:.1f}x |")  # fmt: skip
+    return rows
+
+
 def gen(a) -> None:
     from hashindex.evaluation.exact import unit_rows
     from hashindex.training.data.synthetic import SyntheticGallery
@@ -196,11 +221,8 @@ def compare(a) -> None:
             r1, r10 = recalls(ids, ts)
             select.append({"nprobe": nprobe, "k_factor_rf": kf, "qps": len(qs) / dt, "r1": r1, "r10": r10})
             print(select[-1], flush=True)
-    ok = [s for s in select if s["r1"] >= 0.99 and s["r10"] >= 0.95]
-    chosen = max(ok, key=lambda s: s["qps"]) if ok else max(select, key=lambda s: (s["r10"], s["r1"]))
-    record["faiss_select"], record["faiss_chosen"] = select, dict(chosen, met=bool(ok))
-    log(record, f"FAISS chosen on the select probes: nprobe={chosen['nprobe']} k_factor_rf={chosen['k_factor_rf']}"
-                + ("" if ok else " (no point met both targets: its most accurate)"))  # fmt: skip
+    chosen = choose_on_select(record, "FAISS", select, ("nprobe", "k_factor_rf"))
+    record["faiss_select"], record["faiss_chosen"] = select, chosen
 
     t = time.time()
     exact = exact_index(x)
@@ -215,18 +237,7 @@ def compare(a) -> None:
     }  # fmt: skip
     best = round_robin(runs, a.rounds)
     names = {"exact (FAISS IndexFlatIP)": "exact (FAISS IndexFlatIP)", ours_name: "hashindex"}
-    rows = []
-    for name, sec in best.items():
-        ids = out[names.get(name, "faiss")]
-        r1, r10 = recalls(ids, tr)
-        rows.append({"method": name, "qps": len(qr) / sec, "ms_per_query": sec / len(qr) * 1e3,
-                     "recall@1": r1, "recall@10": r10})  # fmt: skip
-    exact_qps = rows[0]["qps"]
-    for r in rows:
-        r["speedup_vs_exact"] = r["qps"] / exact_qps
-        log(record, f"| {r['method']} | {r['qps']:.0f} | {r['ms_per_query']:.2f} | {r['recall@1']:.3f} "
-                    f"| {r['recall@10']:.3f} | {r['speedup_vs_exact']:.1f}x |")  # fmt: skip
-    record["report"] = rows
+    record["report"] = report_rows(record, best, {name: out[names.get(name, "faiss")] for name in best}, tr)
     record["hashindex_point"] = str(ours.operating_point())
     write_record(record, a.out_dir, a.name)
 
@@ -256,11 +267,8 @@ def scann(a) -> None:
         r1, r10 = recalls(ids, ts)
         select.append({**point.params, "qps": len(qs) / dt, "r1": r1, "r10": r10})
         print(select[-1], flush=True)
-    ok = [s for s in select if s["r1"] >= 0.99 and s["r10"] >= 0.95]
-    chosen = max(ok, key=lambda s: s["qps"]) if ok else max(select, key=lambda s: (s["r10"], s["r1"]))
-    record["scann_select"], record["scann_chosen"] = select, dict(chosen, met=bool(ok))
-    log(record, f"ScaNN chosen on the select probes: leaves={chosen['leaves']} reorder={chosen['reorder']}"
-                + ("" if ok else " (no point met both targets: its most accurate)"))  # fmt: skip
+    chosen = choose_on_select(record, "ScaNN", select, ("leaves", "reorder"))
+    record["scann_select"], record["scann_chosen"] = select, chosen
     exact = exact_index(x)
     point = Point(method.name, "chosen", {"leaves": chosen["leaves"], "reorder": chosen["reorder"]})
     out: dict[str, np.ndarray] = {}
@@ -270,16 +278,7 @@ def scann(a) -> None:
         scann_name: lambda: out.__setitem__(scann_name, method.search(qr, K, point)[0]),
     }
     best = round_robin(runs, a.rounds)
-    rows = []
-    for name, sec in best.items():
-        r1, r10 = recalls(out[name], tr)
-        rows.append({"method": name, "qps": len(qr) / sec, "ms_per_query": sec / len(qr) * 1e3,
-                     "recall@1": r1, "recall@10": r10})  # fmt: skip
-    for r in rows:
-        r["speedup_vs_exact"] = r["qps"] / rows[0]["qps"]
-        log(record, f"| {r['method']} | {r['qps']:.0f} | {r['ms_per_query']:.2f} | {r['recall@1']:.3f} "
-                    f"| {r['recall@10']:.3f} | {r['speedup_vs_exact']:.1f}x |")  # fmt: skip
-    record["report"] = rows
+    record["report"] = report_rows(record, best, out, tr)
     write_record(record, a.out_dir, a.name)
 
 
