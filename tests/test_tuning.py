@@ -348,8 +348,9 @@ def test_tune_with_the_callers_queries(gallery):
 
 def test_grid_reaches_small_nprobe_and_large_candidates(gallery, monkeypatch):
     """Nothing hard-coded skips the answer: nprobe 1 and candidate counts up to the index size
-    are both within reach of the search."""
-    index = _index(gallery, partitions=16)
+    are both within reach of the search. 128 lists, so that a grid starting at nlist / 64 (the
+    tuner before issue 19) would start at 2 and fail here."""
+    index = _index(gallery, partitions=128)
     seen = []
     search = index.search
 
