@@ -52,13 +52,15 @@ def seen_by_depth(x, q, truth, order, assign, depths, k):
         rank = np.empty(nlist, np.int32)
         rank[order[i]] = np.arange(nlist)
         first = rank[assign].min(axis=1)  # the earliest probed list holding each item
-        scores = x @ q[i]
+        by_list = np.argsort(first, kind="stable")  # the items seen by depth d are a prefix of this order
+        scores = (x @ q[i])[by_list]
+        ends = np.searchsorted(first[by_list], depths)
+        best = np.maximum.accumulate(scores)
         truth_first = first[truth[i, :k]]
-        for j, d in enumerate(depths):
-            seen = scores[first < d]
-            kth[i, j] = np.partition(seen, -k)[-k] if seen.size >= k else -np.inf
-            first_score[i, j] = seen.max() if seen.size else -np.inf
-            r1[i, j], rk[i, j] = truth_first[0] < d, np.mean(truth_first < d)
+        for j, end in enumerate(ends):
+            kth[i, j] = np.partition(scores[:end], -k)[-k] if end >= k else -np.inf
+            first_score[i, j] = best[end - 1] if end else -np.inf
+        r1[i], rk[i] = truth_first[0] < depths, (truth_first[:, None] < depths).mean(axis=0)
     return r1, rk, first_score, kth
 
 
@@ -75,6 +77,20 @@ def seen_rule(next_centroid, seen_score, lam, cap_index):
     """Index into the schedule where each query stops (the cap when the rule never fires)."""
     fire = next_centroid[:, :cap_index] < seen_score[:, :cap_index] - lam
     return np.where(fire.any(axis=1), fire.argmax(axis=1), cap_index)
+
+
+def lists_for(lists, recall, target: float) -> float:
+    """The fewest mean lists on a curve (points sorted by lists, recall rising with them) whose
+    recall meets ``target``, interpolated linearly between the two points around it."""
+    lists, recall = np.asarray(lists, float), np.asarray(recall, float)
+    above = np.nonzero(recall >= target)[0]
+    if not above.size:
+        return float("nan")
+    j = above[0]
+    if j == 0:
+        return float(lists[0])
+    lo, hi = recall[j - 1], recall[j]
+    return float(lists[j - 1] + (lists[j] - lists[j - 1]) * (target - lo) / (hi - lo))
 
 
 def calibrated_rule(next_centroid, seen_score, recall, depths, target, cap_index) -> dict | None:
@@ -99,20 +115,6 @@ def calibrated_rule(next_centroid, seen_score, recall, depths, target, cap_index
             "fixed_chosen_on_first_half": {"lists": int(depths[fixed]), "report_recall": float(recall[rep][:, fixed].mean())}}  # fmt: skip
 
 
-def lists_for(lists, recall, target: float) -> float:
-    """The fewest mean lists on a curve (points sorted by lists, recall rising with them) whose
-    recall meets ``target``, interpolated linearly between the two points around it."""
-    lists, recall = np.asarray(lists, float), np.asarray(recall, float)
-    above = np.nonzero(recall >= target)[0]
-    if not above.size:
-        return float("nan")
-    j = above[0]
-    if j == 0:
-        return float(lists[0])
-    lo, hi = recall[j - 1], recall[j]
-    return float(lists[j - 1] + (lists[j] - lists[j - 1]) * (target - lo) / (hi - lo))
-
-
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_study_arguments(ap)
@@ -135,32 +137,25 @@ def main(argv=None) -> dict:
 
     fixed = [{"lists": int(d), "recall@1": float(r1[:, j].mean()), f"recall@{k}": float(rk[:, j].mean())}
              for j, d in enumerate(depths)]  # fmt: skip
-    mus = np.geomspace(1e-5, 1e-1, 41)
     record: dict = {"command": shlex.join(["python", "benchmarks/depth_needed.py", *argv]),
                     "machine": machine_info((1,)), "n": a.n, "seed": a.seed, "nlist": nlist, "probes": len(q),
-                    "k": k, "fixed": fixed,
-                    "oracle_recall@1": [{"lists_mean": d, "recall@1": r} for d, r in oracle(r1, depths, mus)],
-                    f"oracle_recall@{k}": [{"lists_mean": d, f"recall@{k}": r} for d, r in oracle(rk, depths, mus)]}  # fmt: skip
-
-    cap_index = int(np.searchsorted(depths, a.cap))
-    record["cap"] = a.cap
-    record["seen_so_far_recall@1"] = calibrated_rule(next_centroid, first_score, r1, depths, 0.99, cap_index)
-    record[f"seen_so_far_recall@{k}"] = calibrated_rule(next_centroid, kth, rk, depths, a.target, cap_index)
-
+                    "k": k, "fixed": fixed, "cap": a.cap}  # fmt: skip
     print(f"{a.n} items, {nlist} lists, spill 2, {len(q)} probes; share of the true top-1 / top-{k} in the probed lists")
     print(f"| lists | recall@1 | recall@{k} |\n|---|---|---|")
     for f in fixed:
         print(f"| {f['lists']} | {f['recall@1']:.3f} | {f[f'recall@{k}']:.3f} |")
-    for target, key, col in ((0.99, "oracle_recall@1", 0), (0.95, f"oracle_recall@{k}", 1)):
-        curve = sorted((row["lists_mean"], list(row.values())[1]) for row in record[key])
-        fixed_lists = lists_for(depths, (r1 if col == 0 else rk).mean(axis=0), target)
-        oracle_lists = lists_for(*zip(*curve), target)
-        record[f"lists_for_{key}_{target}"] = {"fixed": fixed_lists, "oracle": oracle_lists}
-        print(f"{key[7:]} >= {target}: fixed depth {fixed_lists:.0f} lists, oracle {oracle_lists:.0f} on average "
+
+    cap_index = int(np.searchsorted(depths, a.cap))
+    for name, recall, seen_score, target in (("recall@1", r1, first_score, 0.99), (f"recall@{k}", rk, kth, a.target)):
+        curve = oracle(recall, depths, np.geomspace(1e-5, 1e-1, 41))
+        fixed_lists, oracle_lists = lists_for(depths, recall.mean(axis=0), target), lists_for(*zip(*sorted(curve)), target)
+        rule = calibrated_rule(next_centroid, seen_score, recall, depths, target, cap_index)
+        record[f"oracle_{name}"] = [{"lists_mean": d, name: r} for d, r in curve]
+        record[f"lists_for_oracle_{name}_{target}"] = {"fixed": fixed_lists, "oracle": oracle_lists}
+        record[f"seen_so_far_{name}"] = rule
+        print(f"{name} >= {target}: fixed depth {fixed_lists:.0f} lists, oracle {oracle_lists:.0f} on average "
               f"({fixed_lists / oracle_lists:.1f}x fewer)")
-    for key in ("seen_so_far_recall@1", f"seen_so_far_recall@{k}"):
-        rule = record[key]
-        print(f"{key}: " + ("no lam <= 1 met the target on the first half" if rule is None else
+        print(f"seen_so_far_{name}: " + ("no lam <= 1 met the target on the first half" if rule is None else
               f"lam {rule['lam']:.2f}, recall {rule['report_recall']:.3f} with {rule['lists_mean']:.0f} lists on average "
               f"(p10/p50/p90 {'/'.join(f'{v:.0f}' for v in rule['lists_p10_p50_p90'])}, "
               f"{rule['stopped_before_cap']:.0%} before the cap); fixed depth for that recall: "

@@ -74,6 +74,22 @@ def exact_index(x: np.ndarray, block: int = 1 << 20) -> faiss.IndexFlatIP:
     return index
 
 
+def load_probes(d: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The select and report probes with their exact top-10, as ``gen`` wrote them."""
+    return tuple(np.load(d / f"{name}.npy") for name in ("q_select", "truth_select", "q_report", "truth_report"))
+
+
+def select_row(params: dict, search, q: np.ndarray, truth: np.ndarray) -> dict:
+    """One setting on the select probes, one pass: ``params`` with its q/s and recalls (printed)."""
+    t = time.perf_counter()
+    ids = search(q)
+    dt = time.perf_counter() - t
+    r1, r10 = recalls(ids, truth)
+    row = {**params, "qps": len(q) / dt, "r1": r1, "r10": r10}
+    print(row, flush=True)
+    return row
+
+
 def choose_on_select(record: dict, label: str, select: list[dict], params: tuple[str, ...]) -> dict:
     """The fastest of ``select`` meeting both targets on the select probes (none: its most
     accurate, flagged ``met=False``), logged."""
@@ -174,8 +190,7 @@ def compare(a) -> None:
     record: dict = {"command": shlex.join(sys.argv), "machine": machine_info((1,)),
                     "build": json.loads((d / "build.json").read_text())}  # fmt: skip
     x = np.load(d / "x.npy", mmap_mode="r")
-    qs, ts = np.load(d / "q_select.npy"), np.load(d / "truth_select.npy")
-    qr, tr = np.load(d / "q_report.npy"), np.load(d / "truth_report.npy")
+    qs, ts, qr, tr = load_probes(d)
     record["gallery"] = {"generator": "SyntheticGallery(n/4 identities x 4, seed 4242)", "n": int(x.shape[0]),
                          "probes": {"select": len(qs), "report": len(qr)}}  # fmt: skip
 
@@ -215,12 +230,7 @@ def compare(a) -> None:
     for nprobe in a.faiss_nprobe:
         for kf in a.faiss_k_factor:
             space.set_index_parameters(ivf, f"nprobe={nprobe},k_factor_rf={kf}")
-            t = time.perf_counter()
-            ids = ivf.search(qs, K)[1]
-            dt = time.perf_counter() - t
-            r1, r10 = recalls(ids, ts)
-            select.append({"nprobe": nprobe, "k_factor_rf": kf, "qps": len(qs) / dt, "r1": r1, "r10": r10})
-            print(select[-1], flush=True)
+            select.append(select_row({"nprobe": nprobe, "k_factor_rf": kf}, lambda q: ivf.search(q, K)[1], qs, ts))
     chosen = choose_on_select(record, "FAISS", select, ("nprobe", "k_factor_rf"))
     record["faiss_select"], record["faiss_chosen"] = select, chosen
 
@@ -252,21 +262,14 @@ def scann(a) -> None:
     d = Path(a.dir)
     record: dict = {"command": shlex.join(sys.argv), "machine": machine_info((1,))}
     x = np.load(d / "x.npy", mmap_mode="r")
-    qs, ts = np.load(d / "q_select.npy"), np.load(d / "truth_select.npy")
-    qr, tr = np.load(d / "q_report.npy"), np.load(d / "truth_report.npy")
+    qs, ts, qr, tr = load_probes(d)
     method = ScannMethod(x.shape[1], a.scann_leaves, a.scann_search, a.scann_reorder, 2, 1.5, a.build_threads)
     t = time.time()
     method.add(x)
     method.finish()
     log(record, f"{method.name}: built in {time.time() - t:.0f}s ({a.build_threads} threads), peak RSS {peak_rss_gb():.1f} GB")
-    select = []
-    for point in method.points():
-        t = time.perf_counter()
-        ids = method.search(qs, K, point)[0]
-        dt = time.perf_counter() - t
-        r1, r10 = recalls(ids, ts)
-        select.append({**point.params, "qps": len(qs) / dt, "r1": r1, "r10": r10})
-        print(select[-1], flush=True)
+    select = [select_row(point.params, lambda q, point=point: method.search(q, K, point)[0], qs, ts)
+              for point in method.points()]  # fmt: skip
     chosen = choose_on_select(record, "ScaNN", select, ("leaves", "reorder"))
     record["scann_select"], record["scann_chosen"] = select, chosen
     exact = exact_index(x)
