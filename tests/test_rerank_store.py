@@ -236,16 +236,41 @@ def test_a_loaded_int8_index_reads_float_rows_from_disk_only(tmp_path):
     assert loaded32.memory_usage()["features"] > 0
 
 
-def test_compact_scores_do_not_depend_on_the_decode_grouping(monkeypatch):
-    from hashindex.serving import store as store_module
-
+@pytest.mark.parametrize("kind", ["int8", "int6", "float16"])
+@pytest.mark.parametrize("metric", ["ip", "l2"])
+def test_compact_top_k_matches_a_numpy_ranking_of_the_decoded_rows(kind, metric):
+    # oracle: the rows decoded by FAISS's ScalarQuantizer.decode, scored and sorted by numpy
     x, q = _gallery(n_people=300)
-    store = CompactStore("int8", DIM)
+    store = CompactStore(kind, DIM)
     store.append(_unit(x).astype(np.float32), x[:0])
-    pos = np.random.default_rng(2).integers(-1, len(x), (q.shape[0], 40))
-    whole = store.score(q, pos, "ip")
-    monkeypatch.setattr(store_module, "_DECODE_ROWS", 37)  # groups of one or two queries
-    np.testing.assert_array_equal(store.score(q, pos, "ip"), whole)
+    rng = np.random.default_rng(2)
+    counts = rng.integers(0, 60, q.shape[0])
+    counts[:3] = (0, 1, 5)  # no candidates, fewer than k
+    lims = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    positions = rng.integers(0, len(x), lims[-1]).astype(np.int64)
+    k = 12
+    slots, scores = store.top(q, lims, positions, k, metric)
+    decoded = store.decode(positions).astype(np.float64)
+    for i in range(q.shape[0]):
+        lo, hi = lims[i], lims[i + 1]
+        rows, qi = decoded[lo:hi], q[i].astype(np.float64)
+        exact = ((rows - qi) ** 2).sum(1) if metric == "l2" else rows @ qi
+        want = np.argsort(exact if metric == "l2" else -exact, kind="stable")[:k]
+        n = min(k, hi - lo)
+        assert (slots[i, n:] == -1).all() and np.isinf(scores[i, n:]).all()
+        np.testing.assert_allclose(scores[i, :n], exact[want], rtol=1e-5, atol=1e-5)
+        # the same rows up to near-ties (float32 against float64 sums)
+        got_scores = exact[slots[i, :n] - lo]
+        np.testing.assert_allclose(np.sort(got_scores), np.sort(exact[want]), rtol=1e-5, atol=1e-5)
+        assert (np.diff(scores[i, :n]) >= 0).all() if metric == "l2" else (np.diff(scores[i, :n]) <= 0).all()
+    # score() gives every candidate the score top() ranked it by
+    pos = rng.integers(-1, len(x), (q.shape[0], 40))
+    full = store.score(q, pos, metric)
+    d = store.decode(np.maximum(pos, 0).ravel()).astype(np.float64).reshape(*pos.shape, DIM)
+    qq = q.astype(np.float64)[:, None, :]
+    oracle = ((d - qq) ** 2).sum(-1) if metric == "l2" else (d * qq).sum(-1)
+    np.testing.assert_allclose(full[pos >= 0], oracle[pos >= 0], rtol=1e-5, atol=1e-5)
+    assert np.isinf(full[pos < 0]).all()
 
 
 def test_an_index_saved_before_rerank_existed_loads_as_float32(tmp_path, rewrite_manifest):

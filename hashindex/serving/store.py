@@ -121,9 +121,9 @@ def compact_code_bytes(kind: str, dim: int) -> int:
     return (dim * COMPACT_BITS[kind] + 7) // 8
 
 
-# rows decoded per FAISS call when scoring candidates: keeps the float32 scratch at ~4 MB
-# (128-d), small enough that glibc returns it to the system instead of keeping it in its heap
-_DECODE_ROWS = 1 << 13
+# rows encoded per FAISS call when appending: keeps the float32 scratch at ~4 MB (128-d), small
+# enough that glibc returns it to the system instead of keeping it in its heap
+_ENCODE_ROWS = 1 << 13
 # int8 / int6: the per-dimension range (the min and max of the rows it covers) is widened by this
 # share of its width on each side, so later items slightly outside it need no re-encoding
 # (FAISS RS_minmax arg)
@@ -137,9 +137,11 @@ class CompactStore:
     dimension, a per-dimension min/max range), ``int6`` (QT_6bit: the same with 64 levels, 3/4
     byte per dimension) or ``float16`` (QT_fp16, IEEE half).
 
-    Candidates are scored by decoding only their rows with ``faiss.ScalarQuantizer.decode`` and
-    scoring the decoded block with FAISS's ``fvec_*_by_idx`` kernels, so no float copy of the
-    gallery is ever made. Scores are approximate: the decoded row differs from the float32 one
+    Candidates are scored on their codes by FAISS's scanner for this quantizer (the one its
+    IVF-SQ indexes scan lists with), which reads the packed bytes directly: no decoded float
+    copy is made, not even of the candidates (faster than decoding them and taking dot products:
+    benchmarks/README.md, "Where the time goes").
+    Scores are approximate: the decoded row differs from the float32 one
     by at most half a quantisation step per dimension (int8: ``range_d / 255 / 2``, int6:
     ``range_d / 63 / 2``; float16: a relative 2**-11), see :meth:`error_bound`: the range always
     covers every stored row (:meth:`cover` widens it, and re-encodes, when new rows leave it).
@@ -227,8 +229,8 @@ class CompactStore:
         (re-encoded if ``x`` widens the range, see :meth:`cover`)."""
         x = np.ascontiguousarray(x, dtype=np.float32)
         self.cover(x, stored)
-        for lo in range(0, x.shape[0], _DECODE_ROWS):
-            self.rows.append(self.sq.compute_codes(x[lo : lo + _DECODE_ROWS]))
+        for lo in range(0, x.shape[0], _ENCODE_ROWS):
+            self.rows.append(self.sq.compute_codes(x[lo : lo + _ENCODE_ROWS]))
 
     def keep(self, mask: np.ndarray) -> None:
         self.rows.keep(mask)
@@ -241,33 +243,62 @@ class CompactStore:
         codes = np.ascontiguousarray(self.rows.take(positions))
         return self.sq.decode(codes) if len(codes) else np.empty((0, self.dim), np.float32)
 
-    def score(self, queries: np.ndarray, positions: np.ndarray, metric: str) -> np.ndarray:
-        """``float32 [nq, w]``: query i against the decoded rows ``positions[i]`` (-1 pads score
-        -inf, +inf for l2), by FAISS's ``fvec_inner_products_by_idx`` / ``fvec_L2sqr_by_idx``."""
+    def _scanner(self, metric: str):
+        """FAISS's inverted-list scanner of this quantizer: it scores codes against a query in
+        C++ (SIMD for int8 / int6) straight from the packed bytes, keeping the best ``k`` in a heap."""
         import faiss
 
+        mt = faiss.METRIC_L2 if metric == "l2" else faiss.METRIC_INNER_PRODUCT
+        return self.sq.select_InvertedListScanner(mt, None, False, None, False)
+
+    def _scan(self, scanner, query: np.ndarray, positions: np.ndarray, k: int, metric: str):
+        """The best ``k`` of ``positions int64 [n]`` (all >= 0) for one ``query float32 [D]``:
+        ``(slots int64 [k], scores float32 [k])``, slots into ``positions`` (-1 padded), in heap
+        order (unsorted)."""
+        import faiss
+
+        codes = np.ascontiguousarray(self.rows.take(positions))
+        slots = np.arange(len(positions), dtype=np.int64)
+        scores = np.full(k, np.inf if metric == "l2" else -np.inf, dtype=np.float32)
+        found = np.full(k, -1, dtype=np.int64)
+        scanner.set_query(faiss.swig_ptr(query))
+        scanner.set_list(0, 0.0)
+        scanner.scan_codes(len(positions), faiss.swig_ptr(codes), faiss.swig_ptr(slots), faiss.swig_ptr(scores),
+                           faiss.swig_ptr(found), k)  # fmt: skip
+        return found, scores
+
+    def score(self, queries: np.ndarray, positions: np.ndarray, metric: str) -> np.ndarray:
+        """``float32 [nq, w]``: query i against the rows ``positions[i]`` (-1 pads score -inf,
+        +inf for l2), scored on their codes by FAISS's scanner (no decoded copy)."""
         nq, width = positions.shape
-        out = np.empty((nq, width), dtype=np.float32)
-        if nq == 0 or width == 0:
-            return out
+        out = np.full((nq, width), np.inf if metric == "l2" else -np.inf, dtype=np.float32)
         q = np.ascontiguousarray(queries, dtype=np.float32)
-        fn = faiss.fvec_L2sqr_by_idx if metric == "l2" else faiss.fvec_inner_products_by_idx
-        cum = np.cumsum((positions >= 0).sum(axis=1))
-        start = 0
-        while start < nq:  # groups of queries with at most _DECODE_ROWS candidates (one query at least)
-            limit = (cum[start - 1] if start else 0) + _DECODE_ROWS
-            stop = max(start + 1, int(np.searchsorted(cum, limit, side="right")))
-            sub = positions[start:stop]
-            valid = sub >= 0
-            local = np.full(sub.shape, -1, dtype=np.int64)
-            local[valid] = np.arange(int(valid.sum()))
-            decoded = np.ascontiguousarray(self.decode(sub[valid]))
-            if decoded.shape[0] == 0:
-                decoded = np.zeros((1, self.dim), np.float32)
-            fn(faiss.swig_ptr(out[start:stop]), faiss.swig_ptr(q[start:stop]), faiss.swig_ptr(decoded),
-               faiss.swig_ptr(local), self.dim, stop - start, width)  # fmt: skip
-            start = stop
+        scanner = self._scanner(metric) if nq and width else None
+        for i in range(nq):
+            valid = np.flatnonzero(positions[i] >= 0)
+            if valid.size:
+                slots, scores = self._scan(scanner, q[i], positions[i, valid], valid.size, metric)
+                out[i, valid[slots]] = scores
         return out
+
+    def top(self, queries: np.ndarray, lims: np.ndarray, positions: np.ndarray, k: int, metric: str):
+        """The best ``k`` of each query's CSR candidates (``lims int64 [nq + 1]``, ``positions
+        int64 [M]``, all >= 0): ``(slots int64 [nq, k], scores float32 [nq, k])``, slots into
+        ``positions`` (-1 padded), best first, equal scores by position. Scores every candidate
+        on its codes but sorts only the k kept (a search keeps 3k of thousands)."""
+        nq = len(lims) - 1
+        worst = np.inf if metric == "l2" else -np.inf
+        out_slots, out_scores = np.full((nq, k), -1, np.int64), np.full((nq, k), worst, np.float32)
+        q = np.ascontiguousarray(queries, dtype=np.float32)
+        scanner = self._scanner(metric) if nq and k else None
+        for i in range(nq if k else 0):
+            lo, hi = int(lims[i]), int(lims[i + 1])
+            if hi > lo:
+                slots, scores = self._scan(scanner, q[i], positions[lo:hi], min(k, hi - lo), metric)
+                key = scores if metric == "l2" else -scores
+                order = np.lexsort((positions[lo:hi][np.maximum(slots, 0)], key))
+                out_slots[i, : slots.size], out_scores[i, : slots.size] = lo + slots[order], scores[order]
+        return out_slots, out_scores
 
     @property
     def held_bytes(self) -> int:
