@@ -184,6 +184,21 @@ def test_dedupe_keeps_the_first_occurrence():
     np.testing.assert_array_equal(dedupe(pos), [[5, 3, -1, -1, -1, 7], [1, 2, 3, 4, -1, -1]])
 
 
+def test_dedupe_matches_a_first_seen_loop_on_wide_rows():
+    # rows as wide as a deep probe returns (numpy sorts short rows by insertion, which is stable
+    # anyway): many repeats, -1 padding
+    rng = np.random.default_rng(5)
+    pos = rng.integers(-1, 600, size=(20, 2000))
+    want = np.full(pos.shape, -1)
+    for i, row in enumerate(pos):
+        seen = set()
+        for j, p in enumerate(row.tolist()):
+            if p >= 0 and p not in seen:
+                seen.add(p)
+                want[i, j] = p
+    np.testing.assert_array_equal(dedupe(pos), want)
+
+
 # -- FAISS layout and the 512-entry append --------------------------------------------------------
 @pytest.mark.parametrize("bits,nlist", [(128, 16), (64, 8)])
 def test_lists_are_byte_for_byte_what_faiss_add_writes(bits, nlist):

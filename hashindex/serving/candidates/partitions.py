@@ -312,7 +312,10 @@ def append_to_lists(
 def dedupe(positions: np.ndarray) -> np.ndarray:
     """``int64 [nq, c]`` with repeats of a position (an item found through two of its lists)
     replaced by -1, keeping the first (best-scored) occurrence."""
-    order = np.argsort(positions, axis=1, kind="stable")
+    # position * width + column orders by position, then column (a stable sort's order), with
+    # numpy's unstable sort: ~2x faster than a stable one on the thousands a deep probe returns
+    width = positions.shape[1]
+    order = np.argsort(positions * width + np.arange(width), axis=1)
     s = np.take_along_axis(positions, order, 1)
     repeat = np.zeros(s.shape, dtype=bool)
     repeat[:, 1:] = (s[:, 1:] == s[:, :-1]) & (s[:, 1:] >= 0)
