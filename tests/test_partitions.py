@@ -20,7 +20,8 @@ import pytest
 from hashindex import HashIndex, HashIndexError, IndexFormatError, InputError
 from hashindex.serving import persist
 from hashindex.serving.candidates.asymmetric import sign_patterns
-from hashindex.serving.candidates.partitions import BlockLayout, PartitionStage, dedupe, nlist_for
+from hashindex.serving.candidates import partitions
+from hashindex.serving.candidates.partitions import BlockLayout, PartitionStage, dedupe, nearest_centroids, nlist_for
 from hashindex.serving.hashers import ITQHasher
 
 DIM, BITS = 64, 64
@@ -524,3 +525,23 @@ def test_centroid_blocks_leave_the_assignment_and_faiss_setting_as_they_were():
             assert faiss.cvar.distance_compute_blas_database_bs == max(before, 3000)
             raise RuntimeError("inside")
     assert faiss.cvar.distance_compute_blas_database_bs == before
+
+
+@pytest.mark.parametrize("metric", ["ip", "l2"])
+@pytest.mark.parametrize("nprobe", [1, 7, 64])
+def test_nearest_centroids_agree_with_faiss_flat_search(metric, nprobe, monkeypatch):
+    # oracle: FAISS's own flat index over the same centroids; blocks of 5 queries (and one
+    # partial block) through a small cell budget
+    monkeypatch.setattr(partitions, "_COARSE_CELLS", 5 * 64)
+    rng = np.random.default_rng(nprobe)
+    centroids = rng.standard_normal((64, DIM)).astype(np.float32)
+    x = rng.standard_normal((23, DIM)).astype(np.float32)
+    flat = faiss.IndexFlatL2(DIM) if metric == "l2" else faiss.IndexFlatIP(DIM)
+    flat.add(centroids)
+    want_scores, want_lists = flat.search(x, nprobe)
+    scores, lists = nearest_centroids(centroids, x, nprobe, metric)
+    np.testing.assert_allclose(scores, want_scores, rtol=1e-4, atol=1e-3)
+    # the same lists, up to the order of near-equal scores
+    assert (np.sort(lists, 1) == np.sort(want_lists, 1)).mean() > 0.99
+    assert (np.diff(scores, axis=1) >= 0).all() if metric == "l2" else (np.diff(scores, axis=1) <= 0).all()
+    assert nearest_centroids(centroids, x[:0], nprobe, metric)[1].shape == (0, nprobe)

@@ -324,6 +324,40 @@ def dedupe(positions: np.ndarray) -> np.ndarray:
     return out
 
 
+# queries per block of the coarse product: its [block, nlist] float32 scores stay ~16 MB
+_COARSE_CELLS = 1 << 22
+
+
+def nearest_centroids(centroids: np.ndarray, x: np.ndarray, nprobe: int, metric: str) -> tuple[np.ndarray, np.ndarray]:
+    """The ``nprobe`` centroids (``float32 [nlist, D]``) nearest to each row of ``x [nq, D]``,
+    nearest first: ``(scores float32 [nq, nprobe], lists int64 [nq, nprobe])``, scores being inner
+    products (``ip`` / ``cosine``) or squared distances (``l2``), as FAISS's flat index gives.
+
+    One BLAS product and an ``argpartition`` per block of queries, then a sort of the kept
+    ``nprobe`` only: FAISS's flat search keeps its top-k in a per-query heap, which for the
+    hundreds of lists a deep probe takes costs ~3x the product itself (benchmarks/README.md).
+    """
+    nq, nlist = x.shape[0], centroids.shape[0]
+    nprobe = min(int(nprobe), nlist)
+    scores, lists = np.empty((nq, nprobe), np.float32), np.empty((nq, nprobe), np.int64)
+    half_norms = np.einsum("ld,ld->l", centroids, centroids) / 2 if metric == "l2" else None
+    step = max(1, _COARSE_CELLS // max(nlist, 1))
+    for lo in range(0, nq, step):
+        xb = np.ascontiguousarray(x[lo : lo + step], dtype=np.float32)
+        key = xb @ centroids.T  # higher is nearer: <x, c>, or <x, c> - ||c||^2 / 2 for l2
+        if half_norms is not None:
+            key -= half_norms
+        if nprobe < nlist:
+            top = np.argpartition(-key, nprobe - 1, axis=1)[:, :nprobe]
+        else:
+            top = np.broadcast_to(np.arange(nlist), key.shape)
+        kept = np.take_along_axis(key, top, 1)
+        order = np.argsort(-kept, axis=1, kind="stable")
+        kept, lists[lo : lo + step] = np.take_along_axis(kept, order, 1), np.take_along_axis(top, order, 1)
+        scores[lo : lo + step] = (np.einsum("nd,nd->n", xb, xb)[:, None] - 2 * kept) if half_norms is not None else kept
+    return scores, lists
+
+
 def adaptive_depth(centroid_scores: np.ndarray, slack: float, higher_is_better: bool = True) -> np.ndarray:
     """Lists each query scans, ``int64 [nq]``, from its coarse scores ``[nq, nprobe]`` (best
     first): every list whose centroid scores within ``slack`` of the query's best list (at least
@@ -345,17 +379,17 @@ class Probed(NamedTuple):
 
 
 def probe(
-    coarse: faiss.Index, ivf: faiss.IndexIVFPQFastScan, x: np.ndarray, z: np.ndarray, c: int, nprobe: int,
-    slack: float | None = None,
+    centroids: np.ndarray, metric: str, ivf: faiss.IndexIVFPQFastScan, x: np.ndarray, z: np.ndarray, c: int,
+    nprobe: int, slack: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
     """Top-``c`` positions ``int64 [nq, c]`` (-1 padded; repeats -1 when items spill) and their
     approximate scores ``float32 [nq, c]`` among the ``nprobe`` lists nearest to the features
     ``x [nq, D]``, scored by the projections ``z [nq, K]``, and the lists scanned ``int64 [nq,
     nprobe]`` (-1: none). With ``slack``, each query scans only its first :func:`adaptive_depth`
     lists (the others are passed to FAISS as -1: skipped)."""
-    coarse_scores, lists = coarse.search(np.ascontiguousarray(x, dtype=np.float32), nprobe)
+    coarse_scores, lists = nearest_centroids(centroids, x, nprobe, metric)
     if slack is not None:
-        depth = adaptive_depth(coarse_scores, slack, higher_is_better=coarse.metric_type == faiss.METRIC_INNER_PRODUCT)
+        depth = adaptive_depth(coarse_scores, slack, higher_is_better=metric != "l2")
         lists = np.where(np.arange(lists.shape[1])[None, :] < depth[:, None], lists, -1)
     zeros = np.zeros(lists.shape, dtype=np.float32)  # coarse distances: unused without residuals
     z = np.ascontiguousarray(z, dtype=np.float32)
@@ -390,6 +424,8 @@ class PartitionStage:
         self.metric, self.spill = metric, min(int(spill), self.nlist)  # no more lists than there are
         self.coarse = faiss.IndexFlatL2(self.dim) if metric == "l2" else faiss.IndexFlatIP(self.dim)
         self.coarse.add(centroids)
+        # a view of the coarse index's own rows (no copy), for nearest_centroids
+        self._centroid_rows = faiss.rev_swig_ptr(self.coarse.get_xb(), self.nlist * self.dim).reshape(self.nlist, self.dim)
         self.ivf: faiss.IndexIVFPQFastScan | None = None
         self._placeholder: faiss.Index | None = None
         self._sizes: np.ndarray | None = None  # list_sizes(), until the lists change
@@ -439,9 +475,9 @@ class PartitionStage:
         kept, so a twice-found item does not take a candidate's slot."""
         nprobe = min(nprobe, self.nlist)
         if self.spill == 1:
-            pos, scores, lists = probe(self.coarse, self.ivf, x, z, c, nprobe, slack)
+            pos, scores, lists = probe(self._centroid_rows, self.metric, self.ivf, x, z, c, nprobe, slack)
         else:
-            pos, scores, lists = probe(self.coarse, self.ivf, x, z, self.spill * c, nprobe, slack)
+            pos, scores, lists = probe(self._centroid_rows, self.metric, self.ivf, x, z, self.spill * c, nprobe, slack)
             pos = dedupe(pos)
             keep = np.argsort(pos < 0, axis=1, kind="stable")[:, :c]  # distinct ones first, in score order
             pos, scores = np.take_along_axis(pos, keep, 1), np.take_along_axis(scores, keep, 1)
