@@ -157,6 +157,32 @@ def test_spilled_items_sit_in_two_lists_and_come_back_once(data, oracle):
     assert (np.diff(few_scores, axis=1) <= 0).all()
 
 
+@pytest.mark.parametrize("nprobe", [2, 8, 16])
+def test_spilled_collection_finds_what_collecting_spill_times_c_finds(data, nprobe, monkeypatch):
+    """Collecting SPILL_COLLECT * c (and spill * c again for a query left short) keeps the same
+    c distinct candidates as collecting spill * c at once: at nprobe 16 of 16 every item is
+    found twice, so every query is left short and scanned again. One query per call, so that
+    both scans build their tables from batches of one shape."""
+    index = _index(data, spill=2)
+    stage = index._partitioned()
+    x = data[1][:25]
+    z = index.hasher.project(x)
+    for c in (5, 40, 300):
+        for i in range(len(x)):
+            got = stage.knn(x[i : i + 1], z[i : i + 1], c, nprobe)
+            with monkeypatch.context() as m:
+                m.setattr(partitions, "SPILL_COLLECT", 2.0)
+                want = stage.knn(x[i : i + 1], z[i : i + 1], c, nprobe)
+            # the same scores; the same items but where the c-th score ties (the fast-scan's
+            # 8-bit tables tie many items, and FAISS's top-k for another k may keep others)
+            np.testing.assert_array_equal(np.sort(got.scores), np.sort(want.scores))
+            a, sa, b, sb = got.positions[0], got.scores[0], want.positions[0], want.scores[0]
+            last = sa[a >= 0].min(initial=np.inf)
+            assert (a >= 0).sum() == (b >= 0).sum()
+            assert set(a[(a >= 0) & (sa > last)].tolist()) == set(b[(b >= 0) & (sb > last)].tolist())
+            np.testing.assert_array_equal(got.scanned, want.scanned)
+
+
 @pytest.mark.parametrize("metric", ["cosine", "l2"])
 def test_spilled_lists_follow_soar_against_a_numpy_oracle(data, metric):
     """The second list is SOAR's: among the 16 nearest centroids but the first, the smallest

@@ -232,6 +232,11 @@ def nearest_lists(
 # points the same way) still finds the item in another. lambda = 1 as in the paper.
 SOAR_CANDIDATES = 16
 SOAR_LAMBDA = 1.0
+# With spilling, the scan collects this many results per candidate before repeats are dropped,
+# not ``spill``: collecting costs the scan time in proportion, and at deep probes 1.6c held c
+# distinct items for every query measured (benchmarks/README.md, "Where the time goes"); a
+# query it leaves short is scanned again for ``spill * c``.
+SPILL_COLLECT = 1.6
 
 
 def soar_lists(
@@ -471,19 +476,33 @@ class PartitionStage:
 
     def knn(self, x: np.ndarray, z: np.ndarray, c: int, nprobe: int, slack: float | None = None) -> Probed:
         """See :func:`probe` (``slack``: query-adaptive depth, at most ``nprobe`` lists). When
-        items spill, ``spill * c`` are scanned for and repeats dropped before the top ``c`` are
-        kept, so a twice-found item does not take a candidate's slot."""
+        items spill, more than ``c`` are scanned for and repeats dropped before the top ``c`` are
+        kept, so a twice-found item does not take a candidate's slot: ``SPILL_COLLECT * c``
+        first, and ``spill * c`` for a query whose lists held more items than that but fewer
+        than ``c`` distinct ones among them."""
         nprobe = min(nprobe, self.nlist)
         if self.spill == 1:
             pos, scores, lists = probe(self._centroid_rows, self.metric, self.ivf, x, z, c, nprobe, slack)
         else:
-            pos, scores, lists = probe(self._centroid_rows, self.metric, self.ivf, x, z, self.spill * c, nprobe, slack)
-            pos = dedupe(pos)
-            keep = np.argsort(pos < 0, axis=1, kind="stable")[:, :c]  # distinct ones first, in score order
-            pos, scores = np.take_along_axis(pos, keep, 1), np.take_along_axis(scores, keep, 1)
+            most = self.spill * c
+            first = min(most, int(np.ceil(SPILL_COLLECT * c)))
+            pos, scores, lists, full = self._distinct(x, z, first, c, nprobe, slack)
+            short = np.flatnonzero(full & ((pos >= 0).sum(axis=1) < c)) if first < most else []
+            if len(short):
+                pos[short], scores[short] = self._distinct(x[short], z[short], most, c, nprobe, slack)[:2]
         sizes = self.list_sizes()
         scanned = np.where(lists >= 0, sizes[np.maximum(lists, 0)], 0).sum(axis=1).astype(np.int64)
         return Probed(pos, scores, scanned)
+
+    def _distinct(self, x: np.ndarray, z: np.ndarray, want: int, c: int, nprobe: int, slack: float | None):
+        """The first ``c`` distinct of the top ``want`` (:func:`probe`): positions and scores
+        ``[nq, c]`` in score order (-1 padded), the lists, and whether each query's lists held
+        ``want`` entries (bool ``[nq]``; if not, asking for more finds nothing more)."""
+        pos, scores, lists = probe(self._centroid_rows, self.metric, self.ivf, x, z, want, nprobe, slack)
+        full = pos[:, -1] >= 0 if want else np.zeros(len(pos), bool)
+        pos = dedupe(pos)
+        keep = np.argsort(pos < 0, axis=1, kind="stable")[:, :c]  # distinct ones first, in score order
+        return np.take_along_axis(pos, keep, 1), np.take_along_axis(scores, keep, 1), lists, full
 
     # -- introspection (tests, memory_usage) --------------------------------------------------
     def list_sizes(self) -> np.ndarray:
