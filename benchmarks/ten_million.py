@@ -30,6 +30,10 @@ gallery (a second 10M gallery was not built): other images, not other identities
 ScaNN (tree of ``--scann-leaves`` leaves, SOAR, AH 2 dims per block, float reorder) in its own
 process, its setting chosen on the select probes, timed round-robin against exact on the
 report probes.
+
+``ceiling``: the share of the exact top-10 that the saved index's lists hold at each
+``--ceiling-nprobe`` (its spilled assignment, and its nearest list alone): the most any code
+and rerank could recall at that depth.
 """
 
 from __future__ import annotations
@@ -285,9 +289,36 @@ def scann(a) -> None:
     write_record(record, a.out_dir, a.name)
 
 
+def ceiling(a) -> None:
+    """How much of each probe's exact top-10 the saved index's lists hold when its ``nprobe``
+    nearest lists are probed (``--ceiling-nprobe``), for the spilled assignment and for its
+    first column alone (one list per item): the recall no code or rerank can exceed at that
+    depth. Read from the saved centroids and assignment; nothing is scanned."""
+    from hashindex.serving.candidates.partitions import nearest_centroids
+
+    d = Path(a.dir)
+    record: dict = {"command": shlex.join(sys.argv), "machine": machine_info((1,)), "rows": []}
+    centroids = np.load(d / "index" / "partition_centroids.npy")
+    assign = np.load(d / "index" / "partition_assign.npy", mmap_mode="r")
+    qs, ts, qr, tr = load_probes(d)
+    for probes, (q, truth) in (("select", (qs, ts)), ("report", (qr, tr))):
+        _, lists = nearest_centroids(centroids, q, max(a.ceiling_nprobe), "cosine")
+        holders = np.asarray(assign[truth.ravel()]).reshape(*truth.shape, -1)  # [nq, 10, spill]: each true neighbour's lists
+        for nprobe in a.ceiling_nprobe:
+            for spill in sorted({1, holders.shape[2]}):
+                probed = np.zeros((len(q), centroids.shape[0]), bool)
+                np.put_along_axis(probed, lists[:, :nprobe], True, 1)
+                held = np.take_along_axis(probed[:, None, :], holders[:, :, :spill], 2).any(2)
+                row = {"probes": probes, "nprobe": nprobe, "spill": spill, "recall@1": float(held[:, 0].mean()),
+                       "recall@10": float(held.mean())}  # fmt: skip
+                record["rows"].append(row)
+                log(record, f"| {probes} | {nprobe} | {spill} | {row['recall@1']:.3f} | {row['recall@10']:.3f} |")
+    write_record(record, a.out_dir, a.name)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("step", choices=("gen", "build", "compare", "scann"))
+    p.add_argument("step", choices=("gen", "build", "compare", "scann", "ceiling"))
     p.add_argument("--dir", required=True, help="where the gallery, probes, truth and index go (~9 GB)")
     p.add_argument("--n", type=int, default=10_000_000)
     p.add_argument("--probes", type=int, default=300, help="probes per set (select, report)")
@@ -304,10 +335,12 @@ def main() -> None:
     p.add_argument("--scann-leaves", type=int, default=3000, help="scann step: tree leaves (~sqrt(n))")
     p.add_argument("--scann-search", type=int, nargs="+", default=[300, 450, 600, 900], help="scann step: leaves to search")
     p.add_argument("--scann-reorder", type=int, nargs="+", default=[200, 500, 1000], help="scann step: reordered candidates")
+    p.add_argument("--ceiling-nprobe", type=int, nargs="+", default=[256, 384, 448, 512, 768, 1024],
+                   help="ceiling step: lists probed")
     p.add_argument("--out-dir", default=str(Path(__file__).resolve().parent / "results"))
     p.add_argument("--name", default="ten_million")
     a = p.parse_args()
-    {"gen": gen, "build": build, "compare": compare, "scann": scann}[a.step](a)
+    {"gen": gen, "build": build, "compare": compare, "scann": scann, "ceiling": ceiling}[a.step](a)
 
 
 if __name__ == "__main__":
