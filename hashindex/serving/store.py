@@ -140,7 +140,7 @@ class CompactStore:
     Candidates are scored on their codes by FAISS's scanner for this quantizer (the one its
     IVF-SQ indexes scan lists with), which reads the packed bytes directly: no decoded float
     copy is made, not even of the candidates (faster than decoding them and taking dot products:
-    benchmarks/README.md, "Where the time goes").
+    benchmarks/README.md, "Cheaper rerank").
     Scores are approximate: the decoded row differs from the float32 one
     by at most half a quantisation step per dimension (int8: ``range_d / 255 / 2``, int6:
     ``range_d / 63 / 2``; float16: a relative 2**-11), see :meth:`error_bound`: the range always

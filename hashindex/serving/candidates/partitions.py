@@ -234,7 +234,7 @@ SOAR_CANDIDATES = 16
 SOAR_LAMBDA = 1.0
 # With spilling, the scan collects this many results per candidate before repeats are dropped,
 # not ``spill``: collecting costs the scan time in proportion, and at deep probes 1.6c held c
-# distinct items for every query measured (benchmarks/README.md, "Where the time goes"); a
+# distinct items for every query measured (benchmarks/README.md, "Cheaper rerank"); a
 # query it leaves short is scanned again for ``spill * c``.
 SPILL_COLLECT = 1.6
 
@@ -340,7 +340,8 @@ def nearest_centroids(centroids: np.ndarray, x: np.ndarray, nprobe: int, metric:
 
     One BLAS product and an ``argpartition`` per block of queries, then a sort of the kept
     ``nprobe`` only: FAISS's flat search keeps its top-k in a per-query heap, which for the
-    hundreds of lists a deep probe takes costs ~3x the product itself (benchmarks/README.md).
+    hundreds of lists a deep probe takes costs ~3x the product itself (benchmarks/README.md,
+    "Cheaper rerank").
     """
     nq, nlist = x.shape[0], centroids.shape[0]
     nprobe = min(int(nprobe), nlist)
