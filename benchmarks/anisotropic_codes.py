@@ -74,6 +74,11 @@ def anisotropic_codes(residual: np.ndarray, x: np.ndarray, codebooks: np.ndarray
     return codes
 
 
+def list_number_bytes(lists: np.ndarray, size: int) -> np.ndarray:
+    """``uint8 [n, size]``: each list number as IVF's coarse code (little-endian bytes)."""
+    return np.ascontiguousarray(lists.astype("<u8").view(np.uint8).reshape(len(lists), 8)[:, :size])
+
+
 def residual_pq_lists(x, centroids, assign, dim, m, eta, sweeps, train_rows, chunk=65536) -> faiss.Index:
     """IVF-PQ fast-scan over the residuals in ``dim`` dims, entries encoded with ``eta``."""
     d, nlist = x.shape[1], centroids.shape[0]
@@ -86,7 +91,6 @@ def residual_pq_lists(x, centroids, assign, dim, m, eta, sweeps, train_rows, chu
     ivf.train(np.ascontiguousarray(x[rows] @ emb.T))
     pq = ivf.pq
     books = faiss.vector_to_array(pq.centroids).reshape(m, 16, dim // m)
-    inv = faiss.downcast_InvertedLists(ivf.invlists)
     for lo in range(0, len(x), chunk):
         xe = np.ascontiguousarray(x[lo : lo + chunk] @ emb.T)
         ids = np.arange(lo, lo + len(xe), dtype=np.int64)
@@ -99,13 +103,9 @@ def residual_pq_lists(x, centroids, assign, dim, m, eta, sweeps, train_rows, chu
                 start[:, 0::2], start[:, 1::2] = packed & 15, packed >> 4
                 codes = anisotropic_codes(residual, xe, books, start, eta, sweeps)
                 packed = (codes[:, 0::2] | (codes[:, 1::2] << 4)).astype(np.uint8)
-            order = np.argsort(lists, kind="stable")
-            uniq, starts = np.unique(lists[order], return_index=True)
-            for lst, a, b in zip(uniq.tolist(), starts, np.append(starts[1:], order.size)):
-                # named arrays: a temporary would be freed before FAISS reads it through swig_ptr
-                sel_ids, sel_codes = np.ascontiguousarray(ids[order[a:b]]), np.ascontiguousarray(packed[order[a:b]])
-                inv.add_entries(lst, len(sel_ids), faiss.swig_ptr(sel_ids), faiss.swig_ptr(sel_codes))
-    ivf.ntotal = len(x) * assign.shape[1]
+            # FAISS's own add of encoded entries: each code prefixed by its list number
+            prefixed = np.concatenate([list_number_bytes(lists, ivf.coarse_code_size()), packed], axis=1)
+            ivf.add_sa_codes(prefixed, ids)
     fast = faiss.IndexIVFPQFastScan(ivf)
     fast.referenced_objects = [coarse]  # the fast-scan index points at it without owning it
     return fast, emb

@@ -116,6 +116,11 @@ COMPACT_BITS = {"int8": 8, "int6": 6, "float16": 16}
 COMPACT_PARAMS = {"int8": 2, "int6": 2, "float16": 0}
 
 
+def _worst(metric: str) -> float:
+    """The score of padding: -inf for similarities, +inf for l2 distances."""
+    return np.inf if metric == "l2" else -np.inf
+
+
 def compact_code_bytes(kind: str, dim: int) -> int:
     """Bytes of one row of a compact store (FAISS packs int6 four values to three bytes)."""
     return (dim * COMPACT_BITS[kind] + 7) // 8
@@ -251,16 +256,15 @@ class CompactStore:
         mt = faiss.METRIC_L2 if metric == "l2" else faiss.METRIC_INNER_PRODUCT
         return self.sq.select_InvertedListScanner(mt, None, False, None, False)
 
-    def _scan(self, scanner, query: np.ndarray, positions: np.ndarray, k: int, metric: str):
+    def _scan(self, scanner, query: np.ndarray, positions: np.ndarray, k: int, worst: float):
         """The best ``k`` of ``positions int64 [n]`` (all >= 0) for one ``query float32 [D]``:
-        ``(slots int64 [k], scores float32 [k])``, slots into ``positions`` (-1 padded), in heap
-        order (unsorted)."""
+        ``(slots int64 [k], scores float32 [k])``, slots into ``positions`` (-1 padded, scored
+        ``worst``), in heap order (unsorted)."""
         import faiss
 
         codes = np.ascontiguousarray(self.rows.take(positions))
         slots = np.arange(len(positions), dtype=np.int64)
-        scores = np.full(k, np.inf if metric == "l2" else -np.inf, dtype=np.float32)
-        found = np.full(k, -1, dtype=np.int64)
+        scores, found = np.full(k, worst, dtype=np.float32), np.full(k, -1, dtype=np.int64)
         scanner.set_query(faiss.swig_ptr(query))
         scanner.set_list(0, 0.0)
         scanner.scan_codes(len(positions), faiss.swig_ptr(codes), faiss.swig_ptr(slots), faiss.swig_ptr(scores),
@@ -271,13 +275,13 @@ class CompactStore:
         """``float32 [nq, w]``: query i against the rows ``positions[i]`` (-1 pads score -inf,
         +inf for l2), scored on their codes by FAISS's scanner (no decoded copy)."""
         nq, width = positions.shape
-        out = np.full((nq, width), np.inf if metric == "l2" else -np.inf, dtype=np.float32)
+        out = np.full((nq, width), _worst(metric), dtype=np.float32)
         q = np.ascontiguousarray(queries, dtype=np.float32)
         scanner = self._scanner(metric) if nq and width else None
         for i in range(nq):
             valid = np.flatnonzero(positions[i] >= 0)
             if valid.size:
-                slots, scores = self._scan(scanner, q[i], positions[i, valid], valid.size, metric)
+                slots, scores = self._scan(scanner, q[i], positions[i, valid], valid.size, _worst(metric))
                 out[i, valid[slots]] = scores
         return out
 
@@ -287,14 +291,14 @@ class CompactStore:
         ``positions`` (-1 padded), best first, equal scores by position. Scores every candidate
         on its codes but sorts only the k kept (a search keeps 3k of thousands)."""
         nq = len(lims) - 1
-        worst = np.inf if metric == "l2" else -np.inf
+        worst = _worst(metric)
         out_slots, out_scores = np.full((nq, k), -1, np.int64), np.full((nq, k), worst, np.float32)
         q = np.ascontiguousarray(queries, dtype=np.float32)
         scanner = self._scanner(metric) if nq and k else None
         for i in range(nq if k else 0):
             lo, hi = int(lims[i]), int(lims[i + 1])
             if hi > lo:
-                slots, scores = self._scan(scanner, q[i], positions[lo:hi], min(k, hi - lo), metric)
+                slots, scores = self._scan(scanner, q[i], positions[lo:hi], min(k, hi - lo), worst)
                 key = scores if metric == "l2" else -scores
                 order = np.lexsort((positions[lo:hi][np.maximum(slots, 0)], key))
                 out_slots[i, : slots.size], out_scores[i, : slots.size] = lo + slots[order], scores[order]

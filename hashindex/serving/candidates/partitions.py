@@ -444,8 +444,8 @@ class PartitionStage:
 
     @property
     def centroids(self) -> np.ndarray:
-        """float32 ``[nlist, D]``."""
-        return self.coarse.reconstruct_n(0, self.nlist)
+        """float32 ``[nlist, D]`` (a copy)."""
+        return self._centroid_rows.copy()
 
     @property
     def has_lists(self) -> bool:
