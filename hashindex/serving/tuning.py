@@ -13,7 +13,7 @@ exact top-k over every stored item.
 
 Grid: every candidate count ``c`` from just above k to ``min(n, MAX_CANDIDATES)`` (geometric,
 ratio ``CANDIDATE_RATIO``) at the flat scan and at ``nprobe`` = 1, 2, 4, ..., nlist lists (and
-the fastest one's nprobe / sqrt(2), between two grid points). Recall
+two bisection steps between the fastest one's nprobe and the grid point below it). Recall
 grows with c at a fixed nprobe, so each nprobe is searched by bisection for its smallest c
 meeting the targets, starting from the previous nprobe's answer (more lists need no more
 candidates); nprobe stops growing once its cheapest measured setting is slower than the best
@@ -45,6 +45,7 @@ AUTO_TUNE_MIN_ITEMS = 100_000
 CANDIDATE_RATIO = 1.5  # geometric candidate grid
 MAX_CANDIDATES = 20_000  # largest candidate count tried (at most the index size)
 NPROBE_RATIO = 2  # geometric nprobe grid, 1 .. nlist
+NPROBE_REFINE = 2  # bisection steps between the fastest partitioned depth and the grid point below it
 RETIME = 3  # fastest feasible settings verified on every query and re-timed, in turns
 SCREEN_QUERIES = 300  # the grid is searched on this many of the queries, the finalists on all
 VERIFY_STEPS = 2  # a finalist short of the targets on every query may take this many more candidate steps
@@ -316,17 +317,25 @@ def tune(
                 bar.set_postfix_str(f"best {min(m.secs for m in feasible) * 1e3:.3f} ms/query")
             if nprobe is not None and first_secs > best:
                 break  # this many lists cost more than the best at any candidate count: more cost more
-        # between grid points: the fastest partitioned setting's nprobe / sqrt(2) (the grid doubles,
-        # and the cheapest depth for a high target often lies between two of its points)
+        # between grid points: the grid doubles, and the cheapest depth for a high target often lies
+        # between two of its points (at 10M, 8,192 lists: ~900 between 512 and 1,024), so the depth
+        # below the fastest partitioned setting is bisected (in log nprobe) for NPROBE_REFINE steps
         part_feasible = [m for m in feasible if m.nprobe is not None and m.nprobe > 2]
         if part_feasible:
-            m = min(part_feasible, key=lambda m: m.secs)
-            between = int(round(m.nprobe / math.sqrt(NPROBE_RATIO)))
-            best = min(f.secs for f in feasible)
-            found, _ = _smallest_candidates(lambda j: measure(between, cands[j]), meets, cands.index(m.candidates),
-                                            cands, best)  # fmt: skip
-            if found is not None:
-                feasible.append(measure(between, cands[found]))
+            fastest = min(part_feasible, key=lambda m: m.secs)
+            lo, hi = fastest.nprobe / NPROBE_RATIO, fastest
+            for _ in range(NPROBE_REFINE):
+                mid = int(round(math.sqrt(lo * hi.nprobe)))
+                if mid <= lo or mid >= hi.nprobe:
+                    break
+                best = min(f.secs for f in feasible)
+                found, _ = _smallest_candidates(lambda j, p=mid: measure(p, cands[j]), meets, cands.index(hi.candidates),
+                                                cands, best)  # fmt: skip
+                if found is not None and measure(mid, cands[found]).secs < hi.secs:
+                    feasible.append(measure(mid, cands[found]))
+                    hi = feasible[-1]  # faster with fewer lists: look lower still
+                else:
+                    lo = mid  # short of the targets, or slower: look between it and the faster depth
         # verification: the fastest few on every query, each raised a step or two of c if it falls short
         verified: list[_Measure] = []
         for m in sorted(feasible, key=lambda m: m.secs)[:RETIME]:
