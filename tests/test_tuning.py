@@ -99,6 +99,28 @@ def test_the_tuner_explores_partitions_and_keeps_the_cheapest(gallery, monkeypat
     assert point.nlist == (16 if point.nprobe is not None else None)
 
 
+def test_the_kept_count_is_bisected_below_its_grid_step(gallery, monkeypatch):
+    index = _index(gallery, partitions=16)
+    seen = []
+    search = index.search
+
+    def spy(*a, **kw):
+        seen.append((kw.get("nprobe"), kw.get("candidates"), len(a[0])))
+        return search(*a, **kw)
+
+    monkeypatch.setattr(index, "search", spy)
+    point = index.tune(recall=0.9, k=5, sample=300, progress=False)
+    grid = candidate_grid(5, len(index))
+    # after verification on every query (300), the fastest setting's count was bisected against the
+    # grid step below it: counts off the grid were measured, each strictly between two grid steps
+    off_grid = {c for _, c, n in seen if n == 300 and c not in grid}
+    assert off_grid and (point.nprobe, point.candidates, 300) in seen
+    for c in off_grid:
+        assert any(a < c < b for a, b in zip(grid, grid[1:])), (c, grid)
+    if point.candidates not in grid:  # a bisected count was kept: it met the target on every query
+        assert point.recall >= 0.9
+
+
 def test_default_search_is_asymmetric_with_the_untuned_budget(gallery):
     x, hasher = gallery
     index = _index(gallery)

@@ -18,8 +18,9 @@ grows with c at a fixed nprobe, so each nprobe is searched by bisection for its 
 meeting the targets, starting from the previous nprobe's answer (more lists need no more
 candidates); nprobe stops growing once its cheapest measured setting is slower than the best
 found. The grid is screened on ``SCREEN_QUERIES`` of the queries; the few fastest settings
-found are then verified on all of them (a step or two more candidates if they fall short) and
-re-timed in turns before one is kept.
+found are then verified on all of them (a step or two more candidates if they fall short), the
+fastest one's count is bisected twice against the grid step below it, and they are re-timed in
+turns before one is kept.
 
 The point reports its confidence: the number of queries and a Wilson lower bound on recall@1.
 """
@@ -43,6 +44,7 @@ DEFAULT_RECALL_AT_K = 0.95  # recall@k target of tune(k > 1) unless the caller p
 # operating point from this many items; below, the flat scan with the default budget is kept.
 AUTO_TUNE_MIN_ITEMS = 100_000
 CANDIDATE_RATIO = 1.5  # geometric candidate grid
+CANDIDATE_REFINE = 2  # bisection steps between the fastest verified count and the grid point below it
 MAX_CANDIDATES = 20_000  # largest candidate count tried (at most the index size)
 NPROBE_RATIO = 2  # geometric nprobe grid, 1 .. nlist
 NPROBE_REFINE = 2  # bisection steps between the fastest partitioned depth and the grid point below it
@@ -345,6 +347,22 @@ def tune(
                 if meets(full):
                     verified.append(full)
                     break
+        if verified:
+            # between candidate grid points (ratio CANDIDATE_RATIO): the fastest verified setting's
+            # count bisected (in log c) against the grid step below it, on every query; at a fixed
+            # nprobe fewer candidates that still meet the targets are faster
+            hi = min(verified, key=lambda m: m.secs)
+            lo = cands[cands.index(hi.candidates) - 1] if cands.index(hi.candidates) else hi.candidates
+            for _ in range(CANDIDATE_REFINE):
+                mid = int(round(math.sqrt(lo * hi.candidates)))
+                if mid <= lo or mid >= hi.candidates:
+                    break
+                full = measure(hi.nprobe, mid, full=True)
+                if meets(full):
+                    verified.append(full)
+                    hi = full
+                else:
+                    lo = mid
         if verified:  # re-time in turns (the machine may be shared)
             for _ in range(2):
                 for m in verified:
