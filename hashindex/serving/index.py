@@ -92,7 +92,7 @@ class HashIndex(IndexFront):
             float rows of the results only. An index built in this process holds its float rows
             in memory as well until it is saved and loaded (benchmarks/memory.py).
         partitions: the partition stage searched with ``nprobe`` (asymmetric ranking):
-            ``"auto"`` (default) builds ``nlist_for(N)`` (~1.5 sqrt(N), a power of two) lists once
+            ``"auto"`` (default) builds ``nlist_for(N)`` (~2 sqrt(N), a power of two) lists once
             the index holds ``PARTITION_MIN_ITEMS`` items; an int builds that many lists (the
             index must hold at least that many items); ``None`` never builds one. It is built
             on first use (``nprobe=``, or :meth:`tune`), kept in step by ``add``, rebuilt after
