@@ -305,9 +305,9 @@ def ceiling(a) -> None:
         _, lists = nearest_centroids(centroids, q, max(a.ceiling_nprobe), "cosine")
         holders = np.asarray(assign[truth.ravel()]).reshape(*truth.shape, -1)  # [nq, 10, spill]: each true neighbour's lists
         for nprobe in a.ceiling_nprobe:
+            probed = np.zeros((len(q), centroids.shape[0]), bool)
+            np.put_along_axis(probed, lists[:, :nprobe], True, 1)
             for spill in sorted({1, holders.shape[2]}):
-                probed = np.zeros((len(q), centroids.shape[0]), bool)
-                np.put_along_axis(probed, lists[:, :nprobe], True, 1)
                 held = np.take_along_axis(probed[:, None, :], holders[:, :, :spill], 2).any(2)
                 row = {"probes": probes, "nprobe": nprobe, "spill": spill, "recall@1": float(held[:, 0].mean()),
                        "recall@10": float(held.mean())}  # fmt: skip

@@ -275,13 +275,14 @@ class CompactStore:
         """``float32 [nq, w]``: query i against the rows ``positions[i]`` (-1 pads score -inf,
         +inf for l2), scored on their codes by FAISS's scanner (no decoded copy)."""
         nq, width = positions.shape
-        out = np.full((nq, width), _worst(metric), dtype=np.float32)
+        worst = _worst(metric)
+        out = np.full((nq, width), worst, dtype=np.float32)
         q = np.ascontiguousarray(queries, dtype=np.float32)
         scanner = self._scanner(metric) if nq and width else None
         for i in range(nq):
             valid = np.flatnonzero(positions[i] >= 0)
             if valid.size:
-                slots, scores = self._scan(scanner, q[i], positions[i, valid], valid.size, _worst(metric))
+                slots, scores = self._scan(scanner, q[i], positions[i, valid], valid.size, worst)
                 out[i, valid[slots]] = scores
         return out
 

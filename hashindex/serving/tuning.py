@@ -324,20 +324,18 @@ def tune(
         # below the fastest partitioned setting is bisected (in log nprobe) for NPROBE_REFINE steps
         part_feasible = [m for m in feasible if m.nprobe is not None and m.nprobe > 2]
         if part_feasible:
-            fastest = min(part_feasible, key=lambda m: m.secs)
-            lo, hi = fastest.nprobe / NPROBE_RATIO, fastest
-            for _ in range(NPROBE_REFINE):
-                mid = int(round(math.sqrt(lo * hi.nprobe)))
-                if mid <= lo or mid >= hi.nprobe:
-                    break
-                best = min(f.secs for f in feasible)
-                found, _ = _smallest_candidates(lambda j, p=mid: measure(p, cands[j]), meets, cands.index(hi.candidates),
-                                                cands, best)  # fmt: skip
-                if found is not None and measure(mid, cands[found]).secs < hi.secs:
-                    feasible.append(measure(mid, cands[found]))
-                    hi = feasible[-1]  # faster with fewer lists: look lower still
-                else:
-                    lo = mid  # short of the targets, or slower: look between it and the faster depth
+            fastest = [min(part_feasible, key=lambda m: m.secs)]  # the fastest depth so far, last
+
+            def faster_depth(p: int) -> bool:
+                found, _ = _smallest_candidates(lambda j: measure(p, cands[j]), meets, cands.index(fastest[-1].candidates),
+                                                cands, min(f.secs for f in feasible))  # fmt: skip
+                if found is None or measure(p, cands[found]).secs >= fastest[-1].secs:
+                    return False  # short of the targets, or slower: look between it and the faster depth
+                feasible.append(measure(p, cands[found]))
+                fastest.append(feasible[-1])
+                return True  # faster with fewer lists: look lower still
+
+            _log_bisect(fastest[0].nprobe / NPROBE_RATIO, fastest[0].nprobe, NPROBE_REFINE, faster_depth)
         # verification: the fastest few on every query, each raised a step or two of c if it falls short
         verified: list[_Measure] = []
         for m in sorted(feasible, key=lambda m: m.secs)[:RETIME]:
@@ -351,18 +349,16 @@ def tune(
             # between candidate grid points (ratio CANDIDATE_RATIO): the fastest verified setting's
             # count bisected (in log c) against the grid step below it, on every query; at a fixed
             # nprobe fewer candidates that still meet the targets are faster
-            hi = min(verified, key=lambda m: m.secs)
-            lo = cands[cands.index(hi.candidates) - 1] if cands.index(hi.candidates) else hi.candidates
-            for _ in range(CANDIDATE_REFINE):
-                mid = int(round(math.sqrt(lo * hi.candidates)))
-                if mid <= lo or mid >= hi.candidates:
-                    break
-                full = measure(hi.nprobe, mid, full=True)
+            kept = min(verified, key=lambda m: m.secs)
+            at = cands.index(kept.candidates)
+
+            def enough(c: int) -> bool:
+                full = measure(kept.nprobe, c, full=True)
                 if meets(full):
                     verified.append(full)
-                    hi = full
-                else:
-                    lo = mid
+                return meets(full)
+
+            _log_bisect(cands[at - 1] if at else kept.candidates, kept.candidates, CANDIDATE_REFINE, enough)
         if verified:  # re-time in turns (the machine may be shared)
             for _ in range(2):
                 for m in verified:
@@ -395,6 +391,20 @@ def tune(
         target_k=target_k,
         recall_lower=wilson_lower(chosen.r1, nq),
     )
+
+
+def _log_bisect(lo: float, hi: int, steps: int, accept) -> None:
+    """Bisect ``(lo, hi)`` in log space for up to ``steps`` rounded midpoints: ``accept(mid)``
+    (which measures it) moves ``hi`` down to an accepted midpoint, else ``lo`` up to it; stops
+    once a midpoint rounds onto either end."""
+    for _ in range(steps):
+        mid = int(round(math.sqrt(lo * hi)))
+        if mid <= lo or mid >= hi:
+            return
+        if accept(mid):
+            hi = mid
+        else:
+            lo = mid
 
 
 def _smallest_candidates(measure, meets, start: int, cands: list[int], best: float) -> tuple[int | None, float]:
