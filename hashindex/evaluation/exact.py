@@ -13,6 +13,7 @@ import numpy as np
 
 from hashindex.core.errors import InputError
 from hashindex.core.validation import check_features, check_positive_int
+from hashindex.serving.faiss_settings import blas_products
 
 FEATURE_METRICS = ("cosine", "l2", "ip")
 
@@ -60,7 +61,8 @@ class ExactTopK:
         if not x.shape[0]:
             return
         kind = faiss.METRIC_L2 if self.metric == "l2" else faiss.METRIC_INNER_PRODUCT
-        d, i = faiss.knn(self.queries, x, min(self.width, x.shape[0]), metric=kind)
+        with blas_products():  # any batch of queries on BLAS (FAISS's own rule wants >= 128000 / D)
+            d, i = faiss.knn(self.queries, x, min(self.width, x.shape[0]), metric=kind)
         self._heap.add_result(np.ascontiguousarray(d, np.float32), np.ascontiguousarray(i + self.n, np.int64))
         self.n += x.shape[0]
 

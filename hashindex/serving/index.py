@@ -44,6 +44,7 @@ from hashindex.serving.front import (
     check_ranking,
     resolve_hasher,
 )
+from hashindex.serving.faiss_settings import blas_products
 from hashindex.serving.filters import Restriction
 from hashindex.serving.hashers import Hasher, LinearHasher
 from hashindex.serving.index_format import describe
@@ -527,7 +528,8 @@ class HashIndex(IndexFront):
             heap = faiss.ResultHeap(x.shape[0], k, keep_max=metric == faiss.METRIC_INNER_PRODUCT)
             for lo in range(0, n, _EXACT_BLOCK):
                 block = np.ascontiguousarray(features[lo : lo + _EXACT_BLOCK], dtype=np.float32)
-                d, i = faiss.knn(x, block, k, metric=metric)
+                with blas_products():  # the tuner's 500-query batches would take FAISS's per-pair loop
+                    d, i = faiss.knn(x, block, k, metric=metric)
                 heap.add_result(d, np.where(i >= 0, i + lo, -1))
             heap.finalize()
             advise(features, "dontneed")  # a mapped float store: scanned once, not held

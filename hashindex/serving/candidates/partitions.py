@@ -41,6 +41,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from hashindex.serving.candidates.asymmetric import SUB_BITS, sign_patterns
+from hashindex.serving.faiss_settings import faiss_setting
 
 # faiss.Kmeans samples at most this many points per centroid; 64 keeps k-means on large galleries
 # fast with recall indistinguishable from larger samples (benchmarks/README.md).
@@ -167,17 +168,12 @@ def make_lists(bits: int, nlist: int) -> tuple[faiss.IndexIVFPQFastScan, faiss.I
 CENTROID_BLOCK_ROWS = 8192
 
 
-@contextlib.contextmanager
-def centroid_blocks(nlist: int):
+def centroid_blocks(nlist: int) -> contextlib.AbstractContextManager[None]:
     """FAISS's BLAS database block raised to ``min(nlist, CENTROID_BLOCK_ROWS)`` rows while the
-    block runs. The setting is process-wide in FAISS, so it is restored afterwards; it changes
-    how the product is blocked, not what is computed (scores equal up to float rounding)."""
-    old = faiss.cvar.distance_compute_blas_database_bs
-    faiss.cvar.distance_compute_blas_database_bs = max(old, min(int(nlist), CENTROID_BLOCK_ROWS))
-    try:
-        yield
-    finally:
-        faiss.cvar.distance_compute_blas_database_bs = old
+    block runs (serving/faiss_settings.py: process-wide, restored afterwards); it changes how the
+    product is blocked, not what is computed (scores equal up to float rounding)."""
+    rows = max(faiss.cvar.distance_compute_blas_database_bs, min(int(nlist), CENTROID_BLOCK_ROWS))
+    return faiss_setting("distance_compute_blas_database_bs", rows)
 
 
 def train_centroids(
