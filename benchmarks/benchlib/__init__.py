@@ -11,3 +11,12 @@
 benchmarks/ is a folder of scripts, not a package: the scripts put this folder on ``sys.path``.
 Only public hashindex API is used here (tests/test_layers.py checks it).
 """
+
+import faiss
+
+# Every flat search in a benchmark runs on BLAS, whatever its batch. FAISS >= 1.14.2 uses BLAS
+# only from 128000 / D queries (1,000 at 128-d; facebookresearch/faiss#5022) and a per-pair loop
+# below it, ~10x slower for the exact baseline at 300 probes: the x-exact ratios of the runs
+# before 2026-12-04's fourth stop were against that loop (benchmarks/README.md, "Exact search on BLAS").
+# Exact search is timed at its fastest setting; FAISS's IVF anchors' coarse searches get it too.
+faiss.cvar.distance_compute_blas_threshold = 0

@@ -203,6 +203,7 @@ def machine_info(threads: Sequence[int]) -> dict:
         "python": platform.python_version(),
         "numpy": np.__version__,
         "faiss": faiss.__version__,
+        "faiss_blas_threshold": int(faiss.cvar.distance_compute_blas_threshold),
         "threads": threads[0] if len(threads) == 1 else list(threads),
         "git_commit": commit,
     }
