@@ -416,3 +416,43 @@ def test_a_chunked_add_learns_the_range_of_the_whole_input(monkeypatch):
     index.add(x, progress=False)
     assert calls[0] is False and all(calls[1:])  # widened once (from the whole input's extent), then covered
     assert index._compact.covers(x)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16, np.uint8])
+def test_file_rows_read_the_rows_the_mapped_array_holds(tmp_path, dtype):
+    """FileRows (the rescored float rows and the results' codes of a loaded index, read by
+    preadv) against the memory-mapped array itself: any order, repeats, none; float rows come
+    back as float32, codes as stored."""
+    from hashindex.serving.store import FileRows
+
+    rng = np.random.default_rng(4)
+    a = (rng.standard_normal((300, 24)) * 50).astype(dtype)
+    np.save(tmp_path / "rows.npy", a)
+    mapped = np.load(tmp_path / "rows.npy", mmap_mode="r")
+    with open(tmp_path / "rows.npy", "rb") as f:
+        rows = FileRows.of(mapped, f)
+    pos = np.array([299, 0, 17, 17, 150, 3])
+    got = rows.take(pos)
+    assert got.dtype == (np.float32 if a.dtype.kind == "f" else a.dtype)
+    np.testing.assert_array_equal(got, np.asarray(mapped[pos]).astype(got.dtype))
+    assert rows[np.array([], np.int64)].shape == (0, 24)
+
+
+def test_file_rows_of_a_file_truncated_after_loading_raise_index_format_error(tmp_path):
+    from hashindex.core.errors import IndexFormatError
+    from hashindex.serving.store import FileRows
+
+    a = np.arange(100 * 8, dtype=np.float32).reshape(100, 8)
+    np.save(tmp_path / "rows.npy", a)
+    mapped = np.load(tmp_path / "rows.npy", mmap_mode="r")
+    with open(tmp_path / "rows.npy", "rb") as f:
+        rows = FileRows.of(mapped, f)
+    offset = mapped.offset
+    del mapped
+    with open(tmp_path / "rows.npy", "r+b") as f:
+        f.truncate(offset + 50 * 8 * 4 + 10)  # row 50 cut short, rows 51.. gone
+    np.testing.assert_array_equal(rows.take(np.array([49, 0])), a[[49, 0]])
+    with pytest.raises(IndexFormatError, match="row 50 of a 100-row index file"):
+        rows.take(np.array([3, 50]))
+    with pytest.raises(IndexFormatError, match="row 99"):
+        rows.take(np.array([99]))

@@ -11,6 +11,8 @@ import os
 
 import numpy as np
 
+from hashindex.core.errors import IndexFormatError
+
 
 class RowStore:
     """An ``[n, *row_shape]`` array with append / take / keep.
@@ -356,8 +358,13 @@ class FileRows:
     def take(self, positions: np.ndarray) -> np.ndarray:
         """float32 ``[len(positions), D]`` (positions >= 0) for float rows, else the rows as stored."""
         out = np.empty((len(positions), self.shape[1]), dtype=self.dtype)
+        size = self.row_bytes
+        rows = out.view(np.uint8).reshape(-1)
+        # straight into the output (preadv), not a bytes object per row: ~1.9 instead of ~2.8 us a row
         for i, p in enumerate(np.asarray(positions, dtype=np.int64).tolist()):
-            out[i] = np.frombuffer(os.pread(self._fd, self.row_bytes, self.offset + p * self.row_bytes), self.dtype)
+            if os.preadv(self._fd, [rows[i * size : (i + 1) * size]], self.offset + p * size) != size:
+                raise IndexFormatError(f"row {p} of a {self.shape[0]:,}-row index file could not be read whole: "
+                                       "the file was truncated after the index was loaded")  # fmt: skip
         return out.astype(np.float32, copy=False) if out.dtype.kind == "f" else out
 
     def __getitem__(self, positions: np.ndarray) -> np.ndarray:
