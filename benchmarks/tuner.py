@@ -1,7 +1,9 @@
 """How long ``tune()`` takes, and whether what it measured holds on new captures.
 
-Builds ``HashIndex(dim, "itq", bits=128, partitions="auto")`` on a synthetic gallery, builds the
-partition stage (timed apart), times ``tune(recall=0.99, k=10)``, then searches the generator's
+Builds ``HashIndex(dim)`` (the library's default: residual ITQ, 192 bits at 128-d, partitions
+"auto"; ``--hasher itq``: ``HashIndex(dim, "itq", bits=128)``, the index of the runs before
+2026-12-04's fourth stop) on a synthetic gallery, builds the partition stage (timed apart),
+times ``tune(recall=0.99, k=10)``, then searches the generator's
 probes (fresh images of gallery identities, never seen by the tuner) at the chosen point, at
 the untuned default (flat scan, max(50 k, 500) candidates) and with exact IndexFlatIP, timed
 round-robin (best of ``--rounds``) on one thread.
@@ -36,13 +38,15 @@ def main(argv=None) -> dict:
     ap.add_argument("--recall", type=float, default=0.99)
     ap.add_argument("--recall-at-k", type=float, default=0.95)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--hasher", default="default", choices=("default", "itq"),
+                    help="default: HashIndex(dim); itq: HashIndex(dim, 'itq', bits=128)")
     argv = list(sys.argv[1:] if argv is None else argv)
     a = ap.parse_args(argv)
     faiss.omp_set_num_threads(1)
     g = gallery_in_memory(a.n, a.seed, a.probes, a.k)
     source, x, q, truth, exact, k = g.source, g.x, g.q, g.truth, g.exact, a.k
 
-    index = HashIndex(x.shape[1], "itq", bits=128, partitions="auto")
+    index = HashIndex(x.shape[1]) if a.hasher == "default" else HashIndex(x.shape[1], "itq", bits=128)
     t = time.perf_counter()
     index.fit(source.train)
     index.add(x)
@@ -72,7 +76,7 @@ def main(argv=None) -> dict:
                      "x_exact": qps * best["exact IndexFlatIP"] / len(q)})  # fmt: skip
         print(f"| {name} | {r1:.3f} | {rk:.3f} | {qps:,.0f} | {rows[-1]['x_exact']:.1f} |")
     record = {"command": shlex.join(["python", "benchmarks/tuner.py", *argv]), "machine": machine_info((1,)),
-              "n": a.n, "seed": a.seed, "probes": len(q), "k": k, "rounds": a.rounds, "build_s": build_s,
+              "n": a.n, "hasher": a.hasher, "seed": a.seed, "probes": len(q), "k": k, "rounds": a.rounds, "build_s": build_s,
               "partition_build_s": part_s, "tune_s": tune_s, "point": point.to_dict(), "rows": rows}  # fmt: skip
     write_record(record, a.out_dir, a.name or f"tuner_{a.n // 1000}k")
     return record

@@ -5,7 +5,8 @@ FAISS tunes its flat searches with global variables (``faiss.cvar``). Two matter
 - ``distance_compute_blas_threshold``: since FAISS 1.14.2 (facebookresearch/faiss#5022) a flat
   search runs on BLAS only when ``n_queries * d >= 128000``, i.e. from 1,000 queries of 128-d; a
   smaller batch takes FAISS's per-pair SIMD loop, ~10x slower over a large gallery (one thread,
-  500 queries against 1M rows: 33 s against ~3 s; benchmarks/README.md, "Exact search on BLAS").
+  the tuner's two batches of 500 queries against 1M rows: 33 s against ~4 s; benchmarks/README.md,
+  "Exact search on BLAS").
   :func:`blas_products` lowers it to 0 for exact searches whose batches are smaller than that.
 - ``distance_compute_blas_database_bs``: rows per BLAS block of the database (see
   ``candidates/partitions.py``, ``centroid_blocks``).

@@ -33,6 +33,7 @@ coarse quantizer and its lists.
 from __future__ import annotations
 
 import contextlib
+import math
 import threading
 from typing import NamedTuple
 
@@ -230,11 +231,24 @@ def nearest_lists(
 # points the same way) still finds the item in another. lambda = 1 as in the paper.
 SOAR_CANDIDATES = 16
 SOAR_LAMBDA = 1.0
-# With spilling, the scan collects this many results per candidate before repeats are dropped,
-# not ``spill``: collecting costs the scan time in proportion, and at deep probes 1.6c held c
-# distinct items for every query measured (benchmarks/README.md, "Cheaper rerank"); a
-# query it leaves short is scanned again for ``spill * c``.
+# With spilling, the scan collects more results than the c candidates wanted, since repeats are
+# dropped after it, but not ``spill * c``: collecting costs the scan time, and a query left short
+# of c distinct items is scanned again for ``spill * c`` (twice the scan). How many of the top
+# entries repeat grows with the share p of lists probed (both of an item's lists probed): the
+# factor the worst of 300 queries needed lies below 1 + (1 - exp(-7.5 p)) at spill 2 (1M, 2,048
+# lists: 1.35 at p = 1/16, 1.65 at 0.18, 1.76 at 1/4, 1.90 at 0.35, 1.96 at 1/2), where a fixed
+# 1.6c left every query short from p ~ 1/3 on and doubled the scan (benchmarks/README.md,
+# "Collection by probed share"). SPILL_COLLECT is the floor (1.6c held at 10M, p = 1/8).
 SPILL_COLLECT = 1.6
+SPILL_REPEAT_RATE = 7.5
+
+
+def collect_factor(probed_share: float, spill: int) -> float:
+    """Entries collected per wanted candidate when items sit in ``spill`` lists and a share
+    ``probed_share`` (0..1) of the lists is probed: ``1 + (spill - 1) * (1 - exp(-SPILL_REPEAT_RATE
+    * share))``, at least ``SPILL_COLLECT`` and at most ``spill``."""
+    grown = 1 + (spill - 1) * (1 - math.exp(-SPILL_REPEAT_RATE * probed_share))
+    return float(min(spill, max(SPILL_COLLECT, grown)))
 
 
 def soar_lists(
@@ -476,15 +490,15 @@ class PartitionStage:
     def knn(self, x: np.ndarray, z: np.ndarray, c: int, nprobe: int, slack: float | None = None) -> Probed:
         """See :func:`probe` (``slack``: query-adaptive depth, at most ``nprobe`` lists). When
         items spill, more than ``c`` are scanned for and repeats dropped before the top ``c`` are
-        kept, so a twice-found item does not take a candidate's slot: ``SPILL_COLLECT * c``
-        first, and ``spill * c`` for a query whose lists held more items than that but fewer
-        than ``c`` distinct ones among them."""
+        kept, so a twice-found item does not take a candidate's slot: :func:`collect_factor`
+        ``* c`` first, and ``spill * c`` for a query whose lists held more items than that but
+        fewer than ``c`` distinct ones among them."""
         nprobe = min(nprobe, self.nlist)
         if self.spill == 1:
             pos, scores, lists = probe(self._centroid_rows, self.metric, self.ivf, x, z, c, nprobe, slack)
         else:
             most = self.spill * c
-            first = min(most, int(np.ceil(SPILL_COLLECT * c)))
+            first = min(most, int(np.ceil(collect_factor(nprobe / self.nlist, self.spill) * c)))
             pos, scores, lists, full = self._distinct(x, z, first, c, nprobe, slack)
             short = np.flatnonzero(full & ((pos >= 0).sum(axis=1) < c)) if first < most else []
             if len(short):
