@@ -490,3 +490,50 @@ def test_a_partitioned_point_releases_the_flat_scan_until_a_flat_search_needs_it
     again = index.search(q, 10, candidates=200, ranking="asymmetric")  # the flat scan is rebuilt on demand
     np.testing.assert_array_equal(again.ids, flat.ids)
     assert index.memory_usage()["asymmetric_scan"] >= len(index) * index.bits // 8
+
+
+def _fixed_cost_measure(cands, fixed, per_candidate, need):
+    """A synthetic setting: time fixed + per_candidate * c, meeting the targets from c >= need."""
+    from hashindex.serving.tuning import _Measure
+
+    seen = {}
+
+    def measure(j):
+        seen[j] = _Measure(512, cands[j], 1.0 if cands[j] >= need else 0.5, None, fixed + per_candidate * cands[j])
+        return seen[j]
+
+    return measure, (lambda m: m.r1 >= 1.0), seen
+
+
+def test_a_scan_bound_setting_is_not_pruned_by_a_rerank_bound_prediction():
+    """Time = 1 ms scan + 0.1 us per candidate: 634 candidates (1.063 ms) beat the best so far
+    (1.3 ms). Scaling the 423-candidate time by 634 / 423, as if the rerank were all of it,
+    predicts 1.56 ms and never measures it; the measured cost per candidate finds it."""
+    from hashindex.serving.tuning import _smallest_candidates, candidate_grid
+
+    cands = candidate_grid(10, 1_000_000)
+    start = cands.index(423)
+    measure, meets, seen = _fixed_cost_measure(cands, 1e-3, 1e-7, need=600)
+    assert _smallest_candidates(measure, meets, start, cands, best=1.3e-3)[0] is None  # the old prediction
+    measure, meets, seen = _fixed_cost_measure(cands, 1e-3, 1e-7, need=600)
+    found, _ = _smallest_candidates(measure, meets, start, cands, best=1.3e-3, cost=1e-7)
+    assert cands[found] == 634 and set(seen) == {start, start + 1}
+    # and a count the measured cost says is slower than the best is still not measured
+    measure, meets, seen = _fixed_cost_measure(cands, 1e-3, 1e-6, need=600)
+    assert _smallest_candidates(measure, meets, start, cands, best=1.3e-3, cost=1e-6)[0] is None
+    assert set(seen) == {start}
+
+
+def test_candidate_cost_is_the_steepest_span_slope_of_what_was_measured():
+    from hashindex.serving.tuning import _candidate_cost, _Measure
+
+    assert _candidate_cost({}) is None
+    ms = {
+        (64, 100, False): _Measure(64, 100, 0.9, None, 1.0e-3),
+        (64, 150, False): _Measure(64, 150, 0.9, None, 0.5e-3),  # noise inside the span is ignored
+        (64, 300, False): _Measure(64, 300, 0.9, None, 1.2e-3),
+        (128, 100, False): _Measure(128, 100, 0.9, None, 2.0e-3),
+        (128, 200, False): _Measure(128, 200, 0.9, None, 2.5e-3),
+        (None, 100, True): _Measure(None, 100, 0.9, None, 9.0e-3),  # one count: no slope
+    }
+    assert _candidate_cost(ms) == pytest.approx(max(0.2e-3 / 200, 0.5e-3 / 100))

@@ -312,7 +312,7 @@ def tune(
         for nprobe in [None, *nprobes]:
             best = min((m.secs for m in feasible), default=math.inf)
             found, first_secs = _smallest_candidates(lambda j, p=nprobe: measure(p, cands[j]), meets, start,
-                                                     cands, best)  # fmt: skip
+                                                     cands, best, _candidate_cost(measured))  # fmt: skip
             if found is not None:
                 feasible.append(measure(nprobe, cands[found]))
                 start = found  # the next nprobe starts from here (more lists need about as many or fewer)
@@ -328,7 +328,7 @@ def tune(
 
             def faster_depth(p: int) -> bool:
                 found, _ = _smallest_candidates(lambda j: measure(p, cands[j]), meets, cands.index(fastest[-1].candidates),
-                                                cands, min(f.secs for f in feasible))  # fmt: skip
+                                                cands, min(f.secs for f in feasible), _candidate_cost(measured))  # fmt: skip
                 if found is None or measure(p, cands[found]).secs >= fastest[-1].secs:
                     return False  # short of the targets, or slower: look between it and the faster depth
                 feasible.append(measure(p, cands[found]))
@@ -407,18 +407,44 @@ def _log_bisect(lo: float, hi: int, steps: int, accept) -> None:
             lo = mid
 
 
-def _smallest_candidates(measure, meets, start: int, cands: list[int], best: float) -> tuple[int | None, float]:
+def _candidate_cost(measures) -> float | None:
+    """Seconds per query per extra candidate, from what was measured: at each nprobe (and query
+    set) the slope between its fewest and most candidates measured, the steepest of them; None
+    until some nprobe has two counts."""
+    spans: dict[tuple, list[_Measure]] = {}
+    for (nprobe, _, full), m in measures.items():
+        spans.setdefault((nprobe, full), []).append(m)
+    slopes = []
+    for ms in spans.values():
+        lo, hi = min(ms, key=lambda m: m.candidates), max(ms, key=lambda m: m.candidates)
+        if hi.candidates > lo.candidates:
+            slopes.append((hi.secs - lo.secs) / (hi.candidates - lo.candidates))
+    return max(slopes) if slopes else None
+
+
+def _smallest_candidates(
+    measure, meets, start: int, cands: list[int], best: float, cost: float | None = None
+) -> tuple[int | None, float]:  # fmt: skip
     """Smallest grid index j meeting the targets at one nprobe (recall grows with j), searched by
     galloping from ``start`` (up if it fails, down if it meets) then bisection. Upward, a step
-    whose predicted time (the last time scaled by the candidate ratio, as if the rerank
-    dominated) exceeds ``best`` is not taken: more candidates only cost more. Returns (j or
-    None, seconds of the first measurement)."""
+    whose predicted time exceeds ``best`` is not taken: more candidates only cost more. The
+    prediction adds ``cost`` (seconds per extra candidate, :func:`_candidate_cost`) to the last
+    time; without it, it scales the last time by the candidate ratio, as if the rerank were all
+    of it, which at deep probes (the scan most of the time) skipped counts that were faster than
+    ``best``. Returns (j or None, seconds of the first measurement)."""
+
+    def predicted(j: int, last: int) -> float:
+        secs = measure(last).secs
+        if cost is None:
+            return secs * cands[j] / cands[last]
+        return secs + max(cost, 0.0) * (cands[j] - cands[last])
+
     first = measure(start)
     ok, fail = (start, -1) if meets(first) else (None, start)
     step = 1
     while ok is None:  # gallop up
         j = min(len(cands) - 1, fail + step)
-        if j == fail or measure(fail).secs * cands[j] / cands[fail] > best:
+        if j == fail or predicted(j, fail) > best:
             return None, first.secs
         if meets(measure(j)):
             ok = j
