@@ -71,3 +71,28 @@ def test_exact_search_on_blas_matches_float64_brute_force():
         _, ids = faiss.knn(q, x, 5, metric=faiss.METRIC_INNER_PRODUCT)
     want = np.argsort(-(q.astype(np.float64) @ x.T.astype(np.float64)), axis=1)[:, :5]
     np.testing.assert_array_equal(ids, want)
+
+
+def test_exact_search_and_exact_top_k_run_faiss_on_blas_and_restore_the_setting(monkeypatch):
+    """The tuner's ground truth (index.exact_search) and the evaluation layer's exact top-k call
+    FAISS with the BLAS threshold at 0 whatever the batch (FAISS's own rule would loop per pair
+    below 128000 / D queries), and leave FAISS's setting as it was; the answer is numpy's."""
+    from hashindex import HashIndex
+    from hashindex.evaluation.exact import ExactTopK
+
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((3000, 32)).astype(np.float32)
+    q = rng.standard_normal((7, 32)).astype(np.float32)
+    seen, real = [], faiss.knn
+    monkeypatch.setattr(faiss, "knn", lambda *a, **kw: seen.append(faiss.cvar.distance_compute_blas_threshold) or real(*a, **kw))
+    before = faiss.cvar.distance_compute_blas_threshold
+    index = HashIndex(32, "itq", bits=32, metric="ip")
+    index.add(x)
+    ids, _ = index.exact_search(q, 5)
+    want = np.argsort(-(q.astype(np.float64) @ x.T.astype(np.float64)), axis=1)[:, :5]
+    np.testing.assert_array_equal(ids, want)
+    top = ExactTopK(q, 5, metric="ip")
+    top.add(x)
+    np.testing.assert_array_equal(top.ids(5), want)
+    assert seen and set(seen) == {0}
+    assert faiss.cvar.distance_compute_blas_threshold == before
