@@ -210,6 +210,20 @@ def test_spilled_lists_follow_soar_against_a_numpy_oracle(data, metric):
         assert lists[1] == best or abs(loss[list(near[1:]).index(lists[1])] - min(loss)) < 1e-5
 
 
+@pytest.mark.parametrize("metric", ["cosine", "l2"])
+def test_soar_lists_of_a_small_add_match_those_of_a_large_one(data, metric):
+    """A small batch takes <c', c1> from gathered centroid rows, a large one from the Gram
+    matrix: the same lists, row by row (but near-ties of the loss, ~1e-6 in float32)."""
+    from hashindex.serving.candidates.partitions import soar_lists
+
+    x = data[0] if metric == "cosine" else data[0] * 1.7
+    stage = PartitionStage.train(BITS, x, 40, metric, spill=3)
+    big = soar_lists(stage.coarse, stage.centroids, x[:400], 3)  # 400 * 15 pairs >= 40^2 / 8: Gram
+    small = np.concatenate([soar_lists(stage.coarse, stage.centroids, x[i : i + 1], 3) for i in range(40)])
+    assert (big[:40, 0] == small[:, 0]).all()
+    assert (big[:40] == small).mean() > 0.97
+
+
 def test_dedupe_keeps_the_first_occurrence():
     pos = np.array([[5, 3, 5, -1, 3, 7], [1, 2, 3, 4, -1, -1]])
     np.testing.assert_array_equal(dedupe(pos), [[5, 3, -1, -1, -1, 7], [1, 2, 3, 4, -1, -1]])

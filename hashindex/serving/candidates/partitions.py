@@ -42,7 +42,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from hashindex.serving.candidates.asymmetric import SUB_BITS, sign_patterns
-from hashindex.serving.faiss_settings import faiss_setting
+from hashindex.serving.faiss_settings import blas_products, faiss_setting
 
 # faiss.Kmeans samples at most this many points per centroid; 64 keeps k-means on large galleries
 # fast with recall indistinguishable from larger samples (benchmarks/README.md).
@@ -218,7 +218,7 @@ def nearest_lists(
 ) -> np.ndarray:  # fmt: skip
     """int32 ``[n, spill]``: each row's ``spill`` nearest lists, nearest first."""
     out = np.empty((features.shape[0], spill), dtype=np.int32)
-    with centroid_blocks(coarse.ntotal):
+    with centroid_blocks(coarse.ntotal), blas_products():  # a small add too (FAISS: BLAS from 1,000 rows)
         for lo in _chunks(features.shape[0], chunk, progress, "assigning lists"):
             _, lists = coarse.search(np.ascontiguousarray(features[lo : lo + chunk], dtype=np.float32), spill)
             out[lo : lo + chunk] = lists
@@ -262,14 +262,18 @@ def soar_lists(
     residual ``(x - c1) / ||x - c1||``, best first.
 
     Both terms come from inner products the coarse search already returned (``<x, c>``, or the
-    distance for l2) plus ``<c', c1>``, looked up in the centroids' Gram matrix: never the
-    ``[n, width - 1, D]`` residual arrays or gathered centroid rows (benchmarks/README.md).
+    distance for l2) plus ``<c', c1>``: for a large batch looked up in the centroids' Gram matrix,
+    never the ``[n, width - 1, D]`` residual arrays or gathered centroid rows (benchmarks/README.md);
+    for a batch with fewer such pairs than an eighth of the Gram matrix (a small add), from the
+    gathered rows, since the matrix alone costs ``nlist^2 * D`` (37 ms at 2,048 lists, whatever
+    the batch; 256 MB at 8,192).
     """
-    out = np.empty((features.shape[0], spill), dtype=np.int32)
-    width = min(max(SOAR_CANDIDATES, spill), centroids.shape[0])
+    n, nlist = features.shape[0], centroids.shape[0]
+    out = np.empty((n, spill), dtype=np.int32)
+    width = min(max(SOAR_CANDIDATES, spill), nlist)
     cnorm = np.einsum("ld,ld->l", centroids, centroids)  # ||c||^2
-    gram = centroids @ centroids.T  # <c', c1>: nlist^2 floats (64 MB at 4,096 lists)
-    with centroid_blocks(centroids.shape[0]):
+    gram = centroids @ centroids.T if n * (width - 1) >= nlist * nlist // 8 else None  # <c', c1>
+    with centroid_blocks(nlist), blas_products():
         for lo in _chunks(features.shape[0], chunk, progress, "assigning lists (SOAR)"):
             x = np.ascontiguousarray(features[lo : lo + chunk], dtype=np.float32)
             got, near = coarse.search(x, width)
@@ -278,7 +282,10 @@ def soar_lists(
                 dot, d2 = got, xx + cnorm[near] - 2 * got  # <x, c>, ||x - c||^2
             else:
                 dot, d2 = (xx + cnorm[near] - got) / 2, got
-            c1c = gram[near[:, :1], near[:, 1:]]  # <c', c1>
+            if gram is not None:
+                c1c = gram[near[:, :1], near[:, 1:]]  # <c', c1>
+            else:
+                c1c = np.einsum("nd,nwd->nw", centroids[near[:, 0]], centroids[near[:, 1:]])
             # <x - c', x - c1> = <x, x> - <x, c1> - <x, c'> + <c', c1>; divided by ||x - c1|| it is <x - c', r>
             along = (xx - dot[:, :1] - dot[:, 1:] + c1c) ** 2 / np.maximum(d2[:, :1], 1e-12)
             best = np.argsort(d2[:, 1:] + SOAR_LAMBDA * along, axis=1, kind="stable")[:, : spill - 1]
