@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import types
 import warnings
 
 import numpy as np
@@ -385,8 +386,33 @@ def test_grid_reaches_small_nprobe_and_large_candidates(gallery, monkeypatch):
 
     monkeypatch.setattr(index, "search", spy)
     index.tune(recall=0.999, k=10, sample=200, progress=False, recall_at_k=0.999)
-    assert 1 in {p for p, _ in seen}
     assert max(c for _, c in seen) > 2000
+
+
+def test_a_target_one_list_meets_is_tuned_to_one_list(gallery, monkeypatch):
+    """With a clock where every extra list and candidate costs time (so one list is the cheapest
+    depth at any count), a recall@1 target that one probed list reaches (numpy float64 oracle
+    over its candidates) is tuned to nprobe 1: the grid reaches the answer, nothing skips it
+    (a grid starting at nlist / 64, as before issue 19, would start at 2 on these 128 lists)."""
+    index = _index(gallery, partitions=128)
+    q = _new_captures(index, 200, seed=11)
+    x = index.get_features(index.ids).astype(np.float64)
+    truth = (q.astype(np.float64) @ x.T).max(axis=1)
+    one = index.search(q, k=1, candidates=len(index), nprobe=1)  # every item of the nearest list
+    reach = float(np.mean(one.scores[:, 0] >= truth - 1e-5))
+    assert 0.3 < reach < 0.999  # one list reaches some targets and not others
+    clock = [0.0]
+    search = index.search
+
+    def costed(queries, *a, **kw):
+        res = search(queries, *a, **kw)
+        clock[0] += len(queries) * (1e-3 * (kw.get("nprobe") or 1000) + 1e-7 * kw.get("candidates", 0))
+        return res
+
+    monkeypatch.setattr(index, "search", costed)
+    monkeypatch.setattr(tuning, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
+    point = index.tune(recall=reach - 0.05, k=10, queries=q, recall_at_k=None, progress=False)
+    assert point.nprobe == 1 and point.recall >= reach - 0.05
 
 
 def test_a_point_measured_on_half_or_twice_the_items_is_measured_again(gallery, monkeypatch):

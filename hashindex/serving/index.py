@@ -526,11 +526,11 @@ class HashIndex(IndexFront):
             features, n = self._features.array, len(self)
             k = min(k, n)
             heap = faiss.ResultHeap(x.shape[0], k, keep_max=metric == faiss.METRIC_INNER_PRODUCT)
-            for lo in range(0, n, _EXACT_BLOCK):
-                block = np.ascontiguousarray(features[lo : lo + _EXACT_BLOCK], dtype=np.float32)
-                with blas_products():  # the tuner's 500-query batches would take FAISS's per-pair loop
+            with blas_products():  # the tuner's 500-query batches would take FAISS's per-pair loop
+                for lo in range(0, n, _EXACT_BLOCK):
+                    block = np.ascontiguousarray(features[lo : lo + _EXACT_BLOCK], dtype=np.float32)
                     d, i = faiss.knn(x, block, k, metric=metric)
-                heap.add_result(d, np.where(i >= 0, i + lo, -1))
+                    heap.add_result(d, np.where(i >= 0, i + lo, -1))
             heap.finalize()
             advise(features, "dontneed")  # a mapped float store: scanned once, not held
             return self._ids.array[heap.I], heap.D

@@ -354,9 +354,10 @@ def tune(
 
             def enough(c: int) -> bool:
                 full = measure(kept.nprobe, c, full=True)
-                if meets(full):
+                ok = meets(full)
+                if ok:
                     verified.append(full)
-                return meets(full)
+                return ok
 
             _log_bisect(cands[at - 1] if at else kept.candidates, kept.candidates, CANDIDATE_REFINE, enough)
         if verified:  # re-time in turns (the machine may be shared)

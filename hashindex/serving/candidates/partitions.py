@@ -35,7 +35,7 @@ from __future__ import annotations
 import contextlib
 import math
 import threading
-from typing import NamedTuple
+from typing import Iterator, NamedTuple
 
 import faiss
 import numpy as np
@@ -169,12 +169,15 @@ def make_lists(bits: int, nlist: int) -> tuple[faiss.IndexIVFPQFastScan, faiss.I
 CENTROID_BLOCK_ROWS = 8192
 
 
-def centroid_blocks(nlist: int) -> contextlib.AbstractContextManager[None]:
-    """FAISS's BLAS database block raised to ``min(nlist, CENTROID_BLOCK_ROWS)`` rows while the
-    block runs (serving/faiss_settings.py: process-wide, restored afterwards); it changes how the
-    product is blocked, not what is computed (scores equal up to float rounding)."""
+@contextlib.contextmanager
+def centroid_blocks(nlist: int) -> Iterator[None]:
+    """Flat searches against the centroids on BLAS whatever the batch (a small add too), with
+    FAISS's BLAS database block raised to ``min(nlist, CENTROID_BLOCK_ROWS)`` rows, while the
+    block runs (serving/faiss_settings.py: process-wide, restored afterwards); they change how
+    the product is computed, not what (scores equal up to float rounding)."""
     rows = max(faiss.cvar.distance_compute_blas_database_bs, min(int(nlist), CENTROID_BLOCK_ROWS))
-    return faiss_setting("distance_compute_blas_database_bs", rows)
+    with faiss_setting("distance_compute_blas_database_bs", rows), blas_products():
+        yield
 
 
 def train_centroids(
@@ -218,7 +221,7 @@ def nearest_lists(
 ) -> np.ndarray:  # fmt: skip
     """int32 ``[n, spill]``: each row's ``spill`` nearest lists, nearest first."""
     out = np.empty((features.shape[0], spill), dtype=np.int32)
-    with centroid_blocks(coarse.ntotal), blas_products():  # a small add too (FAISS: BLAS from 1,000 rows)
+    with centroid_blocks(coarse.ntotal):
         for lo in _chunks(features.shape[0], chunk, progress, "assigning lists"):
             _, lists = coarse.search(np.ascontiguousarray(features[lo : lo + chunk], dtype=np.float32), spill)
             out[lo : lo + chunk] = lists
@@ -273,7 +276,7 @@ def soar_lists(
     width = min(max(SOAR_CANDIDATES, spill), nlist)
     cnorm = np.einsum("ld,ld->l", centroids, centroids)  # ||c||^2
     gram = centroids @ centroids.T if n * (width - 1) >= nlist * nlist // 8 else None  # <c', c1>
-    with centroid_blocks(nlist), blas_products():
+    with centroid_blocks(nlist):
         for lo in _chunks(features.shape[0], chunk, progress, "assigning lists (SOAR)"):
             x = np.ascontiguousarray(features[lo : lo + chunk], dtype=np.float32)
             got, near = coarse.search(x, width)
