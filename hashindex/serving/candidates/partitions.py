@@ -380,7 +380,7 @@ def nearest_centroids(centroids: np.ndarray, x: np.ndarray, nprobe: int, metric:
         else:
             top = np.broadcast_to(np.arange(nlist), key.shape)
         kept = np.take_along_axis(key, top, 1)
-        order = np.argsort(-kept, axis=1, kind="stable")
+        order = np.argsort(-kept, axis=1)  # not stable: ~4x faster on the hundreds kept; ties are rare
         kept, lists[lo : lo + step] = np.take_along_axis(kept, order, 1), np.take_along_axis(top, order, 1)
         scores[lo : lo + step] = (np.einsum("nd,nd->n", xb, xb)[:, None] - 2 * kept) if half_norms is not None else kept
     return scores, lists
