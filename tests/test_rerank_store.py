@@ -421,8 +421,8 @@ def test_a_chunked_add_learns_the_range_of_the_whole_input(monkeypatch):
 @pytest.mark.parametrize("dtype", [np.float32, np.float16, np.uint8])
 def test_file_rows_read_the_rows_the_mapped_array_holds(tmp_path, dtype):
     """FileRows (the rescored float rows and the results' codes of a loaded index, read by
-    preadv) against the memory-mapped array itself: any order, repeats, none; float rows come
-    back as float32, codes as stored."""
+    pread) against the memory-mapped array itself: any order, repeats, none; float rows come
+    back as float32, codes as stored, in an array the caller may write to."""
     from hashindex.serving.store import FileRows
 
     rng = np.random.default_rng(4)
@@ -435,6 +435,7 @@ def test_file_rows_read_the_rows_the_mapped_array_holds(tmp_path, dtype):
     got = rows.take(pos)
     assert got.dtype == (np.float32 if a.dtype.kind == "f" else a.dtype)
     np.testing.assert_array_equal(got, np.asarray(mapped[pos]).astype(got.dtype))
+    assert got.flags.writeable
     assert rows[np.array([], np.int64)].shape == (0, 24)
 
 

@@ -359,14 +359,20 @@ class FileRows:
 
     def take(self, positions: np.ndarray) -> np.ndarray:
         """float32 ``[len(positions), D]`` (positions >= 0) for float rows, else the rows as stored."""
-        out = np.empty((len(positions), self.shape[1]), dtype=self.dtype)
-        size = self.row_bytes
-        rows = out.view(np.uint8).reshape(-1)
-        # straight into the output (preadv), not a bytes object per row: ~1.9 instead of ~2.8 us a row
-        for i, p in enumerate(np.asarray(positions, dtype=np.int64).tolist()):
-            if os.preadv(self._fd, [rows[i * size : (i + 1) * size]], self.offset + p * size) != size:
-                raise IndexFormatError(f"row {p} of a {self.shape[0]:,}-row index file could not be read whole: "
-                                       "the file was truncated after the index was loaded")  # fmt: skip
+        positions = np.asarray(positions, dtype=np.int64).reshape(-1)
+        size, read, fd = self.row_bytes, os.pread, self._fd
+        # one pread per row, joined once: ~1.2 us a row, against ~1.7 for a preadv into each
+        # output row (the Python around each call is most of it)
+        chunks = [read(fd, size, offset) for offset in (self.offset + positions * size).tolist()]
+        data = bytearray().join(chunks)
+        if len(data) != size * len(chunks):
+            p = next(int(positions[i]) for i, chunk in enumerate(chunks) if len(chunk) != size)
+            raise IndexFormatError(f"row {p} of a {self.shape[0]:,}-row index file could not be read whole: "
+                                   "the file was truncated after the index was loaded")  # fmt: skip
+        if not chunks:
+            out = np.empty((0, self.shape[1]), dtype=self.dtype)
+        else:
+            out = np.frombuffer(data, dtype=self.dtype).reshape(len(chunks), self.shape[1])
         return out.astype(np.float32, copy=False) if out.dtype.kind == "f" else out
 
     def __getitem__(self, positions: np.ndarray) -> np.ndarray:
