@@ -17,7 +17,8 @@ two bisection steps between the fastest one's nprobe and the grid point below it
 grows with c at a fixed nprobe, so each nprobe is searched by bisection for its smallest c
 meeting the targets, starting from the previous nprobe's answer (more lists need no more
 candidates); nprobe stops growing once its cheapest measured setting is slower than the best
-found. The grid is screened on ``SCREEN_QUERIES`` of the queries; the few fastest settings
+found. The grid is screened on ``SCREEN_QUERIES`` of the queries (each setting timed
+``SCREEN_TIMINGS`` times, the best kept); the few fastest settings
 found are then verified on all of them (a step or two more candidates if they fall short), the
 fastest one's count is bisected twice against the grid step below it, and they are re-timed in
 turns before one is kept.
@@ -50,6 +51,10 @@ NPROBE_RATIO = 2  # geometric nprobe grid, 1 .. nlist
 NPROBE_REFINE = 2  # bisection steps between the fastest partitioned depth and the grid point below it
 RETIME = 3  # fastest feasible settings verified on every query and re-timed, in turns
 SCREEN_QUERIES = 300  # the grid is searched on this many of the queries, the finalists on all
+# Passes timed per screened setting (the best kept): one pass's time on a shared machine swung by
+# up to ~40%, which pruned or passed over the fastest depth in some tunes and not others
+# (benchmarks/README.md, "The tuner's cost per candidate")
+SCREEN_TIMINGS = 2
 VERIFY_STEPS = 2  # a finalist short of the targets on every query may take this many more candidate steps
 PERTURBED_SHARE = 0.5  # share of generated queries that are perturbed copies
 WILSON_Z = 1.96  # 95% two-sided
@@ -286,13 +291,16 @@ def tune(
         return index.search(q.x[rows], kk, candidates=c, nprobe=nprobe, ranking="asymmetric")
 
     def measure(nprobe, c, full: bool = False) -> _Measure:
-        """recall and time at (nprobe, c) on the screening queries, or on all of them."""
+        """recall and time at (nprobe, c) on the screening queries (the best of SCREEN_TIMINGS
+        passes), or on all of them (one pass: the finalists are re-timed on the screen)."""
         key = (nprobe, c, full or len(screen) == nq)
         if key not in measured:
             rows = slice(None) if key[2] else screen
-            start = time.perf_counter()
-            res = run(nprobe, c, rows)
-            secs = (time.perf_counter() - start) / res.ids.shape[0]
+            secs = math.inf
+            for _ in range(1 if full else SCREEN_TIMINGS):
+                start = time.perf_counter()
+                res = run(nprobe, c, rows)
+                secs = min(secs, (time.perf_counter() - start) / res.ids.shape[0])
             ids, scores = drop_self(res.ids, res.scores, q.self_ids[rows], kk - 1)
             r1 = recall_at_1(ids, scores, gt_ids[rows], gt_scores[rows])
             rk = topk_recall(ids, scores, gt_ids[rows], gt_scores[rows], higher) if target_k else None
@@ -410,8 +418,14 @@ def _log_bisect(lo: float, hi: int, steps: int, accept) -> None:
 
 def _candidate_cost(measures) -> float | None:
     """Seconds per query per extra candidate, from what was measured: at each nprobe (and query
-    set) the slope between its fewest and most candidates measured, the steepest of them; None
-    until some nprobe has two counts."""
+    set) the slope between its fewest and most candidates measured, the median of them; None
+    until some nprobe has two counts.
+
+    The median, not the steepest: a slope over one grid step (282 -> 423 candidates) turns a
+    single pass's timing noise into a cost several times the true one (1.8 us per candidate from
+    nprobe 1,024 at 1M, against ~0.3 measured between 423 and 634 at 362), and that one slope
+    then pruned the fastest point in some tunes and not in others (benchmarks/README.md,
+    "The tuner's cost per candidate"). Underestimating only measures a point more."""
     spans: dict[tuple, list[_Measure]] = {}
     for (nprobe, _, full), m in measures.items():
         spans.setdefault((nprobe, full), []).append(m)
@@ -420,7 +434,7 @@ def _candidate_cost(measures) -> float | None:
         lo, hi = min(ms, key=lambda m: m.candidates), max(ms, key=lambda m: m.candidates)
         if hi.candidates > lo.candidates:
             slopes.append((hi.secs - lo.secs) / (hi.candidates - lo.candidates))
-    return max(slopes) if slopes else None
+    return float(np.median(slopes)) if slopes else None
 
 
 def _smallest_candidates(
