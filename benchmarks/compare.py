@@ -162,6 +162,8 @@ def report(cfg: BenchConfig, cc: CompareConfig, chosen: dict, log) -> list[dict]
         t = time.perf_counter()
         method.search(q[:20], cfg.k, point)  # warm-up (lazily built structures; the library's own tuning)
         extra["first_search_s"] = time.perf_counter() - t
+        if not point.params and hasattr(method, "served_point"):  # the library's own point: say which
+            extra.update(method.served_point(cfg.k))
         r1, rk, cands = evaluate(method, point, q, truth, cfg.k)
         meta[key] = dict(method=method.name, setting=point.label, params=point.params, recall_at_1=r1,
                          candidates_mean=float(np.mean(cands)), selected_meeting_targets=choice["meets"],
@@ -192,7 +194,11 @@ def table(record: dict) -> str:
         seen.add((r["method"], r["setting"]))
         met = {True: "yes", False: "no (most accurate)", None: "(library default)"}[r["selected_meeting_targets"]]
         x = f"{r['x_exact']:.1f}" if r["x_exact"] else ""
-        lines.append(f"| {r['method']} | {r['setting']} | {met} | {r['recall_at_1']:.3f} | {r[f'recall_at_{k}']:.3f} | "
+        setting = r["setting"]
+        if r.get("served_candidates") is not None:
+            where = f"nprobe {r['served_nprobe']} of {r['served_nlist']}" if r.get("served_nprobe") else "the flat scan"
+            setting += f" (its first search chose {where}, {r['served_candidates']} candidates)"
+        lines.append(f"| {r['method']} | {setting} | {met} | {r['recall_at_1']:.3f} | {r[f'recall_at_{k}']:.3f} | "
                      f"{r['candidates_mean']:.0f} | {r['qps']:,.0f} | {x} |")  # fmt: skip
     return "\n".join(lines)
 

@@ -404,6 +404,14 @@ class HashMethod:
         self._built.add(backend)
         return {"backend_build_s": time.perf_counter() - t}
 
+    def served_point(self, k: int) -> dict:
+        """The operating point a no-argument ``search(q, k)`` serves once its first search has
+        measured it (empty before, or for an index without one)."""
+        p = self.index.operating_point(k=k)
+        if p is None:
+            return {}
+        return {"served_nprobe": p.nprobe, "served_candidates": p.candidates, "served_nlist": p.nlist}
+
     SEARCH_ARGS = ("radius", "candidates", "ranking", "nprobe", "recall")
 
     def _search(self, q, k, point):
