@@ -457,3 +457,48 @@ def test_file_rows_of_a_file_truncated_after_loading_raise_index_format_error(tm
         rows.take(np.array([3, 50]))
     with pytest.raises(IndexFormatError, match="row 99"):
         rows.take(np.array([99]))
+
+
+def test_distinct_top_keeps_rows_until_k_distinct_scores():
+    """``top(..., distinct=True)``: a row repeated among a query's candidates (the same item
+    found twice, or stored twice) counts once toward k; oracle: numpy over the decoded rows."""
+    x, q = _gallery(n_people=300)
+    store = CompactStore("int6", DIM)
+    store.append(_unit(x).astype(np.float32), x[:0])
+    decoded = store.decode(np.arange(len(x))).astype(np.float64)
+    qi = q[0].astype(np.float64)
+    best = np.argsort(-(decoded @ qi), kind="stable")[:4]
+    # the best row five times, then the next three once each, then the rest
+    positions = np.concatenate([[best[0]] * 5, best[1:], np.setdiff1d(np.arange(len(x)), best)]).astype(np.int64)
+    lims = np.array([0, len(positions)], np.int64)
+    plain, _ = store.top(q[:1], lims, positions, 3, "ip")
+    assert set(positions[plain[0]]) == {best[0]}  # three copies of one row fill k = 3
+    slots, scores = store.top(q[:1], lims, positions, 3, "ip", distinct=True)
+    kept = positions[slots[0][slots[0] >= 0]]
+    assert set(best[:3]) <= set(kept)
+    assert len(np.unique(scores[0][slots[0] >= 0])) >= 3
+    np.testing.assert_allclose(np.sort(scores[0][slots[0] >= 0])[::-1][:1], decoded[best[0]] @ qi, rtol=1e-5)
+
+
+def test_an_item_stored_many_times_does_not_hide_the_exact_best():
+    """Found by the property test: copies of one row whose int6 score tops the true best's
+    (their exact score does not) took all 3k rows the exact rescoring reads, so a search over
+    every item returned a worse row; oracle: numpy float64 over every stored row."""
+    from hashindex.serving.hashers import make_hasher
+
+    dim = 8
+    hasher = make_hasher("itq", dim, 8).fit(np.random.default_rng(0).standard_normal((200, dim)).astype(np.float32))
+
+    def rows(n, seed):
+        return np.random.default_rng(seed).standard_normal((n, dim)).astype(np.float32)
+
+    index = HashIndex(dim, hasher, metric="ip", backend="flat")
+    added = [rows(n, s) for n, s in [(1, 0), (1, 0), (2, 2), (3, 1), (5, 0)]]
+    for x in added:
+        index.add(x)
+    x = np.concatenate(added).astype(np.float64)
+    q = rows(3, 104)
+    for k in (1, 2, 3):
+        res = index.search(q, k=k, radius=8)
+        want = np.sort(q.astype(np.float64) @ x.T, axis=1)[:, ::-1][:, :k]
+        np.testing.assert_allclose(res.scores, want, rtol=1e-5, atol=1e-5)

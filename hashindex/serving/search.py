@@ -235,7 +235,7 @@ def rerank_rows(index: Any, x: np.ndarray, cands: Candidates, k: int):
     rows = index._rows(cands.keys, features=True)
     if not rows.exact:
         # the compact store's order blurs near the k-th score: rescore a few more rows exactly
-        slots, _ = rows.features.top(x, cands.lims, rows.at, COMPACT_RESCORE * k, index.metric)
+        slots, _ = rows.features.top(x, cands.lims, rows.at, COMPACT_RESCORE * k, index.metric, distinct=True)
         valid = slots >= 0
         pos, ham = np.full(slots.shape, -1, np.int64), np.full(slots.shape, -1, np.int32)
         pos[valid], ham[valid] = rows.at[slots[valid]], cands.hamming[slots[valid]]

@@ -290,23 +290,39 @@ class CompactStore:
                 out[i, valid[slots]] = scores
         return out
 
-    def top(self, queries: np.ndarray, lims: np.ndarray, positions: np.ndarray, k: int, metric: str):
+    def top(self, queries: np.ndarray, lims: np.ndarray, positions: np.ndarray, k: int, metric: str,
+            distinct: bool = False):  # fmt: skip
         """The best ``k`` of each query's CSR candidates (``lims int64 [nq + 1]``, ``positions
-        int64 [M]``, all >= 0): ``(slots int64 [nq, k], scores float32 [nq, k])``, slots into
+        int64 [M]``, all >= 0): ``(slots int64 [nq, w], scores float32 [nq, w])``, slots into
         ``positions`` (-1 padded), best first, equal scores by position. Scores every candidate
-        on its codes but sorts only the k kept (a search keeps 3k of thousands)."""
+        on its codes but sorts only the ones kept (a search keeps 3k of thousands).
+
+        ``w`` is ``k``; with ``distinct``, a row whose score repeats one already kept (an item
+        stored twice) does not count toward ``k``: a query keeps rows until it has ``k`` distinct
+        scores (or none are left), and ``w`` is the most any query kept. Without it, ``k``
+        copies of a near-best row could take every slot the exact rescoring reads and hide the
+        true best behind them."""
         nq = len(lims) - 1
         worst = _worst(metric)
-        out_slots, out_scores = np.full((nq, k), -1, np.int64), np.full((nq, k), worst, np.float32)
         q = np.ascontiguousarray(queries, dtype=np.float32)
         scanner = self._scanner(metric) if nq and k else None
+        kept: list[tuple[np.ndarray, np.ndarray]] = []
         for i in range(nq if k else 0):
             lo, hi = int(lims[i]), int(lims[i + 1])
-            if hi > lo:
-                slots, scores = self._scan(scanner, q[i], positions[lo:hi], min(k, hi - lo), worst)
-                key = scores if metric == "l2" else -scores
-                order = np.lexsort((positions[lo:hi][np.maximum(slots, 0)], key))
-                out_slots[i, : slots.size], out_scores[i, : slots.size] = lo + slots[order], scores[order]
+            m = min(k, hi - lo)
+            slots, scores = np.empty(0, np.int64), np.empty(0, np.float32)
+            while m:
+                slots, scores = self._scan(scanner, q[i], positions[lo:hi], m, worst)
+                order = np.lexsort((positions[lo:hi][np.maximum(slots, 0)], scores if metric == "l2" else -scores))
+                slots, scores = lo + slots[order], scores[order]
+                if not distinct or m == hi - lo or 1 + np.count_nonzero(np.diff(scores)) >= k:
+                    break
+                m = min(hi - lo, 2 * m)  # repeats took slots: keep more of this query's rows
+            kept.append((slots, scores))
+        width = max([k, *(len(s) for s, _ in kept)])
+        out_slots, out_scores = np.full((nq, width), -1, np.int64), np.full((nq, width), worst, np.float32)
+        for i, (slots, scores) in enumerate(kept):
+            out_slots[i, : slots.size], out_scores[i, : slots.size] = slots, scores
         return out_slots, out_scores
 
     @property
@@ -356,6 +372,10 @@ class FileRows:
             os.close(self._fd)
         except (OSError, AttributeError, TypeError):
             pass
+
+    def fileno(self) -> int:
+        """The descriptor the rows are read from (this object's own duplicate)."""
+        return self._fd
 
     def take(self, positions: np.ndarray) -> np.ndarray:
         """float32 ``[len(positions), D]`` (positions >= 0) for float rows, else the rows as stored."""
