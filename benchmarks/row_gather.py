@@ -46,7 +46,7 @@ def preadv_take(rows: FileRows, positions: np.ndarray) -> np.ndarray:
     out = np.empty((len(positions), rows.shape[1]), dtype=rows.dtype)
     size, flat = rows.row_bytes, out.view(np.uint8).reshape(-1)
     for i, p in enumerate(np.asarray(positions, dtype=np.int64).tolist()):
-        if os.preadv(rows._fd, [flat[i * size : (i + 1) * size]], rows.offset + p * size) != size:
+        if os.preadv(rows.fileno(), [flat[i * size : (i + 1) * size]], rows.offset + p * size) != size:
             raise IndexFormatError(f"row {p} could not be read whole")
     return out.astype(np.float32, copy=False) if out.dtype.kind == "f" else out
 

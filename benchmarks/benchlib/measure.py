@@ -224,6 +224,7 @@ def round_robin(runs: dict[str, "callable"], rounds: int) -> dict[str, float]:
 def write_record(record: dict, out_dir: str, name: str) -> Path:
     """One results file ``out_dir/name.json`` (the tables in benchmarks/README.md are read from these)."""
     out = Path(out_dir) / f"{name}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=1))
     print(f"wrote {out}")
     return out
