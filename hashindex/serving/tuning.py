@@ -53,7 +53,7 @@ RETIME = 3  # fastest feasible settings verified on every query and re-timed, in
 SCREEN_QUERIES = 300  # the grid is searched on this many of the queries, the finalists on all
 # Passes timed per screened setting (the best kept): one pass's time on a shared machine swung by
 # up to ~40%, which pruned or passed over the fastest depth in some tunes and not others
-# (benchmarks/README.md, "The tuner's cost per candidate")
+# (benchmarks/README.md, "Cheaper gathers, a tuner that holds its point")
 SCREEN_TIMINGS = 2
 VERIFY_STEPS = 2  # a finalist short of the targets on every query may take this many more candidate steps
 PERTURBED_SHARE = 0.5  # share of generated queries that are perturbed copies
@@ -425,7 +425,7 @@ def _candidate_cost(measures) -> float | None:
     single pass's timing noise into a cost several times the true one (1.8 us per candidate from
     nprobe 1,024 at 1M, against ~0.3 measured between 423 and 634 at 362), and that one slope
     then pruned the fastest point in some tunes and not in others (benchmarks/README.md,
-    "The tuner's cost per candidate"). Underestimating only measures a point more."""
+    "Cheaper gathers, a tuner that holds its point"). Underestimating only measures a point more."""
     spans: dict[tuple, list[_Measure]] = {}
     for (nprobe, _, full), m in measures.items():
         spans.setdefault((nprobe, full), []).append(m)
