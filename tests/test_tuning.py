@@ -389,6 +389,30 @@ def test_grid_reaches_small_nprobe_and_large_candidates(gallery, monkeypatch):
     assert max(c for _, c in seen) > 2000
 
 
+def _tune_under_clock(index, monkeypatch, per_list: float, per_candidate: float, first_pass_noise: float | None = None,
+                      seed: int = 0, **tune_args):  # fmt: skip
+    """``index.tune(**tune_args)`` under a fake clock: each search costs ``per_list`` per list
+    (the flat scan as 1,000) plus ``per_candidate`` per candidate, per query; with
+    ``first_pass_noise``, the first pass of each (setting, query count) runs up to that factor
+    slower (a loaded machine), the next ones at cost."""
+    clock, seen, rng = [0.0], set(), np.random.default_rng(seed)
+    search = index.search
+
+    def costed(queries, *a, **kw):
+        res = search(queries, *a, **kw)
+        key = (kw.get("nprobe"), kw.get("candidates"), len(queries))
+        slow = 1 + rng.uniform(0, first_pass_noise) if first_pass_noise and key not in seen else 1
+        seen.add(key)
+        clock[0] += slow * len(queries) * (per_list * (kw.get("nprobe") or 1000) + per_candidate * kw.get("candidates", 0))
+        return res
+
+    monkeypatch.setattr(index, "search", costed)
+    monkeypatch.setattr(tuning, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
+    point = index.tune(progress=False, **tune_args)
+    monkeypatch.undo()
+    return point
+
+
 def test_a_target_one_list_meets_is_tuned_to_one_list(gallery, monkeypatch):
     """With a clock where every extra list and candidate costs time (so one list is the cheapest
     depth at any count), a recall@1 target that one probed list reaches (numpy float64 oracle
@@ -401,17 +425,7 @@ def test_a_target_one_list_meets_is_tuned_to_one_list(gallery, monkeypatch):
     one = index.search(q, k=1, candidates=len(index), nprobe=1)  # every item of the nearest list
     reach = float(np.mean(one.scores[:, 0] >= truth - 1e-5))
     assert 0.3 < reach < 0.999  # one list reaches some targets and not others
-    clock = [0.0]
-    search = index.search
-
-    def costed(queries, *a, **kw):
-        res = search(queries, *a, **kw)
-        clock[0] += len(queries) * (1e-3 * (kw.get("nprobe") or 1000) + 1e-7 * kw.get("candidates", 0))
-        return res
-
-    monkeypatch.setattr(index, "search", costed)
-    monkeypatch.setattr(tuning, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
-    point = index.tune(recall=reach - 0.05, k=10, queries=q, recall_at_k=None, progress=False)
+    point = _tune_under_clock(index, monkeypatch, 1e-3, 1e-7, recall=reach - 0.05, k=10, queries=q, recall_at_k=None)
     assert point.nprobe == 1 and point.recall >= reach - 0.05
 
 
@@ -568,34 +582,12 @@ def test_candidate_cost_is_the_median_span_slope_of_what_was_measured():
     assert _candidate_cost(ms) == pytest.approx(0.12e-3 / 100)  # the median of 1, 1.2 and 20 us
 
 
-def _tune_under_clock(index, q, monkeypatch, first_pass_noise: float | None, seed: int = 0):
-    """tune() under a fake clock: each search costs 2e-5 per list (the flat scan as 1,000) plus
-    1e-6 per candidate, per query; with ``first_pass_noise``, the first pass of each (setting,
-    query count) runs up to that factor slower (a loaded machine), the next ones at cost."""
-    clock, seen, rng = [0.0], set(), np.random.default_rng(seed)
-    search = index.search
-
-    def costed(queries, *a, **kw):
-        res = search(queries, *a, **kw)
-        key = (kw.get("nprobe"), kw.get("candidates"), len(queries))
-        slow = 1 + rng.uniform(0, first_pass_noise) if first_pass_noise and key not in seen else 1
-        seen.add(key)
-        clock[0] += slow * len(queries) * (2e-5 * (kw.get("nprobe") or 1000) + 1e-6 * kw.get("candidates", 0))
-        return res
-
-    monkeypatch.setattr(index, "search", costed)
-    monkeypatch.setattr(tuning, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
-    point = index.tune(recall=0.95, k=10, queries=q, progress=False)
-    monkeypatch.undo()
-    return point
-
-
 def test_a_slow_first_pass_does_not_change_the_tuned_point(gallery, monkeypatch):
     """A screened setting is timed twice and the faster pass kept: a first pass up to 60% slower
     (as one pass on a shared machine can be) leaves the point the noise-free clock gives. With
     one pass per setting (SCREEN_TIMINGS = 1) the same noise moves the point."""
     index = _index(gallery, partitions=128)
     q = _new_captures(index, 300, seed=12)
-    clean = _tune_under_clock(index, q, monkeypatch, None)
-    noisy = [_tune_under_clock(index, q, monkeypatch, 0.6, seed) for seed in range(2)]
+    clean = _tune_under_clock(index, monkeypatch, 2e-5, 1e-6, recall=0.95, k=10, queries=q)
+    noisy = [_tune_under_clock(index, monkeypatch, 2e-5, 1e-6, 0.6, seed, recall=0.95, k=10, queries=q) for seed in range(2)]
     assert all((p.nprobe, p.candidates) == (clean.nprobe, clean.candidates) for p in noisy)

@@ -260,18 +260,22 @@ class CompactStore:
         mt = faiss.METRIC_L2 if metric == "l2" else faiss.METRIC_INNER_PRODUCT
         return self.sq.select_InvertedListScanner(mt, None, False, None, False)
 
-    def _scan(self, scanner, query: np.ndarray, positions: np.ndarray, k: int, worst: float):
-        """The best ``k`` of ``positions int64 [n]`` (all >= 0) for one ``query float32 [D]``:
-        ``(slots int64 [k], scores float32 [k])``, slots into ``positions`` (-1 padded, scored
-        ``worst``), in heap order (unsorted)."""
+    def _codes(self, positions: np.ndarray) -> np.ndarray:
+        """The packed codes of ``positions int64 [n]`` (all >= 0), contiguous for the scanner."""
+        return np.ascontiguousarray(self.rows.take(positions))
+
+    @staticmethod
+    def _scan(scanner, query: np.ndarray, codes: np.ndarray, k: int, worst: float):
+        """The best ``k`` of ``codes uint8 [n, code_size]`` (:meth:`_codes`) for one ``query
+        float32 [D]``: ``(slots int64 [k], scores float32 [k])``, slots into ``codes`` (-1 padded,
+        scored ``worst``), in heap order (unsorted)."""
         import faiss
 
-        codes = np.ascontiguousarray(self.rows.take(positions))
-        slots = np.arange(len(positions), dtype=np.int64)
+        slots = np.arange(len(codes), dtype=np.int64)
         scores, found = np.full(k, worst, dtype=np.float32), np.full(k, -1, dtype=np.int64)
         scanner.set_query(faiss.swig_ptr(query))
         scanner.set_list(0, 0.0)
-        scanner.scan_codes(len(positions), faiss.swig_ptr(codes), faiss.swig_ptr(slots), faiss.swig_ptr(scores),
+        scanner.scan_codes(len(codes), faiss.swig_ptr(codes), faiss.swig_ptr(slots), faiss.swig_ptr(scores),
                            faiss.swig_ptr(found), k)  # fmt: skip
         return found, scores
 
@@ -286,7 +290,7 @@ class CompactStore:
         for i in range(nq):
             valid = np.flatnonzero(positions[i] >= 0)
             if valid.size:
-                slots, scores = self._scan(scanner, q[i], positions[i, valid], valid.size, worst)
+                slots, scores = self._scan(scanner, q[i], self._codes(positions[i, valid]), valid.size, worst)
                 out[i, valid[slots]] = scores
         return out
 
@@ -311,8 +315,9 @@ class CompactStore:
             lo, hi = int(lims[i]), int(lims[i + 1])
             m = min(k, hi - lo)
             slots, scores = np.empty(0, np.int64), np.empty(0, np.float32)
+            codes = self._codes(positions[lo:hi]) if m else None  # gathered once, rescanned if repeats took slots
             while m:
-                slots, scores = self._scan(scanner, q[i], positions[lo:hi], m, worst)
+                slots, scores = self._scan(scanner, q[i], codes, m, worst)
                 order = np.lexsort((positions[lo:hi][np.maximum(slots, 0)], scores if metric == "l2" else -scores))
                 slots, scores = lo + slots[order], scores[order]
                 if not distinct or m == hi - lo or 1 + np.count_nonzero(np.diff(scores)) >= k:
