@@ -9,6 +9,7 @@ so they are compared within the rounding bound of test_asymmetric.py and no more
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -20,7 +21,7 @@ import pytest
 from hashindex import HashIndex, HashIndexError, IndexFormatError, InputError
 from hashindex.serving import persist
 from hashindex.serving.candidates.asymmetric import sign_patterns
-from hashindex.serving.candidates import partitions
+from hashindex.serving.candidates import fastscan, partitions
 from hashindex.serving.candidates.partitions import BlockLayout, PartitionStage, dedupe, nearest_centroids, nlist_for
 from hashindex.serving.hashers import ITQHasher
 
@@ -126,8 +127,18 @@ def _check_against_oracle(index, q, nprobe, oracle, k=5):
         oracle.assert_topk(res.ids[i], res.scores[i], stored_ids[cand], sims[i, cand], k, index.metric)
 
 
+@pytest.fixture(params=["ours", "faiss"])
+def scanner(request):
+    """The lists scanned by our kernel (candidates/fastscan.py, where it is built) or by FAISS's
+    search_preassigned (the fallback): the oracle holds for both."""
+    if request.param == "ours" and not fastscan.available():
+        pytest.skip("the fast-scan kernel is not built here: searches use FAISS's scan")
+    with contextlib.nullcontext() if request.param == "ours" else fastscan.disabled():
+        yield request.param
+
+
 @pytest.mark.parametrize("nprobe", [1, 4, 16])
-def test_nprobe_search_matches_the_numpy_oracle(data, oracle, nprobe):
+def test_nprobe_search_matches_the_numpy_oracle(data, oracle, nprobe, scanner):
     index = _index(data)
     _check_against_oracle(index, data[1], nprobe, oracle)
 
@@ -141,7 +152,7 @@ def test_all_lists_probed_is_the_flat_scan(data):
     np.testing.assert_array_equal(a.n_candidates, b.n_candidates)
 
 
-def test_spilled_items_sit_in_two_lists_and_come_back_once(data, oracle):
+def test_spilled_items_sit_in_two_lists_and_come_back_once(data, oracle, scanner):
     index = _index(data, spill=2)
     _check_against_oracle(index, data[1], 3, oracle)
     stage = index._partitioned()
@@ -545,7 +556,7 @@ def test_adaptive_depth_scans_each_querys_own_number_of_lists(data, spill):
 def test_kmeans_one_iteration_per_call_matches_one_faiss_run(spherical):
     """train_centroids runs k-means one iteration per call (a bar between them): the centroids
     are those of one faiss.Kmeans run of KMEANS_NITER iterations on the same rows."""
-    from hashindex.serving.candidates import partitions
+    from hashindex.serving.candidates import fastscan, partitions
 
     x = _clustered(3000, 7)
     got = partitions.train_centroids(x, 32, spherical)

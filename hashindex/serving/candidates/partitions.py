@@ -41,6 +41,7 @@ import faiss
 import numpy as np
 from tqdm.auto import tqdm
 
+from hashindex.serving.candidates import fastscan
 from hashindex.serving.candidates.asymmetric import SUB_BITS, sign_patterns
 from hashindex.serving.faiss_settings import blas_products, faiss_setting
 
@@ -408,17 +409,21 @@ class Probed(NamedTuple):
 
 def probe(
     centroids: np.ndarray, metric: str, ivf: faiss.IndexIVFPQFastScan, x: np.ndarray, z: np.ndarray, c: int,
-    nprobe: int, slack: float | None = None,
+    nprobe: int, slack: float | None = None, table: fastscan.ListTable | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
     """Top-``c`` positions ``int64 [nq, c]`` (-1 padded; repeats -1 when items spill) and their
     approximate scores ``float32 [nq, c]`` among the ``nprobe`` lists nearest to the features
     ``x [nq, D]``, scored by the projections ``z [nq, K]``, and the lists scanned ``int64 [nq,
     nprobe]`` (-1: none). With ``slack``, each query scans only its first :func:`adaptive_depth`
-    lists (the others are passed to FAISS as -1: skipped)."""
+    lists (the others are passed to FAISS as -1: skipped). With ``table`` (the lists' addresses)
+    and where :func:`fastscan.available` holds, our scan reads the lists; otherwise FAISS's."""
     coarse_scores, lists = nearest_centroids(centroids, x, nprobe, metric)
     if slack is not None:
         depth = adaptive_depth(coarse_scores, slack, higher_is_better=metric != "l2")
         lists = np.where(np.arange(lists.shape[1])[None, :] < depth[:, None], lists, -1)
+    if table is not None and fastscan.available(ivf.M):
+        pos, scores = fastscan.scan(z, lists, table, c)
+        return pos, scores, lists
     zeros = np.zeros(lists.shape, dtype=np.float32)  # coarse distances: unused without residuals
     z = np.ascontiguousarray(z, dtype=np.float32)
     scores = np.empty((z.shape[0], c), dtype=np.float32)
@@ -456,7 +461,7 @@ class PartitionStage:
         self._centroid_rows = faiss.rev_swig_ptr(self.coarse.get_xb(), self.nlist * self.dim).reshape(self.nlist, self.dim)
         self.ivf: faiss.IndexIVFPQFastScan | None = None
         self._placeholder: faiss.Index | None = None
-        self._sizes: np.ndarray | None = None  # list_sizes(), until the lists change
+        self._table: fastscan.ListTable | None = None  # list_table(), until the lists change
 
     @classmethod
     def train(
@@ -484,18 +489,18 @@ class PartitionStage:
         ivf, placeholder = make_lists(self.bits, self.nlist)
         append_to_lists(ivf, BlockLayout.of(ivf), np.ascontiguousarray(codes), np.arange(len(codes), dtype=np.int64),
                         np.asarray(assign, dtype=np.int32))  # fmt: skip
-        self.ivf, self._placeholder, self._sizes = ivf, placeholder, None
+        self.ivf, self._placeholder, self._table = ivf, placeholder, None
 
     def append(self, codes: np.ndarray, start: int, assign: np.ndarray) -> None:
         """Add items at positions ``start ..`` to built lists (no-op until :meth:`build`)."""
         if self.ivf is not None:
             positions = np.arange(start, start + len(codes), dtype=np.int64)
             append_to_lists(self.ivf, BlockLayout.of(self.ivf), np.ascontiguousarray(codes), positions, assign)
-            self._sizes = None
+            self._table = None
 
     def drop_lists(self) -> None:
         """Forget the lists (positions changed); the next :meth:`build` makes them again."""
-        self.ivf, self._placeholder, self._sizes = None, None, None
+        self.ivf, self._placeholder, self._table = None, None, None
 
     def knn(self, x: np.ndarray, z: np.ndarray, c: int, nprobe: int, slack: float | None = None) -> Probed:
         """See :func:`probe` (``slack``: query-adaptive depth, at most ``nprobe`` lists). When
@@ -505,7 +510,7 @@ class PartitionStage:
         fewer than ``c`` distinct ones among them."""
         nprobe = min(nprobe, self.nlist)
         if self.spill == 1:
-            pos, scores, lists = probe(self._centroid_rows, self.metric, self.ivf, x, z, c, nprobe, slack)
+            pos, scores, lists = probe(self._centroid_rows, self.metric, self.ivf, x, z, c, nprobe, slack, self.list_table())
         else:
             most = self.spill * c
             first = min(most, int(np.ceil(collect_factor(nprobe / self.nlist, self.spill) * c)))
@@ -521,20 +526,25 @@ class PartitionStage:
         """The first ``c`` distinct of the top ``want`` (:func:`probe`): positions and scores
         ``[nq, c]`` in score order (-1 padded), the lists, and whether each query's lists held
         ``want`` entries (bool ``[nq]``; if not, asking for more finds nothing more)."""
-        pos, scores, lists = probe(self._centroid_rows, self.metric, self.ivf, x, z, want, nprobe, slack)
+        pos, scores, lists = probe(self._centroid_rows, self.metric, self.ivf, x, z, want, nprobe, slack, self.list_table())
         full = pos[:, -1] >= 0 if want else np.zeros(len(pos), bool)
         pos = dedupe(pos)
         keep = np.argsort(pos < 0, axis=1, kind="stable")[:, :c]  # distinct ones first, in score order
         return np.take_along_axis(pos, keep, 1), np.take_along_axis(scores, keep, 1), lists, full
 
     # -- introspection (tests, memory_usage) --------------------------------------------------
-    def list_sizes(self) -> np.ndarray:
-        """int64 ``[nlist]``, read from FAISS once per state of the lists (a search needs them
-        for every query's scanned count)."""
-        if self._sizes is None:
+    def list_table(self) -> fastscan.ListTable:
+        """Each list's size and where FAISS keeps its blocks and ids, read once per state of the
+        lists (a search needs the sizes for every query's scanned count, our scan the rest)."""
+        if self._table is None:
             inv = self.ivf.invlists
-            self._sizes = np.array([inv.list_size(i) for i in range(self.nlist)], dtype=np.int64)
-        return self._sizes
+            sizes = np.array([inv.list_size(i) for i in range(self.nlist)], dtype=np.int64)
+            self._table = fastscan.ListTable.of(self.ivf, sizes)
+        return self._table
+
+    def list_sizes(self) -> np.ndarray:
+        """int64 ``[nlist]``."""
+        return self.list_table().sizes
 
     def list_contents(self) -> list[tuple[np.ndarray, np.ndarray]]:
         """Per list: (positions int64 ``[n]``, codes uint8 ``[n, K/8]``) read back from FAISS."""

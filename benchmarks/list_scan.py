@@ -1,0 +1,130 @@
+"""The partition stage's list scan: our kernel (hashindex/serving/candidates/fastscan.c) against
+FAISS's ``search_preassigned``, on the same lists, in one process.
+
+Two measurements, each timed round-robin (best of ``--rounds``), one thread:
+
+1. ``search(q, k=10)`` with no arguments, with our scan and with FAISS's (``fastscan.disabled()``),
+   with recall@1 and recall@10 of both against the exact top 10;
+2. the same at the nprobe it serves with other candidate counts (``--candidates``): the scan
+   collects ~1.7x the candidates when items sit in two lists, and FAISS's collection grows with
+   them.
+
+On a saved index with its probes and their exact top 10 (``benchmarks/ten_million.py gen`` /
+``build`` make these at 10M):
+
+    OMP_NUM_THREADS=1 python benchmarks/list_scan.py --index DIR --queries Q.npy --truth T.npy --name list_scan_10M
+
+or on a gallery it generates and indexes itself (the PLDA generator of benchlib, ``--seed``):
+
+    OMP_NUM_THREADS=1 python benchmarks/list_scan.py --n 1000000 --seed 12 --name list_scan_1M
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import shlex
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import numpy as np  # noqa: E402
+
+from hashindex import HashIndex  # noqa: E402
+from hashindex.evaluation.exact import recall_at_k_vs_exact  # noqa: E402
+from hashindex.serving.candidates import fastscan  # noqa: E402
+
+from benchlib.measure import machine_info, round_robin, write_record  # noqa: E402
+from benchlib.sources import gallery_in_memory  # noqa: E402
+
+
+def _scanner(ours: bool):
+    return contextlib.nullcontext() if ours else fastscan.disabled()
+
+
+def whole_search(index: HashIndex, q: np.ndarray, truth: np.ndarray, rounds: int, label: str, **point) -> dict:
+    """``search(q, k=10, **point)`` with our scan and FAISS's, round-robin."""
+    answers = {}
+    for ours in (True, False):
+        with _scanner(ours):
+            answers[ours] = index.search(q, k=10, **point).ids
+
+    def run(ours: bool):
+        def go():
+            with _scanner(ours):
+                index.search(q, k=10, **point)
+        return go
+
+    best = round_robin({"ours": run(True), "faiss": run(False)}, rounds)
+    out = {
+        "point": point,
+        "ms_per_query": {name: 1e3 * t / len(q) for name, t in best.items()},
+        "speed_up": best["faiss"] / best["ours"],
+        "recall_at_1": {("ours" if o else "faiss"): recall_at_k_vs_exact(a, truth, 1) for o, a in answers.items()},
+        "recall_at_10": {("ours" if o else "faiss"): recall_at_k_vs_exact(a, truth, 10) for o, a in answers.items()},
+        "same_top10": float((answers[True] == answers[False]).mean()),
+    }
+    ms = out["ms_per_query"]
+    print(f"  {label:28s} ours {ms['ours']:.3f}, FAISS {ms['faiss']:.3f} ms / query ({out['speed_up']:.2f}x); "
+          f"recall@1 {out['recall_at_1']['ours']:.3f} / {out['recall_at_1']['faiss']:.3f}, "
+          f"recall@10 {out['recall_at_10']['ours']:.3f} / {out['recall_at_10']['faiss']:.3f}; "
+          f"same top-10 entries {out['same_top10']:.3f}")  # fmt: skip
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--index", help="a saved index (with --queries, --truth)")
+    p.add_argument("--queries", help="float32 [nq, D] .npy")
+    p.add_argument("--truth", help="int64 [nq, >= 10] .npy: the queries' exact top-10 ids")
+    p.add_argument("--n", type=int, default=1_000_000, help="without --index: gallery size to generate")
+    p.add_argument("--seed", type=int, default=12, help="without --index: the generator's seed")
+    p.add_argument("--probes", type=int, default=300, help="without --index: probes to generate")
+    p.add_argument("--candidates", type=int, nargs="+", default=[100, 500, 1000, 2000],
+                   help="candidate counts to time at the served nprobe")  # fmt: skip
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--out-dir", default=str(Path(__file__).resolve().parent / "results"))
+    p.add_argument("--name", default="list_scan")
+    args = p.parse_args(argv)
+    if not fastscan.available():
+        raise SystemExit("the fast-scan kernel is not built here (pip install -e . with a C compiler, x86-64 AVX2)")
+    if args.index:
+        index, q, truth = HashIndex.load(args.index), np.load(args.queries), np.load(args.truth)
+        source = {"index": args.index}
+    else:
+        g = gallery_in_memory(args.n, args.seed, args.probes, 10)
+        t0 = time.perf_counter()
+        index = HashIndex(g.x.shape[1])
+        index.add(g.x)
+        q, truth = g.q, g.truth
+        source = {"generated": {"n": args.n, "seed": args.seed}, "add_s": time.perf_counter() - t0}
+    index.search(q[:5], k=10)  # builds the lists and tunes, if the index has not yet
+    point = index.operating_point(k=10)
+    if point is None or point.nprobe is None:
+        raise SystemExit("the index serves no partitioned point: nothing to compare")
+    nprobe, nlist = point.nprobe, index.partition_info().nlist
+    print(f"{len(index):,} items, {len(q)} queries, {nlist} lists, nprobe {nprobe}, {point.candidates} candidates; "
+          f"kernel {'AVX-512BW' if fastscan.isa() == 2 else 'AVX2'}; one thread, best of {args.rounds} round-robin")  # fmt: skip
+    record = {
+        "command": shlex.join(["python", "benchmarks/list_scan.py", *(argv if argv is not None else sys.argv[1:])]),
+        "machine": machine_info([1]),
+        "config": vars(args),
+        "source": source,
+        "nprobe": nprobe,
+        "candidates": point.candidates,
+        "nlist": nlist,
+        "isa": fastscan.isa(),
+        "search": whole_search(index, q, truth, args.rounds, "search(q, k=10)"),
+        "by_candidates": {
+            c: whole_search(index, q, truth, args.rounds, f"nprobe {nprobe}, {c} candidates", nprobe=nprobe, candidates=c)
+            for c in args.candidates
+        },
+    }
+    write_record(record, args.out_dir, args.name)
+    return record
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,441 @@
+/* Top-k of 4-bit fast-scan codes in FAISS's inverted lists, for a batch of queries.
+ *
+ * The same scores as FAISS's IndexIVFPQFastScan::search_preassigned (8-bit lookup tables summed
+ * in 16 bits, over FAISS's 32-vector blocks, read in place), collected differently. FAISS keeps
+ * each query's k > 20 best in a reservoir whose threshold is the k-th best seen so far; with the
+ * batch visited list by list (FAISS's implem 12/13, which keeps each list in cache for all the
+ * queries probing it), a query's lists come in list-number order, and at k ~ 1,000 over ~350k
+ * codes ~11k codes beat the running threshold, each written out and shrunk away later: ~40% of
+ * the scan (benchmarks/README.md, "A scan that knows its threshold"). Here each query first
+ * scans a sample of its lists (every `stride`-th by nearness, list by list as well), takes the
+ * (margin * k / stride)-th best score of the sample as its threshold, and scans the rest
+ * against it: ~2k codes pass. A query whose threshold proves too high (fewer than k codes above
+ * it in the end: its sample was unluckily good) is scanned again from scratch, so the answer
+ * always holds the k best scores (among codes tied with the k-th, any of them).
+ *
+ * Plain C with x86 intrinsics in functions compiled for AVX2 or AVX-512BW and chosen at run
+ * time; hx_scan returns HX_UNSUPPORTED on any other CPU (or build), and the caller falls back to
+ * FAISS (serving/candidates/fastscan.py). Loaded with ctypes, which releases the GIL.
+ */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define HX_OK 0
+#define HX_UNSUPPORTED (-1)
+#define HX_NO_MEMORY (-2)
+#define HX_BAD_ARGS (-3)
+
+#define ID_BITS 48
+#define ID_MASK ((1ULL << ID_BITS) - 1)
+/* a sample smaller than this many codes per query gives a threshold too noisy to pay */
+#ifndef SAMPLE_MIN_RANK
+#define SAMPLE_MIN_RANK 48
+#endif
+#ifndef SAMPLE_MARGIN
+#define SAMPLE_MARGIN 2.0
+#endif
+#ifndef SAMPLE_MAX_STRIDE
+#define SAMPLE_MAX_STRIDE 16
+#endif
+
+/* the best (score << 48 | id) keys one query has collected; keys above `thr` (a score) enter */
+typedef struct {
+    uint64_t *buf;
+    int64_t n, limit; /* held, and how many trigger a shrink to k */
+    int32_t thr;
+} Top;
+
+static int isa_cap = 2; /* 2: AVX-512BW allowed, 1: AVX2 at most, 0: neither (tests) */
+
+int hx_cap_isa(int level) {
+    isa_cap = level;
+    return isa_cap;
+}
+
+static int isa_level(void) {
+#if defined(__x86_64__) || defined(_M_X64)
+    __builtin_cpu_init();
+    if (isa_cap >= 2 && __builtin_cpu_supports("avx512bw")) return 2;
+    if (isa_cap >= 1 && __builtin_cpu_supports("avx2")) return 1;
+#endif
+    return 0;
+}
+
+int hx_isa(void) { return isa_level(); }
+
+/* -- selection on keys ---------------------------------------------------------------------- */
+static inline void swap64(uint64_t *a, uint64_t *b) {
+    uint64_t t = *a;
+    *a = *b;
+    *b = t;
+}
+
+/* reorders a[0..n) so that a[0..k) hold its k largest keys (Hoare quickselect) */
+static void select_largest(uint64_t *a, int64_t n, int64_t k) {
+    int64_t lo = 0, hi = n - 1;
+    while (lo < hi && k > lo && k <= hi) {
+        int64_t mid = lo + (hi - lo) / 2;
+        /* median of three as the pivot, descending */
+        if (a[mid] > a[lo]) swap64(&a[mid], &a[lo]);
+        if (a[hi] > a[lo]) swap64(&a[hi], &a[lo]);
+        if (a[hi] > a[mid]) swap64(&a[hi], &a[mid]);
+        uint64_t pivot = a[mid];
+        int64_t i = lo, j = hi;
+        while (i <= j) {
+            while (a[i] > pivot) i++;
+            while (a[j] < pivot) j--;
+            if (i <= j) {
+                swap64(&a[i], &a[j]);
+                i++;
+                j--;
+            }
+        }
+        /* a[lo..j] >= pivot >= a[i..hi] */
+        if (k <= j) hi = j;
+        else if (k >= i) lo = i;
+        else break;
+    }
+}
+
+static inline int key_score(uint64_t key) { return (int)(key >> ID_BITS); }
+
+/* keep the k best keys held and raise the threshold to the k-th best's score */
+static void shrink(Top *t, int64_t k) {
+    if (t->n <= k) return;
+    select_largest(t->buf, t->n, k);
+    t->n = k;
+    int worst = key_score(t->buf[0]);
+    for (int64_t i = 1; i < k; i++) {
+        int s = key_score(t->buf[i]);
+        if (s < worst) worst = s;
+    }
+    if (worst > t->thr) t->thr = worst;
+}
+
+/* the r-th best score held (r >= 1), or -1 when fewer are held; reorders the keys */
+static int rth_score(Top *t, int64_t r) {
+    if (t->n < r) return -1;
+    select_largest(t->buf, t->n, r);
+    int worst = key_score(t->buf[0]);
+    for (int64_t i = 1; i < r; i++) {
+        int s = key_score(t->buf[i]);
+        if (s < worst) worst = s;
+    }
+    return worst;
+}
+
+/* sorts keys in descending order: by score with two stable 8-bit passes, then each run of equal
+ * scores by id (runs are short) */
+static void sort_descending(uint64_t *a, int64_t n, uint64_t *tmp) {
+    int64_t count[256];
+    for (int pass = 0; pass < 2; pass++) {
+        int shift = ID_BITS + 8 * pass;
+        memset(count, 0, sizeof(count));
+        for (int64_t i = 0; i < n; i++) count[255 - ((a[i] >> shift) & 255)]++;
+        int64_t at = 0;
+        for (int b = 0; b < 256; b++) {
+            int64_t c = count[b];
+            count[b] = at;
+            at += c;
+        }
+        for (int64_t i = 0; i < n; i++) tmp[count[255 - ((a[i] >> shift) & 255)]++] = a[i];
+        memcpy(a, tmp, (size_t)n * sizeof(uint64_t));
+    }
+    for (int64_t i = 1; i < n; i++) { /* insertion sort: only moves within equal scores */
+        uint64_t v = a[i];
+        int64_t j = i - 1;
+        while (j >= 0 && a[j] < v && key_score(a[j]) == key_score(v)) {
+            a[j + 1] = a[j];
+            j--;
+        }
+        a[j + 1] = v;
+    }
+}
+
+/* -- the kernels ------------------------------------------------------------------------------ */
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+
+/* An id is read only where a code enters a query's keys, and each such read missed the cache:
+ * ~15% of the scan at k ~ 1,000. The next block's 32 ids are fetched while this one is scored
+ * (the first queries to scan a list bring them; the others find them cached). */
+static inline void prefetch_ids(const int64_t *ids, int64_t block) {
+    for (int p = 0; p < 4; p++) _mm_prefetch((const char *)(ids + block * 32 + 8 * p), _MM_HINT_T0);
+}
+
+/* eight scores (16-bit lanes) of vectors base .. base + 7 of a list of `size`: those above the
+ * threshold enter the query's keys */
+__attribute__((target("avx2"))) static inline void collect(Top *t, int64_t k, __m128i s, int64_t base, int64_t size,
+                                                           const int64_t *ids) {
+    uint32_t mask = (uint32_t)_mm_movemask_epi8(_mm_cmpgt_epi16(s, _mm_set1_epi16((short)t->thr))) & 0x5555u;
+    if (!mask) return;
+    uint16_t sc[8];
+    _mm_storeu_si128((__m128i *)sc, s);
+    while (mask) {
+        int j = __builtin_ctz(mask) >> 1;
+        mask &= mask - 1;
+        int64_t v = base + j;
+        if (v >= size || (int)sc[j] <= t->thr) continue; /* padding, or a shrink raised the bar */
+        if (t->n >= t->limit) {
+            shrink(t, k);
+            if ((int)sc[j] <= t->thr) continue;
+        }
+        t->buf[t->n++] = ((uint64_t)sc[j] << ID_BITS) | ((uint64_t)ids[v] & ID_MASK);
+    }
+}
+
+/* Block layout (FAISS's pq4 packing, bbs = 32; read from FAISS in BlockLayout): 32 bytes per
+ * pair of sub-quantizers, the low 128-bit lane for the even one, the high lane for the odd;
+ * byte 2w + h of a lane holds vector w + 8h in its low nibble and vector 16 + w + 8h in its high
+ * nibble. A lookup table row of 16 bytes per sub-quantizer lines up with those lanes. Sums of
+ * 8-bit lookups are kept in 16-bit lanes: `lo` adds both bytes of each pair (low + 256 * high),
+ * `hi` the high ones, and lo - 256 * hi recovers the low ones. */
+__attribute__((target("avx2"), always_inline)) static inline void scan_avx2_n(Top **tops, const uint8_t **luts, const int nt, int64_t k,
+                                                      const uint8_t *codes, const int64_t *ids, int64_t size,
+                                                      int64_t m) {
+    const __m256i nib = _mm256_set1_epi8(0x0f);
+    int64_t nblocks = (size + 31) / 32, pairs = m / 2;
+    for (int64_t b = 0; b < nblocks; b++) {
+        const uint8_t *block = codes + b * 16 * m;
+        prefetch_ids(ids, b + 1);
+        __m256i acc[2][4];
+        for (int q = 0; q < 2; q++)
+            for (int u = 0; u < 4; u++) acc[q][u] = _mm256_setzero_si256();
+        for (int64_t c = 0; c < pairs; c++) {
+            __m256i x = _mm256_loadu_si256((const __m256i *)(block + 32 * c));
+            __m256i xl = _mm256_and_si256(x, nib), xh = _mm256_and_si256(_mm256_srli_epi16(x, 4), nib);
+            for (int q = 0; q < nt; q++) {
+                __m256i lut = _mm256_loadu_si256((const __m256i *)(luts[q] + 32 * c));
+                __m256i r = _mm256_shuffle_epi8(lut, xl);
+                acc[q][0] = _mm256_add_epi16(acc[q][0], r);
+                acc[q][1] = _mm256_add_epi16(acc[q][1], _mm256_srli_epi16(r, 8));
+                r = _mm256_shuffle_epi8(lut, xh);
+                acc[q][2] = _mm256_add_epi16(acc[q][2], r);
+                acc[q][3] = _mm256_add_epi16(acc[q][3], _mm256_srli_epi16(r, 8));
+            }
+        }
+        for (int q = 0; q < nt; q++) {
+            __m256i s[4] = {_mm256_sub_epi16(acc[q][0], _mm256_slli_epi16(acc[q][1], 8)), acc[q][1],
+                            _mm256_sub_epi16(acc[q][2], _mm256_slli_epi16(acc[q][3], 8)), acc[q][3]};
+            for (int g = 0; g < 4; g++) { /* even + odd sub-quantizers: the two lanes */
+                __m128i v = _mm_add_epi16(_mm256_castsi256_si128(s[g]), _mm256_extracti128_si256(s[g], 1));
+                collect(tops[q], k, v, b * 32 + g * 8, size, ids);
+            }
+        }
+    }
+}
+
+/* nt (1 or 2) a constant in each copy, so the accumulators stay in registers */
+__attribute__((target("avx2"))) static void scan_avx2(Top **tops, const uint8_t **luts, int nt, int64_t k,
+                                                  const uint8_t *codes, const int64_t *ids, int64_t size, int64_t m) {
+    if (nt == 2) scan_avx2_n(tops, luts, 2, k, codes, ids, size, m);
+    else scan_avx2_n(tops, luts, 1, k, codes, ids, size, m);
+}
+
+/* The same with 64-byte loads: two pairs of sub-quantizers, four 128-bit lanes (sub-quantizers
+ * 4c .. 4c + 3, as the table rows); a trailing pair (m % 4 == 2) through 32-byte loads. */
+__attribute__((target("avx512bw"), always_inline)) static inline void scan_avx512_n(Top **tops, const uint8_t **luts, const int nt, int64_t k,
+                                                            const uint8_t *codes, const int64_t *ids, int64_t size,
+                                                            int64_t m) {
+    const __m512i nib = _mm512_set1_epi8(0x0f);
+    const __m256i nib2 = _mm256_set1_epi8(0x0f);
+    int64_t nblocks = (size + 31) / 32, quads = m / 4;
+    int tail = (m % 4) != 0;
+    for (int64_t b = 0; b < nblocks; b++) {
+        const uint8_t *block = codes + b * 16 * m;
+        prefetch_ids(ids, b + 1);
+        __m512i acc[2][4];
+        for (int q = 0; q < 2; q++)
+            for (int u = 0; u < 4; u++) acc[q][u] = _mm512_setzero_si512();
+        for (int64_t c = 0; c < quads; c++) {
+            __m512i x = _mm512_loadu_si512((const void *)(block + 64 * c));
+            __m512i xl = _mm512_and_si512(x, nib), xh = _mm512_and_si512(_mm512_srli_epi16(x, 4), nib);
+            for (int q = 0; q < nt; q++) {
+                __m512i lut = _mm512_loadu_si512((const void *)(luts[q] + 64 * c));
+                __m512i r = _mm512_shuffle_epi8(lut, xl);
+                acc[q][0] = _mm512_add_epi16(acc[q][0], r);
+                acc[q][1] = _mm512_add_epi16(acc[q][1], _mm512_srli_epi16(r, 8));
+                r = _mm512_shuffle_epi8(lut, xh);
+                acc[q][2] = _mm512_add_epi16(acc[q][2], r);
+                acc[q][3] = _mm512_add_epi16(acc[q][3], _mm512_srli_epi16(r, 8));
+            }
+        }
+        for (int q = 0; q < nt; q++) {
+            __m512i s[4] = {_mm512_sub_epi16(acc[q][0], _mm512_slli_epi16(acc[q][1], 8)), acc[q][1],
+                            _mm512_sub_epi16(acc[q][2], _mm512_slli_epi16(acc[q][3], 8)), acc[q][3]};
+            __m256i extra[4] = {_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(),
+                                _mm256_setzero_si256()};
+            if (tail) {
+                __m256i x = _mm256_loadu_si256((const __m256i *)(block + 64 * quads));
+                __m256i lut = _mm256_loadu_si256((const __m256i *)(luts[q] + 64 * quads));
+                __m256i r = _mm256_shuffle_epi8(lut, _mm256_and_si256(x, nib2));
+                __m256i h = _mm256_srli_epi16(r, 8);
+                extra[0] = _mm256_sub_epi16(r, _mm256_slli_epi16(h, 8));
+                extra[1] = h;
+                r = _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(x, 4), nib2));
+                h = _mm256_srli_epi16(r, 8);
+                extra[2] = _mm256_sub_epi16(r, _mm256_slli_epi16(h, 8));
+                extra[3] = h;
+            }
+            for (int g = 0; g < 4; g++) {
+                __m256i h = _mm256_add_epi16(_mm512_castsi512_si256(s[g]), _mm512_extracti64x4_epi64(s[g], 1));
+                h = _mm256_add_epi16(h, extra[g]);
+                __m128i v = _mm_add_epi16(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
+                collect(tops[q], k, v, b * 32 + g * 8, size, ids);
+            }
+        }
+    }
+}
+
+/* nt (1 or 2) a constant in each copy, so the accumulators stay in registers */
+__attribute__((target("avx512bw"))) static void scan_avx512(Top **tops, const uint8_t **luts, int nt, int64_t k,
+                                                  const uint8_t *codes, const int64_t *ids, int64_t size, int64_t m) {
+    if (nt == 2) scan_avx512_n(tops, luts, 2, k, codes, ids, size, m);
+    else scan_avx512_n(tops, luts, 1, k, codes, ids, size, m);
+}
+#endif
+
+/* -- the batch -------------------------------------------------------------------------------- */
+typedef struct {
+    int64_t nq, m, nprobe, nlist;
+    const uint8_t *luts;   /* [nq, m, 16] */
+    const int64_t *lists;  /* [nq, nprobe], -1: none */
+    const uint64_t *codes; /* [nlist] addresses of the lists' blocks */
+    const uint64_t *ids;   /* [nlist] addresses of the lists' ids */
+    const int64_t *sizes;  /* [nlist] */
+    int level;
+} Batch;
+
+/* Scans, list by list, the (query, rank) pairs whose rank r has r % stride == 0 (sample) or != 0
+ * (the rest); two queries at a time share each block's loads. Returns HX_NO_MEMORY or HX_OK. */
+static int scan_pairs(const Batch *B, Top *tops, int64_t k, int64_t stride, int sample) {
+    int64_t nq = B->nq, np = B->nprobe, nlist = B->nlist;
+    int64_t *start = calloc((size_t)nlist + 1, sizeof(int64_t));
+    int64_t *fill = malloc(((size_t)nlist + 1) * sizeof(int64_t));
+    int64_t *who = malloc(((size_t)(nq * np) + 1) * sizeof(int64_t));
+    if (!start || !fill || !who) {
+        free(start);
+        free(fill);
+        free(who);
+        return HX_NO_MEMORY;
+    }
+#define PICKED(r) (((r) % stride == 0) == (sample != 0))
+    for (int64_t i = 0; i < nq; i++)
+        for (int64_t r = 0; r < np; r++) {
+            int64_t l = B->lists[i * np + r];
+            if (l >= 0 && l < nlist && PICKED(r)) start[l + 1]++;
+        }
+    for (int64_t l = 0; l < nlist; l++) start[l + 1] += start[l];
+    memcpy(fill, start, ((size_t)nlist + 1) * sizeof(int64_t));
+    for (int64_t i = 0; i < nq; i++)
+        for (int64_t r = 0; r < np; r++) {
+            int64_t l = B->lists[i * np + r];
+            if (l >= 0 && l < nlist && PICKED(r)) who[fill[l]++] = i;
+        }
+#undef PICKED
+    for (int64_t l = 0; l < nlist; l++) {
+        int64_t size = B->sizes[l];
+        if (size <= 0) continue;
+        const uint8_t *codes = (const uint8_t *)(uintptr_t)B->codes[l];
+        const int64_t *ids = (const int64_t *)(uintptr_t)B->ids[l];
+        for (int64_t p = start[l]; p < start[l + 1]; p += 2) {
+            int nt = p + 1 < start[l + 1] ? 2 : 1;
+            Top *t[2];
+            const uint8_t *lut[2];
+            for (int q = 0; q < nt; q++) {
+                t[q] = &tops[who[p + q]];
+                lut[q] = B->luts + who[p + q] * B->m * 16;
+            }
+#if defined(__x86_64__) || defined(_M_X64)
+            if (B->level >= 2) scan_avx512(t, lut, nt, k, codes, ids, size, B->m);
+            else scan_avx2(t, lut, nt, k, codes, ids, size, B->m);
+#endif
+        }
+    }
+    free(start);
+    free(fill);
+    free(who);
+    return HX_OK;
+}
+
+/* The k largest keys of each query, best first: `out_scores` uint16 [nq, k] and `out_ids`
+ * int64 [nq, k] (-1 and 0 past the codes the lists hold). m: sub-quantizers (even, <= 128: the
+ * scores, at most 255 m, are compared as signed 16-bit lanes);
+ * luts: uint8 [nq, m, 16]; lists: int64 [nq, nprobe]; codes / ids: each list's arrays as
+ * addresses, sizes: its codes. Ids must lie in [0, 2^48). work: room for hx_work_len(nq, k) keys,
+ * the caller's to reuse from call to call (fresh memory each call cost a page fault per 4 kB). */
+int64_t hx_work_len(int64_t nq, int64_t k) { return (nq + 1) * (2 * k + 64); }
+
+int hx_scan(int64_t nq, int64_t m, const uint8_t *luts, int64_t nprobe, const int64_t *lists, int64_t nlist,
+            const uint64_t *codes, const uint64_t *ids, const int64_t *sizes, int64_t k, uint64_t *work,
+            int64_t work_len, uint16_t *out_scores, int64_t *out_ids) {
+    int level = isa_level();
+    if (level == 0) return HX_UNSUPPORTED;
+    if (nq < 0 || m <= 0 || m % 2 || m > 128 || nprobe < 0 || nlist < 0 || k <= 0) return HX_BAD_ARGS;
+    if (nq == 0) return HX_OK;
+    Batch B = {nq, m, nprobe, nlist, luts, lists, codes, ids, sizes, level};
+    int64_t room = 2 * k + 64; /* keys held per query before a shrink */
+    if (work_len < hx_work_len(nq, k)) return HX_BAD_ARGS;
+    Top *tops = calloc((size_t)nq, sizeof(Top));
+    uint64_t *keys = work, *tmp = work + nq * room;
+    int32_t *guess = malloc((size_t)nq * sizeof(int32_t));
+    int rc = HX_OK;
+    if (!tops || !guess) {
+        rc = HX_NO_MEMORY;
+        goto done;
+    }
+    for (int64_t i = 0; i < nq; i++) {
+        tops[i].buf = keys + i * room;
+        tops[i].limit = room;
+        tops[i].thr = -1;
+    }
+    int64_t stride = (int64_t)(SAMPLE_MARGIN * (double)k / SAMPLE_MIN_RANK);
+    if (stride > SAMPLE_MAX_STRIDE) stride = SAMPLE_MAX_STRIDE;
+    if (stride > nprobe / 4) stride = nprobe / 4;
+    if (stride <= 1) {
+        rc = scan_pairs(&B, tops, k, 1, 1);
+        goto finish;
+    }
+    /* the sample: its r best are all that matter to the guess */
+    int64_t r = (int64_t)(SAMPLE_MARGIN * (double)k / (double)stride) + 1;
+    for (int64_t i = 0; i < nq; i++) tops[i].limit = 2 * r + 64 < room ? 2 * r + 64 : room;
+    if ((rc = scan_pairs(&B, tops, r, stride, 1)) != HX_OK) goto done;
+    for (int64_t i = 0; i < nq; i++) {
+        guess[i] = rth_score(&tops[i], r);
+        if (guess[i] > tops[i].thr) tops[i].thr = guess[i];
+        tops[i].limit = room;
+    }
+    if ((rc = scan_pairs(&B, tops, k, stride, 0)) != HX_OK) goto done;
+    for (int64_t i = 0; i < nq; i++) {
+        Top *t = &tops[i];
+        if (guess[i] < 0) continue;
+        int64_t above = 0;
+        for (int64_t e = 0; e < t->n; e++) above += key_score(t->buf[e]) > guess[i];
+        if (above >= k) continue;
+        /* fewer than k above the guess: keys at or below it were skipped; scan this query again */
+        Batch one = B;
+        one.nq = 1;
+        one.luts = luts + i * m * 16;
+        one.lists = lists + i * nprobe;
+        t->n = 0;
+        t->thr = -1;
+        if ((rc = scan_pairs(&one, t, k, 1, 1)) != HX_OK) goto done;
+    }
+finish:
+    if (rc != HX_OK) goto done;
+    for (int64_t i = 0; i < nq; i++) {
+        Top *t = &tops[i];
+        shrink(t, k);
+        sort_descending(t->buf, t->n, tmp);
+        for (int64_t e = 0; e < k; e++) {
+            int have = e < t->n;
+            out_scores[i * k + e] = have ? (uint16_t)key_score(t->buf[e]) : 0;
+            out_ids[i * k + e] = have ? (int64_t)(t->buf[e] & ID_MASK) : -1;
+        }
+    }
+done:
+    free(tops);
+    free(guess);
+    return rc;
+}

@@ -1,0 +1,169 @@
+"""Our own scan of the partition stage's lists (``fastscan.c``), where it was built.
+
+It reads the same FAISS fast-scan blocks and gives the same scores as
+``IndexIVFPQFastScan.search_preassigned`` (8-bit lookup tables per query, sums in 16 bits), but
+collects the top ``k`` against a threshold guessed from a sample of each query's lists, where
+FAISS's reservoir starts from nothing: at the ~1,000 entries a deep probe collects, that
+collection is ~40% of FAISS's scan (benchmarks/README.md, "A scan that knows its threshold").
+
+The C file is compiled when the package is installed (setup.py; an optional extension: an
+install without a C compiler still works) and loaded with ``ctypes``, which releases the GIL
+while it runs. It needs an x86-64 CPU with AVX2 (AVX-512BW where present). :func:`available`
+says whether it can run here; where it cannot, :func:`probe
+<hashindex.serving.candidates.partitions.probe>` asks FAISS, and the answers agree (the same
+top-``k`` scores; among entries tied with the ``k``-th, either may keep any).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import importlib.machinery
+import threading
+from pathlib import Path
+from typing import Iterator, NamedTuple
+
+import faiss
+import numpy as np
+
+from hashindex.serving.candidates.asymmetric import SUB_BITS, sign_patterns
+
+# queries per C call: each holds ~2k + 64 keys of 8 bytes while it runs (10 MB at 512 queries,
+# k = 1,000); enough that each list stays in cache for the dozens of queries probing it
+QUERIES_PER_CALL = 512
+MAX_SUBQUANTIZERS = 128  # scores (<= 255 per sub-quantizer) are compared as signed 16-bit lanes
+
+_ERRORS = {-1: "no AVX2 on this CPU", -2: "out of memory", -3: "bad arguments"}
+_PATTERNS_T = np.ascontiguousarray(sign_patterns().T)  # [4, 16]: lookup table = z_sub @ this
+
+
+def _load() -> ctypes.CDLL | None:
+    here = Path(__file__).parent
+    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+        path = here / f"_fastscan{suffix}"
+        if path.exists():
+            lib = ctypes.CDLL(str(path))
+            p, i = ctypes.c_void_p, ctypes.c_int64
+            lib.hx_scan.argtypes = [i, i, p, i, p, i, p, p, p, i, p, i, p, p]
+            lib.hx_scan.restype = ctypes.c_int
+            lib.hx_work_len.argtypes, lib.hx_work_len.restype = [i, i], i
+            lib.hx_isa.restype = ctypes.c_int
+            lib.hx_cap_isa.argtypes = [ctypes.c_int]
+            return lib
+    return None
+
+
+_LIB = _load()
+_state = threading.local()
+
+
+def isa() -> int:
+    """The instruction set the scan would use: 2 AVX-512BW, 1 AVX2, 0 none (or not built)."""
+    return int(_LIB.hx_isa()) if _LIB is not None else 0
+
+
+def available(m: int | None = None) -> bool:
+    """Whether the scan is built, runs on this CPU, is not switched off in this thread
+    (:func:`disabled`) and, given ``m`` sub-quantizers, handles them."""
+    if _LIB is None or getattr(_state, "off", False) or isa() == 0:
+        return False
+    return m is None or (m % 2 == 0 and 0 < m <= MAX_SUBQUANTIZERS)
+
+
+@contextlib.contextmanager
+def disabled() -> Iterator[None]:
+    """Within the block, this thread's searches use FAISS's scan (tests, A/B benchmarks)."""
+    before = getattr(_state, "off", False)
+    _state.off = True
+    try:
+        yield
+    finally:
+        _state.off = before
+
+
+@contextlib.contextmanager
+def isa_cap(level: int) -> Iterator[None]:
+    """Within the block, the scan uses no instruction set above ``level`` (1: AVX2 only), in
+    every thread (tests compare the two kernels)."""
+    _LIB.hx_cap_isa(int(level))
+    try:
+        yield
+    finally:
+        _LIB.hx_cap_isa(2)
+
+
+class ListTable(NamedTuple):
+    """Where each list's blocks and ids live in FAISS's memory (addresses ``uint64 [nlist]``)
+    and how many entries it holds (``int64 [nlist]``): valid until the lists change."""
+
+    codes: np.ndarray
+    ids: np.ndarray
+    sizes: np.ndarray
+
+    @classmethod
+    def of(cls, ivf: faiss.IndexIVFPQFastScan, sizes: np.ndarray) -> "ListTable":
+        inv = ivf.invlists
+        codes, ids = np.zeros(len(sizes), np.uint64), np.zeros(len(sizes), np.uint64)
+        for lst in np.flatnonzero(sizes).tolist():
+            codes[lst] = faiss.rev_swig_ptr(inv.get_codes(lst), 1).ctypes.data
+            ids[lst] = faiss.rev_swig_ptr(inv.get_ids(lst), 1).ctypes.data
+        return cls(codes, ids, np.ascontiguousarray(sizes, dtype=np.int64))
+
+
+def lookup_tables(z: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each query's 8-bit tables, as FAISS's fast-scan quantizes them: ``uint8 [nq, M, 16]``
+    for projections ``z [nq, 4M]``, plus ``scale`` and ``offset`` ``float32 [nq]`` that map a
+    summed score ``s`` back to ``s / scale + offset`` (one scale per query, so the 16-bit sums
+    rank codes as the float tables do, up to rounding)."""
+    nq, m = z.shape[0], z.shape[1] // SUB_BITS
+    t = np.ascontiguousarray(z, dtype=np.float32).reshape(nq, m, SUB_BITS) @ _PATTERNS_T  # [nq, M, 16]
+    low = t.min(axis=2, keepdims=True)
+    span = (t.max(axis=2, keepdims=True) - low).max(axis=1, keepdims=True)  # [nq, 1, 1]
+    scale = np.divide(255.0, span, out=np.zeros_like(span), where=span > 0)
+    tables = np.rint((t - low) * scale).astype(np.uint8)
+    return tables, scale[:, 0, 0], low.sum(axis=(1, 2)).astype(np.float32)
+
+
+def _work(n: int) -> np.ndarray:
+    """This thread's scratch keys, at least ``n``: kept from call to call, since fresh memory
+    costs the kernel a page fault per 4 kB it writes (~10% of a scan)."""
+    work = getattr(_state, "work", None)
+    if work is None or work.size < n:
+        work = _state.work = np.empty(n, np.uint64)
+    return work
+
+
+def scan_raw(tables: np.ndarray, lists: np.ndarray, table: ListTable, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` list entries by summed table score, for ``tables uint8 [nq, M, 16]`` (as
+    :func:`lookup_tables` makes them) over the lists ``int64 [nq, nprobe]`` (-1: none): ids
+    ``int64 [nq, k]`` (-1 padded) and scores ``uint16 [nq, k]``, best first. Call only where
+    :func:`available` holds."""
+    nq, m = tables.shape[0], tables.shape[1]
+    tables = np.ascontiguousarray(tables, dtype=np.uint8)
+    lists = np.ascontiguousarray(lists, dtype=np.int64)
+    raw = np.empty((nq, k), np.uint16)
+    ids = np.empty((nq, k), np.int64)
+    work = _work(_LIB.hx_work_len(min(nq, QUERIES_PER_CALL), k))
+    for lo in range(0, nq, QUERIES_PER_CALL):
+        hi = min(nq, lo + QUERIES_PER_CALL)
+        rc = _LIB.hx_scan(
+            hi - lo, m, tables[lo:hi].ctypes.data, lists.shape[1], lists[lo:hi].ctypes.data, len(table.sizes),
+            table.codes.ctypes.data, table.ids.ctypes.data, table.sizes.ctypes.data, k, work.ctypes.data, work.size,
+            raw[lo:hi].ctypes.data, ids[lo:hi].ctypes.data,
+        )  # fmt: skip
+        if rc:
+            raise (MemoryError if rc == -2 else RuntimeError)(f"fast-scan kernel: {_ERRORS.get(rc, rc)}")
+    return ids, raw
+
+
+def scan(z: np.ndarray, lists: np.ndarray, table: ListTable, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` list entries for projections ``z [nq, 4M]`` over the lists ``int64 [nq,
+    nprobe]`` (-1: none): ids ``int64 [nq, k]`` (-1 padded) and scores ``float32 [nq, k]``
+    (-inf padded), best first, as :func:`probe <hashindex.serving.candidates.partitions.probe>`
+    returns them. Call only where :func:`available` holds."""
+    tables, scale, offset = lookup_tables(z)
+    ids, raw = scan_raw(tables, lists, table, k)
+    inv_scale = np.divide(1.0, scale, out=np.zeros_like(scale), where=scale > 0)
+    scores = (raw * inv_scale[:, None] + offset[:, None]).astype(np.float32)
+    scores[ids < 0] = -np.inf
+    return ids, scores

@@ -1,0 +1,197 @@
+"""Our scan of the partition stage's lists (candidates/fastscan.c, fastscan.py) against a numpy
+oracle: every entry of the probed lists scored by summing its nibbles' table values (the
+integer scores the kernel sums in 16 bits, so they compare exactly), the top k taken by
+``np.argsort``. The codes are read back from FAISS's blocks by ``list_contents`` and unpacked
+with numpy, not through the kernel's layout. Both instruction sets are checked where the CPU has
+them, and the FAISS path the search falls back to elsewhere is run beside it.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from hashindex.serving.candidates import fastscan
+from hashindex.serving.candidates.asymmetric import sign_patterns
+from hashindex.serving.candidates.partitions import PartitionStage, probe
+
+pytestmark = pytest.mark.skipif(
+    not fastscan.available(), reason="the fast-scan kernel is not built here (no C compiler, or not x86-64 with AVX2)"
+)
+
+ISAS = [1, 2] if fastscan.isa() == 2 else [1]
+
+
+def _stage(n, bits, nlist, spill, seed, codes=None):
+    rng = np.random.default_rng(seed)
+    centroids = rng.standard_normal((nlist, 8)).astype(np.float32)
+    stage = PartitionStage(bits, centroids, "ip", spill)
+    if codes is None:
+        codes = rng.integers(0, 256, (n, bits // 8), dtype=np.uint8)
+    assign = np.stack([rng.permutation(np.repeat(np.arange(nlist), -(-n // nlist))[:n]) for _ in range(spill)], 1)
+    if spill == 2:  # an item's two lists differ
+        assign[:, 1] = np.where(assign[:, 1] == assign[:, 0], (assign[:, 0] + 1) % nlist, assign[:, 1])
+    stage.build(codes, assign.astype(np.int32))
+    return stage
+
+
+def _oracle(stage, tables, lists, k):
+    """Per query: (sorted scores of its top k, all (score, id) entries of its probed lists)."""
+    contents = stage.list_contents()
+    out = []
+    for i in range(len(tables)):
+        ids, scores = [], []
+        for lst in lists[i][lists[i] >= 0]:
+            pos, codes = contents[lst]
+            if not len(pos):
+                continue
+            nib = np.stack([codes & 15, codes >> 4], axis=2).reshape(len(codes), -1)  # sub-quantizer order
+            scores.append(tables[i][np.arange(nib.shape[1]), nib].astype(np.int64).sum(axis=1))
+            ids.append(pos)
+        ids = np.concatenate(ids) if ids else np.empty(0, np.int64)
+        scores = np.concatenate(scores) if scores else np.empty(0, np.int64)
+        out.append((np.sort(scores)[::-1][:k], ids, scores))
+    return out
+
+
+def _check(got_ids, got_scores, oracle, k):
+    for i, (top, ids, scores) in enumerate(oracle):
+        have = min(k, len(ids))
+        np.testing.assert_array_equal(got_scores[i][:have], top, err_msg=f"query {i}: scores")
+        assert (got_ids[i][have:] == -1).all()
+        if not have:
+            continue
+        kth = top[-1]
+        # above the k-th score: exactly the oracle's entries (a spilled item twice, if both lists
+        # are probed); at it: any of the tied ones
+        above = got_ids[i][:have][got_scores[i][:have] > kth]
+        np.testing.assert_array_equal(np.sort(above), np.sort(ids[scores > kth]))
+        tied = got_ids[i][:have][got_scores[i][:have] == kth]
+        assert set(tied.tolist()) <= set(ids[scores == kth].tolist())
+        assert (np.diff(got_scores[i][:have].astype(np.int64)) <= 0).all(), "not best first"
+
+
+def _tables(rng, nq, bits):
+    return fastscan.lookup_tables(rng.standard_normal((nq, bits)).astype(np.float32))[0]
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("bits", [64, 128, 192, 256])
+@pytest.mark.parametrize("spill", [1, 2])
+def test_top_k_matches_the_numpy_oracle(isa, bits, spill):
+    rng = np.random.default_rng(bits + spill)
+    stage = _stage(3000 + bits, bits, 96, spill, seed=bits)
+    tables = _tables(rng, 23, bits)
+    lists = np.stack([rng.permutation(96)[:80] for _ in range(23)]).astype(np.int64)
+    lists[3, 40:] = -1  # a query with fewer lists
+    lists[5, :] = -1  # and one with none
+    with fastscan.isa_cap(isa):
+        # k: a heap's worth, FAISS's reservoir range, a sampled threshold, more than the lists hold
+        for k in (1, 7, 20, 100, 700, 8000):
+            ids, scores = fastscan.scan_raw(tables, lists, stage.list_table(), k)
+            _check(ids, scores, _oracle(stage, tables, lists, k), k)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_a_sample_that_guesses_too_high_is_scanned_again(isa):
+    """The lists a query samples (every 16th by nearness) hold its best codes; the others hold
+    many codes just below them. The sample's guess is then above the true k-th score, the
+    second pass finds too few, and the query is scanned again: still the exact top k."""
+    bits, nlist, per = 64, 128, 64
+    rng = np.random.default_rng(5)
+    z = rng.standard_normal((1, bits)).astype(np.float32)
+    best = np.packbits(z[0] > 0, bitorder="little")
+    near = best.copy()
+    near[0] ^= 1  # one bit off: the next score down
+    codes = np.where((np.arange(nlist * per) // per % 16 == 0)[:, None], best, near).astype(np.uint8)
+    codes[::7] = rng.integers(0, 256, (len(codes[::7]), bits // 8), dtype=np.uint8)  # and some noise
+    stage = PartitionStage(bits, rng.standard_normal((nlist, 8)).astype(np.float32), "ip", 1)
+    stage.build(codes, (np.arange(nlist * per) // per).astype(np.int32)[:, None])
+    tables = fastscan.lookup_tables(z)[0]
+    lists = np.arange(nlist, dtype=np.int64)[None, :]  # rank r = list r: the sample is lists 0, 16, ...
+    k = 600  # the sample (8 lists x ~55 best codes) holds the 26 it needs: a guess at the best score
+    with fastscan.isa_cap(isa):
+        ids, scores = fastscan.scan_raw(tables, lists, stage.list_table(), k)
+    _check(ids, scores, _oracle(stage, tables, lists, k), k)
+    assert (scores[0] < scores[0, 0]).any(), "the case must reach below the sampled best score"
+
+
+def test_both_instruction_sets_agree_on_scores():
+    if fastscan.isa() < 2:
+        pytest.skip("no AVX-512BW on this CPU: one kernel to check")
+    rng = np.random.default_rng(3)
+    stage = _stage(5000, 128, 64, 2, seed=3)
+    tables = _tables(rng, 40, 128)
+    lists = np.stack([rng.permutation(64)[:48] for _ in range(40)]).astype(np.int64)
+    with fastscan.isa_cap(1):
+        avx2 = fastscan.scan_raw(tables, lists, stage.list_table(), 300)[1]
+    np.testing.assert_array_equal(fastscan.scan_raw(tables, lists, stage.list_table(), 300)[1], avx2)
+
+
+def test_lookup_tables_give_the_asymmetric_score_within_rounding():
+    """s / scale + offset recovers <z, 2b - 1> (numpy float64) to within half a step per
+    sub-quantizer."""
+    rng = np.random.default_rng(0)
+    z = rng.standard_normal((10, 128)).astype(np.float32)
+    codes = rng.integers(0, 256, (500, 16), dtype=np.uint8)
+    tables, scale, offset = fastscan.lookup_tables(z)
+    nib = np.stack([codes & 15, codes >> 4], axis=2).reshape(500, -1)
+    raw = tables[:, np.arange(32), nib].astype(np.int64).sum(axis=2)  # [nq, n]
+    exact = z.astype(np.float64) @ (2 * np.unpackbits(codes, axis=1, bitorder="little").astype(np.float64) - 1).T
+    approx = raw / scale[:, None] + offset[:, None]
+    assert np.abs(approx - exact).max() <= (32 * 0.5 / scale.min()) * 1.001
+    # the tables are the sign patterns' inner products, shifted and scaled
+    t = z.reshape(10, 32, 4).astype(np.float64) @ sign_patterns().T.astype(np.float64)
+    np.testing.assert_allclose(tables, np.rint((t - t.min(axis=2, keepdims=True)) * scale[:, None, None]), atol=1)
+
+
+def test_probe_agrees_with_faiss():
+    """probe() through our scan and through FAISS's: the same lists, and top entries that differ
+    only where table rounding (ours and FAISS's, half a step per sub-quantizer each) can reorder
+    them: each one's exact score reaches the other's k-th best less that rounding."""
+    rng = np.random.default_rng(7)
+    codes = rng.integers(0, 256, (20000, 16), dtype=np.uint8)
+    stage = _stage(20000, 128, 64, 2, seed=7, codes=codes)
+    x = rng.standard_normal((30, 8)).astype(np.float32)
+    z = rng.standard_normal((30, 128)).astype(np.float32)
+    k = 400
+    ours = probe(stage.centroids, "ip", stage.ivf, x, z, k, 24, None, stage.list_table())
+    with fastscan.disabled():
+        assert not fastscan.available()
+        theirs = probe(stage.centroids, "ip", stage.ivf, x, z, k, 24, None, stage.list_table())
+    np.testing.assert_array_equal(ours[2], theirs[2])
+    signs = 2 * np.unpackbits(codes, axis=1, bitorder="little").astype(np.float64) - 1
+    rounding = 32 / fastscan.lookup_tables(z)[1]  # 32 sub-quantizers x (1/2 + 1/2) step
+    for i in range(len(z)):
+        exact_ours = signs[ours[0][i]] @ z[i].astype(np.float64)
+        exact_theirs = signs[theirs[0][i]] @ z[i].astype(np.float64)
+        assert exact_ours.min() >= np.sort(exact_theirs)[::-1][k - 1] - rounding[i]
+        assert exact_theirs.min() >= np.sort(exact_ours)[::-1][k - 1] - rounding[i]
+        assert np.abs(ours[1][i] - exact_ours).max() <= rounding[i] / 2
+
+
+def test_concurrent_scans_keep_their_own_scratch():
+    """Threads scan at once (ctypes releases the GIL), each with its own scratch keys."""
+    rng = np.random.default_rng(11)
+    stage = _stage(8000, 128, 64, 1, seed=11)
+    tables = _tables(rng, 16, 128)
+    lists = np.stack([rng.permutation(64)[:40] for _ in range(16)]).astype(np.int64)
+    expected = {k: fastscan.scan_raw(tables, lists, stage.list_table(), k) for k in (50, 900)}
+    errors = []
+
+    def work(k):
+        try:
+            for _ in range(20):
+                ids, scores = fastscan.scan_raw(tables, lists, stage.list_table(), k)
+                np.testing.assert_array_equal(scores, expected[k][1])
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in (50, 900, 50, 900)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
