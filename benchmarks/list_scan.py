@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> dict:
     point = index.operating_point(k=10)
     if point is None or point.nprobe is None:
         raise SystemExit("the index serves no partitioned point: nothing to compare")
-    nprobe, nlist = point.nprobe, index.partition_info().nlist
+    nprobe, nlist = point.nprobe, index.partition_info().lists
     print(f"{len(index):,} items, {len(q)} queries, {nlist} lists, nprobe {nprobe}, {point.candidates} candidates; "
           f"kernel {'AVX-512BW' if fastscan.isa() == 2 else 'AVX2'}; one thread, best of {args.rounds} round-robin")  # fmt: skip
     record = {

@@ -60,8 +60,10 @@ def _signs(codes):
 
 
 def _lut_bound(z, bits):
+    """Rounding bound of the tables the scan uses: FAISS's 8-bit ones, or ours (0 .. TABLE_TOP)."""
+    top = fastscan.TABLE_TOP if fastscan.available(bits // 4) else 255
     ranges = 2 * np.abs(z.reshape(len(z), bits // 4, 4)).sum(axis=2)
-    return (bits // 4) * ranges.max(axis=1) / 255.0
+    return (bits // 4) * ranges.max(axis=1) / top
 
 
 def _oracle_lists(index, q, nprobe):
