@@ -7,7 +7,9 @@ Two measurements, each timed round-robin (best of ``--rounds``), one thread:
    with recall@1 and recall@10 of both against the exact top 10;
 2. the same at the nprobe it serves with other candidate counts (``--candidates``): the scan
    collects ~1.7x the candidates when items sit in two lists, and FAISS's collection grows with
-   them.
+   them;
+3. our scan's tables rounded to ``0 .. top`` for each ``--table-top`` (``fastscan.TABLE_TOP``;
+   255 is FAISS's rounding): recall@1, recall@10 and time of the served search.
 
 On a saved index with its probes and their exact top 10 (``benchmarks/ten_million.py gen`` /
 ``build`` make these at 10M):
@@ -74,6 +76,33 @@ def whole_search(index: HashIndex, q: np.ndarray, truth: np.ndarray, rounds: int
     return out
 
 
+def table_tops(index: HashIndex, q: np.ndarray, truth: np.ndarray, tops: list[int], rounds: int) -> dict:
+    """The served search with our scan's tables rounded to each ``0 .. top``, round-robin."""
+    default = fastscan.TABLE_TOP
+
+    def run(top: int):
+        def go():
+            fastscan.TABLE_TOP = top
+            try:
+                return index.search(q, k=10).ids
+            finally:
+                fastscan.TABLE_TOP = default
+        return go
+
+    answers = {top: run(top)() for top in tops}
+    best = round_robin({top: run(top) for top in tops}, rounds)
+    out = {}
+    for top in tops:
+        out[top] = {
+            "ms_per_query": 1e3 * best[top] / len(q),
+            "recall_at_1": recall_at_k_vs_exact(answers[top], truth, 1),
+            "recall_at_10": recall_at_k_vs_exact(answers[top], truth, 10),
+        }
+        print(f"  tables 0 .. {top:3d} ({255 // top} lookups a byte): {out[top]['ms_per_query']:.3f} ms / query, "
+              f"recall@1 {out[top]['recall_at_1']:.3f}, recall@10 {out[top]['recall_at_10']:.4f}")  # fmt: skip
+    return out
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--index", help="a saved index (with --queries, --truth)")
@@ -84,6 +113,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--probes", type=int, default=300, help="without --index: probes to generate")
     p.add_argument("--candidates", type=int, nargs="+", default=[100, 500, 1000, 2000],
                    help="candidate counts to time at the served nprobe")  # fmt: skip
+    p.add_argument("--table-top", type=int, nargs="+", default=[255, 127, 63, 31, 15],
+                   help="table roundings to compare (sums of 255 // top lookups share a byte)")  # fmt: skip
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--out-dir", default=str(Path(__file__).resolve().parent / "results"))
     p.add_argument("--name", default="list_scan")
@@ -121,6 +152,7 @@ def main(argv: list[str] | None = None) -> dict:
             c: whole_search(index, q, truth, args.rounds, f"nprobe {nprobe}, {c} candidates", nprobe=nprobe, candidates=c)
             for c in args.candidates
         },
+        "by_table_top": table_tops(index, q, truth, args.table_top, args.rounds),
     }
     write_record(record, args.out_dir, args.name)
     return record

@@ -1,17 +1,19 @@
 /* Top-k of 4-bit fast-scan codes in FAISS's inverted lists, for a batch of queries.
  *
- * The same scores as FAISS's IndexIVFPQFastScan::search_preassigned (8-bit lookup tables summed
- * in 16 bits, over FAISS's 32-vector blocks, read in place), collected differently. FAISS keeps
- * each query's k > 20 best in a reservoir whose threshold is the k-th best seen so far; with the
- * batch visited list by list (FAISS's implem 12/13, which keeps each list in cache for all the
- * queries probing it), a query's lists come in list-number order, and at k ~ 1,000 over ~350k
- * codes ~11k codes beat the running threshold, each written out and shrunk away later: ~40% of
- * the scan (benchmarks/README.md, "A scan that knows its threshold"). Here each query first
- * scans a sample of its lists (every `stride`-th by nearness, list by list as well), takes the
- * (margin * k / stride)-th best score of the sample as its threshold, and scans the rest
- * against it: ~2k codes pass. A query whose threshold proves too high (fewer than k codes above
- * it in the end: its sample was unluckily good) is scanned again from scratch, so the answer
- * always holds the k best scores (among codes tied with the k-th, any of them).
+ * It reads FAISS's 32-vector blocks in place and scores them as IndexIVFPQFastScan's
+ * search_preassigned does (a lookup table per sub-quantizer, summed in 16 bits; the caller's
+ * tables, 7-bit in fastscan.py, so that two lookups add in a byte), visiting the batch list by
+ * list as FAISS's implem 12/13 does (a list stays cached for all the queries probing it), but
+ * collects differently. FAISS keeps each query's k > 20 best in a reservoir whose threshold is
+ * the k-th best seen so far; a query's lists then come in list-number order, and at k ~ 1,000
+ * over ~350k codes ~11k codes beat the running threshold, each written out (and its id read from
+ * a cold line) to be shrunk away later: ~40% of the scan (benchmarks/README.md, "A scan that
+ * knows its threshold"). Here each query first scans a sample of its lists (those whose number
+ * is a multiple of `stride`: a sampled list is still scanned by every query probing it while it
+ * is cached), takes the (margin * k / stride)-th best score of the sample as its threshold, and
+ * scans the rest against it: ~2.5k codes pass. A query whose threshold proves too high (fewer
+ * than k codes above it in the end: its sample was unluckily good) is scanned again from
+ * scratch, so the answer always holds the k best scores (among codes tied with the k-th, any).
  *
  * Plain C with x86 intrinsics in functions compiled for AVX2 or AVX-512BW and chosen at run
  * time; hx_scan returns HX_UNSUPPORTED on any other CPU (or build), and the caller falls back to
@@ -158,14 +160,12 @@ static void sort_descending(uint64_t *a, int64_t n, uint64_t *tmp) {
 #include <immintrin.h>
 
 /* An id is read only where a code enters a query's keys, and each such read missed the cache:
- * ~15% of the scan at k ~ 1,000. The next block's 32 ids are fetched while this one is scored
+ * ~20% of the scan at k ~ 1,000 (perf). The next block's 32 ids are fetched while this one is scored
  * (the first queries to scan a list bring them; the others find them cached). */
 static inline void prefetch_ids(const int64_t *ids, int64_t block) {
     for (int p = 0; p < 4; p++) _mm_prefetch((const char *)(ids + block * 32 + 8 * p), _MM_HINT_T0);
 }
 
-/* eight scores (16-bit lanes) of vectors base .. base + 7 of a list of `size`: those above the
- * threshold enter the query's keys */
 /* Scores sc[i] of vectors base + i, i in mask, beat the threshold: they enter the query's keys. */
 static inline void enter(Top *t, int64_t k, const uint16_t *sc, uint32_t mask, int64_t base, int64_t size,
                          const int64_t *ids) {
@@ -412,8 +412,8 @@ int hx_scan(int64_t nq, int64_t m, const uint8_t *luts, int64_t nprobe, const in
     if (level == 0) return HX_UNSUPPORTED;
     if (nq < 0 || m <= 0 || m % 2 || m > 128 || nprobe < 0 || nlist < 0 || k <= 0) return HX_BAD_ARGS;
     if (nq == 0) return HX_OK;
-    /* the tables' largest entry sets how many lookups fit a byte: 1 for 8-bit tables, 4 for the
-     * 6-bit ones fastscan.py makes (fewer widening adds: ~20% of the scan) */
+    /* the tables' largest entry sets how many lookups fit a byte: 1 for 8-bit tables, 2 for the
+     * 7-bit ones fastscan.py makes (fewer widening adds) */
     int top = 0;
     for (int64_t i = 0; i < nq * m * 16; i++) top = luts[i] > top ? luts[i] : top;
     int group = top ? 255 / top : 255;

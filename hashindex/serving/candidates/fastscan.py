@@ -1,17 +1,19 @@
 """Our own scan of the partition stage's lists (``fastscan.c``), where it was built.
 
-It reads the same FAISS fast-scan blocks and gives the same scores as
-``IndexIVFPQFastScan.search_preassigned`` (8-bit lookup tables per query, sums in 16 bits), but
-collects the top ``k`` against a threshold guessed from a sample of each query's lists, where
-FAISS's reservoir starts from nothing: at the ~1,000 entries a deep probe collects, that
-collection is ~40% of FAISS's scan (benchmarks/README.md, "A scan that knows its threshold").
+It reads the same FAISS fast-scan blocks and scores them as
+``IndexIVFPQFastScan.search_preassigned`` does (a lookup table per query and sub-quantizer, sums
+in 16 bits; our tables are rounded to 7 bits, FAISS's to 8), but collects the top ``k`` against
+a threshold guessed from a sample of each query's lists, where FAISS's reservoir starts from
+nothing: at the ~1,000 entries a deep probe collects, that collection is ~40% of FAISS's scan
+(benchmarks/README.md, "A scan that knows its threshold").
 
 The C file is compiled when the package is installed (setup.py; an optional extension: an
 install without a C compiler still works) and loaded with ``ctypes``, which releases the GIL
 while it runs. It needs an x86-64 CPU with AVX2 (AVX-512BW where present). :func:`available`
 says whether it can run here; where it cannot, :func:`probe
-<hashindex.serving.candidates.partitions.probe>` asks FAISS, and the answers agree (the same
-top-``k`` scores; among entries tied with the ``k``-th, either may keep any).
+<hashindex.serving.candidates.partitions.probe>` asks FAISS. The two agree up to their tables'
+rounding (tests/test_fastscan.py); the kernel's own answer is exact for its tables (the ``k``
+best sums; among entries tied with the ``k``-th, any).
 """
 
 from __future__ import annotations
@@ -32,10 +34,11 @@ from hashindex.serving.candidates.asymmetric import SUB_BITS, sign_patterns
 # k = 1,000); enough that each list stays in cache for the dozens of queries probing it
 QUERIES_PER_CALL = 512
 MAX_SUBQUANTIZERS = 128  # scores (<= 255 per sub-quantizer) are compared as signed 16-bit lanes
-# Table entries are rounded to 0 .. TABLE_TOP, not FAISS's 0 .. 255: four lookups then sum in a
-# byte, which spares the kernel ~20% of its adds, and at 1M the candidates' recall is the same
-# (benchmarks/README.md, "A scan that knows its threshold").
-TABLE_TOP = 63
+# Table entries are rounded to 0 .. TABLE_TOP, not FAISS's 0 .. 255: two lookups then sum in a
+# byte before the kernel widens them to 16 bits, ~13% of the served search at 1M with the same
+# recall (coarser tables, 63 or 31, were no faster there and 15 lost recall; benchmarks/README.md,
+# "A scan that knows its threshold").
+TABLE_TOP = 127
 
 _ERRORS = {-1: "no AVX2 on this CPU", -2: "out of memory", -3: "bad arguments"}
 _PATTERNS_T = np.ascontiguousarray(sign_patterns().T)  # [4, 16]: lookup table = z_sub @ this
@@ -114,12 +117,14 @@ class ListTable(NamedTuple):
         return cls(codes, ids, np.ascontiguousarray(sizes, dtype=np.int64))
 
 
-def lookup_tables(z: np.ndarray, top: int = TABLE_TOP) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Each query's tables, quantized as FAISS's fast-scan does but to ``0 .. top``:
+def lookup_tables(z: np.ndarray, top: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each query's tables, quantized as FAISS's fast-scan does but to ``0 .. top`` (default
+    :data:`TABLE_TOP`, read at each call):
     ``uint8 [nq, M, 16]`` for projections ``z [nq, 4M]``, plus ``scale`` and ``offset`` ``float32
     [nq]`` that map a summed score ``s`` back to ``s / scale + offset`` (one scale per query, so
     the sums rank codes as the float tables do, up to rounding)."""
     nq, m = z.shape[0], z.shape[1] // SUB_BITS
+    top = TABLE_TOP if top is None else top
     t = np.ascontiguousarray(z, dtype=np.float32).reshape(nq, m, SUB_BITS) @ _PATTERNS_T  # [nq, M, 16]
     low = t.min(axis=2, keepdims=True)
     span = (t.max(axis=2, keepdims=True) - low).max(axis=1, keepdims=True)  # [nq, 1, 1]
