@@ -118,6 +118,19 @@ def test_a_sample_that_guesses_too_high_is_scanned_again(isa):
     assert (scores[0] < scores[0, 0]).any(), "the case must reach below the sampled best score"
 
 
+def test_a_large_k_takes_fewer_queries_per_call(monkeypatch):
+    """Scratch is bounded (WORK_KEYS): a large k splits the batch into calls of fewer queries, and
+    one query needing more than the bound gets scratch that is not kept; the answers hold."""
+    monkeypatch.setattr(fastscan, "WORK_KEYS", 5000)
+    rng = np.random.default_rng(9)
+    stage = _stage(4000, 64, 64, 2, seed=9)
+    tables = _tables(rng, 9, 64)
+    lists = np.stack([rng.permutation(64)[:40] for _ in range(9)]).astype(np.int64)
+    for k in (700, 3000):  # 2 queries per call; then 1 per call, over the bound
+        ids, scores = fastscan.scan_raw(tables, lists, stage.list_table(), k)
+        _check(ids, scores, _oracle(stage, tables, lists, k), k)
+
+
 def test_both_instruction_sets_agree_on_scores():
     if fastscan.isa() < 2:
         pytest.skip("no AVX-512BW on this CPU: one kernel to check")

@@ -30,14 +30,17 @@ import numpy as np
 
 from hashindex.serving.candidates.asymmetric import SUB_BITS, sign_patterns
 
-# queries per C call: each holds ~2k + 64 keys of 8 bytes while it runs (10 MB at 512 queries,
-# k = 1,000); enough that each list stays in cache for the dozens of queries probing it
+# queries per C call: enough that each list stays in cache for the dozens of queries probing it
+# (fewer queries per call were slower: 1M, nprobe 362, k = 1,097: 0.36 ms per query at 512,
+# 0.40 at 150, 0.49 at 60); each holds 2k + 64 keys of 8 bytes while it runs, and a call holds at
+# most WORK_KEYS of them (32 MB), so a large k takes fewer queries per call
 QUERIES_PER_CALL = 512
+WORK_KEYS = 1 << 22
 MAX_SUBQUANTIZERS = 128  # scores (<= 255 per sub-quantizer) are compared as signed 16-bit lanes
 # Table entries are rounded to 0 .. TABLE_TOP, not FAISS's 0 .. 255: two lookups then sum in a
-# byte before the kernel widens them to 16 bits, ~13% of the served search at 1M with the same
-# recall (coarser tables, 63 or 31, were no faster there and 15 lost recall; benchmarks/README.md,
-# "A scan that knows its threshold").
+# byte before the kernel widens them to 16 bits, 4-13% of the served search at 1M with the same
+# recall; coarser tables lost a little recall for no steady gain (benchmarks/README.md, "A scan
+# that knows its threshold").
 TABLE_TOP = 127
 
 _ERRORS = {-1: "no AVX2 on this CPU", -2: "out of memory", -3: "bad arguments"}
@@ -134,8 +137,11 @@ def lookup_tables(z: np.ndarray, top: int | None = None) -> tuple[np.ndarray, np
 
 
 def _work(n: int) -> np.ndarray:
-    """This thread's scratch keys, at least ``n``: kept from call to call, since fresh memory
-    costs the kernel a page fault per 4 kB it writes (~10% of a scan)."""
+    """Scratch for ``n`` keys: this thread's, kept from call to call (fresh memory costs the kernel
+    a page fault per 4 kB it writes, ~10% of a scan), unless more than ``WORK_KEYS`` (one query
+    with a huge k), which is not kept."""
+    if n > WORK_KEYS:
+        return np.empty(n, np.uint64)
     work = getattr(_state, "work", None)
     if work is None or work.size < n:
         work = _state.work = np.empty(n, np.uint64)
@@ -152,9 +158,10 @@ def scan_raw(tables: np.ndarray, lists: np.ndarray, table: ListTable, k: int) ->
     lists = np.ascontiguousarray(lists, dtype=np.int64)
     raw = np.empty((nq, k), np.uint16)
     ids = np.empty((nq, k), np.int64)
-    work = _work(_LIB.hx_work_len(min(nq, QUERIES_PER_CALL), k))
-    for lo in range(0, nq, QUERIES_PER_CALL):
-        hi = min(nq, lo + QUERIES_PER_CALL)
+    per_call = max(1, min(QUERIES_PER_CALL, WORK_KEYS // (2 * k + 64) - 1, nq))
+    work = _work(_LIB.hx_work_len(per_call, k))
+    for lo in range(0, nq, per_call):
+        hi = min(nq, lo + per_call)
         rc = _LIB.hx_scan(
             hi - lo, m, tables[lo:hi].ctypes.data, lists.shape[1], lists[lo:hi].ctypes.data, len(table.sizes),
             table.codes.ctypes.data, table.ids.ctypes.data, table.sizes.ctypes.data, k, work.ctypes.data, work.size,
