@@ -131,6 +131,17 @@ def test_a_large_k_takes_fewer_queries_per_call(monkeypatch):
         _check(ids, scores, _oracle(stage, tables, lists, k), k)
 
 
+def test_every_code_tied():
+    """A query whose tables are all zero scores every code alike: any k of them, all kept."""
+    stage = _stage(6000, 64, 64, 2, seed=4)
+    tables = np.zeros((2, 16, 16), np.uint8)
+    lists = np.tile(np.arange(64, dtype=np.int64), (2, 1))
+    for k in (20, 5000):
+        ids, scores = fastscan.scan_raw(tables, lists, stage.list_table(), k)
+        _check(ids, scores, _oracle(stage, tables, lists, k), k)
+        assert (scores == 0).all() and (ids >= 0).all()
+
+
 def test_both_instruction_sets_agree_on_scores():
     if fastscan.isa() < 2:
         pytest.skip("no AVX-512BW on this CPU: one kernel to check")
