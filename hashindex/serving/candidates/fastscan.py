@@ -4,8 +4,8 @@ It reads the same FAISS fast-scan blocks and scores them as
 ``IndexIVFPQFastScan.search_preassigned`` does (a lookup table per query and sub-quantizer, sums
 in 16 bits; our tables are rounded to 7 bits, FAISS's to 8), but collects the top ``k`` against
 a threshold guessed from a sample of each query's lists, where FAISS's reservoir starts from
-nothing: at the ~1,000 entries a deep probe collects, that collection is ~40% of FAISS's scan
-(benchmarks/README.md, "A scan that knows its threshold").
+nothing: at the ~1,000 entries a deep probe collects, that collection is nearly half of FAISS's
+scan (benchmarks/README.md, "A scan that knows its threshold").
 
 The C file is compiled when the package is installed (setup.py; an optional extension: an
 install without a C compiler still works) and loaded with ``ctypes``, which releases the GIL

@@ -12,7 +12,10 @@ item is byte for byte our packed code. Its own quantizer is an empty placeholder
 
 - when adding, :func:`append_to_lists` packs our codes straight into FAISS's 32-vector
   fast-scan blocks (no float expansion, no PQ encode);
-- when searching, :func:`probe` asks the coarse index for the lists and hands them to
+- when searching, :func:`probe` asks the coarse index for the lists and hands them to the
+  library's own scan of FAISS's blocks (candidates/fastscan.py: a threshold guessed per query
+  before the scan; benchmarks/README.md, "A scan that knows its threshold") where it is built,
+  else to
   ``search_preassigned``, with ``nprobe`` in per-call ``SearchParametersIVF`` (never a field of
   the shared index, which concurrent searches would race on).
 
@@ -25,9 +28,9 @@ Whether it pays depends on the recall target: on face-like embeddings high targe
 share of the lists probed, where the flat scan is as fast (benchmarks/README.md, "Partition
 stage"), so the tuner (serving/tuning.py) decides per index.
 
-This module is numpy + faiss only (and tqdm, for the bars of a long build): a small functional
-core (layout, k-means, assignment, packing, probing) and :class:`PartitionStage`, which holds one
-coarse quantizer and its lists.
+This module is numpy + faiss only (and tqdm, for the bars of a long build; fastscan.py for the
+scan): a small functional core (layout, k-means, assignment, packing, probing) and
+:class:`PartitionStage`, which holds one coarse quantizer and its lists.
 """
 
 from __future__ import annotations
