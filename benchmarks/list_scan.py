@@ -46,27 +46,45 @@ def _scanner(ours: bool):
     return contextlib.nullcontext() if ours else fastscan.disabled()
 
 
-def whole_search(index: HashIndex, q: np.ndarray, truth: np.ndarray, rounds: int, label: str, **point) -> dict:
-    """``search(q, k=10, **point)`` with our scan and FAISS's, round-robin."""
-    answers = {}
-    for ours in (True, False):
-        with _scanner(ours):
-            answers[ours] = index.search(q, k=10, **point).ids
+@contextlib.contextmanager
+def _table_top(top: int):
+    default, fastscan.TABLE_TOP = fastscan.TABLE_TOP, top
+    try:
+        yield
+    finally:
+        fastscan.TABLE_TOP = default
 
-    def run(ours: bool):
+
+def _variants(index: HashIndex, q: np.ndarray, truth: np.ndarray, within: dict, rounds: int, **point) -> dict:
+    """``search(q, k=10, **point)`` inside each ``within[name]()`` context, timed round-robin:
+    per name, its answers (ids), ms per query, recall@1 and recall@10."""
+    def run(name):
         def go():
-            with _scanner(ours):
-                index.search(q, k=10, **point)
+            with within[name]():
+                return index.search(q, k=10, **point).ids
         return go
 
-    best = round_robin({"ours": run(True), "faiss": run(False)}, rounds)
+    answers = {name: run(name)() for name in within}
+    best = round_robin({name: run(name) for name in within}, rounds)
+    return {
+        name: {
+            "ids": answers[name],
+            "ms_per_query": 1e3 * best[name] / len(q),
+            "recall_at_1": recall_at_k_vs_exact(answers[name], truth, 1),
+            "recall_at_10": recall_at_k_vs_exact(answers[name], truth, 10),
+        }
+        for name in within
+    }
+
+
+def whole_search(index: HashIndex, q: np.ndarray, truth: np.ndarray, rounds: int, label: str, **point) -> dict:
+    """``search(q, k=10, **point)`` with our scan and FAISS's, round-robin."""
+    v = _variants(index, q, truth, {"ours": lambda: _scanner(True), "faiss": lambda: _scanner(False)}, rounds, **point)
     out = {
         "point": point,
-        "ms_per_query": {name: 1e3 * t / len(q) for name, t in best.items()},
-        "speed_up": best["faiss"] / best["ours"],
-        "recall_at_1": {("ours" if o else "faiss"): recall_at_k_vs_exact(a, truth, 1) for o, a in answers.items()},
-        "recall_at_10": {("ours" if o else "faiss"): recall_at_k_vs_exact(a, truth, 10) for o, a in answers.items()},
-        "same_top10": float((answers[True] == answers[False]).mean()),
+        **{key: {name: v[name][key] for name in v} for key in ("ms_per_query", "recall_at_1", "recall_at_10")},
+        "speed_up": v["faiss"]["ms_per_query"] / v["ours"]["ms_per_query"],
+        "same_top10": float((v["ours"]["ids"] == v["faiss"]["ids"]).mean()),
     }
     ms = out["ms_per_query"]
     print(f"  {label:28s} ours {ms['ours']:.3f}, FAISS {ms['faiss']:.3f} ms / query ({out['speed_up']:.2f}x); "
@@ -78,28 +96,11 @@ def whole_search(index: HashIndex, q: np.ndarray, truth: np.ndarray, rounds: int
 
 def table_tops(index: HashIndex, q: np.ndarray, truth: np.ndarray, tops: list[int], rounds: int) -> dict:
     """The served search with our scan's tables rounded to each ``0 .. top``, round-robin."""
-    default = fastscan.TABLE_TOP
-
-    def run(top: int):
-        def go():
-            fastscan.TABLE_TOP = top
-            try:
-                return index.search(q, k=10).ids
-            finally:
-                fastscan.TABLE_TOP = default
-        return go
-
-    answers = {top: run(top)() for top in tops}
-    best = round_robin({top: run(top) for top in tops}, rounds)
-    out = {}
-    for top in tops:
-        out[top] = {
-            "ms_per_query": 1e3 * best[top] / len(q),
-            "recall_at_1": recall_at_k_vs_exact(answers[top], truth, 1),
-            "recall_at_10": recall_at_k_vs_exact(answers[top], truth, 10),
-        }
-        print(f"  tables 0 .. {top:3d} ({255 // top} lookups a byte): {out[top]['ms_per_query']:.3f} ms / query, "
-              f"recall@1 {out[top]['recall_at_1']:.3f}, recall@10 {out[top]['recall_at_10']:.4f}")  # fmt: skip
+    v = _variants(index, q, truth, {top: (lambda top=top: _table_top(top)) for top in tops}, rounds)
+    out = {top: {key: v[top][key] for key in ("ms_per_query", "recall_at_1", "recall_at_10")} for top in tops}
+    for top, r in out.items():
+        print(f"  tables 0 .. {top:3d} ({255 // top} lookups a byte): {r['ms_per_query']:.3f} ms / query, "
+              f"recall@1 {r['recall_at_1']:.3f}, recall@10 {r['recall_at_10']:.4f}")  # fmt: skip
     return out
 
 

@@ -99,22 +99,9 @@ static void select_largest(uint64_t *a, int64_t n, int64_t k) {
 
 static inline int key_score(uint64_t key) { return (int)(key >> ID_BITS); }
 
-/* keep the k best keys held and raise the threshold to the k-th best's score */
-static void shrink(Top *t, int64_t k) {
-    if (t->n <= k) return;
-    select_largest(t->buf, t->n, k);
-    t->n = k;
-    int worst = key_score(t->buf[0]);
-    for (int64_t i = 1; i < k; i++) {
-        int s = key_score(t->buf[i]);
-        if (s < worst) worst = s;
-    }
-    if (worst > t->thr) t->thr = worst;
-}
-
-/* the r-th best score held (r >= 1), or -1 when fewer are held; reorders the keys */
-static int rth_score(Top *t, int64_t r) {
-    if (t->n < r) return -1;
+/* reorders the keys held so that the first r (1 <= r <= n) are the r best; the worst of their
+ * scores */
+static int select_best(Top *t, int64_t r) {
     select_largest(t->buf, t->n, r);
     int worst = key_score(t->buf[0]);
     for (int64_t i = 1; i < r; i++) {
@@ -123,6 +110,17 @@ static int rth_score(Top *t, int64_t r) {
     }
     return worst;
 }
+
+/* keep the k best keys held and raise the threshold to the k-th best's score */
+static void shrink(Top *t, int64_t k) {
+    if (t->n <= k) return;
+    int worst = select_best(t, k);
+    t->n = k;
+    if (worst > t->thr) t->thr = worst;
+}
+
+/* the r-th best score held (r >= 1), or -1 when fewer are held; reorders the keys */
+static int rth_score(Top *t, int64_t r) { return t->n < r ? -1 : select_best(t, r); }
 
 /* sorts keys by score, best first (two 8-bit counting passes; equal scores in no set order) */
 static void sort_descending(uint64_t *a, int64_t n, uint64_t *tmp) {
@@ -384,6 +382,40 @@ static int scan_pairs(const Batch *B, Top *tops, int64_t k, int64_t stride, int 
     return HX_OK;
 }
 
+/* The sampled scan: each query's lists with l % stride == 0 first, keeping only the r best its
+ * guess needs; the (r-th best) score there its threshold for the rest; a query left with fewer
+ * than k above its guess (keys at or below it were skipped) scanned again from scratch. */
+static int scan_sampled(const Batch *B, Top *tops, int64_t k, int64_t stride) {
+    int64_t r = (int64_t)(SAMPLE_MARGIN * (double)k / (double)stride) + 1;
+    int32_t *guess = malloc((size_t)B->nq * sizeof(int32_t));
+    if (!guess) return HX_NO_MEMORY;
+    int64_t room = tops[0].limit;
+    for (int64_t i = 0; i < B->nq; i++) tops[i].limit = 2 * r + 64 < room ? 2 * r + 64 : room;
+    int rc = scan_pairs(B, tops, r, stride, 1);
+    for (int64_t i = 0; rc == HX_OK && i < B->nq; i++) {
+        guess[i] = rth_score(&tops[i], r);
+        if (guess[i] > tops[i].thr) tops[i].thr = guess[i];
+        tops[i].limit = room;
+    }
+    if (rc == HX_OK) rc = scan_pairs(B, tops, k, stride, 0);
+    for (int64_t i = 0; rc == HX_OK && i < B->nq; i++) {
+        Top *t = &tops[i];
+        if (guess[i] < 0) continue;
+        int64_t above = 0;
+        for (int64_t e = 0; e < t->n; e++) above += key_score(t->buf[e]) > guess[i];
+        if (above >= k) continue;
+        Batch one = *B;
+        one.nq = 1;
+        one.luts = B->luts + i * B->m * 16;
+        one.lists = B->lists + i * B->nprobe;
+        t->n = 0;
+        t->thr = -1;
+        rc = scan_pairs(&one, t, k, 1, 1);
+    }
+    free(guess);
+    return rc;
+}
+
 /* keys of scratch hx_scan needs: 2k + 64 per query, and as many for its final sort */
 int64_t hx_work_len(int64_t nq, int64_t k) { return (nq + 1) * (2 * k + 64); }
 
@@ -409,53 +441,18 @@ int hx_scan(int64_t nq, int64_t m, const uint8_t *luts, int64_t nprobe, const in
     int64_t room = 2 * k + 64; /* keys held per query before a shrink */
     if (work_len < hx_work_len(nq, k)) return HX_BAD_ARGS;
     Top *tops = calloc((size_t)nq, sizeof(Top));
-    uint64_t *keys = work, *tmp = work + nq * room;
-    int32_t *guess = malloc((size_t)nq * sizeof(int32_t));
-    int rc = HX_OK;
-    if (!tops || !guess) {
-        rc = HX_NO_MEMORY;
-        goto done;
-    }
+    if (!tops) return HX_NO_MEMORY;
     for (int64_t i = 0; i < nq; i++) {
-        tops[i].buf = keys + i * room;
+        tops[i].buf = work + i * room;
         tops[i].limit = room;
         tops[i].thr = -1;
     }
     int64_t stride = (int64_t)(SAMPLE_MARGIN * (double)k / SAMPLE_MIN_RANK);
     if (stride > SAMPLE_MAX_STRIDE) stride = SAMPLE_MAX_STRIDE;
     if (stride > nprobe / 4) stride = nprobe / 4;
-    if (stride <= 1) {
-        rc = scan_pairs(&B, tops, k, 1, 1);
-        goto finish;
-    }
-    /* the sample: its r best are all that matter to the guess */
-    int64_t r = (int64_t)(SAMPLE_MARGIN * (double)k / (double)stride) + 1;
-    for (int64_t i = 0; i < nq; i++) tops[i].limit = 2 * r + 64 < room ? 2 * r + 64 : room;
-    if ((rc = scan_pairs(&B, tops, r, stride, 1)) != HX_OK) goto done;
-    for (int64_t i = 0; i < nq; i++) {
-        guess[i] = rth_score(&tops[i], r);
-        if (guess[i] > tops[i].thr) tops[i].thr = guess[i];
-        tops[i].limit = room;
-    }
-    if ((rc = scan_pairs(&B, tops, k, stride, 0)) != HX_OK) goto done;
-    for (int64_t i = 0; i < nq; i++) {
-        Top *t = &tops[i];
-        if (guess[i] < 0) continue;
-        int64_t above = 0;
-        for (int64_t e = 0; e < t->n; e++) above += key_score(t->buf[e]) > guess[i];
-        if (above >= k) continue;
-        /* fewer than k above the guess: keys at or below it were skipped; scan this query again */
-        Batch one = B;
-        one.nq = 1;
-        one.luts = luts + i * m * 16;
-        one.lists = lists + i * nprobe;
-        t->n = 0;
-        t->thr = -1;
-        if ((rc = scan_pairs(&one, t, k, 1, 1)) != HX_OK) goto done;
-    }
-finish:
-    if (rc != HX_OK) goto done;
-    for (int64_t i = 0; i < nq; i++) {
+    int rc = stride > 1 ? scan_sampled(&B, tops, k, stride) : scan_pairs(&B, tops, k, 1, 1);
+    uint64_t *tmp = work + nq * room;
+    for (int64_t i = 0; rc == HX_OK && i < nq; i++) {
         Top *t = &tops[i];
         shrink(t, k);
         sort_descending(t->buf, t->n, tmp);
@@ -465,8 +462,6 @@ finish:
             out_ids[i * k + e] = have ? (int64_t)(t->buf[e] & ID_MASK) : -1;
         }
     }
-done:
     free(tops);
-    free(guess);
     return rc;
 }
