@@ -131,6 +131,40 @@ def test_a_large_k_takes_fewer_queries_per_call(monkeypatch):
         _check(ids, scores, _oracle(stage, tables, lists, k), k)
 
 
+@pytest.mark.parametrize("isa", ISAS)
+def test_ids_are_read_back_whatever_their_size(isa):
+    """The kernel keys entries by list and offset and reads the ids of the k kept from FAISS's id
+    arrays at the end: positions far past 2^48 (and past any key bit) come back as stored."""
+    rng = np.random.default_rng(13)
+    stage = _stage(2000, 64, 32, 2, seed=13)
+    extra = rng.integers(0, 256, (700, 8), dtype=np.uint8)
+    assign = np.stack([rng.integers(0, 32, 700), rng.integers(0, 32, 700)], 1).astype(np.int32)
+    assign[:, 1] = np.where(assign[:, 1] == assign[:, 0], (assign[:, 0] + 1) % 32, assign[:, 1])
+    stage.append(extra, (1 << 62) - 1000, assign)
+    tables = _tables(rng, 11, 64)
+    lists = np.stack([rng.permutation(32)[:20] for _ in range(11)]).astype(np.int64)
+    with fastscan.isa_cap(isa):
+        for k in (5, 300, 3000):
+            ids, scores = fastscan.scan_raw(tables, lists, stage.list_table(), k)
+            _check(ids, scores, _oracle(stage, tables, lists, k), k)
+    assert (ids > 1 << 61).any()
+
+
+def test_lists_beyond_the_keys_go_to_faiss():
+    """More lists, or longer ones, than a key can name: the kernel is not used for them (probe
+    asks FAISS) and refuses them if called anyway."""
+    stage = _stage(500, 64, 16, 1, seed=3)
+    table = stage.list_table()
+    assert fastscan.available(16, table)
+    long = table._replace(sizes=np.where(table.sizes > 0, fastscan.MAX_LIST_SIZE + 1, 0))
+    many = fastscan.ListTable(*(np.zeros(fastscan.MAX_LISTS + 1, a.dtype) for a in table))
+    assert not fastscan.available(16, long) and not fastscan.available(16, many)
+    tables = _tables(np.random.default_rng(3), 2, 64)
+    lists = np.zeros((2, 1), np.int64)
+    with pytest.raises(RuntimeError, match="bad arguments"):
+        fastscan.scan_raw(tables, lists, long, 5)
+
+
 def test_every_code_tied():
     """A query whose tables are all zero scores every code alike: any k of them, all kept."""
     stage = _stage(6000, 64, 64, 2, seed=4)

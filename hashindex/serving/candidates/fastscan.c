@@ -30,6 +30,13 @@
 
 #define ID_BITS 48
 #define ID_MASK ((1ULL << ID_BITS) - 1)
+/* A key names its entry by list and offset (the low 48 bits: list << OFFSET_BITS | offset), not
+ * by id: reading the id of each entering code from FAISS's id arrays missed the cache, ~20% of the
+ * scan at k ~ 1,000 even with the next block's ids prefetched (perf); only the k kept are looked
+ * up, once, at the end. Lists up to 2^20, entries per list below 2^28 (hx_scan refuses more). */
+#define OFFSET_BITS 28
+#define OFFSET_MASK ((1ULL << OFFSET_BITS) - 1)
+#define MAX_LISTS (1LL << (ID_BITS - OFFSET_BITS))
 /* The sample: 1 list in `stride` of a query's, its (MARGIN * k / stride)-th best score the guess.
  * Below SAMPLE_MIN_RANK codes ranked in the sample the guess is too noisy to pay (at k = 20 a
  * third of the queries were scanned again); at 1M, k ~ 600-1,100, a stride of 32 had up to 1.7%
@@ -38,7 +45,7 @@
 #define SAMPLE_MARGIN 2.0
 #define SAMPLE_MAX_STRIDE 16
 
-/* the best (score << 48 | id) keys one query has collected; keys above `thr` (a score) enter */
+/* the best (score << 48 | list << 28 | offset) keys one query has collected; keys above `thr` (a score) enter */
 typedef struct {
     uint64_t *buf;
     int64_t n, limit; /* held, and how many trigger a shrink to k */
@@ -144,16 +151,10 @@ static void sort_descending(uint64_t *a, int64_t n, uint64_t *tmp) {
 #if defined(__x86_64__) || defined(_M_X64)
 #include <immintrin.h>
 
-/* An id is read only where a code enters a query's keys, and each such read missed the cache:
- * ~20% of the scan at k ~ 1,000 (perf). The next block's 32 ids are fetched while this one is scored
- * (the first queries to scan a list bring them; the others find them cached). */
-static inline void prefetch_ids(const int64_t *ids, int64_t block) {
-    for (int p = 0; p < 4; p++) _mm_prefetch((const char *)(ids + block * 32 + 8 * p), _MM_HINT_T0);
-}
-
-/* Scores sc[i] of vectors base + i, i in mask, beat the threshold: they enter the query's keys. */
+/* Scores sc[i] of vectors base + i, i in mask, beat the threshold: they enter the query's keys
+ * (`where`: the list's number << OFFSET_BITS). */
 static inline void enter(Top *t, int64_t k, const uint16_t *sc, uint32_t mask, int64_t base, int64_t size,
-                         const int64_t *ids) {
+                         uint64_t where) {
     while (mask) {
         int j = __builtin_ctz(mask);
         mask &= mask - 1;
@@ -163,29 +164,29 @@ static inline void enter(Top *t, int64_t k, const uint16_t *sc, uint32_t mask, i
             shrink(t, k);
             if ((int)sc[j] <= t->thr) continue;
         }
-        t->buf[t->n++] = ((uint64_t)sc[j] << ID_BITS) | ((uint64_t)ids[v] & ID_MASK);
+        t->buf[t->n++] = ((uint64_t)sc[j] << ID_BITS) | where | (uint64_t)v;
     }
 }
 
 /* eight scores (16-bit lanes) of vectors base .. base + 7 */
 __attribute__((target("avx2"))) static inline void collect8(Top *t, int64_t k, __m128i s, int64_t base, int64_t size,
-                                                            const int64_t *ids) {
+                                                            uint64_t where) {
     __m128i above = _mm_cmpgt_epi16(s, _mm_set1_epi16((short)t->thr));
     uint32_t mask = (uint32_t)_mm_movemask_epi8(_mm_packs_epi16(above, _mm_setzero_si128())); /* bit i: lane i */
     if (!mask) return;
     uint16_t sc[8];
     _mm_storeu_si128((__m128i *)sc, s);
-    enter(t, k, sc, mask, base, size, ids);
+    enter(t, k, sc, mask, base, size, where);
 }
 
 /* 32 scores (16-bit lanes) of vectors base .. base + 31: one comparison */
 __attribute__((target("avx512bw"))) static inline void collect32(Top *t, int64_t k, __m512i s, int64_t base,
-                                                                 int64_t size, const int64_t *ids) {
+                                                                 int64_t size, uint64_t where) {
     uint32_t mask = (uint32_t)_mm512_cmpgt_epi16_mask(s, _mm512_set1_epi16((short)t->thr));
     if (!mask) return;
     uint16_t sc[32];
     _mm512_storeu_si512((void *)sc, s);
-    enter(t, k, sc, mask, base, size, ids);
+    enter(t, k, sc, mask, base, size, where);
 }
 
 /* Block layout (FAISS's pq4 packing, bbs = 32; read from FAISS in BlockLayout): 32 bytes per
@@ -196,13 +197,12 @@ __attribute__((target("avx512bw"))) static inline void collect32(Top *t, int64_t
  * 16-bit lanes: acc[0] adds both bytes of each pair (low + 256 * high), acc[1] the high ones, and
  * acc[0] - 256 * acc[1] recovers the low ones. */
 __attribute__((target("avx2"), always_inline)) static inline void scan_avx2_n(Top **tops, const uint8_t **luts, const int nt, int group, int64_t k,
-                                                      const uint8_t *codes, const int64_t *ids, int64_t size,
+                                                      const uint8_t *codes, uint64_t where, int64_t size,
                                                       int64_t m) {
     const __m256i nib = _mm256_set1_epi8(0x0f);
     int64_t nblocks = (size + 31) / 32, pairs = m / 2;
     for (int64_t b = 0; b < nblocks; b++) {
         const uint8_t *block = codes + b * 16 * m;
-        prefetch_ids(ids, b + 1);
         __m256i acc[2][4];
         for (int q = 0; q < 2; q++)
             for (int u = 0; u < 4; u++) acc[q][u] = _mm256_setzero_si256();
@@ -231,7 +231,7 @@ __attribute__((target("avx2"), always_inline)) static inline void scan_avx2_n(To
                             _mm256_sub_epi16(acc[q][2], _mm256_slli_epi16(acc[q][3], 8)), acc[q][3]};
             for (int g = 0; g < 4; g++) { /* even + odd sub-quantizers: the two lanes */
                 __m128i v = _mm_add_epi16(_mm256_castsi256_si128(s[g]), _mm256_extracti128_si256(s[g], 1));
-                collect8(tops[q], k, v, b * 32 + g * 8, size, ids);
+                collect8(tops[q], k, v, b * 32 + g * 8, size, where);
             }
         }
     }
@@ -239,15 +239,15 @@ __attribute__((target("avx2"), always_inline)) static inline void scan_avx2_n(To
 
 /* nt (1 or 2) a constant in each copy, so the accumulators stay in registers */
 __attribute__((target("avx2"))) static void scan_avx2(Top **tops, const uint8_t **luts, int nt, int group, int64_t k,
-                                                  const uint8_t *codes, const int64_t *ids, int64_t size, int64_t m) {
-    if (nt == 2) scan_avx2_n(tops, luts, 2, group, k, codes, ids, size, m);
-    else scan_avx2_n(tops, luts, 1, group, k, codes, ids, size, m);
+                                                  const uint8_t *codes, uint64_t where, int64_t size, int64_t m) {
+    if (nt == 2) scan_avx2_n(tops, luts, 2, group, k, codes, where, size, m);
+    else scan_avx2_n(tops, luts, 1, group, k, codes, where, size, m);
 }
 
 /* The same with 64-byte loads: two pairs of sub-quantizers, four 128-bit lanes (sub-quantizers
  * 4c .. 4c + 3, as the table rows); a trailing pair (m % 4 == 2) through 32-byte loads. */
 __attribute__((target("avx512bw"), always_inline)) static inline void scan_avx512_n(Top **tops, const uint8_t **luts, const int nt, int group, int64_t k,
-                                                            const uint8_t *codes, const int64_t *ids, int64_t size,
+                                                            const uint8_t *codes, uint64_t where, int64_t size,
                                                             int64_t m) {
     const __m512i nib = _mm512_set1_epi8(0x0f);
     const __m256i nib2 = _mm256_set1_epi8(0x0f), byte = _mm256_set1_epi16(0xff);
@@ -255,7 +255,6 @@ __attribute__((target("avx512bw"), always_inline)) static inline void scan_avx51
     int tail = (m % 4) != 0;
     for (int64_t b = 0; b < nblocks; b++) {
         const uint8_t *block = codes + b * 16 * m;
-        prefetch_ids(ids, b + 1);
         __m512i acc[2][4];
         for (int q = 0; q < 2; q++)
             for (int u = 0; u < 4; u++) acc[q][u] = _mm512_setzero_si512();
@@ -305,16 +304,16 @@ __attribute__((target("avx512bw"), always_inline)) static inline void scan_avx51
                     _mm256_inserti128_si256(_mm256_castsi128_si256(f[2]), f[3], 1), 1);
                 all = _mm512_add_epi16(all, extra);
             }
-            collect32(tops[q], k, all, b * 32, size, ids);
+            collect32(tops[q], k, all, b * 32, size, where);
         }
     }
 }
 
 /* nt (1 or 2) a constant in each copy, so the accumulators stay in registers */
 __attribute__((target("avx512bw"))) static void scan_avx512(Top **tops, const uint8_t **luts, int nt, int group, int64_t k,
-                                                  const uint8_t *codes, const int64_t *ids, int64_t size, int64_t m) {
-    if (nt == 2) scan_avx512_n(tops, luts, 2, group, k, codes, ids, size, m);
-    else scan_avx512_n(tops, luts, 1, group, k, codes, ids, size, m);
+                                                  const uint8_t *codes, uint64_t where, int64_t size, int64_t m) {
+    if (nt == 2) scan_avx512_n(tops, luts, 2, group, k, codes, where, size, m);
+    else scan_avx512_n(tops, luts, 1, group, k, codes, where, size, m);
 }
 #endif
 
@@ -361,7 +360,7 @@ static int scan_pairs(const Batch *B, Top *tops, int64_t k, int64_t stride, int 
         int64_t size = B->sizes[l];
         if (size <= 0) continue;
         const uint8_t *codes = (const uint8_t *)(uintptr_t)B->codes[l];
-        const int64_t *ids = (const int64_t *)(uintptr_t)B->ids[l];
+        uint64_t where = (uint64_t)l << OFFSET_BITS;
         for (int64_t p = start[l]; p < start[l + 1]; p += 2) {
             int nt = p + 1 < start[l + 1] ? 2 : 1;
             Top *t[2];
@@ -371,8 +370,8 @@ static int scan_pairs(const Batch *B, Top *tops, int64_t k, int64_t stride, int 
                 lut[q] = B->luts + who[p + q] * B->m * 16;
             }
 #if defined(__x86_64__) || defined(_M_X64)
-            if (B->level >= 2) scan_avx512(t, lut, nt, B->group, k, codes, ids, size, B->m);
-            else scan_avx2(t, lut, nt, B->group, k, codes, ids, size, B->m);
+            if (B->level >= 2) scan_avx512(t, lut, nt, B->group, k, codes, where, size, B->m);
+            else scan_avx2(t, lut, nt, B->group, k, codes, where, size, B->m);
 #endif
         }
     }
@@ -423,14 +422,17 @@ int64_t hx_work_len(int64_t nq, int64_t k) { return (nq + 1) * (2 * k + 64); }
  * `out_ids` int64 [nq, k] (-1 and 0 past the codes the lists hold). m: sub-quantizers (even,
  * <= 128: the scores, at most 255 m, are compared as signed 16-bit lanes); luts: uint8
  * [nq, m, 16]; lists: int64 [nq, nprobe]; codes / ids: each list's arrays as
- * addresses, sizes: its codes. Ids must lie in [0, 2^48). work: room for hx_work_len(nq, k) keys,
+ * addresses, sizes: its codes (at most 2^20 lists of at most 2^28 codes). work: room for hx_work_len(nq, k) keys,
  * the caller's to reuse from call to call (fresh memory each call cost a page fault per 4 kB). */
 int hx_scan(int64_t nq, int64_t m, const uint8_t *luts, int64_t nprobe, const int64_t *lists, int64_t nlist,
             const uint64_t *codes, const uint64_t *ids, const int64_t *sizes, int64_t k, uint64_t *work,
             int64_t work_len, uint16_t *out_scores, int64_t *out_ids) {
     int level = isa_level();
     if (level == 0) return HX_UNSUPPORTED;
-    if (nq < 0 || m <= 0 || m % 2 || m > 128 || nprobe < 0 || nlist < 0 || k <= 0) return HX_BAD_ARGS;
+    if (nq < 0 || m <= 0 || m % 2 || m > 128 || nprobe < 0 || nlist < 0 || nlist > MAX_LISTS || k <= 0)
+        return HX_BAD_ARGS;
+    for (int64_t l = 0; l < nlist; l++)
+        if (sizes[l] > (int64_t)OFFSET_MASK + 1) return HX_BAD_ARGS;
     if (nq == 0) return HX_OK;
     /* the tables' largest entry sets how many lookups fit a byte: 1 for 8-bit tables, 2 for the
      * 7-bit ones fastscan.py makes (fewer widening adds) */
@@ -459,7 +461,8 @@ int hx_scan(int64_t nq, int64_t m, const uint8_t *luts, int64_t nprobe, const in
         for (int64_t e = 0; e < k; e++) {
             int have = e < t->n;
             out_scores[i * k + e] = have ? (uint16_t)key_score(t->buf[e]) : 0;
-            out_ids[i * k + e] = have ? (int64_t)(t->buf[e] & ID_MASK) : -1;
+            uint64_t at = have ? t->buf[e] & ID_MASK : 0;
+            out_ids[i * k + e] = have ? ((const int64_t *)(uintptr_t)ids[at >> OFFSET_BITS])[at & OFFSET_MASK] : -1;
         }
     }
     free(tops);

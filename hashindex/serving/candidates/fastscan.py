@@ -37,6 +37,9 @@ from hashindex.serving.candidates.asymmetric import SUB_BITS, sign_patterns
 QUERIES_PER_CALL = 512
 WORK_KEYS = 1 << 22
 MAX_SUBQUANTIZERS = 128  # scores (<= 255 per sub-quantizer) are compared as signed 16-bit lanes
+# the kernel names an entry by list and offset in 48 bits (fastscan.c); FAISS scans anything bigger
+MAX_LISTS = 1 << 20
+MAX_LIST_SIZE = 1 << 28
 # Table entries are rounded to 0 .. TABLE_TOP, not FAISS's 0 .. 255: two lookups then sum in a
 # byte before the kernel widens them to 16 bits, 4-13% of the served search at 1M with the same
 # recall; coarser tables lost a little recall for no steady gain (benchmarks/README.md, "A scan
@@ -72,10 +75,12 @@ def isa() -> int:
     return int(_LIB.hx_isa()) if _LIB is not None else 0
 
 
-def available(m: int | None = None) -> bool:
+def available(m: int | None = None, table: "ListTable | None" = None) -> bool:
     """Whether the scan is built, runs on this CPU, is not switched off in this thread
-    (:func:`disabled`) and, given ``m`` sub-quantizers, handles them."""
+    (:func:`disabled`) and, given ``m`` sub-quantizers and the lists' ``table``, handles them."""
     if _LIB is None or getattr(_state, "off", False) or isa() == 0:
+        return False
+    if table is not None and (len(table.sizes) > MAX_LISTS or (table.sizes > MAX_LIST_SIZE).any()):
         return False
     return m is None or (m % 2 == 0 and 0 < m <= MAX_SUBQUANTIZERS)
 

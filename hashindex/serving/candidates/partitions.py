@@ -424,7 +424,7 @@ def probe(
     if slack is not None:
         depth = adaptive_depth(coarse_scores, slack, higher_is_better=metric != "l2")
         lists = np.where(np.arange(lists.shape[1])[None, :] < depth[:, None], lists, -1)
-    if table is not None and fastscan.available(ivf.M):
+    if table is not None and fastscan.available(ivf.M, table):
         pos, scores = fastscan.scan(z, lists, table, c)
         return pos, scores, lists
     zeros = np.zeros(lists.shape, dtype=np.float32)  # coarse distances: unused without residuals
