@@ -15,7 +15,7 @@ import pytest
 
 from hashindex.serving.candidates import fastscan
 from hashindex.serving.candidates.asymmetric import sign_patterns
-from hashindex.serving.candidates.partitions import PartitionStage, probe
+from hashindex.serving.candidates.partitions import PartitionStage, dedupe, probe
 
 pytestmark = pytest.mark.skipif(
     not fastscan.available(), reason="the fast-scan kernel is not built here (no C compiler, or not x86-64 with AVX2)"
@@ -90,7 +90,7 @@ def test_top_k_matches_the_numpy_oracle(isa, bits, spill):
     with fastscan.isa_cap(isa):
         # k: a heap's worth, FAISS's reservoir range, a sampled threshold, more than the lists hold
         for k in (1, 7, 20, 100, 700, 8000):
-            ids, scores = fastscan.scan_raw(tables, lists, stage.list_table(), k)
+            ids, scores, _ = fastscan.scan_raw(tables, lists, stage.list_table(), k)
             _check(ids, scores, _oracle(stage, tables, lists, k), k)
 
 
@@ -113,7 +113,7 @@ def test_a_sample_that_guesses_too_high_is_scanned_again(isa):
     lists = np.arange(nlist, dtype=np.int64)[None, :]  # rank r = list r: the sample is lists 0, 16, ...
     k = 600  # the sample (8 lists x ~55 best codes) holds the 26 it needs: a guess at the best score
     with fastscan.isa_cap(isa):
-        ids, scores = fastscan.scan_raw(tables, lists, stage.list_table(), k)
+        ids, scores, _ = fastscan.scan_raw(tables, lists, stage.list_table(), k)
     _check(ids, scores, _oracle(stage, tables, lists, k), k)
     assert (scores[0] < scores[0, 0]).any(), "the case must reach below the sampled best score"
 
@@ -127,7 +127,7 @@ def test_a_large_k_takes_fewer_queries_per_call(monkeypatch):
     tables = _tables(rng, 9, 64)
     lists = np.stack([rng.permutation(64)[:40] for _ in range(9)]).astype(np.int64)
     for k in (700, 3000):  # 2 queries per call; then 1 per call, over the bound
-        ids, scores = fastscan.scan_raw(tables, lists, stage.list_table(), k)
+        ids, scores, _ = fastscan.scan_raw(tables, lists, stage.list_table(), k)
         _check(ids, scores, _oracle(stage, tables, lists, k), k)
 
 
@@ -145,7 +145,7 @@ def test_ids_are_read_back_whatever_their_size(isa):
     lists = np.stack([rng.permutation(32)[:20] for _ in range(11)]).astype(np.int64)
     with fastscan.isa_cap(isa):
         for k in (5, 300, 3000):
-            ids, scores = fastscan.scan_raw(tables, lists, stage.list_table(), k)
+            ids, scores, _ = fastscan.scan_raw(tables, lists, stage.list_table(), k)
             _check(ids, scores, _oracle(stage, tables, lists, k), k)
     assert (ids > 1 << 61).any()
 
@@ -171,7 +171,7 @@ def test_every_code_tied():
     tables = np.zeros((2, 16, 16), np.uint8)
     lists = np.tile(np.arange(64, dtype=np.int64), (2, 1))
     for k in (20, 5000):
-        ids, scores = fastscan.scan_raw(tables, lists, stage.list_table(), k)
+        ids, scores, _ = fastscan.scan_raw(tables, lists, stage.list_table(), k)
         _check(ids, scores, _oracle(stage, tables, lists, k), k)
         assert (scores == 0).all() and (ids >= 0).all()
 
@@ -230,6 +230,31 @@ def test_probe_agrees_with_faiss():
         assert np.abs(ours[1][i] - exact_ours).max() <= rounding[i] / 2
 
 
+@pytest.mark.parametrize("isa", ISAS)
+def test_distinct_drops_the_second_finding_of_an_item(isa):
+    """Spilled items are found in two lists with one score: with ``distinct`` the kernel keeps the
+    first of each id and closes up, as numpy's dedupe does on the full answer, and says how many
+    entries (repeats counted) the lists held."""
+    rng = np.random.default_rng(17)
+    stage = _stage(3000, 128, 48, 2, seed=17)
+    tables = _tables(rng, 13, 128)
+    lists = np.stack([rng.permutation(48)[:36] for _ in range(13)]).astype(np.int64)
+    lists[4, 3:] = -1  # lists that hold fewer than k
+    with fastscan.isa_cap(isa):
+        for k in (9, 250, 2000):
+            ids, scores, held = fastscan.scan_raw(tables, lists, stage.list_table(), k)
+            got_ids, got_scores, got_held = fastscan.scan_raw(tables, lists, stage.list_table(), k, distinct=True)
+            np.testing.assert_array_equal(got_held, held)
+            np.testing.assert_array_equal(held, (ids >= 0).sum(axis=1))
+            unique = dedupe(ids)
+            keep = np.argsort(unique < 0, axis=1, kind="stable")
+            np.testing.assert_array_equal(got_ids, np.take_along_axis(unique, keep, 1))
+            want_scores = np.take_along_axis(scores, keep, 1)
+            np.testing.assert_array_equal(got_scores[got_ids >= 0], want_scores[got_ids >= 0])
+            assert (got_scores[got_ids < 0] == 0).all()
+            assert (unique >= 0).sum() < (ids >= 0).sum(), "the case must find some item twice"
+
+
 def test_concurrent_scans_keep_their_own_scratch():
     """Threads scan at once (ctypes releases the GIL), each with its own scratch keys."""
     rng = np.random.default_rng(11)
@@ -242,7 +267,7 @@ def test_concurrent_scans_keep_their_own_scratch():
     def work(k):
         try:
             for _ in range(20):
-                ids, scores = fastscan.scan_raw(tables, lists, stage.list_table(), k)
+                ids, scores, _ = fastscan.scan_raw(tables, lists, stage.list_table(), k)
                 np.testing.assert_array_equal(scores, expected[k][1])
         except Exception as e:  # pragma: no cover - reported below
             errors.append(e)

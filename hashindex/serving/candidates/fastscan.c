@@ -418,15 +418,40 @@ static int scan_sampled(const Batch *B, Top *tops, int64_t k, int64_t stride) {
 /* keys of scratch hx_scan needs: 2k + 64 per query, and as many for its final sort */
 int64_t hx_work_len(int64_t nq, int64_t k) { return (nq + 1) * (2 * k + 64); }
 
+/* Writes the ids of keys[0..n) (sorted) and their scores to out[0..), skipping an id already
+ * written when `seen` (a zeroed table of `slots`, a power of two >= 2n) is given: an item in two
+ * of the query's lists is found twice, with the same score. Returns how many were written. */
+static int64_t write_out(const uint64_t *keys, int64_t n, const uint64_t *ids, uint64_t *seen, int64_t slots,
+                         uint16_t *out_scores, int64_t *out_ids) {
+    int shift = 64 - __builtin_ctzll((uint64_t)slots);
+    int64_t w = 0;
+    for (int64_t e = 0; e < n; e++) {
+        uint64_t at = keys[e] & ID_MASK;
+        int64_t id = ((const int64_t *)(uintptr_t)ids[at >> OFFSET_BITS])[at & OFFSET_MASK];
+        if (seen) { /* open addressing on id + 1 (0: empty); ids are positions >= 0 */
+            uint64_t want = (uint64_t)id + 1, h = (want * 0x9E3779B97F4A7C15ULL) >> shift;
+            while (seen[h] && seen[h] != want) h = (h + 1) & (uint64_t)(slots - 1);
+            if (seen[h]) continue;
+            seen[h] = want;
+        }
+        out_scores[w] = (uint16_t)key_score(keys[e]);
+        out_ids[w++] = id;
+    }
+    return w;
+}
+
 /* The k best scores of each query with their ids, best first: `out_scores` uint16 [nq, k] and
- * `out_ids` int64 [nq, k] (-1 and 0 past the codes the lists hold). m: sub-quantizers (even,
- * <= 128: the scores, at most 255 m, are compared as signed 16-bit lanes); luts: uint8
- * [nq, m, 16]; lists: int64 [nq, nprobe]; codes / ids: each list's arrays as
- * addresses, sizes: its codes (at most 2^20 lists of at most 2^28 codes). work: room for hx_work_len(nq, k) keys,
- * the caller's to reuse from call to call (fresh memory each call cost a page fault per 4 kB). */
+ * `out_ids` int64 [nq, k] (-1 and 0 past the codes the lists hold); `out_held` int64 [nq]: how
+ * many of the k were found. With `distinct`, an id found again (an item in two of the query's
+ * lists) is dropped and the rest close up, best first: fewer than out_held may be written.
+ * m: sub-quantizers (even, <= 128: the scores, at most 255 m, are compared as signed 16-bit
+ * lanes); luts: uint8 [nq, m, 16]; lists: int64 [nq, nprobe]; codes / ids: each list's arrays as
+ * addresses, sizes: its codes (at most 2^20 lists of at most 2^28 codes). work: room for
+ * hx_work_len(nq, k) keys, the caller's to reuse from call to call (fresh memory each call cost a
+ * page fault per 4 kB). */
 int hx_scan(int64_t nq, int64_t m, const uint8_t *luts, int64_t nprobe, const int64_t *lists, int64_t nlist,
-            const uint64_t *codes, const uint64_t *ids, const int64_t *sizes, int64_t k, uint64_t *work,
-            int64_t work_len, uint16_t *out_scores, int64_t *out_ids) {
+            const uint64_t *codes, const uint64_t *ids, const int64_t *sizes, int64_t k, int distinct, uint64_t *work,
+            int64_t work_len, uint16_t *out_scores, int64_t *out_ids, int64_t *out_held) {
     int level = isa_level();
     if (level == 0) return HX_UNSUPPORTED;
     if (nq < 0 || m <= 0 || m % 2 || m > 128 || nprobe < 0 || nlist < 0 || nlist > MAX_LISTS || k <= 0)
@@ -442,8 +467,15 @@ int hx_scan(int64_t nq, int64_t m, const uint8_t *luts, int64_t nprobe, const in
     Batch B = {nq, m, nprobe, nlist, luts, lists, codes, ids, sizes, level, group};
     int64_t room = 2 * k + 64; /* keys held per query before a shrink */
     if (work_len < hx_work_len(nq, k)) return HX_BAD_ARGS;
+    int64_t slots = 1;
+    while (slots < 2 * k) slots *= 2;
     Top *tops = calloc((size_t)nq, sizeof(Top));
-    if (!tops) return HX_NO_MEMORY;
+    uint64_t *seen = distinct ? malloc((size_t)slots * sizeof(uint64_t)) : NULL;
+    if (!tops || (distinct && !seen)) {
+        free(tops);
+        free(seen);
+        return HX_NO_MEMORY;
+    }
     for (int64_t i = 0; i < nq; i++) {
         tops[i].buf = work + i * room;
         tops[i].limit = room;
@@ -458,13 +490,17 @@ int hx_scan(int64_t nq, int64_t m, const uint8_t *luts, int64_t nprobe, const in
         Top *t = &tops[i];
         shrink(t, k);
         sort_descending(t->buf, t->n, tmp);
-        for (int64_t e = 0; e < k; e++) {
-            int have = e < t->n;
-            out_scores[i * k + e] = have ? (uint16_t)key_score(t->buf[e]) : 0;
-            uint64_t at = have ? t->buf[e] & ID_MASK : 0;
-            out_ids[i * k + e] = have ? ((const int64_t *)(uintptr_t)ids[at >> OFFSET_BITS])[at & OFFSET_MASK] : -1;
+        int64_t fit = 1; /* the smallest power of two >= 2n, for this query's ids */
+        while (fit < 2 * t->n) fit *= 2;
+        if (seen) memset(seen, 0, (size_t)fit * sizeof(uint64_t));
+        int64_t w = write_out(t->buf, t->n, ids, seen, fit, out_scores + i * k, out_ids + i * k);
+        for (int64_t e = w; e < k; e++) {
+            out_scores[i * k + e] = 0;
+            out_ids[i * k + e] = -1;
         }
+        out_held[i] = t->n;
     }
     free(tops);
+    free(seen);
     return rc;
 }

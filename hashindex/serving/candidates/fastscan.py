@@ -57,7 +57,7 @@ def _load() -> ctypes.CDLL | None:
         if path.exists():
             lib = ctypes.CDLL(str(path))
             p, i = ctypes.c_void_p, ctypes.c_int64
-            lib.hx_scan.argtypes = [i, i, p, i, p, i, p, p, p, i, p, i, p, p]
+            lib.hx_scan.argtypes = [i, i, p, i, p, i, p, p, p, i, ctypes.c_int, p, i, p, p, p]
             lib.hx_scan.restype = ctypes.c_int
             lib.hx_work_len.argtypes, lib.hx_work_len.restype = [i, i], i
             lib.hx_isa.restype = ctypes.c_int
@@ -153,38 +153,46 @@ def _work(n: int) -> np.ndarray:
     return work
 
 
-def scan_raw(tables: np.ndarray, lists: np.ndarray, table: ListTable, k: int) -> tuple[np.ndarray, np.ndarray]:
+def scan_raw(
+    tables: np.ndarray, lists: np.ndarray, table: ListTable, k: int, distinct: bool = False
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
     """Top-``k`` list entries by summed table score, for ``tables uint8 [nq, M, 16]`` (as
     :func:`lookup_tables` makes them) over the lists ``int64 [nq, nprobe]`` (-1: none): ids
-    ``int64 [nq, k]`` (-1 padded) and scores ``uint16 [nq, k]``, best first. Call only where
+    ``int64 [nq, k]`` (-1 padded) and scores ``uint16 [nq, k]``, best first, and how many of the
+    ``k`` each query's lists held (``int64 [nq]``). With ``distinct``, an id found again (an item
+    in two of the query's lists, same score) is dropped and the rest close up. Call only where
     :func:`available` holds."""
     nq, m = tables.shape[0], tables.shape[1]
     tables = np.ascontiguousarray(tables, dtype=np.uint8)
     lists = np.ascontiguousarray(lists, dtype=np.int64)
     raw = np.empty((nq, k), np.uint16)
     ids = np.empty((nq, k), np.int64)
+    held = np.empty(nq, np.int64)
     per_call = max(1, min(QUERIES_PER_CALL, WORK_KEYS // (2 * k + 64) - 1, nq))
     work = _work(_LIB.hx_work_len(per_call, k))
     for lo in range(0, nq, per_call):
         hi = min(nq, lo + per_call)
         rc = _LIB.hx_scan(
             hi - lo, m, tables[lo:hi].ctypes.data, lists.shape[1], lists[lo:hi].ctypes.data, len(table.sizes),
-            table.codes.ctypes.data, table.ids.ctypes.data, table.sizes.ctypes.data, k, work.ctypes.data, work.size,
-            raw[lo:hi].ctypes.data, ids[lo:hi].ctypes.data,
+            table.codes.ctypes.data, table.ids.ctypes.data, table.sizes.ctypes.data, k, int(distinct), work.ctypes.data,
+            work.size, raw[lo:hi].ctypes.data, ids[lo:hi].ctypes.data, held[lo:hi].ctypes.data,
         )  # fmt: skip
         if rc:
             raise (MemoryError if rc == -2 else RuntimeError)(f"fast-scan kernel: {_ERRORS.get(rc, rc)}")
-    return ids, raw
+    return ids, raw, held
 
 
-def scan(z: np.ndarray, lists: np.ndarray, table: ListTable, k: int) -> tuple[np.ndarray, np.ndarray]:
+def scan(
+    z: np.ndarray, lists: np.ndarray, table: ListTable, k: int, distinct: bool = False
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
     """Top-``k`` list entries for projections ``z [nq, 4M]`` over the lists ``int64 [nq,
     nprobe]`` (-1: none): ids ``int64 [nq, k]`` (-1 padded) and scores ``float32 [nq, k]``
-    (-inf padded), best first, as :func:`probe <hashindex.serving.candidates.partitions.probe>`
-    returns them. Call only where :func:`available` holds."""
+    (-inf padded), best first, and how many each query's lists held (``int64 [nq]``), as
+    :func:`probe <hashindex.serving.candidates.partitions.probe>` returns them; ``distinct``: see
+    :func:`scan_raw`. Call only where :func:`available` holds."""
     tables, scale, offset = lookup_tables(z)
-    ids, raw = scan_raw(tables, lists, table, k)
+    ids, raw, held = scan_raw(tables, lists, table, k, distinct)
     inv_scale = np.divide(1.0, scale, out=np.zeros_like(scale), where=scale > 0)
     scores = (raw * inv_scale[:, None] + offset[:, None]).astype(np.float32)
     scores[ids < 0] = -np.inf
-    return ids, scores
+    return ids, scores, held

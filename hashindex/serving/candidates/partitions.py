@@ -410,23 +410,34 @@ class Probed(NamedTuple):
     scanned: np.ndarray
 
 
+class Scanned(NamedTuple):
+    """What :func:`probe` returns: the top ``positions int64 [nq, c]`` (-1 padded) and their
+    approximate ``scores float32 [nq, c]`` (-inf padded), the ``lists int64 [nq, nprobe]`` scanned
+    (-1: none) and ``held int64 [nq]``, how many of the ``c`` the lists held (counting repeats)."""
+
+    positions: np.ndarray
+    scores: np.ndarray
+    lists: np.ndarray
+    held: np.ndarray
+
+
 def probe(
     centroids: np.ndarray, metric: str, ivf: faiss.IndexIVFPQFastScan, x: np.ndarray, z: np.ndarray, c: int,
-    nprobe: int, slack: float | None = None, table: fastscan.ListTable | None = None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
-    """Top-``c`` positions ``int64 [nq, c]`` (-1 padded; repeats -1 when items spill) and their
-    approximate scores ``float32 [nq, c]`` among the ``nprobe`` lists nearest to the features
-    ``x [nq, D]``, scored by the projections ``z [nq, K]``, and the lists scanned ``int64 [nq,
-    nprobe]`` (-1: none). With ``slack``, each query scans only its first :func:`adaptive_depth`
-    lists (the others are passed to FAISS as -1: skipped). With ``table`` (the lists' addresses)
-    and where :func:`fastscan.available` holds, our scan reads the lists; otherwise FAISS's."""
+    nprobe: int, slack: float | None = None, table: fastscan.ListTable | None = None, distinct: bool = False,
+) -> Scanned:  # fmt: skip
+    """The top ``c`` entries among the ``nprobe`` lists nearest to the features ``x [nq, D]``,
+    scored by the projections ``z [nq, K]`` (see :class:`Scanned`). With ``distinct``, a position
+    found again (an item in two of the query's lists) is dropped and the rest close up, best
+    first. With ``slack``, each query scans only its first :func:`adaptive_depth` lists (the
+    others are passed as -1: skipped). With ``table`` (the lists' addresses) and where
+    :func:`fastscan.available` holds, our scan reads the lists; otherwise FAISS's."""
     coarse_scores, lists = nearest_centroids(centroids, x, nprobe, metric)
     if slack is not None:
         depth = adaptive_depth(coarse_scores, slack, higher_is_better=metric != "l2")
         lists = np.where(np.arange(lists.shape[1])[None, :] < depth[:, None], lists, -1)
     if table is not None and fastscan.available(ivf.M, table):
-        pos, scores = fastscan.scan(z, lists, table, c)
-        return pos, scores, lists
+        pos, scores, held = fastscan.scan(z, lists, table, c, distinct)
+        return Scanned(pos, scores, lists, held)
     zeros = np.zeros(lists.shape, dtype=np.float32)  # coarse distances: unused without residuals
     z = np.ascontiguousarray(z, dtype=np.float32)
     scores = np.empty((z.shape[0], c), dtype=np.float32)
@@ -437,7 +448,13 @@ def probe(
         z.shape[0], faiss.swig_ptr(z), c, faiss.swig_ptr(lists), faiss.swig_ptr(zeros),
         faiss.swig_ptr(scores), faiss.swig_ptr(pos), False, params,
     )  # fmt: skip
-    return pos, scores, lists
+    held = (pos >= 0).sum(axis=1).astype(np.int64)
+    if distinct:
+        pos = dedupe(pos)
+        keep = np.argsort(pos < 0, axis=1, kind="stable")  # distinct ones first, in score order
+        pos, scores = np.take_along_axis(pos, keep, 1), np.take_along_axis(scores, keep, 1)
+    scores[pos < 0] = -np.inf
+    return Scanned(pos, scores, lists, held)
 
 
 # -- the stage ------------------------------------------------------------------------------------
@@ -513,7 +530,7 @@ class PartitionStage:
         fewer than ``c`` distinct ones among them."""
         nprobe = min(nprobe, self.nlist)
         if self.spill == 1:
-            pos, scores, lists = probe(self._centroid_rows, self.metric, self.ivf, x, z, c, nprobe, slack, self.list_table())
+            pos, scores, lists, _ = probe(self._centroid_rows, self.metric, self.ivf, x, z, c, nprobe, slack, self.list_table())
         else:
             most = self.spill * c
             first = min(most, int(np.ceil(collect_factor(nprobe / self.nlist, self.spill) * c)))
@@ -529,11 +546,8 @@ class PartitionStage:
         """The first ``c`` distinct of the top ``want`` (:func:`probe`): positions and scores
         ``[nq, c]`` in score order (-1 padded), the lists, and whether each query's lists held
         ``want`` entries (bool ``[nq]``; if not, asking for more finds nothing more)."""
-        pos, scores, lists = probe(self._centroid_rows, self.metric, self.ivf, x, z, want, nprobe, slack, self.list_table())
-        full = pos[:, -1] >= 0 if want else np.zeros(len(pos), bool)
-        pos = dedupe(pos)
-        keep = np.argsort(pos < 0, axis=1, kind="stable")[:, :c]  # distinct ones first, in score order
-        return np.take_along_axis(pos, keep, 1), np.take_along_axis(scores, keep, 1), lists, full
+        found = probe(self._centroid_rows, self.metric, self.ivf, x, z, want, nprobe, slack, self.list_table(), True)
+        return found.positions[:, :c], found.scores[:, :c], found.lists, found.held >= want
 
     # -- introspection (tests, memory_usage) --------------------------------------------------
     def list_table(self) -> fastscan.ListTable:
