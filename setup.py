@@ -1,8 +1,9 @@
-"""The one compiled part: the partition stage's scan (hashindex/serving/candidates/fastscan.c).
+"""The compiled parts: the partition stage's scan (hashindex/serving/candidates/fastscan.c) and
+the compact rerank store's scoring (hashindex/serving/compact_scan.c).
 
-Optional: where it cannot be compiled (no C compiler, not x86-64), the install still succeeds
-and searches use FAISS's scan instead (hashindex/serving/candidates/fastscan.py). Everything
-else about the package is in pyproject.toml.
+Optional: where they cannot be compiled (no C compiler; the scan also needs x86-64), the install
+still succeeds and searches use FAISS's scan and scanner instead (hashindex/serving/native.py).
+Everything else about the package is in pyproject.toml.
 """
 
 from setuptools import Extension, setup
@@ -14,6 +15,12 @@ setup(
             sources=["hashindex/serving/candidates/fastscan.c"],
             extra_compile_args=["-O3"],
             optional=True,
-        )
+        ),
+        Extension(
+            "hashindex.serving._compact_scan",
+            sources=["hashindex/serving/compact_scan.c"],
+            extra_compile_args=["-O3"],
+            optional=True,
+        ),
     ]
 )

@@ -12,6 +12,7 @@ import os
 import numpy as np
 
 from hashindex.core.errors import IndexFormatError
+from hashindex.serving import compact_scan
 
 
 class RowStore:
@@ -279,60 +280,94 @@ class CompactStore:
                            faiss.swig_ptr(found), k)  # fmt: skip
         return found, scores
 
+    def scores(self, queries: np.ndarray, lims: np.ndarray, positions: np.ndarray, metric: str) -> np.ndarray:
+        """``float32 [M]``: query ``i`` against its CSR candidates ``positions[lims[i] : lims[i +
+        1]]`` (all >= 0), scored on their codes (no decoded copy): by the library's kernel for
+        int8 / int6 where it is built (all queries in one call), else by FAISS's scanner."""
+        codes = self.rows.array
+        if compact_scan.available(self.kind) and codes.flags.c_contiguous:
+            return compact_scan.scores(queries, self.params, codes, self.kind, metric, lims, positions)
+        out = np.empty(len(positions), dtype=np.float32)
+        q = np.ascontiguousarray(queries, dtype=np.float32)
+        scanner = self._scanner(metric) if len(positions) else None
+        for i in range(len(lims) - 1):
+            lo, hi = int(lims[i]), int(lims[i + 1])
+            if hi > lo:
+                slots, found = self._scan(scanner, q[i], self._codes(positions[lo:hi]), hi - lo, _worst(metric))
+                out[lo + slots] = found
+        return out
+
     def score(self, queries: np.ndarray, positions: np.ndarray, metric: str) -> np.ndarray:
         """``float32 [nq, w]``: query i against the rows ``positions[i]`` (-1 pads score -inf,
-        +inf for l2), scored on their codes by FAISS's scanner (no decoded copy)."""
-        nq, width = positions.shape
-        worst = _worst(metric)
-        out = np.full((nq, width), worst, dtype=np.float32)
-        q = np.ascontiguousarray(queries, dtype=np.float32)
-        scanner = self._scanner(metric) if nq and width else None
-        for i in range(nq):
-            valid = np.flatnonzero(positions[i] >= 0)
-            if valid.size:
-                slots, scores = self._scan(scanner, q[i], self._codes(positions[i, valid]), valid.size, worst)
-                out[i, valid[slots]] = scores
+        +inf for l2), scored on their codes (:meth:`scores`)."""
+        valid = positions >= 0
+        out = np.full(positions.shape, _worst(metric), dtype=np.float32)
+        lims = np.concatenate([[0], np.cumsum(valid.sum(axis=1))]).astype(np.int64)
+        out[valid] = self.scores(queries, lims, positions[valid], metric)
         return out
 
     def top(self, queries: np.ndarray, lims: np.ndarray, positions: np.ndarray, k: int, metric: str,
             distinct: bool = False):  # fmt: skip
         """The best ``k`` of each query's CSR candidates (``lims int64 [nq + 1]``, ``positions
-        int64 [M]``, all >= 0): ``(slots int64 [nq, w], scores float32 [nq, w])``, slots into
-        ``positions`` (-1 padded), best first, equal scores by position. Scores every candidate
-        on its codes but sorts only the ones kept (a search keeps 3k of thousands).
-
-        ``w`` is ``k``; with ``distinct``, a row whose score repeats one already kept (an item
-        stored twice) does not count toward ``k``: a query keeps rows until it has ``k`` distinct
-        scores (or none are left), and ``w`` is the most any query kept. Without it, ``k``
-        copies of a near-best row could take every slot the exact rescoring reads and hide the
-        true best behind them."""
-        nq = len(lims) - 1
-        worst = _worst(metric)
-        q = np.ascontiguousarray(queries, dtype=np.float32)
-        scanner = self._scanner(metric) if nq and k else None
-        kept: list[tuple[np.ndarray, np.ndarray]] = []
-        for i in range(nq if k else 0):
-            lo, hi = int(lims[i]), int(lims[i + 1])
-            m = min(k, hi - lo)
-            slots, scores = np.empty(0, np.int64), np.empty(0, np.float32)
-            codes = self._codes(positions[lo:hi]) if m else None  # gathered once, rescanned if repeats took slots
-            while m:
-                slots, scores = self._scan(scanner, q[i], codes, m, worst)
-                order = np.lexsort((positions[lo:hi][np.maximum(slots, 0)], scores if metric == "l2" else -scores))
-                slots, scores = lo + slots[order], scores[order]
-                if not distinct or m == hi - lo or 1 + np.count_nonzero(np.diff(scores)) >= k:
-                    break
-                m = min(hi - lo, 2 * m)  # repeats took slots: keep more of this query's rows
-            kept.append((slots, scores))
-        width = max([k, *(len(s) for s, _ in kept)])
-        out_slots, out_scores = np.full((nq, width), -1, np.int64), np.full((nq, width), worst, np.float32)
-        for i, (slots, scores) in enumerate(kept):
-            out_slots[i, : slots.size], out_scores[i, : slots.size] = slots, scores
-        return out_slots, out_scores
+        int64 [M]``, all >= 0), scored on their codes (:meth:`scores`): see :func:`select_top`."""
+        found = self.scores(queries, lims, positions, metric) if k else np.empty(len(positions), np.float32)
+        return select_top(found, lims, positions, k, metric, distinct)
 
     @property
     def held_bytes(self) -> int:
         return self.rows.held_bytes + 4 * int(self.sq.trained.size())
+
+
+def select_top(scores: np.ndarray, lims: np.ndarray, positions: np.ndarray, k: int, metric: str,
+               distinct: bool = False) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """The best ``k`` of each query's CSR candidates, given their ``scores float32 [M]`` (higher
+    is better, lower for ``l2``): ``(slots int64 [nq, w], scores float32 [nq, w])``, slots into
+    ``positions`` (-1 padded, scored -inf / +inf for l2), best first, equal scores by position.
+    Sorts only the ones kept (a search keeps 3k of hundreds), all queries at once.
+
+    ``w`` is ``k``; with ``distinct``, a row whose score repeats one already kept (an item
+    stored twice) does not count toward ``k``: a query keeps rows until it has ``k`` distinct
+    scores (or none are left), and ``w`` is the most any query kept. Without it, ``k`` copies of
+    a near-best row could take every slot the exact rescoring reads and hide the true best."""
+    nq, worst = len(lims) - 1, _worst(metric)
+    counts = np.diff(lims).astype(np.int64)
+    width = int(counts.max()) if nq else 0
+    m = min(k, width)
+    signed = np.asarray(scores if metric == "l2" else -scores, dtype=np.float32)  # smaller is better
+    if nq and (counts == width).all():
+        key = signed.reshape(nq, width)
+    else:  # padding last
+        key = np.full((nq, width), np.inf, dtype=np.float32)
+        key.reshape(-1)[np.arange(len(scores)) + np.repeat(np.arange(nq) * width - lims[:-1], counts)] = signed
+    cols = np.argpartition(key, m - 1, axis=1)[:, :m] if 0 < m < width else np.tile(np.arange(m), (nq, 1))
+    slot = lims[:-1, None] + cols
+    valid = cols < counts[:, None]
+    order = np.lexsort((np.where(valid, positions[np.where(valid, slot, 0)], 0), np.take_along_axis(key, cols, 1)))
+    cols, slot, valid = (np.take_along_axis(a, order, 1) for a in (cols, slot, valid))
+    out_slots = np.full((nq, k), -1, np.int64)
+    out_key = np.full((nq, k), np.inf, np.float32)
+    out_slots[:, :m] = np.where(valid, slot, -1)
+    out_key[:, :m] = np.where(valid, np.take_along_axis(key, cols, 1), np.inf)
+    if distinct and 0 < m < width:
+        with np.errstate(invalid="ignore"):  # inf - inf where a row has fewer than m (not looked at)
+            repeats = 1 + np.count_nonzero(np.diff(out_key[:, :m], axis=1), axis=1) < k
+        grown = {}
+        for i in np.flatnonzero((counts > m) & repeats).tolist():  # keep more of this query's rows
+            lo, hi = int(lims[i]), int(lims[i + 1])
+            own = key[i, : hi - lo]
+            o = np.lexsort((positions[lo:hi], own))
+            seen = 1 + np.concatenate([[0], np.cumsum(np.diff(own[o]) != 0)])  # distinct scores so far
+            n = int(np.searchsorted(seen, k)) + 1 if seen[-1] >= k else hi - lo
+            grown[i] = (lo + o[:n], own[o[:n]])
+        w = max([k, *(len(sl) for sl, _ in grown.values())])
+        if w > k:
+            out_slots = np.concatenate([out_slots, np.full((nq, w - k), -1, np.int64)], axis=1)
+            out_key = np.concatenate([out_key, np.full((nq, w - k), np.inf, np.float32)], axis=1)
+        for i, (sl, ke) in grown.items():
+            out_slots[i, : len(sl)], out_key[i, : len(sl)] = sl, ke
+    out_scores = out_key if metric == "l2" else -out_key
+    out_scores[out_slots < 0] = worst
+    return out_slots, out_scores
 
 
 def advise(array: np.ndarray, advice: str) -> None:

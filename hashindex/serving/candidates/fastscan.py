@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import importlib.machinery
 import threading
 from pathlib import Path
 from typing import Iterator, NamedTuple
@@ -28,6 +27,7 @@ from typing import Iterator, NamedTuple
 import faiss
 import numpy as np
 
+from hashindex.serving import native
 from hashindex.serving.candidates.asymmetric import SUB_BITS, sign_patterns
 
 # queries per C call: enough that each list stays in cache for the dozens of queries probing it
@@ -51,19 +51,15 @@ _PATTERNS_T = np.ascontiguousarray(sign_patterns().T)  # [4, 16]: lookup table =
 
 
 def _load() -> ctypes.CDLL | None:
-    here = Path(__file__).parent
-    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
-        path = here / f"_fastscan{suffix}"
-        if path.exists():
-            lib = ctypes.CDLL(str(path))
-            p, i = ctypes.c_void_p, ctypes.c_int64
-            lib.hx_scan.argtypes = [i, i, p, i, p, i, p, p, p, i, ctypes.c_int, p, i, p, p, p]
-            lib.hx_scan.restype = ctypes.c_int
-            lib.hx_work_len.argtypes, lib.hx_work_len.restype = [i, i], i
-            lib.hx_isa.restype = ctypes.c_int
-            lib.hx_cap_isa.argtypes = [ctypes.c_int]
-            return lib
-    return None
+    lib = native.load(Path(__file__).parent, "_fastscan")
+    if lib is not None:
+        p, i = ctypes.c_void_p, ctypes.c_int64
+        lib.hx_scan.argtypes = [i, i, p, i, p, i, p, p, p, i, ctypes.c_int, p, i, p, p, p]
+        lib.hx_scan.restype = ctypes.c_int
+        lib.hx_work_len.argtypes, lib.hx_work_len.restype = [i, i], i
+        lib.hx_isa.restype = ctypes.c_int
+        lib.hx_cap_isa.argtypes = [ctypes.c_int]
+    return lib
 
 
 _LIB = _load()
