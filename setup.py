@@ -1,5 +1,6 @@
 """The compiled parts: the partition stage's scan (hashindex/serving/candidates/fastscan.c) and
-the compact rerank store's scoring (hashindex/serving/compact_scan.c).
+the compact rerank store's scoring (hashindex/serving/compact_scan.c) and its float rows read from
+the index file (hashindex/serving/file_rows.c).
 
 Optional: where they cannot be compiled (no C compiler; the scan also needs x86-64), the install
 still succeeds and searches use FAISS's scan and scanner instead (hashindex/serving/native.py).
@@ -13,6 +14,12 @@ setup(
         Extension(
             "hashindex.serving.candidates._fastscan",
             sources=["hashindex/serving/candidates/fastscan.c"],
+            extra_compile_args=["-O3"],
+            optional=True,
+        ),
+        Extension(
+            "hashindex.serving._file_rows",
+            sources=["hashindex/serving/file_rows.c"],
             extra_compile_args=["-O3"],
             optional=True,
         ),

@@ -418,8 +418,21 @@ def test_a_chunked_add_learns_the_range_of_the_whole_input(monkeypatch):
     assert index._compact.covers(x)
 
 
+@pytest.fixture(params=["c", "python"])
+def file_reader(request, monkeypatch):
+    """FileRows reads through the compiled loop of preads (file_rows.c) and, where that is not
+    built, through os.pread: both run the same tests."""
+    from hashindex.serving import store
+
+    if request.param == "c" and store._FILE_ROWS is None:
+        pytest.skip("file_rows.c is not built here (no C compiler)")
+    if request.param == "python":
+        monkeypatch.setattr(store, "_FILE_ROWS", None)
+    return request.param
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float16, np.uint8])
-def test_file_rows_read_the_rows_the_mapped_array_holds(tmp_path, dtype):
+def test_file_rows_read_the_rows_the_mapped_array_holds(tmp_path, dtype, file_reader):
     """FileRows (the rescored float rows and the results' codes of a loaded index, read by
     pread) against the memory-mapped array itself: any order, repeats, none; float rows come
     back as float32, codes as stored, in an array the caller may write to."""
@@ -439,7 +452,7 @@ def test_file_rows_read_the_rows_the_mapped_array_holds(tmp_path, dtype):
     assert rows[np.array([], np.int64)].shape == (0, 24)
 
 
-def test_file_rows_of_a_file_truncated_after_loading_raise_index_format_error(tmp_path):
+def test_file_rows_of_a_file_truncated_after_loading_raise_index_format_error(tmp_path, file_reader):
     from hashindex.core.errors import IndexFormatError
     from hashindex.serving.store import FileRows
 
