@@ -237,7 +237,8 @@ __attribute__((target("avx2"), always_inline)) static inline void scan_avx2_n(To
     }
 }
 
-/* nt (1 or 2) a constant in each copy, so the accumulators stay in registers */
+/* nt (1 or 2: the 16 registers hold two queries' sums) a constant in each copy, so the
+ * accumulators stay in registers */
 __attribute__((target("avx2"))) static void scan_avx2(Top **tops, const uint8_t **luts, int nt, int group, int64_t k,
                                                   const uint8_t *codes, uint64_t where, int64_t size, int64_t m) {
     if (nt == 2) scan_avx2_n(tops, luts, 2, group, k, codes, where, size, m);
@@ -255,13 +256,13 @@ __attribute__((target("avx512bw"), always_inline)) static inline void scan_avx51
     int tail = (m % 4) != 0;
     for (int64_t b = 0; b < nblocks; b++) {
         const uint8_t *block = codes + b * 16 * m;
-        __m512i acc[2][4];
-        for (int q = 0; q < 2; q++)
+        __m512i acc[4][4];
+        for (int q = 0; q < 4; q++)
             for (int u = 0; u < 4; u++) acc[q][u] = _mm512_setzero_si512();
         for (int64_t c0 = 0; c0 < quads; c0 += group) {
             int64_t c1 = c0 + group < quads ? c0 + group : quads;
-            __m512i sum[2][2];
-            for (int q = 0; q < 2; q++) sum[q][0] = sum[q][1] = _mm512_setzero_si512();
+            __m512i sum[4][2];
+            for (int q = 0; q < 4; q++) sum[q][0] = sum[q][1] = _mm512_setzero_si512();
             for (int64_t c = c0; c < c1; c++) {
                 __m512i x = _mm512_loadu_si512((const void *)(block + 64 * c));
                 __m512i xl = _mm512_and_si512(x, nib), xh = _mm512_and_si512(_mm512_srli_epi16(x, 4), nib);
@@ -309,10 +310,13 @@ __attribute__((target("avx512bw"), always_inline)) static inline void scan_avx51
     }
 }
 
-/* nt (1 or 2) a constant in each copy, so the accumulators stay in registers */
+/* nt (1 to 4: the 32 registers hold four queries' sums) a constant in each copy, so the
+ * accumulators stay in registers; four queries per block scanned 1.09x faster than two (1M) */
 __attribute__((target("avx512bw"))) static void scan_avx512(Top **tops, const uint8_t **luts, int nt, int group, int64_t k,
                                                   const uint8_t *codes, uint64_t where, int64_t size, int64_t m) {
-    if (nt == 2) scan_avx512_n(tops, luts, 2, group, k, codes, where, size, m);
+    if (nt == 4) scan_avx512_n(tops, luts, 4, group, k, codes, where, size, m);
+    else if (nt == 3) scan_avx512_n(tops, luts, 3, group, k, codes, where, size, m);
+    else if (nt == 2) scan_avx512_n(tops, luts, 2, group, k, codes, where, size, m);
     else scan_avx512_n(tops, luts, 1, group, k, codes, where, size, m);
 }
 #endif
@@ -330,9 +334,11 @@ typedef struct {
 } Batch;
 
 /* Scans, list by list, the (query, list) pairs whose list number l has l % stride == 0 (sample) or
- * != 0 (the rest); two queries at a time share each block's loads. Returns HX_NO_MEMORY or HX_OK. */
+ * != 0 (the rest); four queries at a time (two with AVX2) share each block's loads. Returns
+ * HX_NO_MEMORY or HX_OK. */
 static int scan_pairs(const Batch *B, Top *tops, int64_t k, int64_t stride, int sample) {
     int64_t nq = B->nq, np = B->nprobe, nlist = B->nlist;
+    int per_block = B->level >= 2 ? 4 : 2;
     int64_t *start = calloc((size_t)nlist + 1, sizeof(int64_t));
     int64_t *fill = malloc(((size_t)nlist + 1) * sizeof(int64_t));
     int64_t *who = malloc(((size_t)(nq * np) + 1) * sizeof(int64_t));
@@ -361,10 +367,10 @@ static int scan_pairs(const Batch *B, Top *tops, int64_t k, int64_t stride, int 
         if (size <= 0) continue;
         const uint8_t *codes = (const uint8_t *)(uintptr_t)B->codes[l];
         uint64_t where = (uint64_t)l << OFFSET_BITS;
-        for (int64_t p = start[l]; p < start[l + 1]; p += 2) {
-            int nt = p + 1 < start[l + 1] ? 2 : 1;
-            Top *t[2];
-            const uint8_t *lut[2];
+        for (int64_t p = start[l]; p < start[l + 1]; p += per_block) {
+            int nt = start[l + 1] - p < per_block ? (int)(start[l + 1] - p) : per_block;
+            Top *t[4];
+            const uint8_t *lut[4];
             for (int q = 0; q < nt; q++) {
                 t[q] = &tops[who[p + q]];
                 lut[q] = B->luts + who[p + q] * B->m * 16;
