@@ -95,6 +95,21 @@ def test_top_k_matches_the_numpy_oracle(isa, bits, spill):
 
 
 @pytest.mark.parametrize("isa", ISAS)
+def test_scores_spread_wider_than_the_selection_histogram(isa):
+    """8-bit tables whose entries are 0 or 255 spread 256-bit sums over ~16,000 values: the
+    counting selection then bins them coarsely and counts the boundary bin again."""
+    rng = np.random.default_rng(21)
+    stage = _stage(6000, 256, 40, 1, seed=21)
+    tables = (rng.integers(0, 2, (7, 64, 16)) * 255).astype(np.uint8)
+    lists = np.stack([rng.permutation(40)[:36] for _ in range(7)]).astype(np.int64)
+    with fastscan.isa_cap(isa):
+        for k in (3, 90, 700, 4000):
+            ids, scores, _ = fastscan.scan_raw(tables, lists, stage.list_table(), k)
+            _check(ids, scores, _oracle(stage, tables, lists, k), k)
+    assert int(scores.max()) - int(scores[scores > 0].min()) > 4096
+
+
+@pytest.mark.parametrize("isa", ISAS)
 def test_a_sample_that_guesses_too_high_is_scanned_again(isa):
     """The lists a query samples (every 16th by nearness) hold its best codes; the others hold
     many codes just below them. The sample's guess is then above the true k-th score, the
