@@ -35,10 +35,12 @@ static inline int code_at(const uint8_t *row, int64_t d, int bits) {
     }
 }
 
-/* One row's score: base + sum_d w[d] b[d] (l2 = 0), or sum_d (a[d] - w[d] b[d])^2 (l2 = 1). */
-static float row_plain(const uint8_t *row, int64_t dim, int bits, int l2, const float *w, const float *a, float base) {
-    float acc = l2 ? 0.0f : base;
-    for (int64_t d = 0; d < dim; d++) {
+/* The terms of dimensions from .. dim - 1 of one row's score: sum_d w[d] b[d] (l2 = 0), or
+ * sum_d (a[d] - w[d] b[d])^2 (l2 = 1); a whole row on CPUs without the SIMD kernels, else
+ * their tail of fewer than 16 dimensions. */
+static float terms(const uint8_t *row, int64_t from, int64_t dim, int bits, int l2, const float *w, const float *a) {
+    float acc = 0.0f;
+    for (int64_t d = from; d < dim; d++) {
         float b = (float)code_at(row, d, bits);
         if (l2) {
             float e = a[d] - w[d] * b;
@@ -48,6 +50,10 @@ static float row_plain(const uint8_t *row, int64_t dim, int bits, int l2, const 
         }
     }
     return acc;
+}
+
+static float row_plain(const uint8_t *row, int64_t dim, int bits, int l2, const float *w, const float *a, float base) {
+    return (l2 ? 0.0f : base) + terms(row, 0, dim, bits, l2, w, a);
 }
 
 #if defined(__x86_64__) || defined(_M_X64)
@@ -82,17 +88,7 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) static float row_avx512(con
             acc = _mm512_fmadd_ps(wd, b, acc);
         }
     }
-    float sum = _mm512_reduce_add_ps(acc) + (l2 ? 0.0f : base);
-    for (; d < dim; d++) { /* a tail of fewer than 16 dimensions */
-        float b = (float)code_at(row, d, bits);
-        if (l2) {
-            float e = a[d] - w[d] * b;
-            sum += e * e;
-        } else {
-            sum += w[d] * b;
-        }
-    }
-    return sum;
+    return _mm512_reduce_add_ps(acc) + (l2 ? 0.0f : base) + terms(row, d, dim, bits, l2, w, a);
 }
 
 /* The same with 256-bit registers: 16 dimensions as two halves of 8 */
@@ -131,17 +127,7 @@ __attribute__((target("avx2,fma"))) static float row_avx2(const uint8_t *row, in
     __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
     s4 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
     s4 = _mm_add_ss(s4, _mm_movehdup_ps(s4));
-    float sum = _mm_cvtss_f32(s4) + (l2 ? 0.0f : base);
-    for (; d < dim; d++) {
-        float b = (float)code_at(row, d, bits);
-        if (l2) {
-            float e = a[d] - w[d] * b;
-            sum += e * e;
-        } else {
-            sum += w[d] * b;
-        }
-    }
-    return sum;
+    return _mm_cvtss_f32(s4) + (l2 ? 0.0f : base) + terms(row, d, dim, bits, l2, w, a);
 }
 #endif
 
