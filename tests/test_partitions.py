@@ -610,6 +610,12 @@ def test_nearest_centroids_agree_with_faiss_flat_search(metric, nprobe, monkeypa
     assert (np.sort(lists, 1) == np.sort(want_lists, 1)).mean() > 0.99
     assert (np.diff(scores, axis=1) >= 0).all() if metric == "l2" else (np.diff(scores, axis=1) <= 0).all()
     assert nearest_centroids(centroids, x[:0], nprobe, metric)[1].shape == (0, nprobe)
+    # unordered: the same lists with their scores, in any order
+    loose_scores, loose_lists = nearest_centroids(centroids, x, nprobe, metric, ordered=False)
+    order = np.argsort(loose_lists, axis=1)
+    np.testing.assert_array_equal(np.take_along_axis(loose_lists, order, 1), np.sort(lists, 1))
+    by_list = np.take_along_axis(scores, np.argsort(lists, axis=1), 1)
+    np.testing.assert_allclose(np.take_along_axis(loose_scores, order, 1), by_list, rtol=1e-6, atol=1e-6)
 
 
 def test_collect_factor_grows_with_the_probed_share_between_its_floor_and_the_spill():

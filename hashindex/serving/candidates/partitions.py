@@ -359,10 +359,13 @@ def dedupe(positions: np.ndarray) -> np.ndarray:
 _COARSE_CELLS = 1 << 22
 
 
-def nearest_centroids(centroids: np.ndarray, x: np.ndarray, nprobe: int, metric: str) -> tuple[np.ndarray, np.ndarray]:
+def nearest_centroids(
+    centroids: np.ndarray, x: np.ndarray, nprobe: int, metric: str, ordered: bool = True
+) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     """The ``nprobe`` centroids (``float32 [nlist, D]``) nearest to each row of ``x [nq, D]``,
-    nearest first: ``(scores float32 [nq, nprobe], lists int64 [nq, nprobe])``, scores being inner
-    products (``ip`` / ``cosine``) or squared distances (``l2``), as FAISS's flat index gives.
+    nearest first (in no set order without ``ordered``: a scan of the lists does not need it):
+    ``(scores float32 [nq, nprobe], lists int64 [nq, nprobe])``, scores being inner products
+    (``ip`` / ``cosine``) or squared distances (``l2``), as FAISS's flat index gives.
 
     One BLAS product and an ``argpartition`` per block of queries, then a sort of the kept
     ``nprobe`` only: FAISS's flat search keeps its top-k in a per-query heap, which for the
@@ -384,8 +387,10 @@ def nearest_centroids(centroids: np.ndarray, x: np.ndarray, nprobe: int, metric:
         else:
             top = np.broadcast_to(np.arange(nlist), key.shape)
         kept = np.take_along_axis(key, top, 1)
-        order = np.argsort(-kept, axis=1)  # not stable: ~4x faster on the hundreds kept; ties are rare
-        kept, lists[lo : lo + step] = np.take_along_axis(kept, order, 1), np.take_along_axis(top, order, 1)
+        if ordered:
+            order = np.argsort(-kept, axis=1)  # not stable: ~4x faster on the hundreds kept; ties are rare
+            kept, top = np.take_along_axis(kept, order, 1), np.take_along_axis(top, order, 1)
+        lists[lo : lo + step] = top
         scores[lo : lo + step] = (np.einsum("nd,nd->n", xb, xb)[:, None] - 2 * kept) if half_norms is not None else kept
     return scores, lists
 
@@ -431,7 +436,7 @@ def probe(
     first. With ``slack``, each query scans only its first :func:`adaptive_depth` lists (the
     others are passed as -1: skipped). With ``table`` (the lists' addresses) and where
     :func:`fastscan.available` holds, our scan reads the lists; otherwise FAISS's."""
-    coarse_scores, lists = nearest_centroids(centroids, x, nprobe, metric)
+    coarse_scores, lists = nearest_centroids(centroids, x, nprobe, metric, ordered=slack is not None)
     if slack is not None:
         depth = adaptive_depth(coarse_scores, slack, higher_is_better=metric != "l2")
         lists = np.where(np.arange(lists.shape[1])[None, :] < depth[:, None], lists, -1)
