@@ -2,7 +2,7 @@
  *
  * It reads FAISS's 32-vector blocks in place and scores them as IndexIVFPQFastScan's
  * search_preassigned does (a lookup table per sub-quantizer, summed in 16 bits; the caller's
- * tables, 7-bit in fastscan.py, so that two lookups add in a byte), visiting the batch list by
+ * tables, 6-bit in fastscan.py, so that four lookups add in a byte), visiting the batch list by
  * list as FAISS's implem 12/13 does (a list stays cached for all the queries probing it), but
  * collects differently. FAISS keeps each query's k > 20 best in a reservoir whose threshold is
  * the k-th best seen so far; a query's lists then come in list-number order, and at k ~ 1,000
@@ -474,8 +474,8 @@ int hx_scan(int64_t nq, int64_t m, const uint8_t *luts, int64_t nprobe, const in
     for (int64_t l = 0; l < nlist; l++)
         if (sizes[l] > (int64_t)OFFSET_MASK + 1) return HX_BAD_ARGS;
     if (nq == 0) return HX_OK;
-    /* the tables' largest entry sets how many lookups fit a byte: 1 for 8-bit tables, 2 for the
-     * 7-bit ones fastscan.py makes (fewer widening adds) */
+    /* the tables' largest entry sets how many lookups fit a byte: 1 for 8-bit tables, 4 for the
+     * 6-bit ones fastscan.py makes (fewer widening adds) */
     int top = 0;
     for (int64_t i = 0; i < nq * m * 16; i++) top = luts[i] > top ? luts[i] : top;
     int group = top ? 255 / top : 255;

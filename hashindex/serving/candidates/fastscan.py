@@ -2,7 +2,7 @@
 
 It reads the same FAISS fast-scan blocks and scores them as
 ``IndexIVFPQFastScan.search_preassigned`` does (a lookup table per query and sub-quantizer, sums
-in 16 bits; our tables are rounded to 7 bits, FAISS's to 8), but collects the top ``k`` against
+in 16 bits; our tables are rounded to 6 bits, FAISS's to 8), but collects the top ``k`` against
 a threshold guessed from a sample of each query's lists, where FAISS's reservoir starts from
 nothing: at the ~1,000 entries a deep probe collects, that collection is nearly half of FAISS's
 scan (benchmarks/README.md, "A scan that knows its threshold").
@@ -40,11 +40,11 @@ MAX_SUBQUANTIZERS = 128  # scores (<= 255 per sub-quantizer) are compared as sig
 # the kernel names an entry by list and offset in 48 bits (fastscan.c); FAISS scans anything bigger
 MAX_LISTS = 1 << 20
 MAX_LIST_SIZE = 1 << 28
-# Table entries are rounded to 0 .. TABLE_TOP, not FAISS's 0 .. 255: two lookups then sum in a
-# byte before the kernel widens them to 16 bits, 4-13% of the served search at 1M with the same
-# recall; coarser tables lost a little recall for no steady gain (benchmarks/README.md, "A scan
-# that knows its threshold").
-TABLE_TOP = 127
+# Table entries are rounded to 0 .. TABLE_TOP, not FAISS's 0 .. 255: four lookups then sum in a
+# byte before the kernel widens them to 16 bits. Chosen on the seed-11 1M gallery: 0 .. 63 scanned
+# 8% faster than 0 .. 127 for 0.001 recall@10 at the same point, 0 .. 31 a little faster for 0.003
+# (benchmarks/README.md, "Ids at the end").
+TABLE_TOP = 63
 
 _ERRORS = {-1: "no AVX2 on this CPU", -2: "out of memory", -3: "bad arguments"}
 _PATTERNS_T = np.ascontiguousarray(sign_patterns().T)  # [4, 16]: lookup table = z_sub @ this
