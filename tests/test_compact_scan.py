@@ -71,12 +71,26 @@ def test_the_last_row_of_a_store_that_ends_on_a_page(isa, tmp_path):
     np.testing.assert_allclose(got, _oracle(store, q, lims, positions, "ip"), rtol=1e-5, atol=1e-5)
 
 
-def test_a_position_outside_the_store_is_refused():
+def test_a_position_outside_the_store_or_mismatched_arrays_are_refused():
     store, rng = _store("int6", 16, 50, seed=4)
     q = rng.standard_normal((1, 16)).astype(np.float32)
     for bad in (50, -1):
         with pytest.raises(ValueError, match="outside the store"):
             compact_scan.scores(q, store.params, store.rows.array, "int6", "ip", np.array([0, 1]), np.array([bad]))
+    with pytest.raises(ValueError, match="disagree"):
+        compact_scan.scores(q, store.params[:16], store.rows.array, "int6", "ip", np.array([0, 1]), np.array([3]))
+    with pytest.raises(ValueError, match="size mismatch"):  # 8-bit rows read as 6-bit
+        compact_scan.scores(q, store.params, np.zeros((50, 16), np.uint8), "int6", "ip", np.array([0, 1]), np.array([3]))
+
+
+def test_an_empty_store_scores_nothing():
+    """No candidates: nothing is read (an untrained store has no parameters yet)."""
+    store = CompactStore("int6", 16)
+    q = np.ones((3, 16), np.float32)
+    got = compact_scan.scores(q, store.params, store.rows.array, "int6", "ip", np.zeros(4, np.int64), np.empty(0, np.int64))
+    assert got.shape == (0,)
+    slots, scores = store.top(q, np.zeros(4, np.int64), np.empty(0, np.int64), 5, "ip", distinct=True)
+    assert (slots == -1).all() and np.isneginf(scores).all() and slots.shape == (3, 5)
 
 
 @pytest.mark.parametrize("metric", ["ip", "l2"])

@@ -68,9 +68,13 @@ def scores(
     params = np.ascontiguousarray(params, dtype=np.float32)
     lims = np.ascontiguousarray(lims, dtype=np.int64)
     positions = np.ascontiguousarray(positions, dtype=np.int64)
+    out = np.empty(len(positions), np.float32)
+    if not len(positions):  # (an untrained store has no parameters to read)
+        return out
     if not codes.flags.c_contiguous:
         raise ValueError("compact codes must be C-contiguous")
-    out = np.empty(len(positions), np.float32)
+    if q.ndim != 2 or params.shape != (2 * q.shape[1],) or len(lims) != len(q) + 1:
+        raise ValueError(f"compact-store kernel: queries {q.shape}, params {params.shape}, lims {lims.shape} disagree")
     scratch = np.empty(2 * q.shape[1], np.float32)
     rc = _LIB.hx_compact_scores(
         q.shape[0], q.shape[1], q.ctypes.data, params.ctypes.data, BITS[kind], int(metric == "l2"), codes.ctypes.data,
