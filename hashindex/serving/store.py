@@ -1,8 +1,12 @@
-"""Row storage that grows by appending and shrinks by compaction (numpy only).
+"""Row storage that grows by appending and shrinks by compaction.
 
 The index keeps three aligned row arrays (codes, ids, features); row position is the
 FAISS sequential id. ``RowStore`` gives them amortised O(1) appends (capacity doubling) and
 lets a loaded, memory-mapped array be used in place until the first mutation.
+``CompactStore`` holds the rerank rows as FAISS scalar-quantizer codes and ranks candidates on
+them (compact_scan.c where built, FAISS's scanner otherwise); ``FileRows`` reads a loaded index's
+float rows by ``pread`` (file_rows.c where built, ``os.pread`` otherwise). numpy and faiss, no
+torch.
 """
 
 from __future__ import annotations
