@@ -37,8 +37,11 @@ def _stage(n, bits, nlist, spill, seed, codes=None):
     return stage
 
 
-def _oracle(stage, tables, lists, k):
-    """Per query: (sorted scores of its top k, all (score, id) entries of its probed lists)."""
+def _oracle(stage, tables, lists, k, table=None):
+    """Per query: (sorted scores of its top k, all (score, id) entries of its probed lists). When
+    the scan's ``table`` (default: the stage's) names each entry's other list, an item found in
+    two of a query's lists counts once (its two entries hold the same code, so the same score)."""
+    table = stage.list_table() if table is None else table
     contents = stage.list_contents()
     out = []
     for i in range(len(tables)):
@@ -52,6 +55,9 @@ def _oracle(stage, tables, lists, k):
             ids.append(pos)
         ids = np.concatenate(ids) if ids else np.empty(0, np.int64)
         scores = np.concatenate(scores) if scores else np.empty(0, np.int64)
+        if table.partners.size:
+            ids, first = np.unique(ids, return_index=True)
+            scores = scores[first]
         out.append((np.sort(scores)[::-1][:k], ids, scores))
     return out
 
@@ -64,8 +70,8 @@ def _check(got_ids, got_scores, oracle, k):
         if not have:
             continue
         kth = top[-1]
-        # above the k-th score: exactly the oracle's entries (a spilled item twice, if both lists
-        # are probed); at it: any of the tied ones
+        # above the k-th score: exactly the oracle's entries (a spilled item twice if both lists
+        # are probed, unless the scan knows its lists' partners); at it: any of the tied ones
         above = got_ids[i][:have][got_scores[i][:have] > kth]
         np.testing.assert_array_equal(np.sort(above), np.sort(ids[scores > kth]))
         tied = got_ids[i][:have][got_scores[i][:have] == kth]
@@ -172,7 +178,7 @@ def test_lists_beyond_the_keys_go_to_faiss():
     table = stage.list_table()
     assert fastscan.available(16, table)
     long = table._replace(sizes=np.where(table.sizes > 0, fastscan.MAX_LIST_SIZE + 1, 0))
-    many = fastscan.ListTable(*(np.zeros(fastscan.MAX_LISTS + 1, a.dtype) for a in table))
+    many = fastscan.ListTable(*(np.zeros(fastscan.MAX_LISTS + 1, a.dtype) for a in table[:3]))
     assert not fastscan.available(16, long) and not fastscan.available(16, many)
     tables = _tables(np.random.default_rng(3), 2, 64)
     lists = np.zeros((2, 1), np.int64)
@@ -252,13 +258,14 @@ def test_distinct_drops_the_second_finding_of_an_item(isa):
     entries (repeats counted) the lists held."""
     rng = np.random.default_rng(17)
     stage = _stage(3000, 128, 48, 2, seed=17)
+    table = stage.list_table()._replace(partners=np.empty(0, np.uint64), partner_lists=())  # not told the partners
     tables = _tables(rng, 13, 128)
     lists = np.stack([rng.permutation(48)[:36] for _ in range(13)]).astype(np.int64)
     lists[4, 3:] = -1  # lists that hold fewer than k
     with fastscan.isa_cap(isa):
         for k in (9, 250, 2000):
-            ids, scores, held = fastscan.scan_raw(tables, lists, stage.list_table(), k)
-            got_ids, got_scores, got_held = fastscan.scan_raw(tables, lists, stage.list_table(), k, distinct=True)
+            ids, scores, held = fastscan.scan_raw(tables, lists, table, k)
+            got_ids, got_scores, got_held = fastscan.scan_raw(tables, lists, table, k, distinct=True)
             np.testing.assert_array_equal(got_held, held)
             np.testing.assert_array_equal(held, (ids >= 0).sum(axis=1))
             unique = dedupe(ids)
@@ -268,6 +275,31 @@ def test_distinct_drops_the_second_finding_of_an_item(isa):
             np.testing.assert_array_equal(got_scores[got_ids >= 0], want_scores[got_ids >= 0])
             assert (got_scores[got_ids < 0] == 0).all()
             assert (unique >= 0).sum() < (ids >= 0).sum(), "the case must find some item twice"
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_partner_lists_keep_one_finding_of_an_item_and_a_full_top_k(isa):
+    """Told each entry's other list, the kernel lets an item found in two of a query's lists
+    enter once: its top k are k distinct items, the top k of the scan told nothing with repeats
+    dropped (oracle: numpy dedupe of a deeper answer), and none of them repeats."""
+    rng = np.random.default_rng(19)
+    stage = _stage(4000, 128, 40, 2, seed=19)
+    told = stage.list_table()
+    assert told.partners.size == stage.nlist
+    blind = told._replace(partners=np.empty(0, np.uint64), partner_lists=())
+    tables = _tables(rng, 11, 128)
+    lists = np.stack([rng.permutation(40)[:30] for _ in range(11)]).astype(np.int64)
+    lists[2, 5:] = -1
+    with fastscan.isa_cap(isa):
+        for k in (5, 120, 900):
+            ids, scores, held = fastscan.scan_raw(tables, lists, told, k)
+            deep_ids, deep_scores, _ = fastscan.scan_raw(tables, lists, blind, 2 * k, distinct=True)
+            _check(ids, scores, _oracle(stage, tables, lists, k, told), k)
+            for i in range(len(ids)):
+                got = ids[i][ids[i] >= 0]
+                assert len(np.unique(got)) == len(got), f"query {i}: an item twice"
+                np.testing.assert_array_equal(scores[i][: len(got)], deep_scores[i][: len(got)])
+            np.testing.assert_array_equal(held, (ids >= 0).sum(axis=1))
 
 
 def test_concurrent_scans_keep_their_own_scratch():

@@ -51,7 +51,17 @@ typedef struct {
     uint64_t *buf;
     int64_t n, limit; /* held, and how many trigger a shrink to k */
     int32_t thr;
+    const uint64_t *probed; /* bit l: the query scans list l (NULL: no partner lists given) */
 } Top;
+
+/* The list a kernel scans: its key bits (number << OFFSET_BITS), its number, and for each entry
+ * the other list its item sits in (PARTNER_NONE: none), or NULL. */
+#define PARTNER_NONE 0xFFFF
+typedef struct {
+    uint64_t where;
+    int64_t number;
+    const uint16_t *partner;
+} ListAt;
 
 static int isa_cap = 2; /* 2: AVX-512BW allowed, 1: AVX2 at most, 0: neither (tests) */
 
@@ -161,42 +171,48 @@ static void sort_descending(uint64_t *a, int64_t n, uint64_t *tmp) {
 #if defined(__x86_64__) || defined(_M_X64)
 #include <immintrin.h>
 
-/* Scores sc[i] of vectors base + i, i in mask, beat the threshold: they enter the query's keys
- * (`where`: the list's number << OFFSET_BITS). */
+/* Scores sc[i] of vectors base + i, i in mask, beat the threshold: they enter the query's keys.
+ * An item whose other list the query also scans enters from the lower-numbered of the two only
+ * (the same code, the same score there), so a query's keys name distinct items and its k are k
+ * items, not ~1.7k entries holding repeats. */
 static inline void enter(Top *t, int64_t k, const uint16_t *sc, uint32_t mask, int64_t base, int64_t size,
-                         uint64_t where) {
+                         const ListAt *at) {
     while (mask) {
         int j = __builtin_ctz(mask);
         mask &= mask - 1;
         int64_t v = base + j;
         if (v >= size || (int)sc[j] <= t->thr) continue; /* padding, or a shrink raised the bar */
+        if (at->partner) {
+            int64_t other = at->partner[v];
+            if (other < at->number && (t->probed[other >> 6] >> (other & 63)) & 1) continue;
+        }
         if (t->n >= t->limit) {
             shrink(t, k);
             if ((int)sc[j] <= t->thr) continue;
         }
-        t->buf[t->n++] = ((uint64_t)sc[j] << ID_BITS) | where | (uint64_t)v;
+        t->buf[t->n++] = ((uint64_t)sc[j] << ID_BITS) | at->where | (uint64_t)v;
     }
 }
 
 /* eight scores (16-bit lanes) of vectors base .. base + 7 */
 __attribute__((target("avx2"))) static inline void collect8(Top *t, int64_t k, __m128i s, int64_t base, int64_t size,
-                                                            uint64_t where) {
+                                                            const ListAt *at) {
     __m128i above = _mm_cmpgt_epi16(s, _mm_set1_epi16((short)t->thr));
     uint32_t mask = (uint32_t)_mm_movemask_epi8(_mm_packs_epi16(above, _mm_setzero_si128())); /* bit i: lane i */
     if (!mask) return;
     uint16_t sc[8];
     _mm_storeu_si128((__m128i *)sc, s);
-    enter(t, k, sc, mask, base, size, where);
+    enter(t, k, sc, mask, base, size, at);
 }
 
 /* 32 scores (16-bit lanes) of vectors base .. base + 31: one comparison */
 __attribute__((target("avx512bw"))) static inline void collect32(Top *t, int64_t k, __m512i s, int64_t base,
-                                                                 int64_t size, uint64_t where) {
+                                                                 int64_t size, const ListAt *at) {
     uint32_t mask = (uint32_t)_mm512_cmpgt_epi16_mask(s, _mm512_set1_epi16((short)t->thr));
     if (!mask) return;
     uint16_t sc[32];
     _mm512_storeu_si512((void *)sc, s);
-    enter(t, k, sc, mask, base, size, where);
+    enter(t, k, sc, mask, base, size, at);
 }
 
 /* Block layout (FAISS's pq4 packing, bbs = 32; read from FAISS in BlockLayout): 32 bytes per
@@ -207,7 +223,7 @@ __attribute__((target("avx512bw"))) static inline void collect32(Top *t, int64_t
  * 16-bit lanes: acc[0] adds both bytes of each pair (low + 256 * high), acc[1] the high ones, and
  * acc[0] - 256 * acc[1] recovers the low ones. */
 __attribute__((target("avx2"), always_inline)) static inline void scan_avx2_n(Top **tops, const uint8_t **luts, const int nt, int group, int64_t k,
-                                                      const uint8_t *codes, uint64_t where, int64_t size,
+                                                      const uint8_t *codes, const ListAt *at, int64_t size,
                                                       int64_t m) {
     const __m256i nib = _mm256_set1_epi8(0x0f);
     int64_t nblocks = (size + 31) / 32, pairs = m / 2;
@@ -241,7 +257,7 @@ __attribute__((target("avx2"), always_inline)) static inline void scan_avx2_n(To
                             _mm256_sub_epi16(acc[q][2], _mm256_slli_epi16(acc[q][3], 8)), acc[q][3]};
             for (int g = 0; g < 4; g++) { /* even + odd sub-quantizers: the two lanes */
                 __m128i v = _mm_add_epi16(_mm256_castsi256_si128(s[g]), _mm256_extracti128_si256(s[g], 1));
-                collect8(tops[q], k, v, b * 32 + g * 8, size, where);
+                collect8(tops[q], k, v, b * 32 + g * 8, size, at);
             }
         }
     }
@@ -250,15 +266,15 @@ __attribute__((target("avx2"), always_inline)) static inline void scan_avx2_n(To
 /* nt (1 or 2: the 16 registers hold two queries' sums) a constant in each copy, so the
  * accumulators stay in registers */
 __attribute__((target("avx2"))) static void scan_avx2(Top **tops, const uint8_t **luts, int nt, int group, int64_t k,
-                                                  const uint8_t *codes, uint64_t where, int64_t size, int64_t m) {
-    if (nt == 2) scan_avx2_n(tops, luts, 2, group, k, codes, where, size, m);
-    else scan_avx2_n(tops, luts, 1, group, k, codes, where, size, m);
+                                                  const uint8_t *codes, const ListAt *at, int64_t size, int64_t m) {
+    if (nt == 2) scan_avx2_n(tops, luts, 2, group, k, codes, at, size, m);
+    else scan_avx2_n(tops, luts, 1, group, k, codes, at, size, m);
 }
 
 /* The same with 64-byte loads: two pairs of sub-quantizers, four 128-bit lanes (sub-quantizers
  * 4c .. 4c + 3, as the table rows); a trailing pair (m % 4 == 2) through 32-byte loads. */
 __attribute__((target("avx512bw"), always_inline)) static inline void scan_avx512_n(Top **tops, const uint8_t **luts, const int nt, int group, int64_t k,
-                                                            const uint8_t *codes, uint64_t where, int64_t size,
+                                                            const uint8_t *codes, const ListAt *at, int64_t size,
                                                             int64_t m) {
     const __m512i nib = _mm512_set1_epi8(0x0f);
     const __m256i nib2 = _mm256_set1_epi8(0x0f), byte = _mm256_set1_epi16(0xff);
@@ -315,7 +331,7 @@ __attribute__((target("avx512bw"), always_inline)) static inline void scan_avx51
                     _mm256_inserti128_si256(_mm256_castsi128_si256(f[2]), f[3], 1), 1);
                 all = _mm512_add_epi16(all, extra);
             }
-            collect32(tops[q], k, all, b * 32, size, where);
+            collect32(tops[q], k, all, b * 32, size, at);
         }
     }
 }
@@ -323,11 +339,11 @@ __attribute__((target("avx512bw"), always_inline)) static inline void scan_avx51
 /* nt (1 to 4: the 32 registers hold four queries' sums) a constant in each copy, so the
  * accumulators stay in registers; four queries per block scanned 1.09x faster than two (1M) */
 __attribute__((target("avx512bw"))) static void scan_avx512(Top **tops, const uint8_t **luts, int nt, int group, int64_t k,
-                                                  const uint8_t *codes, uint64_t where, int64_t size, int64_t m) {
-    if (nt == 4) scan_avx512_n(tops, luts, 4, group, k, codes, where, size, m);
-    else if (nt == 3) scan_avx512_n(tops, luts, 3, group, k, codes, where, size, m);
-    else if (nt == 2) scan_avx512_n(tops, luts, 2, group, k, codes, where, size, m);
-    else scan_avx512_n(tops, luts, 1, group, k, codes, where, size, m);
+                                                  const uint8_t *codes, const ListAt *at, int64_t size, int64_t m) {
+    if (nt == 4) scan_avx512_n(tops, luts, 4, group, k, codes, at, size, m);
+    else if (nt == 3) scan_avx512_n(tops, luts, 3, group, k, codes, at, size, m);
+    else if (nt == 2) scan_avx512_n(tops, luts, 2, group, k, codes, at, size, m);
+    else scan_avx512_n(tops, luts, 1, group, k, codes, at, size, m);
 }
 #endif
 
@@ -338,6 +354,7 @@ typedef struct {
     const int64_t *lists;  /* [nq, nprobe], -1: none */
     const uint64_t *codes; /* [nlist] addresses of the lists' blocks */
     const uint64_t *ids;   /* [nlist] addresses of the lists' ids */
+    const uint64_t *partners; /* [nlist] addresses of each list's partner lists (uint16), or NULL */
     const int64_t *sizes;  /* [nlist] */
     int level;
     int group; /* table rows whose lookups are summed in 8 bits before widening */
@@ -376,7 +393,7 @@ static int scan_pairs(const Batch *B, Top *tops, int64_t k, int64_t stride, int 
         int64_t size = B->sizes[l];
         if (size <= 0) continue;
         const uint8_t *codes = (const uint8_t *)(uintptr_t)B->codes[l];
-        uint64_t where = (uint64_t)l << OFFSET_BITS;
+        ListAt at = {(uint64_t)l << OFFSET_BITS, l, B->partners ? (const uint16_t *)(uintptr_t)B->partners[l] : NULL};
         for (int64_t p = start[l]; p < start[l + 1]; p += per_block) {
             int nt = start[l + 1] - p < per_block ? (int)(start[l + 1] - p) : per_block;
             Top *t[4];
@@ -386,8 +403,8 @@ static int scan_pairs(const Batch *B, Top *tops, int64_t k, int64_t stride, int 
                 lut[q] = B->luts + who[p + q] * B->m * 16;
             }
 #if defined(__x86_64__) || defined(_M_X64)
-            if (B->level >= 2) scan_avx512(t, lut, nt, B->group, k, codes, where, size, B->m);
-            else scan_avx2(t, lut, nt, B->group, k, codes, where, size, B->m);
+            if (B->level >= 2) scan_avx512(t, lut, nt, B->group, k, codes, &at, size, B->m);
+            else scan_avx2(t, lut, nt, B->group, k, codes, &at, size, B->m);
 #endif
         }
     }
@@ -466,12 +483,15 @@ static int64_t write_out(const uint64_t *keys, int64_t n, const uint64_t *ids, u
  * lists) is dropped and the rest close up, best first: fewer than out_held may be written.
  * m: sub-quantizers (even, <= 128: the scores, at most 255 m, are compared as signed 16-bit
  * lanes); luts: uint8 [nq, m, 16]; lists: int64 [nq, nprobe]; codes / ids: each list's arrays as
- * addresses, sizes: its codes (at most 2^20 lists of at most 2^28 codes). work: room for
+ * addresses, sizes: its codes (at most 2^20 lists of at most 2^28 codes); partners: NULL, or
+ * each list's uint16 array of its entries' other lists (PARTNER_NONE: none; fewer than
+ * PARTNER_NONE lists), so that an item found in two of a query's lists enters once (see enter). work: room for
  * hx_work_len(nq, k) keys, the caller's to reuse from call to call (fresh memory each call cost a
  * page fault per 4 kB). */
 int hx_scan(int64_t nq, int64_t m, const uint8_t *luts, int64_t nprobe, const int64_t *lists, int64_t nlist,
-            const uint64_t *codes, const uint64_t *ids, const int64_t *sizes, int64_t k, int distinct, uint64_t *work,
-            int64_t work_len, uint16_t *out_scores, int64_t *out_ids, int64_t *out_held) {
+            const uint64_t *codes, const uint64_t *ids, const uint64_t *partners, const int64_t *sizes, int64_t k,
+            int distinct, uint64_t *work, int64_t work_len, uint16_t *out_scores, int64_t *out_ids,
+            int64_t *out_held) {
     int level = isa_level();
     if (level == 0) return HX_UNSUPPORTED;
     if (nq < 0 || m <= 0 || m % 2 || m > 128 || nprobe < 0 || nlist < 0 || nlist > MAX_LISTS || k <= 0)
@@ -484,22 +504,34 @@ int hx_scan(int64_t nq, int64_t m, const uint8_t *luts, int64_t nprobe, const in
     int top = 0;
     for (int64_t i = 0; i < nq * m * 16; i++) top = luts[i] > top ? luts[i] : top;
     int group = top ? 255 / top : 255;
-    Batch B = {nq, m, nprobe, nlist, luts, lists, codes, ids, sizes, level, group};
+    if (partners && nlist >= PARTNER_NONE) return HX_BAD_ARGS;
+    Batch B = {nq, m, nprobe, nlist, luts, lists, codes, ids, partners, sizes, level, group};
     int64_t room = 2 * k + 64; /* keys held per query before a shrink */
     if (work_len < hx_work_len(nq, k)) return HX_BAD_ARGS;
     int64_t slots = 1;
     while (slots < 2 * k) slots *= 2;
+    int64_t words = (nlist + 63) / 64; /* each query's probed lists, a bit each */
     Top *tops = calloc((size_t)nq, sizeof(Top));
     uint64_t *seen = distinct ? malloc((size_t)slots * sizeof(uint64_t)) : NULL;
-    if (!tops || (distinct && !seen)) {
+    uint64_t *probed = partners ? calloc((size_t)(nq * words) + 1, sizeof(uint64_t)) : NULL;
+    if (!tops || (distinct && !seen) || (partners && !probed)) {
         free(tops);
         free(seen);
+        free(probed);
         return HX_NO_MEMORY;
     }
     for (int64_t i = 0; i < nq; i++) {
         tops[i].buf = work + i * room;
         tops[i].limit = room;
         tops[i].thr = -1;
+        if (probed) {
+            uint64_t *bits = probed + i * words;
+            for (int64_t r = 0; r < nprobe; r++) {
+                int64_t l = lists[i * nprobe + r];
+                if (l >= 0 && l < nlist) bits[l >> 6] |= 1ULL << (l & 63);
+            }
+            tops[i].probed = bits;
+        }
     }
     int64_t stride = (int64_t)(SAMPLE_MARGIN * (double)k / SAMPLE_MIN_RANK);
     if (stride > SAMPLE_MAX_STRIDE) stride = SAMPLE_MAX_STRIDE;
@@ -522,5 +554,6 @@ int hx_scan(int64_t nq, int64_t m, const uint8_t *luts, int64_t nprobe, const in
     }
     free(tops);
     free(seen);
+    free(probed);
     return rc;
 }

@@ -40,6 +40,9 @@ MAX_SUBQUANTIZERS = 128  # scores (<= 255 per sub-quantizer) are compared as sig
 # the kernel names an entry by list and offset in 48 bits (fastscan.c); FAISS scans anything bigger
 MAX_LISTS = 1 << 20
 MAX_LIST_SIZE = 1 << 28
+# an entry's other list, as the kernel reads it (uint16): none, and the most lists it can name
+PARTNER_NONE = 0xFFFF
+MAX_PARTNER_LISTS = PARTNER_NONE
 # Table entries are rounded to 0 .. TABLE_TOP, not FAISS's 0 .. 255: four lookups then sum in a
 # byte before the kernel widens them to 16 bits. Chosen on the seed-11 1M gallery: 0 .. 63 scanned
 # 8% faster than 0 .. 127 for 0.001 recall@10 at the same point, 0 .. 31 a little faster for 0.003
@@ -54,7 +57,7 @@ def _load() -> ctypes.CDLL | None:
     lib = native.load(Path(__file__).parent, "_fastscan")
     if lib is not None:
         p, i = ctypes.c_void_p, ctypes.c_int64
-        lib.hx_scan.argtypes = [i, i, p, i, p, i, p, p, p, i, ctypes.c_int, p, i, p, p, p]
+        lib.hx_scan.argtypes = [i, i, p, i, p, i, p, p, p, p, i, ctypes.c_int, p, i, p, p, p]
         lib.hx_scan.restype = ctypes.c_int
         lib.hx_work_len.argtypes, lib.hx_work_len.restype = [i, i], i
         lib.hx_isa.restype = ctypes.c_int
@@ -105,20 +108,27 @@ def isa_cap(level: int) -> Iterator[None]:
 
 class ListTable(NamedTuple):
     """Where each list's blocks and ids live in FAISS's memory (addresses ``uint64 [nlist]``)
-    and how many entries it holds (``int64 [nlist]``): valid until the lists change."""
+    and how many entries it holds (``int64 [nlist]``): valid until the lists change. With
+    ``partner_lists`` (per list, ``uint16 [size]``: the other list of each entry's item,
+    :data:`PARTNER_NONE` if none), an item found in two of a query's lists enters its top once;
+    ``partners`` holds their addresses (empty without)."""
 
     codes: np.ndarray
     ids: np.ndarray
     sizes: np.ndarray
+    partners: np.ndarray = np.empty(0, np.uint64)
+    partner_lists: tuple[np.ndarray, ...] = ()  # kept here so the addresses stay valid
 
     @classmethod
-    def of(cls, ivf: faiss.IndexIVFPQFastScan, sizes: np.ndarray) -> "ListTable":
+    def of(cls, ivf: faiss.IndexIVFPQFastScan, sizes: np.ndarray, partner_lists=None) -> "ListTable":
         inv = ivf.invlists
         codes, ids = np.zeros(len(sizes), np.uint64), np.zeros(len(sizes), np.uint64)
         for lst in np.flatnonzero(sizes).tolist():
             codes[lst] = faiss.rev_swig_ptr(inv.get_codes(lst), 1).ctypes.data
             ids[lst] = faiss.rev_swig_ptr(inv.get_ids(lst), 1).ctypes.data
-        return cls(codes, ids, np.ascontiguousarray(sizes, dtype=np.int64))
+        kept = tuple(partner_lists) if partner_lists is not None else ()
+        partners = np.array([a.ctypes.data for a in kept], dtype=np.uint64) if kept else np.empty(0, np.uint64)
+        return cls(codes, ids, np.ascontiguousarray(sizes, dtype=np.int64), partners, kept)
 
 
 def lookup_tables(z: np.ndarray, top: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -170,7 +180,8 @@ def scan_raw(
         hi = min(nq, lo + per_call)
         rc = _LIB.hx_scan(
             hi - lo, m, tables[lo:hi].ctypes.data, lists.shape[1], lists[lo:hi].ctypes.data, len(table.sizes),
-            table.codes.ctypes.data, table.ids.ctypes.data, table.sizes.ctypes.data, k, int(distinct), work.ctypes.data,
+            table.codes.ctypes.data, table.ids.ctypes.data, table.partners.ctypes.data if table.partners.size else None,
+            table.sizes.ctypes.data, k, int(distinct), work.ctypes.data,
             work.size, raw[lo:hi].ctypes.data, ids[lo:hi].ctypes.data, held[lo:hi].ctypes.data,
         )  # fmt: skip
         if rc:

@@ -21,8 +21,10 @@ item is byte for byte our packed code. Its own quantizer is an empty placeholder
 
 An item may sit in ``s`` lists (assignment ``int32 [N, s]``; ``s = 2`` is "spilling": the
 nearest list plus one chosen by SOAR's orthogonality rule (:func:`soar_lists`), which raises the
-recall a given ``nprobe`` can reach at twice the list memory, see benchmarks/README.md);
-:func:`probe` then drops repeated positions before the rerank.
+recall a given ``nprobe`` can reach at twice the list memory, see benchmarks/README.md). An
+item whose two lists a query both probes is found twice: our scan, given each entry's other list
+(the stage keeps them beside FAISS's lists, 2 bytes an entry), lets it enter the query's top
+once; through FAISS's scan, :func:`probe` drops the repeat afterwards.
 
 Whether it pays depends on the recall target: on face-like embeddings high targets need a large
 share of the lists probed, where the flat scan is as fast (benchmarks/README.md, "Partition
@@ -302,10 +304,13 @@ def soar_lists(
 
 
 def append_to_lists(
-    ivf: faiss.IndexIVFPQFastScan, layout: BlockLayout, codes: np.ndarray, positions: np.ndarray, assign: np.ndarray
-) -> None:
+    ivf: faiss.IndexIVFPQFastScan, layout: BlockLayout, codes: np.ndarray, positions: np.ndarray, assign: np.ndarray,
+    partners: list[np.ndarray] | None = None,
+) -> None:  # fmt: skip
     """Append items to their lists: ``codes uint8 [n, K/8]``, ``positions int64 [n]`` (the ids
-    the lists return), ``assign int32 [n, s]`` (every column's list gets the item).
+    the lists return), ``assign int32 [n, 2]`` (every column's list gets the item). With
+    ``partners`` (per list, ``uint16``: each entry's other list, for the scan; items in two
+    lists), each list's array grows with its entries.
 
     Never through ``BlockInvertedLists.add_entries``: in FAISS 1.15.1 its whole-block path,
     taken when a list already holds a nonzero multiple of 512 entries, copies all of the list's
@@ -337,6 +342,10 @@ def append_to_lists(
         blocks = faiss.rev_swig_ptr(invlists.get_codes(lst), layout.nbytes_for(total))
         blocks[first * layout.block_size :] = layout.pack(new_codes)
         faiss.rev_swig_ptr(invlists.get_ids(lst), total)[old:] = positions[members]
+        if partners is not None:
+            pair = assign[members]
+            other = np.where(pair[:, 0] == lst, pair[:, 1], pair[:, 0]).astype(np.uint16)
+            partners[lst] = np.concatenate([partners[lst], other])
     ivf.ntotal += int(rows.size)
 
 
@@ -487,6 +496,7 @@ class PartitionStage:
         self.ivf: faiss.IndexIVFPQFastScan | None = None
         self._placeholder: faiss.Index | None = None
         self._table: fastscan.ListTable | None = None  # list_table(), until the lists change
+        self._partners: list[np.ndarray] | None = None  # with two lists per item: each entry's other list
 
     @classmethod
     def train(
@@ -512,33 +522,41 @@ class PartitionStage:
     def build(self, codes: np.ndarray, assign: np.ndarray) -> None:
         """Lists from scratch for positions ``0 .. N-1`` (``codes [N, K/8]``, ``assign [N, s]``)."""
         ivf, placeholder = make_lists(self.bits, self.nlist)
+        partners = [np.empty(0, np.uint16) for _ in range(self.nlist)] if self._names_partners() else None
         append_to_lists(ivf, BlockLayout.of(ivf), np.ascontiguousarray(codes), np.arange(len(codes), dtype=np.int64),
-                        np.asarray(assign, dtype=np.int32))  # fmt: skip
-        self.ivf, self._placeholder, self._table = ivf, placeholder, None
+                        np.asarray(assign, dtype=np.int32), partners)  # fmt: skip
+        self.ivf, self._placeholder, self._table, self._partners = ivf, placeholder, None, partners
+
+    def _names_partners(self) -> bool:
+        """Whether the lists carry each entry's other list (two lists per item, few enough lists
+        for the scan's 16-bit names)."""
+        return self.spill == 2 and self.nlist < fastscan.MAX_PARTNER_LISTS
 
     def append(self, codes: np.ndarray, start: int, assign: np.ndarray) -> None:
         """Add items at positions ``start ..`` to built lists (no-op until :meth:`build`)."""
         if self.ivf is not None:
             positions = np.arange(start, start + len(codes), dtype=np.int64)
-            append_to_lists(self.ivf, BlockLayout.of(self.ivf), np.ascontiguousarray(codes), positions, assign)
+            append_to_lists(self.ivf, BlockLayout.of(self.ivf), np.ascontiguousarray(codes), positions, assign,
+                            self._partners)  # fmt: skip
             self._table = None
 
     def drop_lists(self) -> None:
         """Forget the lists (positions changed); the next :meth:`build` makes them again."""
-        self.ivf, self._placeholder, self._table = None, None, None
+        self.ivf, self._placeholder, self._table, self._partners = None, None, None, None
 
     def knn(self, x: np.ndarray, z: np.ndarray, c: int, nprobe: int, slack: float | None = None) -> Probed:
         """See :func:`probe` (``slack``: query-adaptive depth, at most ``nprobe`` lists). When
-        items spill, more than ``c`` are scanned for and repeats dropped before the top ``c`` are
-        kept, so a twice-found item does not take a candidate's slot: :func:`collect_factor`
-        ``* c`` first, and ``spill * c`` for a query whose lists held more items than that but
-        fewer than ``c`` distinct ones among them."""
+        items spill and the scan cannot keep a twice-found item out of a candidate's slot (FAISS's
+        scan, or no partner lists), more than ``c`` are scanned for and repeats dropped before the
+        top ``c`` are kept: :func:`collect_factor` ``* c`` first, and ``spill * c`` for a query
+        whose lists held more items than that but fewer than ``c`` distinct ones among them."""
         nprobe = min(nprobe, self.nlist)
         if self.spill == 1:
             pos, scores, lists, _ = probe(self._centroid_rows, self.metric, self.ivf, x, z, c, nprobe, slack, self.list_table())
         else:
             most = self.spill * c
-            first = min(most, int(np.ceil(collect_factor(nprobe / self.nlist, self.spill) * c)))
+            factor = 1.0 if self._scan_names_partners() else collect_factor(nprobe / self.nlist, self.spill)
+            first = min(most, int(np.ceil(factor * c)))
             pos, scores, lists, full = self._distinct(x, z, first, c, nprobe, slack)
             short = np.flatnonzero(full & ((pos >= 0).sum(axis=1) < c)) if first < most else []
             if len(short):
@@ -546,6 +564,12 @@ class PartitionStage:
         sizes = self.list_sizes()
         scanned = np.where(lists >= 0, sizes[np.maximum(lists, 0)], 0).sum(axis=1).astype(np.int64)
         return Probed(pos, scores, scanned)
+
+    def _scan_names_partners(self) -> bool:
+        """Whether this search's scan keeps an item found in two lists once (our kernel, with the
+        lists' partners): then ``c`` entries are ``c`` items and no more need collecting."""
+        table = self.list_table()
+        return bool(table.partners.size) and fastscan.available(self.ivf.M, table)
 
     def _distinct(self, x: np.ndarray, z: np.ndarray, want: int, c: int, nprobe: int, slack: float | None):
         """The first ``c`` distinct of the top ``want`` (:func:`probe`): positions and scores
@@ -561,7 +585,7 @@ class PartitionStage:
         if self._table is None:
             inv = self.ivf.invlists
             sizes = np.array([inv.list_size(i) for i in range(self.nlist)], dtype=np.int64)
-            self._table = fastscan.ListTable.of(self.ivf, sizes)
+            self._table = fastscan.ListTable.of(self.ivf, sizes, self._partners)
         return self._table
 
     def list_sizes(self) -> np.ndarray:
@@ -581,9 +605,11 @@ class PartitionStage:
     @property
     def nbytes(self) -> int:
         """Centroids, plus the lists' blocks (padded to 32 per list, each list's table allocated
-        as FAISS's AlignedTable does: rounded up to a power of two) and 8-byte ids once built."""
+        as FAISS's AlignedTable does: rounded up to a power of two), 8-byte ids and (two lists
+        per item) 2-byte partner lists once built."""
         total = 4 * self.nlist * self.dim
         if self.ivf is not None:
             layout, cap = BlockLayout.of(self.ivf), faiss.AlignedTableUint8.round_capacity
             total += int(sum(cap(layout.nbytes_for(int(n))) for n in self.list_sizes())) + 8 * int(self.ivf.ntotal)
+            total += sum(a.nbytes for a in self._partners) if self._partners is not None else 0
         return total
