@@ -196,7 +196,8 @@ class HashIndex(IndexFront):
         of the codes, built on first Hamming use), ``hash`` / ``multihash`` (their tables, an
         estimate: codes + 8-byte ids), ``asymmetric_scan`` (the flat fast-scan copy of the codes),
         ``partition_lists`` (codes in 32-item blocks, each list's table as FAISS allocates it,
-        + 8-byte ids, ``spill`` times), ``partition_centroids``, ``partition_assign``. Row stores
+        + 8-byte ids, ``spill`` times, + each entry's 2-byte other list when items sit in two),
+        ``partition_centroids``, ``partition_assign``. Row stores
         count with their spare capacity (they grow by doubling)."""
 
         def held(store: RowStore) -> int:
