@@ -229,6 +229,8 @@ __attribute__((target("avx2"), always_inline)) static inline void scan_avx2_n(To
     int64_t nblocks = (size + 31) / 32, pairs = m / 2;
     for (int64_t b = 0; b < nblocks; b++) {
         const uint8_t *block = codes + b * 16 * m;
+        if (at->partner && b + 2 < nblocks) /* the line of partners an entering entry reads (10M: 5-9%) */
+            _mm_prefetch((const char *)(at->partner + (b + 2) * 32), _MM_HINT_T0);
         __m256i acc[2][4];
         for (int q = 0; q < 2; q++)
             for (int u = 0; u < 4; u++) acc[q][u] = _mm256_setzero_si256();
@@ -282,6 +284,8 @@ __attribute__((target("avx512bw"), always_inline)) static inline void scan_avx51
     int tail = (m % 4) != 0;
     for (int64_t b = 0; b < nblocks; b++) {
         const uint8_t *block = codes + b * 16 * m;
+        if (at->partner && b + 2 < nblocks) /* the line of partners an entering entry reads (10M: 5-9%) */
+            _mm_prefetch((const char *)(at->partner + (b + 2) * 32), _MM_HINT_T0);
         __m512i acc[4][4];
         for (int q = 0; q < 4; q++)
             for (int u = 0; u < 4; u++) acc[q][u] = _mm512_setzero_si512();
