@@ -5,9 +5,9 @@ Two measurements, each timed round-robin (best of ``--rounds``), one thread:
 
 1. ``search(q, k=10)`` with no arguments, with our scan and with FAISS's (``fastscan.disabled()``),
    with recall@1 and recall@10 of both against the exact top 10;
-2. the same at the nprobe it serves with other candidate counts (``--candidates``): the scan
-   collects ~1.7x the candidates when items sit in two lists, and FAISS's collection grows with
-   them;
+2. the same at the nprobe it serves with other candidate counts (``--candidates``): FAISS's scan
+   collects ~1.7x the candidates when items sit in two lists (ours, told each entry's other
+   list, collects the candidates themselves), and its collection grows with them;
 3. our scan's tables rounded to ``0 .. top`` for each ``--table-top`` (``fastscan.TABLE_TOP``;
    255 is FAISS's rounding): recall@1, recall@10 and time of the served search.
 

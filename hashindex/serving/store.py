@@ -348,12 +348,13 @@ def select_top(scores: np.ndarray, lims: np.ndarray, positions: np.ndarray, k: i
     cols = np.argpartition(key, m - 1, axis=1)[:, :m] if 0 < m < width else np.tile(np.arange(m), (nq, 1))
     slot = lims[:-1, None] + cols
     valid = cols < counts[:, None]
-    order = np.lexsort((np.where(valid, positions[np.where(valid, slot, 0)], 0), np.take_along_axis(key, cols, 1)))
-    cols, slot, valid = (np.take_along_axis(a, order, 1) for a in (cols, slot, valid))
+    kept = np.take_along_axis(key, cols, 1)
+    order = np.lexsort((np.where(valid, positions[np.where(valid, slot, 0)], 0), kept))
+    kept, slot, valid = (np.take_along_axis(a, order, 1) for a in (kept, slot, valid))
     out_slots = np.full((nq, k), -1, np.int64)
     out_key = np.full((nq, k), np.inf, np.float32)
     out_slots[:, :m] = np.where(valid, slot, -1)
-    out_key[:, :m] = np.where(valid, np.take_along_axis(key, cols, 1), np.inf)
+    out_key[:, :m] = np.where(valid, kept, np.inf)
     if distinct and 0 < m < width:
         with np.errstate(invalid="ignore"):  # inf - inf where a row has fewer than m (not looked at)
             repeats = 1 + np.count_nonzero(np.diff(out_key[:, :m], axis=1), axis=1) < k

@@ -54,11 +54,10 @@ typedef struct {
     const uint64_t *probed; /* bit l: the query scans list l (NULL: no partner lists given) */
 } Top;
 
-/* The list a kernel scans: its key bits (number << OFFSET_BITS), its number, and for each entry
- * the other list its item sits in (PARTNER_NONE: none), or NULL. */
+/* The list a kernel scans: its number, and for each entry the other list its item sits in
+ * (PARTNER_NONE: none), or NULL. */
 #define PARTNER_NONE 0xFFFF
 typedef struct {
-    uint64_t where;
     int64_t number;
     const uint16_t *partner;
 } ListAt;
@@ -190,7 +189,7 @@ static inline void enter(Top *t, int64_t k, const uint16_t *sc, uint32_t mask, i
             shrink(t, k);
             if ((int)sc[j] <= t->thr) continue;
         }
-        t->buf[t->n++] = ((uint64_t)sc[j] << ID_BITS) | at->where | (uint64_t)v;
+        t->buf[t->n++] = ((uint64_t)sc[j] << ID_BITS) | ((uint64_t)at->number << OFFSET_BITS) | (uint64_t)v;
     }
 }
 
@@ -397,7 +396,7 @@ static int scan_pairs(const Batch *B, Top *tops, int64_t k, int64_t stride, int 
         int64_t size = B->sizes[l];
         if (size <= 0) continue;
         const uint8_t *codes = (const uint8_t *)(uintptr_t)B->codes[l];
-        ListAt at = {(uint64_t)l << OFFSET_BITS, l, B->partners ? (const uint16_t *)(uintptr_t)B->partners[l] : NULL};
+        ListAt at = {l, B->partners ? (const uint16_t *)(uintptr_t)B->partners[l] : NULL};
         for (int64_t p = start[l]; p < start[l + 1]; p += per_block) {
             int nt = start[l + 1] - p < per_block ? (int)(start[l + 1] - p) : per_block;
             Top *t[4];
@@ -484,7 +483,8 @@ static int64_t write_out(const uint64_t *keys, int64_t n, const uint64_t *ids, u
 /* The k best scores of each query with their ids, best first: `out_scores` uint16 [nq, k] and
  * `out_ids` int64 [nq, k] (-1 and 0 past the codes the lists hold); `out_held` int64 [nq]: how
  * many of the k were found. With `distinct`, an id found again (an item in two of the query's
- * lists) is dropped and the rest close up, best first: fewer than out_held may be written.
+ * lists) is dropped and the rest close up, best first: fewer than out_held may be written (with
+ * `partners` none is found again).
  * m: sub-quantizers (even, <= 128: the scores, at most 255 m, are compared as signed 16-bit
  * lanes); luts: uint8 [nq, m, 16]; lists: int64 [nq, nprobe]; codes / ids: each list's arrays as
  * addresses, sizes: its codes (at most 2^20 lists of at most 2^28 codes); partners: NULL, or
@@ -516,9 +516,11 @@ int hx_scan(int64_t nq, int64_t m, const uint8_t *luts, int64_t nprobe, const in
     while (slots < 2 * k) slots *= 2;
     int64_t words = (nlist + 63) / 64; /* each query's probed lists, a bit each */
     Top *tops = calloc((size_t)nq, sizeof(Top));
-    uint64_t *seen = distinct ? malloc((size_t)slots * sizeof(uint64_t)) : NULL;
+    /* told the partners, a query's keys already name distinct items (enter): no hash set */
+    int dedupe = distinct && !partners;
+    uint64_t *seen = dedupe ? malloc((size_t)slots * sizeof(uint64_t)) : NULL;
     uint64_t *probed = partners ? calloc((size_t)(nq * words) + 1, sizeof(uint64_t)) : NULL;
-    if (!tops || (distinct && !seen) || (partners && !probed)) {
+    if (!tops || (dedupe && !seen) || (partners && !probed)) {
         free(tops);
         free(seen);
         free(probed);

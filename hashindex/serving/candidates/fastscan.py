@@ -40,9 +40,9 @@ MAX_SUBQUANTIZERS = 128  # scores (<= 255 per sub-quantizer) are compared as sig
 # the kernel names an entry by list and offset in 48 bits (fastscan.c); FAISS scans anything bigger
 MAX_LISTS = 1 << 20
 MAX_LIST_SIZE = 1 << 28
-# an entry's other list, as the kernel reads it (uint16): none, and the most lists it can name
+# an entry's other list, as the kernel reads it (uint16): this value is none, so the lists it can
+# name number fewer
 PARTNER_NONE = 0xFFFF
-MAX_PARTNER_LISTS = PARTNER_NONE
 # Table entries are rounded to 0 .. TABLE_TOP, not FAISS's 0 .. 255: four lookups then sum in a
 # byte before the kernel widens them to 16 bits. Chosen on the seed-11 1M gallery: 0 .. 63 scanned
 # 8% faster than 0 .. 127 for 0.001 recall@10 at the same point, 0 .. 31 a little faster for 0.003

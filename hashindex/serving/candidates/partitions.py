@@ -530,7 +530,7 @@ class PartitionStage:
     def _names_partners(self) -> bool:
         """Whether the lists carry each entry's other list (two lists per item, few enough lists
         for the scan's 16-bit names)."""
-        return self.spill == 2 and self.nlist < fastscan.MAX_PARTNER_LISTS
+        return self.spill == 2 and self.nlist < fastscan.PARTNER_NONE
 
     def append(self, codes: np.ndarray, start: int, assign: np.ndarray) -> None:
         """Add items at positions ``start ..`` to built lists (no-op until :meth:`build`)."""
@@ -568,8 +568,7 @@ class PartitionStage:
     def _scan_names_partners(self) -> bool:
         """Whether this search's scan keeps an item found in two lists once (our kernel, with the
         lists' partners): then ``c`` entries are ``c`` items and no more need collecting."""
-        table = self.list_table()
-        return bool(table.partners.size) and fastscan.available(self.ivf.M, table)
+        return self._partners is not None and fastscan.available(self.ivf.M, self.list_table())
 
     def _distinct(self, x: np.ndarray, z: np.ndarray, want: int, c: int, nprobe: int, slack: float | None):
         """The first ``c`` distinct of the top ``want`` (:func:`probe`): positions and scores
