@@ -21,7 +21,7 @@ import pytest
 from hashindex import HashIndex, HashIndexError, IndexFormatError, InputError
 from hashindex.serving import persist
 from hashindex.serving.candidates.asymmetric import sign_patterns
-from hashindex.serving.candidates import fastscan, partitions
+from hashindex.serving.candidates import fastscan, partitions, six_bit
 from hashindex.serving.candidates.partitions import BlockLayout, PartitionStage, dedupe, nearest_centroids, nlist_for
 from hashindex.serving.hashers import ITQHasher
 
@@ -59,11 +59,17 @@ def _signs(codes):
     return 2 * np.unpackbits(codes, axis=1, bitorder="little").astype(np.float64) - 1
 
 
-def _lut_bound(z, bits):
-    """Rounding bound of the tables the scan uses: FAISS's 8-bit ones, or ours (0 .. TABLE_TOP)."""
-    top = fastscan.TABLE_TOP if fastscan.available(bits // 4) else 255
-    ranges = 2 * np.abs(z.reshape(len(z), bits // 4, 4)).sum(axis=2)
-    return (bits // 4) * ranges.max(axis=1) / top
+def _lut_bound(z, bits, stage):
+    """Rounding bound of the tables the stage's scan uses: FAISS's 8-bit ones, or ours (0 ..
+    TABLE_TOP; six-bit ones on six-bit lists)."""
+    if stage.list_table().six_bit:
+        m, width, top = six_bit.index_count(bits), 6, fastscan.TABLE_TOP
+        z = np.pad(z, ((0, 0), (0, m * width - bits)))
+    else:
+        m, width = bits // 4, 4
+        top = fastscan.TABLE_TOP if fastscan.available(m) else 255
+    ranges = 2 * np.abs(z.reshape(len(z), m, width)).sum(axis=2)
+    return m * ranges.max(axis=1) / top
 
 
 def _oracle_lists(index, q, nprobe):
@@ -102,7 +108,7 @@ def _check_against_oracle(index, q, nprobe, oracle, k=5):
     n = len(index)
     pos, approx, _ = stage.knn(q, z, n, nprobe)
     exact = z.astype(np.float64) @ _signs(codes).T
-    bound = _lut_bound(z, index.bits)
+    bound = _lut_bound(z, index.bits, stage)
     res = index.search(q, k=k, nprobe=nprobe, candidates=n)  # every member is a candidate
     sims = oracle.scores(q, stored_x, index.metric)
     for i, m in enumerate(members):
@@ -129,13 +135,18 @@ def _check_against_oracle(index, q, nprobe, oracle, k=5):
         oracle.assert_topk(res.ids[i], res.scores[i], stored_ids[cand], sims[i, cand], k, index.metric)
 
 
-@pytest.fixture(params=["ours", "faiss"])
+@pytest.fixture(params=["six-bit", "ours", "faiss"])
 def scanner(request):
-    """The lists scanned by our kernel (candidates/fastscan.py, where it is built) or by FAISS's
-    search_preassigned (the fallback): the oracle holds for both."""
-    if request.param == "ours" and not fastscan.available():
+    """The lists the test's indexes build and scan: six-bit ones read by our AVX-512 VBMI kernel,
+    FAISS's read by our kernel (AVX-512BW / AVX2), or FAISS's read by FAISS's
+    search_preassigned (the fallback): the oracle holds for all."""
+    if request.param != "faiss" and not fastscan.available():
         pytest.skip("the fast-scan kernel is not built here: searches use FAISS's scan")
-    with contextlib.nullcontext() if request.param == "ours" else fastscan.disabled():
+    if request.param == "six-bit" and fastscan.isa() < fastscan.AVX512_VBMI:
+        pytest.skip("no AVX-512 VBMI on this CPU: no six-bit lists")
+    contexts = {"six-bit": contextlib.nullcontext, "ours": lambda: fastscan.isa_cap(fastscan.AVX512),
+                "faiss": fastscan.disabled}  # fmt: skip
+    with contexts[request.param]():
         yield request.param
 
 
@@ -266,7 +277,8 @@ def test_lists_are_byte_for_byte_what_faiss_add_writes(bits, nlist):
     codes = rng.integers(0, 256, size=(3000, bits // 8), dtype=np.uint8)
     x = _signs(codes).astype(np.float32)
     stage = PartitionStage.train(bits, x, nlist, "ip")
-    stage.build(codes, stage.assign(x))
+    with fastscan.disabled():  # FAISS's lists, as where our scan is not built
+        stage.build(codes, stage.assign(x))
     quantizer = faiss.IndexFlatIP(bits)
     quantizer.add(stage.centroids)
     ref = faiss.IndexIVFPQFastScan(quantizer, bits, nlist, bits // 4, 4, faiss.METRIC_INNER_PRODUCT)
@@ -288,10 +300,11 @@ def test_lists_are_byte_for_byte_what_faiss_add_writes(bits, nlist):
         np.testing.assert_array_equal(c, codes[ids])
 
 
-def test_appends_across_block_and_512_entry_boundaries(data):
+def test_appends_across_block_and_512_entry_boundaries(data, scanner):
     """FAISS 1.15.1's BlockInvertedLists.add_entries overflows the heap when appending to a list
     of exactly 512 * j entries; index.add must go around it. One list, appends leaving it at
-    31, 32, 512, 513, 1024, 1536 ... entries, each checked against the codes."""
+    31, 32, 512, 513, 1024, 1536 ... entries (partial and whole blocks of 32 and of 64), each
+    checked against the codes, for every kind of lists."""
     x, q, hasher = data
     index = HashIndex(DIM, hasher, partitions=1)
     index.add(x[:31])

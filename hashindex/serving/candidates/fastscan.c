@@ -1,8 +1,9 @@
-/* Top-k of 4-bit fast-scan codes in FAISS's inverted lists, for a batch of queries.
+/* Top-k of fast-scan codes in a partition stage's lists, for a batch of queries.
  *
- * It reads FAISS's 32-vector blocks in place and scores them as IndexIVFPQFastScan's
- * search_preassigned does (a lookup table per sub-quantizer, summed in 16 bits; the caller's
- * tables, 6-bit in fastscan.py, so that four lookups add in a byte), visiting the batch list by
+ * It reads FAISS's 32-vector blocks of 4-bit codes in place and scores them as
+ * IndexIVFPQFastScan's search_preassigned does (a lookup table per sub-quantizer, summed in 16
+ * bits; the caller's tables, 6-bit in fastscan.py, so that four lookups add in a byte), or the
+ * stage's own 64-vector blocks of six-bit indices (scan_six_n), visiting the batch list by
  * list as FAISS's implem 12/13 does (a list stays cached for all the queries probing it), but
  * collects differently. FAISS keeps each query's k > 20 best in a reservoir whose threshold is
  * the k-th best seen so far; a query's lists then come in list-number order, and at k ~ 1,000
@@ -15,9 +16,10 @@
  * than k codes above it in the end: its sample was unluckily good) is scanned again from
  * scratch, so the answer always holds the k best scores (among codes tied with the k-th, any).
  *
- * Plain C with x86 intrinsics in functions compiled for AVX2 or AVX-512BW and chosen at run
- * time; hx_scan returns HX_UNSUPPORTED on any other CPU (or build), and the caller falls back to
- * FAISS (serving/candidates/fastscan.py). Loaded with ctypes, which releases the GIL.
+ * Plain C with x86 intrinsics in functions compiled for AVX2, AVX-512BW or AVX-512 VBMI (six-bit
+ * blocks) and chosen at run time; hx_scan returns HX_UNSUPPORTED on any other CPU (or build), and
+ * the caller falls back to FAISS (serving/candidates/fastscan.py), which never builds six-bit
+ * lists there. Loaded with ctypes, which releases the GIL.
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -62,7 +64,8 @@ typedef struct {
     const uint16_t *partner;
 } ListAt;
 
-static int isa_cap = 2; /* 2: AVX-512BW allowed, 1: AVX2 at most, 0: neither (tests) */
+/* 3: AVX-512 VBMI allowed (six-bit blocks), 2: AVX-512BW at most, 1: AVX2 at most, 0: none (tests) */
+static int isa_cap = 3;
 
 int hx_cap_isa(int level) {
     isa_cap = level;
@@ -72,6 +75,7 @@ int hx_cap_isa(int level) {
 static int isa_level(void) {
 #if defined(__x86_64__) || defined(_M_X64)
     __builtin_cpu_init();
+    if (isa_cap >= 3 && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vbmi")) return 3;
     if (isa_cap >= 2 && __builtin_cpu_supports("avx512bw")) return 2;
     if (isa_cap >= 1 && __builtin_cpu_supports("avx2")) return 1;
 #endif
@@ -348,6 +352,63 @@ __attribute__((target("avx512bw"))) static void scan_avx512(Top **tops, const ui
     else if (nt == 2) scan_avx512_n(tops, luts, 2, group, k, codes, at, size, m);
     else scan_avx512_n(tops, luts, 1, group, k, codes, at, size, m);
 }
+
+/* Six-bit blocks (six_bit.py packs them): 64 codes a block, whose code v sits at byte 2v (v < 32)
+ * or 2(v - 32) + 1 of each 64-byte row. Group g of four 6-bit indices (tables 4g .. 4g + 3) is
+ * three rows: row t holds index 4g + t in each byte's low six bits and bits 2t, 2t + 1 of index
+ * 4g + 3 in its top two. vpermb looks a byte's low six bits up in a 64-entry table, so a row
+ * feeds it as it is, and the fourth index is gathered from the top bits: 4 lookups per 24 bits of
+ * a code where FAISS's nibbles take 6, and no lanes to add across at the end. The four lookups
+ * (each <= 63) sum in a byte; acc[0] adds both bytes of each 16-bit lane (even code + 256 odd
+ * code), acc[1] the odd ones, and acc[0] - 256 * acc[1] recovers the even ones. */
+__attribute__((target("avx512bw,avx512vbmi"), always_inline)) static inline void scan_six_n(
+    Top **tops, const uint8_t **luts, const int nt, int64_t k, const uint8_t *codes, const ListAt *at, int64_t size,
+    int64_t m) {
+    const __m512i low2 = _mm512_set1_epi8(0x03), low4 = _mm512_set1_epi8(0x0f);
+    int64_t nblocks = (size + 63) / 64, groups = m / 4;
+    for (int64_t b = 0; b < nblocks; b++) {
+        const uint8_t *block = codes + b * 48 * m;
+        if (at->partner && b + 2 < nblocks) { /* the partners an entering entry reads: two lines a block */
+            _mm_prefetch((const char *)(at->partner + (b + 2) * 64), _MM_HINT_T0);
+            _mm_prefetch((const char *)(at->partner + (b + 2) * 64 + 32), _MM_HINT_T0);
+        }
+        __m512i acc[4][2];
+        for (int q = 0; q < 4; q++) acc[q][0] = acc[q][1] = _mm512_setzero_si512();
+        for (int64_t g = 0; g < groups; g++) {
+            const uint8_t *rows = block + 192 * g;
+            __m512i r0 = _mm512_loadu_si512((const void *)rows), r1 = _mm512_loadu_si512((const void *)(rows + 64)),
+                    r2 = _mm512_loadu_si512((const void *)(rows + 128));
+            /* bits 0-1 from row 0's top, 2-3 from row 1's, 4-5 from row 2's (0xE4: c ? a : b);
+             * the top two bits are left as they fall: vpermb ignores them */
+            __m512i i3 = _mm512_ternarylogic_epi32(
+                _mm512_ternarylogic_epi32(_mm512_srli_epi16(r0, 6), _mm512_srli_epi16(r1, 4), low2, 0xE4),
+                _mm512_srli_epi16(r2, 2), low4, 0xE4);
+            for (int q = 0; q < nt; q++) {
+                const uint8_t *t = luts[q] + 256 * g;
+                __m512i s01 = _mm512_add_epi8(_mm512_permutexvar_epi8(r0, _mm512_loadu_si512((const void *)t)),
+                                              _mm512_permutexvar_epi8(r1, _mm512_loadu_si512((const void *)(t + 64))));
+                __m512i s23 = _mm512_add_epi8(_mm512_permutexvar_epi8(r2, _mm512_loadu_si512((const void *)(t + 128))),
+                                              _mm512_permutexvar_epi8(i3, _mm512_loadu_si512((const void *)(t + 192))));
+                __m512i s = _mm512_add_epi8(s01, s23);
+                acc[q][0] = _mm512_add_epi16(acc[q][0], s);
+                acc[q][1] = _mm512_add_epi16(acc[q][1], _mm512_srli_epi16(s, 8));
+            }
+        }
+        for (int q = 0; q < nt; q++) {
+            collect32(tops[q], k, _mm512_sub_epi16(acc[q][0], _mm512_slli_epi16(acc[q][1], 8)), b * 64, size, at);
+            collect32(tops[q], k, acc[q][1], b * 64 + 32, size, at);
+        }
+    }
+}
+
+__attribute__((target("avx512bw,avx512vbmi"))) static void scan_six(Top **tops, const uint8_t **luts, int nt, int64_t k,
+                                                                   const uint8_t *codes, const ListAt *at, int64_t size,
+                                                                   int64_t m) {
+    if (nt == 4) scan_six_n(tops, luts, 4, k, codes, at, size, m);
+    else if (nt == 3) scan_six_n(tops, luts, 3, k, codes, at, size, m);
+    else if (nt == 2) scan_six_n(tops, luts, 2, k, codes, at, size, m);
+    else scan_six_n(tops, luts, 1, k, codes, at, size, m);
+}
 #endif
 
 /* -- the batch -------------------------------------------------------------------------------- */
@@ -361,6 +422,8 @@ typedef struct {
     const int64_t *sizes;  /* [nlist] */
     int level;
     int group; /* table rows whose lookups are summed in 8 bits before widening */
+    int six;   /* the lists hold six-bit blocks (m 64-entry tables per query), not FAISS's */
+    int64_t lut_stride; /* bytes of one query's tables */
 } Batch;
 
 /* Scans, list by list, the (query, list) pairs whose list number l has l % stride == 0 (sample) or
@@ -403,10 +466,11 @@ static int scan_pairs(const Batch *B, Top *tops, int64_t k, int64_t stride, int 
             const uint8_t *lut[4];
             for (int q = 0; q < nt; q++) {
                 t[q] = &tops[who[p + q]];
-                lut[q] = B->luts + who[p + q] * B->m * 16;
+                lut[q] = B->luts + who[p + q] * B->lut_stride;
             }
 #if defined(__x86_64__) || defined(_M_X64)
-            if (B->level >= 2) scan_avx512(t, lut, nt, B->group, k, codes, &at, size, B->m);
+            if (B->six) scan_six(t, lut, nt, k, codes, &at, size, B->m);
+            else if (B->level >= 2) scan_avx512(t, lut, nt, B->group, k, codes, &at, size, B->m);
             else scan_avx2(t, lut, nt, B->group, k, codes, &at, size, B->m);
 #endif
         }
@@ -441,7 +505,7 @@ static int scan_sampled(const Batch *B, Top *tops, int64_t k, int64_t stride) {
         if (above >= k) continue;
         Batch one = *B;
         one.nq = 1;
-        one.luts = B->luts + i * B->m * 16;
+        one.luts = B->luts + i * B->lut_stride;
         one.lists = B->lists + i * B->nprobe;
         t->n = 0;
         t->thr = -1;
@@ -485,31 +549,34 @@ static int64_t write_out(const uint64_t *keys, int64_t n, const uint64_t *ids, u
  * many of the k were found. With `distinct`, an id found again (an item in two of the query's
  * lists) is dropped and the rest close up, best first: fewer than out_held may be written (with
  * `partners` none is found again).
- * m: sub-quantizers (even, <= 128: the scores, at most 255 m, are compared as signed 16-bit
- * lanes); luts: uint8 [nq, m, 16]; lists: int64 [nq, nprobe]; codes / ids: each list's arrays as
+ * six = 0, FAISS's blocks: m sub-quantizers (even, <= 128: the scores, at most 255 m, are
+ * compared as signed 16-bit lanes), luts uint8 [nq, m, 16]. six = 1, six-bit blocks (see
+ * scan_six_n; an AVX-512 VBMI CPU): m 6-bit indices (a multiple of 4), luts uint8 [nq, m, 64]
+ * with entries <= 63 and 63 m < 2^15. lists: int64 [nq, nprobe]; codes / ids: each list's arrays as
  * addresses, sizes: its codes (at most 2^20 lists of at most 2^28 codes); partners: NULL, or
  * each list's uint16 array of its entries' other lists (PARTNER_NONE: none; fewer than
  * PARTNER_NONE lists), so that an item found in two of a query's lists enters once (see enter). work: room for
  * hx_work_len(nq, k) keys, the caller's to reuse from call to call (fresh memory each call cost a
  * page fault per 4 kB). */
-int hx_scan(int64_t nq, int64_t m, const uint8_t *luts, int64_t nprobe, const int64_t *lists, int64_t nlist,
+int hx_scan(int64_t nq, int six, int64_t m, const uint8_t *luts, int64_t nprobe, const int64_t *lists, int64_t nlist,
             const uint64_t *codes, const uint64_t *ids, const uint64_t *partners, const int64_t *sizes, int64_t k,
             int distinct, uint64_t *work, int64_t work_len, uint16_t *out_scores, int64_t *out_ids,
             int64_t *out_held) {
     int level = isa_level();
-    if (level == 0) return HX_UNSUPPORTED;
-    if (nq < 0 || m <= 0 || m % 2 || m > 128 || nprobe < 0 || nlist < 0 || nlist > MAX_LISTS || k <= 0)
-        return HX_BAD_ARGS;
+    if (level == 0 || (six && level < 3)) return HX_UNSUPPORTED;
+    if (nq < 0 || m <= 0 || nprobe < 0 || nlist < 0 || nlist > MAX_LISTS || k <= 0) return HX_BAD_ARGS;
+    if (six ? m % 4 || 63 * m > 32767 : m % 2 || m > 128) return HX_BAD_ARGS;
     for (int64_t l = 0; l < nlist; l++)
         if (sizes[l] > (int64_t)OFFSET_MASK + 1) return HX_BAD_ARGS;
     if (nq == 0) return HX_OK;
     /* the tables' largest entry sets how many lookups fit a byte: 1 for 8-bit tables, 4 for the
      * 6-bit ones fastscan.py makes (fewer widening adds) */
+    int64_t lut_stride = m * (six ? 64 : 16);
     int top = 0;
-    for (int64_t i = 0; i < nq * m * 16; i++) top = luts[i] > top ? luts[i] : top;
+    for (int64_t i = 0; i < nq * lut_stride; i++) top = luts[i] > top ? luts[i] : top;
     int group = top ? 255 / top : 255;
-    if (partners && nlist >= PARTNER_NONE) return HX_BAD_ARGS;
-    Batch B = {nq, m, nprobe, nlist, luts, lists, codes, ids, partners, sizes, level, group};
+    if ((partners && nlist >= PARTNER_NONE) || (six && top > 63)) return HX_BAD_ARGS;
+    Batch B = {nq, m, nprobe, nlist, luts, lists, codes, ids, partners, sizes, level, group, six, lut_stride};
     int64_t room = 2 * k + 64; /* keys held per query before a shrink */
     if (work_len < hx_work_len(nq, k)) return HX_BAD_ARGS;
     int64_t slots = 1;

@@ -19,6 +19,13 @@ item is byte for byte our packed code. Its own quantizer is an empty placeholder
   ``search_preassigned``, with ``nprobe`` in per-call ``SearchParametersIVF`` (never a field of
   the shared index, which concurrent searches would race on).
 
+Where our scan runs with AVX-512 VBMI, the lists are not FAISS's but the stage's own
+(:class:`SixBitLists`): the same codes in blocks of six-bit indices (candidates/six_bit.py), which
+that scan scores with 2/3 of the lookups (benchmarks/README.md, "Six-bit lists"). FAISS cannot
+read them, so the stage chooses when it builds its lists (they are derived data, never saved:
+a loaded index chooses again on its machine). Both kinds share :func:`list_members` and the
+partner lists.
+
 An item may sit in ``s`` lists (assignment ``int32 [N, s]``; ``s = 2`` is "spilling": the
 nearest list plus one chosen by SOAR's orthogonality rule (:func:`soar_lists`), which raises the
 recall a given ``nprobe`` can reach at twice the list memory, see benchmarks/README.md). An
@@ -46,7 +53,7 @@ import faiss
 import numpy as np
 from tqdm.auto import tqdm
 
-from hashindex.serving.candidates import fastscan
+from hashindex.serving.candidates import fastscan, six_bit
 from hashindex.serving.candidates.asymmetric import SUB_BITS, sign_patterns
 from hashindex.serving.faiss_settings import blas_products, faiss_setting
 
@@ -303,6 +310,24 @@ def soar_lists(
     return out
 
 
+def list_members(assign: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+    """``(list, rows int64 [r])`` for each list that ``assign int32 [n, s]`` names: the rows it
+    gets (every column's list gets the row), in row order."""
+    spill = assign.shape[1]
+    lists = assign.reshape(-1)  # item i's j-th list at i * spill + j
+    rows = np.repeat(np.arange(assign.shape[0]), spill)
+    order = np.argsort(lists, kind="stable")  # keeps position order within each list
+    uniq, starts = np.unique(lists[order], return_index=True)
+    bounds = np.append(starts, order.size)
+    for lst, lo, hi in zip(uniq.tolist(), bounds[:-1], bounds[1:]):
+        yield lst, rows[order[lo:hi]]
+
+
+def other_lists(pairs: np.ndarray, lst: int) -> np.ndarray:
+    """``uint16 [r]``: for items in two lists (``pairs int32 [r, 2]``, one of them ``lst``), the other."""
+    return np.where(pairs[:, 0] == lst, pairs[:, 1], pairs[:, 0]).astype(np.uint16)
+
+
 def append_to_lists(
     ivf: faiss.IndexIVFPQFastScan, layout: BlockLayout, codes: np.ndarray, positions: np.ndarray, assign: np.ndarray,
     partners: list[np.ndarray] | None = None,
@@ -319,15 +344,8 @@ def append_to_lists(
     """
     if codes.shape[0] == 0:
         return
-    spill = assign.shape[1]
-    lists = assign.reshape(-1)  # item i's j-th list at i * spill + j
-    rows = np.repeat(np.arange(codes.shape[0]), spill)
-    order = np.argsort(lists, kind="stable")  # keeps position order within each list
-    uniq, starts = np.unique(lists[order], return_index=True)
-    bounds = np.append(starts, order.size)
     invlists = faiss.downcast_InvertedLists(ivf.invlists)
-    for lst, lo, hi in zip(uniq.tolist(), bounds[:-1], bounds[1:]):
-        members = rows[order[lo:hi]]
+    for lst, members in list_members(assign):
         old = invlists.list_size(lst)
         first = old // layout.nvec  # the block holding the old tail
         tail = old - first * layout.nvec
@@ -343,10 +361,88 @@ def append_to_lists(
         blocks[first * layout.block_size :] = layout.pack(new_codes)
         faiss.rev_swig_ptr(invlists.get_ids(lst), total)[old:] = positions[members]
         if partners is not None:
-            pair = assign[members]
-            other = np.where(pair[:, 0] == lst, pair[:, 1], pair[:, 0]).astype(np.uint16)
-            partners[lst] = np.concatenate([partners[lst], other])
-    ivf.ntotal += int(rows.size)
+            partners[lst] = np.concatenate([partners[lst], other_lists(assign[members], lst)])
+    ivf.ntotal += int(assign.size)
+
+
+class FaissLists:
+    """A stage's lists as FAISS's ``IndexIVFPQFastScan`` holds them (its 32-code blocks of
+    nibbles, 8-byte ids), which FAISS's scan and ours (AVX2 / AVX-512BW) read, plus (``partners``)
+    each entry's other list."""
+
+    six_bit = False
+
+    def __init__(self, bits: int, nlist: int, partners: bool):
+        self.ivf, self._placeholder = make_lists(bits, nlist)
+        self.layout = BlockLayout.of(self.ivf)
+        self.partners = [np.empty(0, np.uint16) for _ in range(nlist)] if partners else None
+
+    def append(self, codes: np.ndarray, positions: np.ndarray, assign: np.ndarray) -> None:
+        """See :func:`append_to_lists`."""
+        append_to_lists(self.ivf, self.layout, codes, positions, assign, self.partners)
+
+    def table(self) -> fastscan.ListTable:
+        inv = self.ivf.invlists
+        sizes = np.array([inv.list_size(i) for i in range(self.ivf.nlist)], dtype=np.int64)
+        return fastscan.ListTable.of(self.ivf, sizes, self.partners)
+
+    def contents(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        inv, bytes_per_code, out = self.ivf.invlists, self.ivf.code_size, []
+        for i in range(self.ivf.nlist):
+            n = inv.list_size(i)
+            ids = faiss.rev_swig_ptr(inv.get_ids(i), n).copy() if n else np.empty(0, np.int64)
+            blocks = faiss.rev_swig_ptr(inv.get_codes(i), self.layout.nbytes_for(n)).copy() if n else None
+            out.append((ids, self.layout.unpack(blocks, n) if n else np.empty((0, bytes_per_code), np.uint8)))
+        return out
+
+    def nbytes(self, sizes: np.ndarray) -> int:
+        """Blocks (padded to 32 per list, each list's table allocated as FAISS's AlignedTable
+        does: rounded up to a power of two), 8-byte ids and 2-byte partners."""
+        cap = faiss.AlignedTableUint8.round_capacity
+        total = int(sum(cap(self.layout.nbytes_for(int(n))) for n in sizes)) + 8 * int(sizes.sum())
+        return total + (sum(a.nbytes for a in self.partners) if self.partners is not None else 0)
+
+
+class SixBitLists:
+    """A stage's lists in six-bit blocks (six_bit.py), which only our scan reads (AVX-512 VBMI):
+    per list, its blocks (``uint8``), ids (``int64`` positions) and (``partners``) each entry's
+    other list (``uint16``), as numpy arrays of exactly their size."""
+
+    six_bit = True
+    ivf = None  # FAISS cannot scan these
+
+    def __init__(self, bits: int, nlist: int, partners: bool):
+        self.bits, self.m = int(bits), six_bit.index_count(bits)
+        self.blocks = [np.empty(0, np.uint8) for _ in range(nlist)]
+        self.ids = [np.empty(0, np.int64) for _ in range(nlist)]
+        self.partners = [np.empty(0, np.uint16) for _ in range(nlist)] if partners else None
+
+    def append(self, codes: np.ndarray, positions: np.ndarray, assign: np.ndarray) -> None:
+        """As :func:`append_to_lists`: each list's last partial block is unpacked and packed
+        again with its new codes."""
+        per_block = six_bit.block_bytes(self.m)
+        for lst, members in list_members(assign):
+            old = self.ids[lst].size
+            full = old // six_bit.BLOCK
+            new = codes[members]
+            if old > full * six_bit.BLOCK:
+                tail = six_bit.unpack(self.blocks[lst][full * per_block :], old - full * six_bit.BLOCK, self.m, self.bits)
+                new = np.concatenate([tail, new])
+            self.blocks[lst] = np.concatenate([self.blocks[lst][: full * per_block], six_bit.pack(new, self.m)])
+            self.ids[lst] = np.concatenate([self.ids[lst], positions[members]])
+            if self.partners is not None:
+                self.partners[lst] = np.concatenate([self.partners[lst], other_lists(assign[members], lst)])
+
+    def table(self) -> fastscan.ListTable:
+        return fastscan.ListTable.of_arrays(self.blocks, self.ids, self.partners)
+
+    def contents(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        return [(ids.copy(), six_bit.unpack(b, ids.size, self.m, self.bits)) for b, ids in zip(self.blocks, self.ids)]
+
+    def nbytes(self, sizes: np.ndarray) -> int:
+        """Blocks (padded to 64 per list), 8-byte ids and 2-byte partners."""
+        arrays = [*self.blocks, *self.ids, *(self.partners or ())]
+        return int(sum(a.nbytes for a in arrays))
 
 
 def dedupe(positions: np.ndarray) -> np.ndarray:
@@ -436,7 +532,7 @@ class Scanned(NamedTuple):
 
 
 def probe(
-    centroids: np.ndarray, metric: str, ivf: faiss.IndexIVFPQFastScan, x: np.ndarray, z: np.ndarray, c: int,
+    centroids: np.ndarray, metric: str, ivf: faiss.IndexIVFPQFastScan | None, x: np.ndarray, z: np.ndarray, c: int,
     nprobe: int, slack: float | None = None, table: fastscan.ListTable | None = None, distinct: bool = False,
 ) -> Scanned:  # fmt: skip
     """The top ``c`` entries among the ``nprobe`` lists nearest to the features ``x [nq, D]``,
@@ -444,12 +540,13 @@ def probe(
     found again (an item in two of the query's lists) is dropped and the rest close up, best
     first. With ``slack``, each query scans only its first :func:`adaptive_depth` lists (the
     others are passed as -1: skipped). With ``table`` (the lists' addresses) and where
-    :func:`fastscan.available` holds, our scan reads the lists; otherwise FAISS's."""
+    :func:`fastscan.available` holds, our scan reads the lists; otherwise FAISS's (``ivf``). Six-bit
+    lists (``table.six_bit``, no ``ivf``) only ours reads."""
     coarse_scores, lists = nearest_centroids(centroids, x, nprobe, metric, ordered=slack is not None)
     if slack is not None:
         depth = adaptive_depth(coarse_scores, slack, higher_is_better=metric != "l2")
         lists = np.where(np.arange(lists.shape[1])[None, :] < depth[:, None], lists, -1)
-    if table is not None and fastscan.available(ivf.M, table):
+    if table is not None and (table.six_bit or fastscan.available(ivf.M, table)):
         pos, scores, held = fastscan.scan(z, lists, table, c, distinct)
         return Scanned(pos, scores, lists, held)
     zeros = np.zeros(lists.shape, dtype=np.float32)  # coarse distances: unused without residuals
@@ -473,7 +570,9 @@ def probe(
 
 # -- the stage ------------------------------------------------------------------------------------
 class PartitionStage:
-    """A trained coarse quantizer and (once built) its lists of packed codes.
+    """A trained coarse quantizer and (once built) its lists of packed codes: six-bit blocks where
+    our scan reads them (:func:`fastscan.six_bit_available`, decided when the lists are built;
+    they are not saved), else FAISS's.
 
     The assignment ``int32 [N, spill]`` belongs to the caller (a row array beside its codes, so
     it compacts and persists with them); the lists are derived data, rebuilt from the caller's
@@ -493,10 +592,8 @@ class PartitionStage:
         self.coarse.add(centroids)
         # a view of the coarse index's own rows (no copy), for nearest_centroids
         self._centroid_rows = faiss.rev_swig_ptr(self.coarse.get_xb(), self.nlist * self.dim).reshape(self.nlist, self.dim)
-        self.ivf: faiss.IndexIVFPQFastScan | None = None
-        self._placeholder: faiss.Index | None = None
+        self._lists: FaissLists | SixBitLists | None = None
         self._table: fastscan.ListTable | None = None  # list_table(), until the lists change
-        self._partners: list[np.ndarray] | None = None  # with two lists per item: each entry's other list
 
     @classmethod
     def train(
@@ -511,7 +608,12 @@ class PartitionStage:
 
     @property
     def has_lists(self) -> bool:
-        return self.ivf is not None
+        return self._lists is not None
+
+    @property
+    def ivf(self) -> faiss.IndexIVFPQFastScan | None:
+        """FAISS's index holding the lists, if they are FAISS's."""
+        return self._lists.ivf if self._lists is not None else None
 
     def assign(self, features: np.ndarray, progress: bool = False) -> np.ndarray:
         """int32 ``[n, spill]`` lists for new items: the nearest, then SOAR's picks (spilling)."""
@@ -521,11 +623,10 @@ class PartitionStage:
 
     def build(self, codes: np.ndarray, assign: np.ndarray) -> None:
         """Lists from scratch for positions ``0 .. N-1`` (``codes [N, K/8]``, ``assign [N, s]``)."""
-        ivf, placeholder = make_lists(self.bits, self.nlist)
-        partners = [np.empty(0, np.uint16) for _ in range(self.nlist)] if self._names_partners() else None
-        append_to_lists(ivf, BlockLayout.of(ivf), np.ascontiguousarray(codes), np.arange(len(codes), dtype=np.int64),
-                        np.asarray(assign, dtype=np.int32), partners)  # fmt: skip
-        self.ivf, self._placeholder, self._table, self._partners = ivf, placeholder, None, partners
+        kind = SixBitLists if fastscan.six_bit_available(self.bits, self.nlist) else FaissLists
+        lists = kind(self.bits, self.nlist, self._names_partners())
+        lists.append(np.ascontiguousarray(codes), np.arange(len(codes), dtype=np.int64), np.asarray(assign, dtype=np.int32))
+        self._lists, self._table = lists, None
 
     def _names_partners(self) -> bool:
         """Whether the lists carry each entry's other list (two lists per item, few enough lists
@@ -534,15 +635,14 @@ class PartitionStage:
 
     def append(self, codes: np.ndarray, start: int, assign: np.ndarray) -> None:
         """Add items at positions ``start ..`` to built lists (no-op until :meth:`build`)."""
-        if self.ivf is not None:
+        if self._lists is not None and len(codes):
             positions = np.arange(start, start + len(codes), dtype=np.int64)
-            append_to_lists(self.ivf, BlockLayout.of(self.ivf), np.ascontiguousarray(codes), positions, assign,
-                            self._partners)  # fmt: skip
+            self._lists.append(np.ascontiguousarray(codes), positions, np.asarray(assign, dtype=np.int32))
             self._table = None
 
     def drop_lists(self) -> None:
         """Forget the lists (positions changed); the next :meth:`build` makes them again."""
-        self.ivf, self._placeholder, self._table, self._partners = None, None, None, None
+        self._lists, self._table = None, None
 
     def knn(self, x: np.ndarray, z: np.ndarray, c: int, nprobe: int, slack: float | None = None) -> Probed:
         """See :func:`probe` (``slack``: query-adaptive depth, at most ``nprobe`` lists). When
@@ -568,7 +668,8 @@ class PartitionStage:
     def _scan_names_partners(self) -> bool:
         """Whether this search's scan keeps an item found in two lists once (our kernel, with the
         lists' partners): then ``c`` entries are ``c`` items and no more need collecting."""
-        return self._partners is not None and fastscan.available(self.ivf.M, self.list_table())
+        table = self.list_table()
+        return self._lists.partners is not None and (table.six_bit or fastscan.available(self.ivf.M, table))
 
     def _distinct(self, x: np.ndarray, z: np.ndarray, want: int, c: int, nprobe: int, slack: float | None):
         """The first ``c`` distinct of the top ``want`` (:func:`probe`): positions and scores
@@ -582,9 +683,7 @@ class PartitionStage:
         """Each list's size and where FAISS keeps its blocks and ids, read once per state of the
         lists (a search needs the sizes for every query's scanned count, our scan the rest)."""
         if self._table is None:
-            inv = self.ivf.invlists
-            sizes = np.array([inv.list_size(i) for i in range(self.nlist)], dtype=np.int64)
-            self._table = fastscan.ListTable.of(self.ivf, sizes, self._partners)
+            self._table = self._lists.table()
         return self._table
 
     def list_sizes(self) -> np.ndarray:
@@ -592,23 +691,12 @@ class PartitionStage:
         return self.list_table().sizes
 
     def list_contents(self) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Per list: (positions int64 ``[n]``, codes uint8 ``[n, K/8]``) read back from FAISS."""
-        layout, inv, out = BlockLayout.of(self.ivf), self.ivf.invlists, []
-        for i in range(self.nlist):
-            n = inv.list_size(i)
-            ids = faiss.rev_swig_ptr(inv.get_ids(i), n).copy() if n else np.empty(0, np.int64)
-            blocks = faiss.rev_swig_ptr(inv.get_codes(i), layout.nbytes_for(n)).copy() if n else np.empty(0, np.uint8)
-            out.append((ids, layout.unpack(blocks, n) if n else np.empty((0, self.bits // 8), np.uint8)))
-        return out
+        """Per list: (positions int64 ``[n]``, codes uint8 ``[n, K/8]``) read back from its blocks."""
+        return self._lists.contents()
 
     @property
     def nbytes(self) -> int:
-        """Centroids, plus the lists' blocks (padded to 32 per list, each list's table allocated
-        as FAISS's AlignedTable does: rounded up to a power of two), 8-byte ids and (two lists
-        per item) 2-byte partner lists once built."""
+        """Centroids, plus the lists once built (their blocks, 8-byte ids and, two lists per item,
+        2-byte partners: see :meth:`FaissLists.nbytes`, :meth:`SixBitLists.nbytes`)."""
         total = 4 * self.nlist * self.dim
-        if self.ivf is not None:
-            layout, cap = BlockLayout.of(self.ivf), faiss.AlignedTableUint8.round_capacity
-            total += int(sum(cap(layout.nbytes_for(int(n))) for n in self.list_sizes())) + 8 * int(self.ivf.ntotal)
-            total += sum(a.nbytes for a in self._partners) if self._partners is not None else 0
-        return total
+        return total + (self._lists.nbytes(self.list_sizes()) if self._lists is not None else 0)
