@@ -571,7 +571,7 @@ def test_adaptive_depth_scans_each_querys_own_number_of_lists(data, spill):
 def test_kmeans_one_iteration_per_call_matches_one_faiss_run(spherical):
     """train_centroids runs k-means one iteration per call (a bar between them): the centroids
     are those of one faiss.Kmeans run of KMEANS_NITER iterations on the same rows."""
-    from hashindex.serving.candidates import fastscan, partitions
+    from hashindex.serving.candidates import partitions
 
     x = _clustered(3000, 7)
     got = partitions.train_centroids(x, 32, spherical)
