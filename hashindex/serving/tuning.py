@@ -335,11 +335,17 @@ def tune(
             fastest = [min(part_feasible, key=lambda m: m.secs)]  # the fastest depth so far, last
 
             def faster_depth(p: int) -> bool:
+                # no pruning by predicted time here: fewer lists need more candidates, and one
+                # screening pass's noise (~10%) is the size of the difference sought (at 1M a
+                # depth of 362 at 573 candidates was pruned against 512 at 423 on a noisy first
+                # measure, yet ran 5-9% faster); the finalists are re-timed in turns below
                 found, _ = _smallest_candidates(lambda j: measure(p, cands[j]), meets, cands.index(fastest[-1].candidates),
-                                                cands, min(f.secs for f in feasible), _candidate_cost(measured))  # fmt: skip
-                if found is None or measure(p, cands[found]).secs >= fastest[-1].secs:
-                    return False  # short of the targets, or slower: look between it and the faster depth
-                feasible.append(measure(p, cands[found]))
+                                                cands, math.inf)  # fmt: skip
+                if found is None:
+                    return False  # short of the targets: look between it and the faster depth
+                feasible.append(measure(p, cands[found]))  # a finalist if among the fastest
+                if feasible[-1].secs >= fastest[-1].secs:
+                    return False  # slower: look between it and the faster depth
                 fastest.append(feasible[-1])
                 return True  # faster with fewer lists: look lower still
 
