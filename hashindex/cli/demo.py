@@ -259,7 +259,7 @@ def _speedup_line(row: Row, exact_qps: float, n: int) -> str:
     line = f"default search on {n:,} items: recall@1 {row.recall_at_1:.3f} at {speedup:.1f}x exact search"
     if speedup < 1.5:
         line += (f" -- it does not pay at this size: exact search (BLAS) over {n:,} items is about as fast as "
-                 f"scanning their codes (the gap grows with the gallery: ~10x exact at 1M items, benchmarks/README.md)")
+                 f"scanning their codes (the gap grows with the gallery: 11-13x exact at 1M items, benchmarks/README.md)")
     return line
 
 
