@@ -300,6 +300,23 @@ def test_lists_are_byte_for_byte_what_faiss_add_writes(bits, nlist):
         np.testing.assert_array_equal(c, codes[ids])
 
 
+def test_stage_bytes_count_its_lists(data, scanner):
+    """The stage's nbytes (memory_usage's "partition_lists" part) counts what its lists hold:
+    six-bit lists exactly (64-code blocks of 3/4 byte per six-bit index, 8-byte ids, 2-byte
+    partners), FAISS's lists at least that much (their blocks grow in powers of two)."""
+    index = _index(data, spill=2)
+    index.search(data[1], k=3, nprobe=2)
+    stage = index._part
+    sizes = stage.list_sizes()
+    m = six_bit.index_count(index.bits)
+    blocks = int(sum(-(-int(n) // 64) * 64 * m * 3 // 4 for n in sizes))
+    exact = 4 * stage.nlist * stage.dim + blocks + (8 + 2) * int(sizes.sum())
+    if stage.list_table().six_bit:
+        assert stage.nbytes == exact
+    else:
+        assert stage.nbytes >= 4 * stage.nlist * stage.dim + (8 + 2) * int(sizes.sum()) + int(sizes.sum()) * index.bits // 8
+
+
 def test_appends_across_block_and_512_entry_boundaries(data, scanner):
     """FAISS 1.15.1's BlockInvertedLists.add_entries overflows the heap when appending to a list
     of exactly 512 * j entries; index.add must go around it. One list, appends leaving it at

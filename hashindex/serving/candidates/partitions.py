@@ -395,11 +395,13 @@ class FaissLists:
             out.append((ids, self.layout.unpack(blocks, n) if n else np.empty((0, bytes_per_code), np.uint8)))
         return out
 
-    def nbytes(self, sizes: np.ndarray) -> int:
+    @property
+    def nbytes(self) -> int:
         """Blocks (padded to 32 per list, each list's table allocated as FAISS's AlignedTable
         does: rounded up to a power of two), 8-byte ids and 2-byte partners."""
-        cap = faiss.AlignedTableUint8.round_capacity
-        total = int(sum(cap(self.layout.nbytes_for(int(n))) for n in sizes)) + 8 * int(sizes.sum())
+        cap, inv = faiss.AlignedTableUint8.round_capacity, self.ivf.invlists
+        sizes = [inv.list_size(i) for i in range(self.ivf.nlist)]
+        total = int(sum(cap(self.layout.nbytes_for(n)) for n in sizes)) + 8 * int(sum(sizes))
         return total + (sum(a.nbytes for a in self.partners) if self.partners is not None else 0)
 
 
@@ -439,7 +441,8 @@ class SixBitLists:
     def contents(self) -> list[tuple[np.ndarray, np.ndarray]]:
         return [(ids.copy(), six_bit.unpack(b, ids.size, self.m, self.bits)) for b, ids in zip(self.blocks, self.ids)]
 
-    def nbytes(self, sizes: np.ndarray) -> int:
+    @property
+    def nbytes(self) -> int:
         """Blocks (padded to 64 per list), 8-byte ids and 2-byte partners."""
         arrays = [*self.blocks, *self.ids, *(self.partners or ())]
         return int(sum(a.nbytes for a in arrays))
@@ -699,4 +702,4 @@ class PartitionStage:
         """Centroids, plus the lists once built (their blocks, 8-byte ids and, two lists per item,
         2-byte partners: see :meth:`FaissLists.nbytes`, :meth:`SixBitLists.nbytes`)."""
         total = 4 * self.nlist * self.dim
-        return total + (self._lists.nbytes(self.list_sizes()) if self._lists is not None else 0)
+        return total + (self._lists.nbytes if self._lists is not None else 0)
