@@ -29,6 +29,7 @@ import argparse
 import contextlib
 import shlex
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -39,40 +40,26 @@ import numpy as np  # noqa: E402
 from hashindex import HashIndex  # noqa: E402
 from hashindex.evaluation.exact import recall_at_k_vs_exact  # noqa: E402
 from hashindex.serving.candidates import fastscan  # noqa: E402
-from hashindex.serving.candidates.partitions import FaissLists  # noqa: E402
 
 from benchlib.measure import machine_info, round_robin, write_record  # noqa: E402
 from benchlib.sources import gallery_in_memory  # noqa: E402
 
 
-@contextlib.contextmanager
-def _lists(stage, lists):
-    """The served stage scans ``lists`` within the block (a diagnostic: it swaps the stage's own)."""
-    before = stage._lists, stage._table
-    stage._lists, stage._table = lists, None
-    try:
-        yield
-    finally:
-        stage._lists, stage._table = before
-
-
-def _scanners(index: HashIndex) -> dict:
-    """name -> a context in which the index's searches use that scan: its own lists (six-bit ones
-    where this CPU builds them), FAISS's lists of the same codes under our kernel, under FAISS's."""
-    stage = index._part
-    faiss_lists = FaissLists(stage.bits, stage.nlist, stage._lists.partners is not None)
-    faiss_lists.append(np.ascontiguousarray(index.codes), np.arange(len(index), dtype=np.int64),
-                       np.asarray(index._part_assign.array, dtype=np.int32))  # fmt: skip
-    out = {"six-bit": contextlib.nullcontext} if stage.list_table().six_bit else {}
-
-    @contextlib.contextmanager
-    def faiss_scan():
-        with _lists(stage, faiss_lists), fastscan.disabled():
-            yield
-
-    out["ours"] = lambda: _lists(stage, faiss_lists)
-    out["faiss"] = faiss_scan
-    return out
+def _scanners(index: HashIndex, load, q: np.ndarray) -> dict:
+    """name -> (an index, a context in which its searches use that scan): the index as served
+    (six-bit lists where this CPU builds them), and, on such a CPU, a second copy (``load()``)
+    whose lists were built under an AVX-512BW cap, so FAISS's lists of the same codes, scanned by
+    our kernel and, under ``fastscan.disabled()``, by FAISS's."""
+    if fastscan.isa() < fastscan.AVX512_VBMI:
+        return {"ours": (index, contextlib.nullcontext), "faiss": (index, fastscan.disabled)}
+    with fastscan.isa_cap(fastscan.AVX512):
+        faiss_lists = load()
+        faiss_lists.search(q[:1], k=10, nprobe=1, candidates=10)  # builds FAISS's lists
+    return {
+        "six-bit": (index, contextlib.nullcontext),
+        "ours": (faiss_lists, contextlib.nullcontext),
+        "faiss": (faiss_lists, fastscan.disabled),
+    }
 
 
 @contextlib.contextmanager
@@ -84,12 +71,15 @@ def _table_top(top: int):
         fastscan.TABLE_TOP = default
 
 
-def _variants(index: HashIndex, q: np.ndarray, truth: np.ndarray, within: dict, rounds: int, **point) -> dict:
-    """``search(q, k=10, **point)`` inside each ``within[name]()`` context, timed round-robin:
-    per name, its answers (ids), ms per query, recall@1 and recall@10."""
+def _variants(q: np.ndarray, truth: np.ndarray, within: dict, rounds: int, **point) -> dict:
+    """``index.search(q, k=10, **point)`` inside ``context()`` for each ``within[name] = (index,
+    context)``, timed round-robin: per name, its answers (ids), ms per query, recall@1 and
+    recall@10."""
     def run(name):
+        index, context = within[name]
+
         def go():
-            with within[name]():
+            with context():
                 return index.search(q, k=10, **point).ids
         return go
 
@@ -106,10 +96,10 @@ def _variants(index: HashIndex, q: np.ndarray, truth: np.ndarray, within: dict, 
     }
 
 
-def whole_search(index: HashIndex, q: np.ndarray, truth: np.ndarray, rounds: int, label: str, scanners: dict,
-                 **point) -> dict:  # fmt: skip
-    """``search(q, k=10, **point)`` with each scan, round-robin; speed-ups over FAISS's scan."""
-    v = _variants(index, q, truth, scanners, rounds, **point)
+def whole_search(q: np.ndarray, truth: np.ndarray, rounds: int, label: str, scanners: dict, **point) -> dict:
+    """``search(q, k=10, **point)`` with each scan (:func:`_scanners`), round-robin; speed-ups over
+    FAISS's scan."""
+    v = _variants(q, truth, scanners, rounds, **point)
     out = {
         "point": point,
         **{key: {name: v[name][key] for name in v} for key in ("ms_per_query", "recall_at_1", "recall_at_10")},
@@ -124,7 +114,7 @@ def whole_search(index: HashIndex, q: np.ndarray, truth: np.ndarray, rounds: int
 
 def table_tops(index: HashIndex, q: np.ndarray, truth: np.ndarray, tops: list[int], rounds: int) -> dict:
     """The served search with our scan's tables rounded to each ``0 .. top``, round-robin."""
-    v = _variants(index, q, truth, {top: (lambda top=top: _table_top(top)) for top in tops}, rounds)
+    v = _variants(q, truth, {top: (index, lambda top=top: _table_top(top)) for top in tops}, rounds)
     out = {top: {key: v[top][key] for key in ("ms_per_query", "recall_at_1", "recall_at_10")} for top in tops}
     for top, r in out.items():
         print(f"  tables 0 .. {top:3d} ({255 // top} lookups a byte): {r['ms_per_query']:.3f} ms / query, "
@@ -150,9 +140,10 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
     if not fastscan.available():
         raise SystemExit("the fast-scan kernel is not built here (pip install -e . with a C compiler, x86-64 AVX2)")
+    scratch = tempfile.TemporaryDirectory()
     if args.index:
         index, q, truth = HashIndex.load(args.index), np.load(args.queries), np.load(args.truth)
-        source = {"index": args.index}
+        source, saved = {"index": args.index}, args.index
     else:
         g = gallery_in_memory(args.n, args.seed, args.probes, 10)
         t0 = time.perf_counter()
@@ -160,7 +151,11 @@ def main(argv: list[str] | None = None) -> dict:
         index.add(g.x)
         q, truth = g.q, g.truth
         source = {"generated": {"n": args.n, "seed": args.seed}, "add_s": time.perf_counter() - t0}
+        saved = None
     index.search(q[:5], k=10)  # builds the lists and tunes, if the index has not yet
+    if saved is None:  # the copy with FAISS's lists loads what was tuned here
+        saved = str(Path(scratch.name) / "index")
+        index.save(saved)
     point = index.operating_point(k=10)
     if point is None or point.nprobe is None:
         raise SystemExit("the index serves no partitioned point: nothing to compare")
@@ -168,7 +163,8 @@ def main(argv: list[str] | None = None) -> dict:
     kernel = {fastscan.AVX512_VBMI: "AVX-512 VBMI", fastscan.AVX512: "AVX-512BW", fastscan.AVX2: "AVX2"}[fastscan.isa()]
     print(f"{len(index):,} items, {len(q)} queries, {nlist} lists, nprobe {nprobe}, {point.candidates} candidates; "
           f"kernel {kernel}; one thread, best of {args.rounds} round-robin")  # fmt: skip
-    scanners = _scanners(index)
+    scanners = _scanners(index, lambda: HashIndex.load(saved), q)
+    served = {"nprobe": nprobe, "candidates": point.candidates}  # the copy may hold no point: tell both
     record = {
         "command": shlex.join(["python", "benchmarks/list_scan.py", *(argv if argv is not None else sys.argv[1:])]),
         "machine": machine_info([1]),
@@ -178,9 +174,9 @@ def main(argv: list[str] | None = None) -> dict:
         "candidates": point.candidates,
         "nlist": nlist,
         "isa": fastscan.isa(),
-        "search": whole_search(index, q, truth, args.rounds, "search(q, k=10)", scanners),
+        "search": whole_search(q, truth, args.rounds, "search(q, k=10)", scanners, **served),
         "by_candidates": {
-            c: whole_search(index, q, truth, args.rounds, f"nprobe {nprobe}, {c} candidates", scanners, nprobe=nprobe,
+            c: whole_search(q, truth, args.rounds, f"nprobe {nprobe}, {c} candidates", scanners, nprobe=nprobe,
                             candidates=c)  # fmt: skip
             for c in args.candidates
         },
@@ -189,6 +185,7 @@ def main(argv: list[str] | None = None) -> dict:
                                    args.rounds),  # fmt: skip
     }
     write_record(record, args.out_dir, args.name)
+    scratch.cleanup()
     return record
 
 
