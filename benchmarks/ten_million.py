@@ -16,7 +16,9 @@ default residual ITQ, 192 bits, or ``itq`` 128 bits),
 then the partition stage (``partitions="auto"``: k-means, assignment, lists) by one ``nprobe``
 search, each phase timed (the stage's methods wrapped with timers), peak RSS; then saved.
 
-``compare`` (one thread): exact ``IndexFlatIP``; hashindex loaded with ``mmap=True``, searched
+``compare`` (one thread): exact ``IndexFlatIP``; hashindex loaded with ``mmap=True``
+(``--in-memory``: ``mmap=False``, its stores in anonymous memory like the anchors', which a
+host that pages out idle file-backed pages, as this project's VM does, cannot evict), searched
 with ``search(q, k=10)`` (no mode arguments: its first search tunes an operating point for
 recall@1 0.99 / recall@10 0.95 on its own sample, timed separately); FAISS
 ``IVF4096,PQ32x4fs,RFlat``, trained on 262,144 evenly spaced rows (saved beside the gallery and
@@ -199,8 +201,8 @@ def compare(a) -> None:
                          "probes": {"select": len(qs), "report": len(qr)}}  # fmt: skip
 
     t = time.time()
-    ours = HashIndex.load(d / "index", mmap=True)
-    log(record, f"hashindex load (mmap, SHA-256 checked): {time.time() - t:.0f}s")
+    ours = HashIndex.load(d / "index", mmap=not a.in_memory)
+    log(record, f"hashindex load ({'in memory' if a.in_memory else 'mmap'}, SHA-256 checked): {time.time() - t:.0f}s")
     if a.candidates is None:
         saved, t = ours.operating_point(), time.time()
         ours.search(qs[:1], K)  # the first default search tunes the operating point (unless a valid one was saved)
@@ -332,6 +334,7 @@ def main() -> None:
     p.add_argument("--hasher", default="default", help="hashindex hasher: default (what HashIndex(dim) builds) or a kind (itq, ...)")
     p.add_argument("--build-threads", type=int, default=2, help="threads for the FAISS anchor's train + add")
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--in-memory", action="store_true", help="compare: load the index with mmap=False")
     p.add_argument("--scann-leaves", type=int, default=3000, help="scann step: tree leaves (~sqrt(n))")
     p.add_argument("--scann-search", type=int, nargs="+", default=[300, 450, 600, 900], help="scann step: leaves to search")
     p.add_argument("--scann-reorder", type=int, nargs="+", default=[200, 500, 1000], help="scann step: reordered candidates")
