@@ -195,8 +195,9 @@ class HashIndex(IndexFront):
         for id -> row, built by the first lookup unless the ids are stored in increasing order), ``binary_flat`` (FAISS IndexBinaryFlat: a copy
         of the codes, built on first Hamming use), ``hash`` / ``multihash`` (their tables, an
         estimate: codes + 8-byte ids), ``asymmetric_scan`` (the flat fast-scan copy of the codes),
-        ``partition_lists`` (codes in 32-item blocks, each list's table as FAISS allocates it,
-        + 8-byte ids, ``spill`` times, + each entry's 2-byte other list when items sit in two),
+        ``partition_lists`` (codes in FAISS's 32-item blocks, each list's table as FAISS allocates
+        it, or, where the scan reads six-bit lists, in 64-item blocks of exactly their size; +
+        8-byte ids, ``spill`` times, + each entry's 2-byte other list when items sit in two),
         ``partition_centroids``, ``partition_assign``. Row stores
         count with their spare capacity (they grow by doubling)."""
 

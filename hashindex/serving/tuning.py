@@ -338,7 +338,8 @@ def tune(
                 # no pruning by predicted time here: fewer lists need more candidates, and one
                 # screening pass's noise (~10%) is the size of the difference sought (at 1M a
                 # depth of 362 at 573 candidates was pruned against 512 at 423 on a noisy first
-                # measure, yet ran 5-9% faster); the finalists are re-timed in turns below
+                # measure, yet the two ran within 5-9% of each other, in either order from run to
+                # run); the finalists are re-timed in turns below
                 found, _ = _smallest_candidates(lambda j: measure(p, cands[j]), meets, cands.index(fastest[-1].candidates),
                                                 cands, math.inf)  # fmt: skip
                 if found is None:

@@ -56,6 +56,8 @@ PARTNER_NONE = 0xFFFF
 TABLE_TOP = 63
 
 _ERRORS = {-1: "not supported by this CPU", -2: "out of memory", -3: "bad arguments"}
+# per index width: [width, 2^width], a table = the index's projections @ this
+_PATTERNS_T = {w: np.ascontiguousarray(sign_patterns(w).T) for w in (SUB_BITS, six_bit.INDEX_BITS)}
 
 
 def _load() -> ctypes.CDLL | None:
@@ -89,6 +91,12 @@ def available(m: int | None = None, table: "ListTable | None" = None) -> bool:
     if table is not None and (len(table.sizes) > MAX_LISTS or (table.sizes > MAX_LIST_SIZE).any()):
         return False
     return m is None or (m % 2 == 0 and 0 < m <= MAX_SUBQUANTIZERS)
+
+
+def reads(table: "ListTable", ivf: faiss.IndexIVFPQFastScan | None) -> bool:
+    """Whether this scan reads the lists of ``table``: six-bit lists always (nothing else can),
+    FAISS's (held by ``ivf``) where :func:`available`."""
+    return table.six_bit or (ivf is not None and available(ivf.M, table))
 
 
 def six_bit_available(bits: int, nlist: int) -> bool:
@@ -180,9 +188,10 @@ def lookup_tables(
     width = six_bit.INDEX_BITS if six_bits else SUB_BITS
     m = six_bit.index_count(z.shape[1]) if six_bits else z.shape[1] // SUB_BITS
     top = TABLE_TOP if top is None else top
-    padded = np.zeros((nq, m * width), dtype=np.float32)
-    padded[:, : z.shape[1]] = z
-    t = padded.reshape(nq, m, width) @ sign_patterns(width).T  # [nq, M, 2^width]
+    z = np.ascontiguousarray(z, dtype=np.float32)
+    if z.shape[1] < m * width:  # the last six-bit indices: zero projections add nothing
+        z = np.pad(z, ((0, 0), (0, m * width - z.shape[1])))
+    t = z.reshape(nq, m, width) @ _PATTERNS_T[width]  # [nq, M, 2^width]
     low = t.min(axis=2, keepdims=True)
     span = (t.max(axis=2, keepdims=True) - low).max(axis=1, keepdims=True)  # [nq, 1, 1]
     scale = np.divide(float(top), span, out=np.zeros_like(span), where=span > 0)

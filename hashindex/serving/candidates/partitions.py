@@ -549,7 +549,7 @@ def probe(
     if slack is not None:
         depth = adaptive_depth(coarse_scores, slack, higher_is_better=metric != "l2")
         lists = np.where(np.arange(lists.shape[1])[None, :] < depth[:, None], lists, -1)
-    if table is not None and (table.six_bit or fastscan.available(ivf.M, table)):
+    if table is not None and fastscan.reads(table, ivf):
         pos, scores, held = fastscan.scan(z, lists, table, c, distinct)
         return Scanned(pos, scores, lists, held)
     zeros = np.zeros(lists.shape, dtype=np.float32)  # coarse distances: unused without residuals
@@ -671,8 +671,7 @@ class PartitionStage:
     def _scan_names_partners(self) -> bool:
         """Whether this search's scan keeps an item found in two lists once (our kernel, with the
         lists' partners): then ``c`` entries are ``c`` items and no more need collecting."""
-        table = self.list_table()
-        return self._lists.partners is not None and (table.six_bit or fastscan.available(self.ivf.M, table))
+        return self._lists.partners is not None and fastscan.reads(self.list_table(), self.ivf)
 
     def _distinct(self, x: np.ndarray, z: np.ndarray, want: int, c: int, nprobe: int, slack: float | None):
         """The first ``c`` distinct of the top ``want`` (:func:`probe`): positions and scores
